@@ -1,0 +1,250 @@
+"""The Ryu application: a thin shell around the compiler, diff and sessions.
+
+Events in (switch connects, OVSDB changes, a new cluster state, replies),
+messages out.  This is the only module that calls ``send_msg``.  Run it as::
+
+    ryu-manager --config-file nsx-proxy.conf controller.app
+
+Configuration (``[nsx_proxy]`` section of the config file)::
+
+    state_file = /path/to/state.yaml   # the lab's state source
+    ovsdb = unix:/var/run/openvswitch/db.sock
+    bundle_timeout = 30
+"""
+import itertools
+import logging
+import time
+
+from ryu import cfg
+from ryu.base import app_manager
+from ryu.controller import ofp_event
+from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER
+from ryu.controller.handler import set_ev_cls
+from ryu.lib import hub
+from ryu.ofproto import ofproto_v1_3
+
+from controller import cookies
+from controller import ofmsg
+from controller.ovsdb_monitor import OvsdbMonitor
+from controller.session import SwitchSession
+from nsx_proxy import model
+from nsx_proxy.yaml_source import YamlFileSource
+
+LOG = logging.getLogger("nsx_proxy")
+
+CONF = cfg.CONF
+CONF.register_opts([
+    cfg.StrOpt("state_file", default="/var/lib/nsx-proxy/state.yaml",
+               help="YAML file with nodes and services (the lab's state source)"),
+    cfg.StrOpt("ovsdb", default="unix:/var/run/openvswitch/db.sock",
+               help="OVSDB remote to read bridge and pod labels from"),
+    cfg.FloatOpt("bundle_timeout", default=30.0,
+                 help="seconds to wait for a bundle's commit before giving up"),
+], group="nsx_proxy")
+
+
+class _Pending:
+    """A bundle in flight: its messages by xid, errors seen, a done event."""
+
+    def __init__(self, items_by_xid, barrier_xid):
+        self.items_by_xid = items_by_xid
+        self.barrier_xid = barrier_xid
+        self.errors = []
+        self.done = hub.Event()
+
+
+class ServiceProxy(app_manager.RyuApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conf = CONF.nsx_proxy
+        self.state = model.ClusterState()
+        self.state_version = 0
+        self.state_received = None           # whether a source delivered yet
+        self.contexts = {}                   # dpid -> BridgeContext (OVSDB)
+        self.datapaths = {}                  # dpid -> Ryu datapath
+        self.sessions = {}                   # dpid -> SwitchSession
+        self._kicks = {}                     # dpid -> hub.Event
+        self._pending = {}                   # dpid -> _Pending
+        self._stats = {}                     # dpid -> (cookies, groups, outstanding)
+        self.group_ids = cookies.GroupIds()
+        self._bundle_ids = itertools.count(1)
+        self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
+
+    def start(self):
+        super().start()
+        OvsdbMonitor(self.conf.ovsdb, self.set_contexts, hub.spawn, hub.sleep).start()
+        if self.conf.state_file:
+            YamlFileSource(self.conf.state_file, self.set_state,
+                           hub.spawn, hub.sleep).start()
+
+    # --- inputs ----------------------------------------------------------------
+    def set_state(self, state: model.ClusterState) -> None:
+        """A new desired cluster state from a source."""
+        self.state = state
+        self.state_version += 1
+        self.state_received = time.monotonic()
+        self.group_ids.release_unused(self._service_port_names(state))
+        self._kick_all()
+
+    @staticmethod
+    def _service_port_names(state):
+        from controller.compiler import service_port_name
+        return {service_port_name(svc, port)
+                for svc in state.services.values() for port in svc.ports}
+
+    def set_contexts(self, contexts) -> None:
+        """A new {dpid: BridgeContext} snapshot from OVSDB."""
+        self.contexts = contexts
+        for dpid, session in self.sessions.items():
+            if dpid in contexts:
+                session.set_context(contexts[dpid])
+        self._kick_all()
+
+    def _kick_all(self):
+        for event in self._kicks.values():
+            event.set()
+
+    # --- switch lifecycle -----------------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _switch_features(self, ev):
+        dp = ev.msg.datapath
+        parser = dp.ofproto_parser
+        LOG.info("switch %016x connected from %s", dp.id, dp.address)
+        self.datapaths[dp.id] = dp
+        self._stats[dp.id] = ([], [], 2)
+        # What is on the switch already: table 0 tells the last round (every
+        # round has flows there), group descriptions tell which ids exist.
+        dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, 0, dp.ofproto.OFPP_ANY,
+                                               dp.ofproto.OFPG_ANY, 0, 0,
+                                               parser.OFPMatch()))
+        dp.send_msg(parser.OFPGroupDescStatsRequest(dp, 0))
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev):
+        self._collect(ev, lambda body, acc: acc[0].extend(s.cookie for s in body))
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _group_desc(self, ev):
+        self._collect(ev, lambda body, acc: acc[1].extend(g.group_id for g in body))
+
+    def _collect(self, ev, add):
+        dp = ev.msg.datapath
+        acc = self._stats.get(dp.id)
+        if acc is None:
+            return
+        add(ev.msg.body, acc)
+        if ev.msg.flags & dp.ofproto.OFPMPF_REPLY_MORE:
+            return
+        flows, groups, outstanding = acc
+        if outstanding > 1:
+            self._stats[dp.id] = (flows, groups, outstanding - 1)
+            return
+        del self._stats[dp.id]
+        self._start_session(dp, flows, groups)
+
+    def _start_session(self, dp, table0_cookies, group_ids):
+        session = SwitchSession(dp.id, self.group_ids)
+        session.learn_switch(table0_cookies, group_ids)
+        if dp.id in self.contexts:
+            session.set_context(self.contexts[dp.id])
+        else:
+            LOG.warning("switch %016x has no nsx-proxy-role in OVSDB yet; waiting",
+                        dp.id)
+        self.sessions[dp.id] = session
+        kick = self._kicks[dp.id] = hub.Event()
+        kick.set()
+        hub.spawn(self._sync_loop, dp, session, kick)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def _switch_gone(self, ev):
+        dp = ev.datapath
+        if dp.id is None or self.datapaths.get(dp.id) is not dp:
+            return
+        LOG.info("switch %016x disconnected", dp.id)
+        for table in (self.datapaths, self.sessions, self._stats):
+            table.pop(dp.id, None)
+        kick = self._kicks.pop(dp.id, None)
+        if kick:
+            kick.set()                       # let the sync loop notice and exit
+        pending = self._pending.pop(dp.id, None)
+        if pending:
+            pending.errors.append((None, "switch disconnected"))
+            pending.done.set()
+
+    # --- syncing ----------------------------------------------------------------
+    def _sync_loop(self, dp, session, kick):
+        while self.sessions.get(dp.id) is session:
+            kick.wait()
+            kick.clear()
+            if self.sessions.get(dp.id) is not session:
+                return
+            if not session.ready or self.state_received is None:
+                continue     # no flows are removed before a source delivered
+            try:
+                self._sync_once(dp, session)
+            except Exception:
+                LOG.exception("switch %016x: sync failed; full resync next", dp.id)
+                session.needs_resync = True
+                hub.sleep(1)
+                kick.set()
+
+    def _sync_once(self, dp, session):
+        started = time.monotonic()
+        want, plan, stale = session.plan(self.state)
+        if not len(plan) and not stale:
+            if session.needs_resync:
+                session.committed(want, plan, started)
+            return
+        pairs = ofmsg.plan_messages(dp, plan, session.generation, stale)
+        ok, failed_items, reason = self._send_bundle(dp, pairs)
+        if ok:
+            session.committed(want, plan, started)
+            elapsed = time.monotonic() - started
+            for listener in self.commit_listeners:
+                listener(dp.id, plan, elapsed)
+        else:
+            session.failed(want, plan, failed_items, reason)
+            self._kicks.get(dp.id, hub.Event()).set()
+
+    def _send_bundle(self, dp, pairs):
+        """Send one atomic bundle and wait for it; (ok, failed items, reason)."""
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        msgs = ofmsg.bundle(dp, bundle_id, [m for m, _ in pairs])
+        items_by_xid = {}
+        for msg in msgs:
+            dp.set_xid(msg)
+        for add_msg, (_, item) in zip(msgs[1:-1], pairs):
+            items_by_xid[add_msg.xid] = item
+        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+        dp.set_xid(barrier)
+        pending = self._pending[dp.id] = _Pending(items_by_xid, barrier.xid)
+        LOG.debug("switch %016x: bundle %d with %d messages", dp.id, bundle_id, len(pairs))
+        for msg in msgs:
+            dp.send_msg(msg)
+        dp.send_msg(barrier)
+        if not pending.done.wait(timeout=self.conf.bundle_timeout):
+            self._pending.pop(dp.id, None)
+            return False, [], "no reply within %ss" % self.conf.bundle_timeout
+        self._pending.pop(dp.id, None)
+        if pending.errors:
+            failed = [pending.items_by_xid[xid] for xid, _ in pending.errors
+                      if pending.items_by_xid.get(xid) is not None]
+            return False, failed, "; ".join(why for _, why in pending.errors)
+        return True, [], ""
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier_reply(self, ev):
+        pending = self._pending.get(ev.msg.datapath.id)
+        if pending and ev.msg.xid == pending.barrier_xid:
+            pending.done.set()
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev):
+        msg = ev.msg
+        pending = self._pending.get(msg.datapath.id)
+        LOG.error("switch %016x: error type=%d code=%d for xid %d",
+                  msg.datapath.id, msg.type, msg.code, msg.xid)
+        if pending is not None:
+            pending.errors.append((msg.xid, f"error type={msg.type} code={msg.code}"))

@@ -1,0 +1,155 @@
+"""What a bridge is, read from OVSDB external_ids (the CNI's conventions).
+
+Pure functions from OVSDB row contents to a frozen :class:`BridgeContext`;
+the python-ovs monitor (ovsdb_monitor.py) feeds them.  The README's "OVSDB
+conventions" section documents the keys.
+"""
+import ipaddress
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+LOG = logging.getLogger(__name__)
+
+PREFIX = "nsx-proxy-"
+ROLE = PREFIX + "role"             # bridge: node | gateway; interface: pod | uplink
+NODE = PREFIX + "node"             # bridge: Kubernetes node name
+POD_CIDR = PREFIX + "pod-cidr"     # bridge: this node's pod subnet
+CT_ZONE = PREFIX + "ct-zone"       # bridge: conntrack zone (optional)
+# Interface keys for pods follow the names CNI plugins already use.
+POD_NAMESPACE = "pod-namespace"
+POD_NAME = "pod-name"
+POD_IP = "ip-address"
+POD_MAC = "attached-mac"
+
+ROLE_NODE = "node"
+ROLE_GATEWAY = "gateway"
+ROLE_POD = "pod"
+ROLE_UPLINK = "uplink"
+
+
+class BadBridge(ValueError):
+    pass
+
+
+def router_mac(pod_cidr: str) -> str:
+    """The MAC a node bridge routes with: 0a:58 + its gateway IP.
+
+    Derived rather than configured (OVN-Kubernetes does the same for pods),
+    so every node can address every other node's router with no ARP on the
+    fabric and no extra convention.
+    """
+    gw = gateway_ip(pod_cidr)
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(gw).packed)
+
+
+def gateway_ip(pod_cidr: str) -> str:
+    return str(next(ipaddress.ip_network(pod_cidr).hosts()))
+
+
+def default_zone(bridge_name: str) -> int:
+    """A per-bridge conntrack zone.
+
+    Bridges on one datapath share one conntrack table (all netdev bridges do,
+    and so does every kernel bridge of a host), so two bridges that both see
+    a connection must not use the same zone.  A zone derived from the name
+    avoids that without configuration; ``nsx-proxy-ct-zone`` overrides it.
+    """
+    return 1000 + zlib.crc32(bridge_name.encode()) % 60000
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    ip: str
+    mac: str
+    ofport: int
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class BridgeContext:
+    name: str
+    dpid: int
+    role: str
+    ct_zone: int
+    node: Optional[str] = None
+    pod_cidr: Optional[str] = None
+    uplink: Optional[int] = None       # ofport of the fabric uplink
+    pods: Tuple[Pod, ...] = ()
+
+    @property
+    def gateway_ip(self) -> str:
+        return gateway_ip(self.pod_cidr)
+
+    @property
+    def router_mac(self) -> str:
+        return router_mac(self.pod_cidr)
+
+
+def _mac(value: str) -> str:
+    parts = value.lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and int(p, 16) >= 0 for p in parts):
+        raise ValueError
+    return ":".join(parts)
+
+
+def parse_pod(ifname: str, ofport, ids) -> Optional[Pod]:
+    """A pod from an Interface row, or None (logged) when it is incomplete."""
+    try:
+        if not isinstance(ofport, int) or ofport <= 0:
+            return None            # not attached yet; OVS fills ofport in later
+        ip = str(ipaddress.IPv4Address(ids[POD_IP].split("/")[0]))
+        return Pod(namespace=ids.get(POD_NAMESPACE, "default"), name=ids[POD_NAME],
+                   ip=ip, mac=_mac(ids[POD_MAC]), ofport=ofport)
+    except KeyError as exc:
+        LOG.warning("interface %s: pod without external_ids:%s; ignored",
+                    ifname, exc.args[0])
+    except ValueError:
+        LOG.warning("interface %s: pod with a malformed IP or MAC %r; ignored",
+                    ifname, {k: ids.get(k) for k in (POD_IP, POD_MAC)})
+    return None
+
+
+def parse_bridge(name: str, dpid: int, ids, interfaces) -> BridgeContext:
+    """Build a BridgeContext from a Bridge's external_ids and its interfaces.
+
+    ``interfaces`` is an iterable of ``(name, ofport, external_ids)``.
+    Raises BadBridge for a bridge that claims a role but cannot serve it.
+    """
+    role = ids.get(ROLE)
+    if role not in (ROLE_NODE, ROLE_GATEWAY):
+        raise BadBridge(f"external_ids:{ROLE} is {role!r}, not node or gateway")
+    try:
+        zone = int(ids.get(CT_ZONE) or default_zone(name))
+        if not 1 <= zone <= 65535:
+            raise ValueError
+    except ValueError:
+        raise BadBridge(f"external_ids:{CT_ZONE} {ids.get(CT_ZONE)!r} is not 1-65535")
+    pod_cidr = None
+    if role == ROLE_NODE:
+        if not ids.get(NODE):
+            raise BadBridge(f"node bridge without external_ids:{NODE}")
+        try:
+            pod_cidr = str(ipaddress.IPv4Network(ids.get(POD_CIDR, "")))
+        except ValueError:
+            raise BadBridge(f"external_ids:{POD_CIDR} {ids.get(POD_CIDR)!r} "
+                            "is not an IPv4 network") from None
+    uplink, pods = None, []
+    for ifname, ofport, if_ids in interfaces:
+        if_role = if_ids.get(ROLE)
+        if if_role == ROLE_UPLINK and isinstance(ofport, int) and ofport > 0:
+            uplink = ofport
+        elif if_role == ROLE_POD and role == ROLE_NODE:
+            pod = parse_pod(ifname, ofport, if_ids)
+            if pod is not None:
+                pods.append(pod)
+    pods.sort(key=lambda p: (p.namespace, p.name))
+    return BridgeContext(name=name, dpid=dpid, role=role, ct_zone=zone,
+                         node=ids.get(NODE), pod_cidr=pod_cidr, uplink=uplink,
+                         pods=tuple(pods))

@@ -1,0 +1,151 @@
+"""Diff two bridge states into an ordered plan, and apply plans to tables.
+
+The plan's order is what keeps traffic flowing inside one atomic bundle and
+also on switches that apply messages one by one:
+
+1. add new groups (flows may point at them next),
+2. add or modify flows,
+3. delete flows that are gone,
+4. modify groups whose buckets changed, delete groups nobody uses.
+
+Groups are never deleted and re-added to change buckets: OVS deletes every
+flow that points at a deleted group.
+"""
+from dataclasses import dataclass, field
+from typing import Hashable, List, Tuple
+
+from controller.compiler import BridgeState, Fragment
+from controller import flows as F
+
+_EMPTY = Fragment()
+
+
+@dataclass
+class Plan:
+    group_adds: List[F.SelectGroup] = field(default_factory=list)
+    flow_adds: List[F.Flow] = field(default_factory=list)
+    flow_modifies: List[F.Flow] = field(default_factory=list)
+    flow_deletes: List[F.Flow] = field(default_factory=list)
+    group_modifies: List[F.SelectGroup] = field(default_factory=list)
+    group_deletes: List[F.SelectGroup] = field(default_factory=list)
+    # which fragment each change came from, to quarantine a rejected object
+    owners: List[Tuple[object, Hashable]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (len(self.group_adds) + len(self.flow_adds) + len(self.flow_modifies)
+                + len(self.flow_deletes) + len(self.group_modifies)
+                + len(self.group_deletes))
+
+    def summary(self) -> str:
+        return (f"groups +{len(self.group_adds)} ~{len(self.group_modifies)} "
+                f"-{len(self.group_deletes)}, flows +{len(self.flow_adds)} "
+                f"~{len(self.flow_modifies)} -{len(self.flow_deletes)}")
+
+
+def _diff_fragment(plan: Plan, key, old: Fragment, new: Fragment) -> None:
+    old_flows = {f.key: f for f in old.flows}
+    new_flows = {f.key: f for f in new.flows}
+    for fkey, f in new_flows.items():
+        before = old_flows.get(fkey)
+        if before is None or before.cookie != f.cookie:
+            # a new cookie needs an ADD: OpenFlow 1.3's MODIFY keeps the old one
+            plan.flow_adds.append(f)
+        elif before != f:
+            plan.flow_modifies.append(f)
+        else:
+            continue
+        plan.owners.append((f, key))
+    for fkey, f in old_flows.items():
+        if fkey not in new_flows:
+            plan.flow_deletes.append(f)
+    old_groups = {g.group_id: g for g in old.groups}
+    new_groups = {g.group_id: g for g in new.groups}
+    for gid, g in new_groups.items():
+        before = old_groups.get(gid)
+        if before is None:
+            plan.group_adds.append(g)
+        elif before != g:
+            plan.group_modifies.append(g)
+        else:
+            continue
+        plan.owners.append((g, key))
+    for gid, g in old_groups.items():
+        if gid not in new_groups:
+            plan.group_deletes.append(g)
+
+
+def diff(old: BridgeState, new: BridgeState) -> Plan:
+    """The plan that turns the installed ``old`` into the desired ``new``.
+
+    Unchanged fragments are skipped by identity first, so a one-object
+    change costs a dictionary walk plus that object's flows.
+    """
+    plan = Plan()
+    for key, frag in new.items():
+        before = old.get(key, _EMPTY)
+        if before is not frag and before != frag:
+            _diff_fragment(plan, key, before, frag)
+    for key, frag in old.items():
+        if key not in new:
+            _diff_fragment(plan, key, frag, _EMPTY)
+    _settle_moves(plan)
+    return plan
+
+
+def resync(new: BridgeState, groups_on_switch) -> Plan:
+    """The plan for a switch whose contents we do not track (a new round).
+
+    Every flow is (re)added - an ADD over an identical flow replaces it in
+    place, so traffic never sees a gap - groups that already exist are
+    modified rather than re-added, and groups we no longer want are deleted
+    last.  Flows of older rounds are removed by cookie (ofmsg).
+    """
+    plan = diff({}, new)
+    existing = set(groups_on_switch)
+    plan.group_modifies = [g for g in plan.group_adds if g.group_id in existing]
+    plan.group_adds = [g for g in plan.group_adds if g.group_id not in existing]
+    wanted = {g.group_id for g in plan.group_adds + plan.group_modifies}
+    plan.group_deletes = [F.SelectGroup(gid) for gid in sorted(existing - wanted)]
+    return plan
+
+
+def _settle_moves(plan: Plan) -> None:
+    """A flow or group that moved between objects is a modify, not add+delete.
+
+    (An external IP handed from one service to another keeps its flow key;
+    deleting it after the add would lose the new flow.)
+    """
+    written = {f.key for f in plan.flow_adds + plan.flow_modifies}
+    plan.flow_deletes = [f for f in plan.flow_deletes if f.key not in written]
+    deleted = {g.group_id for g in plan.group_deletes}
+    moved = [g for g in plan.group_adds if g.group_id in deleted]
+    if moved:
+        moved_ids = {g.group_id for g in moved}
+        plan.group_adds = [g for g in plan.group_adds if g.group_id not in moved_ids]
+        plan.group_deletes = [g for g in plan.group_deletes
+                              if g.group_id not in moved_ids]
+        plan.group_modifies += moved
+
+
+def apply(flows: dict, groups: dict, plan: Plan) -> None:
+    """Apply a plan to flat tables ({flow key: Flow}, {group id: group}).
+
+    Follows OpenFlow's semantics, including that deleting a group deletes
+    the flows that output to it.
+    """
+    for g in plan.group_adds:
+        if g.group_id in groups:
+            raise ValueError(f"group {g.group_id} already exists")
+        groups[g.group_id] = g
+    for f in plan.flow_adds + plan.flow_modifies:
+        flows[f.key] = f
+    for f in plan.flow_deletes:
+        flows.pop(f.key, None)
+    for g in plan.group_modifies:
+        if g.group_id not in groups:
+            raise ValueError(f"group {g.group_id} does not exist")
+        groups[g.group_id] = g
+    for g in plan.group_deletes:
+        groups.pop(g.group_id, None)
+        for fkey in [k for k, f in flows.items() if F.Group(g.group_id) in f.actions]:
+            del flows[fkey]

@@ -1,0 +1,142 @@
+"""Encode plans into Ryu OpenFlow 1.3 messages, wrapped in one ONF bundle.
+
+The only module that knows Ryu's message classes.  It never sends: the Ryu
+app does that, so everything here can be unit-tested against bytes.
+"""
+from ryu.ofproto import ofproto_v1_3 as ofp
+from ryu.ofproto import ofproto_v1_3_parser as parser
+from ryu.ofproto import nicira_ext
+
+from controller import cookies
+from controller import flows as F
+from controller.diff import Plan
+
+BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+_NX_HEADER = 10          # experimenter action header + NX subtype
+NX_NAT_F_DST = 1 << 1    # OVS's nx_nat_flags; Ryu does not define them
+
+
+class NXActionNATPadded(parser.NXActionNAT):
+    """Ryu's NXActionNAT with the missing padding.
+
+    With both an IPv4 range and a port range Ryu writes 28 bytes but declares
+    a length of 32 (rounded to 8), so OVS rejects the message with
+    OFPBRC_BAD_LEN.  Pad the body to the declared length.
+    """
+
+    def serialize_body(self):
+        data = super().serialize_body()
+        pad = -(_NX_HEADER + len(data)) % 8
+        return data + bytes(pad)
+
+
+_MOVE_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
+              "arp_spa": 32, "arp_tpa": 32}
+
+
+def _ct(action: F.Ct):
+    nat_actions = []
+    if action.nat is not None:
+        nat = action.nat
+        if nat.dst_ip is None:
+            nat_actions.append(NXActionNATPadded(flags=0))
+        else:
+            kwargs = {"range_ipv4_min": nat.dst_ip, "range_ipv4_max": nat.dst_ip}
+            if nat.dst_port:
+                kwargs.update(range_proto_min=nat.dst_port, range_proto_max=nat.dst_port)
+            nat_actions.append(NXActionNATPadded(flags=NX_NAT_F_DST, **kwargs))
+    return parser.NXActionCT(
+        flags=nicira_ext.NX_CT_F_COMMIT if action.commit else 0,
+        zone_src="", zone_ofs_nbits=action.zone,
+        recirc_table=action.table if action.table is not None else nicira_ext.NX_CT_RECIRC_NONE,
+        alg=0, actions=nat_actions)
+
+
+def encode_action(action):
+    if isinstance(action, F.Output):
+        port = ofp.OFPP_IN_PORT if action.port == F.IN_PORT else action.port
+        return parser.OFPActionOutput(port, 0)
+    if isinstance(action, F.Group):
+        return parser.OFPActionGroup(action.group_id)
+    if isinstance(action, F.SetField):
+        return parser.OFPActionSetField(**{action.field: action.value})
+    if isinstance(action, F.Move):
+        return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst,
+                                      n_bits=_MOVE_BITS[action.src])
+    if isinstance(action, F.Ct):
+        return _ct(action)
+    raise TypeError(f"cannot encode {action!r}")
+
+
+def instructions(actions):
+    apply, goto = [], None
+    for action in actions:
+        if isinstance(action, F.GotoTable):
+            goto = action.table
+        else:
+            apply.append(encode_action(action))
+    out = []
+    if apply:
+        out.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply))
+    if goto is not None:
+        out.append(parser.OFPInstructionGotoTable(goto))
+    return out
+
+
+def flow_mod(dp, f: F.Flow, command, generation: int):
+    if command in (ofp.OFPFC_DELETE_STRICT, ofp.OFPFC_DELETE):
+        insts = []
+    else:
+        insts = instructions(f.actions)
+    return parser.OFPFlowMod(
+        dp, cookie=cookies.with_generation(f.cookie, generation), cookie_mask=0,
+        table_id=f.table, command=command, priority=f.priority,
+        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch(**dict(f.match)), instructions=insts)
+
+
+def group_mod(dp, g: F.SelectGroup, command):
+    buckets = [parser.OFPBucket(weight=b.weight, watch_port=ofp.OFPP_ANY,
+                                watch_group=ofp.OFPG_ANY,
+                                actions=[encode_action(a) for a in b.actions])
+               for b in g.buckets] if command != ofp.OFPGC_DELETE else []
+    return parser.OFPGroupMod(dp, command, ofp.OFPGT_SELECT, g.group_id, buckets)
+
+
+def delete_generations(dp, generations):
+    """Delete every flow whose cookie carries one of ``generations``."""
+    return [parser.OFPFlowMod(
+        dp, cookie=(gen & 0xFF) << cookies.GEN_SHIFT, cookie_mask=cookies.GEN_MASK,
+        table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
+        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+        for gen in sorted(generations)]
+
+
+def plan_messages(dp, plan: Plan, generation: int, stale_generations=()):
+    """The plan as an ordered list of (message, plan item) pairs.
+
+    Modifies are MODIFY_STRICT, which keeps the flow's counters (the diff
+    already turned cookie changes into ADDs).  ``stale_generations`` are
+    deleted by cookie right after the new round's flows are in.
+    """
+    out = [(group_mod(dp, g, ofp.OFPGC_ADD), g) for g in plan.group_adds]
+    out += [(flow_mod(dp, f, ofp.OFPFC_ADD, generation), f) for f in plan.flow_adds]
+    out += [(flow_mod(dp, f, ofp.OFPFC_MODIFY_STRICT, generation), f)
+            for f in plan.flow_modifies]
+    out += [(flow_mod(dp, f, ofp.OFPFC_DELETE_STRICT, generation), f)
+            for f in plan.flow_deletes]
+    out += [(msg, None) for msg in delete_generations(dp, stale_generations)]
+    out += [(group_mod(dp, g, ofp.OFPGC_MODIFY), g) for g in plan.group_modifies]
+    out += [(group_mod(dp, g, ofp.OFPGC_DELETE), g) for g in plan.group_deletes]
+    return out
+
+
+def bundle(dp, bundle_id, messages):
+    """Open, add every message, commit: the list of messages to send."""
+    out = [parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST,
+                                   BUNDLE_FLAGS, [])]
+    for msg in messages:
+        out.append(parser.ONFBundleAddMsg(dp, bundle_id, BUNDLE_FLAGS, msg, []))
+    out.append(parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST,
+                                       BUNDLE_FLAGS, []))
+    return out

@@ -1,0 +1,97 @@
+"""Per-switch bookkeeping: what is installed, which round, what failed.
+
+No Ryu here: the app feeds in the switch's handshake facts and bundle
+results; this class decides what the next plan is.  One session lives as
+long as one OpenFlow connection; a reconnect starts a new session, whose
+first plan is a full resync in a new generation.
+"""
+import logging
+import time
+from typing import Dict, Hashable, Optional
+
+from controller import cookies
+from controller.compiler import Compiler, Fragment
+from controller.diff import Plan, diff, resync
+
+LOG = logging.getLogger(__name__)
+
+
+class SwitchSession:
+    def __init__(self, dpid: int, group_ids: cookies.GroupIds):
+        self.dpid = dpid
+        self._group_ids = group_ids
+        self.compiler: Optional[Compiler] = None
+        self.installed: Dict[Hashable, Fragment] = {}
+        self.generation: Optional[int] = None      # set once the handshake is done
+        self.stale_generations = set()
+        self.groups_on_switch = set()
+        self.needs_resync = True
+        # fragments OVS refused, by key: skipped until the object changes
+        self.quarantined: Dict[Hashable, Fragment] = {}
+        self.syncs = 0
+
+    # --- handshake -------------------------------------------------------
+    def learn_switch(self, table0_cookies, group_ids) -> None:
+        """Facts read from the switch right after it connected."""
+        ours = {cookies.generation_of(c) for c in table0_cookies
+                if cookies.kind_of(c) in cookies.KIND_NAMES}
+        self.generation = cookies.next_generation(ours)
+        self.stale_generations = ours - {self.generation}
+        self.groups_on_switch = set(group_ids)
+        self.needs_resync = True
+        LOG.info("switch %016x: round %d (older rounds on switch: %s, groups: %d)",
+                 self.dpid, self.generation, sorted(ours) or "none",
+                 len(self.groups_on_switch))
+
+    @property
+    def ready(self) -> bool:
+        return self.generation is not None and self.compiler is not None
+
+    def set_context(self, ctx, make_compiler=Compiler) -> None:
+        if self.compiler is None or self.compiler.ctx != ctx:
+            self.compiler = make_compiler(ctx, self._group_ids)
+
+    # --- planning ----------------------------------------------------------
+    def desired(self, state) -> Dict[Hashable, Fragment]:
+        want = self.compiler.compile(state)
+        for key, bad in list(self.quarantined.items()):
+            current = want.get(key)
+            if current is None or (current is not bad and current != bad):
+                del self.quarantined[key]        # changed or gone: try it again
+            elif key in self.installed:
+                want[key] = self.installed[key]  # keep the last good version
+            else:
+                del want[key]
+        return want
+
+    def plan(self, state):
+        """(desired state, plan, stale generations to delete) for this pass."""
+        want = self.desired(state)
+        if self.needs_resync:
+            return want, resync(want, self.groups_on_switch), set(self.stale_generations)
+        return want, diff(self.installed, want), set()
+
+    # --- results -------------------------------------------------------------
+    def committed(self, want, plan: Plan, started: float) -> None:
+        self.installed = want
+        self.needs_resync = False
+        self.stale_generations = set()
+        self.groups_on_switch = set()
+        self.syncs += 1
+        LOG.info("switch %016x: committed %s in %.1f ms", self.dpid,
+                 plan.summary(), (time.monotonic() - started) * 1000)
+
+    def failed(self, want, plan: Plan, failed_items, reason: str) -> None:
+        """The bundle was refused: nothing was applied (bundles are atomic).
+
+        The objects whose messages OVS named are quarantined, so the next
+        pass installs everything else; they are retried when they change.
+        """
+        owners = dict(plan.owners)
+        keys = {owners[item] for item in failed_items if item in owners}
+        LOG.error("switch %016x: bundle refused (%s); skipped until they change: %s",
+                  self.dpid, reason, ", ".join(sorted(map(str, keys))) or "nothing to blame")
+        for key in keys:
+            self.quarantined[key] = want[key]
+        if not keys:
+            self.needs_resync = True   # start over from a clean round

@@ -1,0 +1,108 @@
+"""The desired-state model: what the cluster wants, independent of OpenFlow.
+
+Every source (the lab's YAML file today, the Kubernetes API next) produces a
+:class:`ClusterState`; the controller compiles it into flows.  All classes are
+frozen and hashable, so an unchanged object can be recognised by identity and
+its compiled flows reused.  Values are already validated (see validate.py):
+IPs parse, ports are in range, protocols are known.
+"""
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, Optional, Tuple
+
+TCP = "TCP"
+UDP = "UDP"
+SCTP = "SCTP"
+PROTOCOLS = (TCP, UDP, SCTP)
+
+CLUSTER_IP = "ClusterIP"
+NODE_PORT = "NodePort"
+LOAD_BALANCER = "LoadBalancer"
+SERVICE_TYPES = (CLUSTER_IP, NODE_PORT, LOAD_BALANCER)
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One backend of one service port, as an EndpointSlice describes it.
+
+    ``port`` is already resolved: a named targetPort becomes the number the
+    slice (or the pod's container port) gives for this particular endpoint.
+    """
+    ip: str
+    port: int
+    node: Optional[str] = None
+    pod: Optional[str] = None          # "namespace/name" of the target pod
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """A listener: one (protocol, port) of a service and its pool."""
+    name: str
+    protocol: str
+    port: int
+    target_port: object                # int, or a port name (str)
+    endpoints: Tuple[Endpoint, ...] = ()
+    node_port: Optional[int] = None
+
+    def ready_endpoints(self) -> Tuple[Endpoint, ...]:
+        """Endpoints that may receive new connections.
+
+        Like kube-proxy: ready ones; if none is ready, the serving-but-
+        terminating ones (KEP-1669), so a rolling update never blackholes.
+        Sorted so that group buckets come out in a stable order.
+        """
+        ready = [e for e in self.endpoints if e.ready]
+        if not ready:
+            ready = [e for e in self.endpoints if e.serving and e.terminating]
+        return tuple(sorted(ready, key=lambda e: (e.ip, e.port)))
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    cluster_ip: str
+    ports: Tuple[ServicePort, ...]
+    type: str = CLUSTER_IP
+    external_ips: Tuple[str, ...] = ()
+    load_balancer_ips: Tuple[str, ...] = ()
+
+    @property
+    def key(self) -> ServiceKey:
+        return ServiceKey(self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A Kubernetes node: where its pods live and how to reach it."""
+    name: str
+    internal_ip: str
+    pod_cidr: str
+
+
+def _frozen(mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """Everything the proxy must implement, keyed for cheap diffing."""
+    services: Mapping[ServiceKey, Service] = field(default_factory=dict)
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, services=(), nodes=()) -> "ClusterState":
+        return cls(services=_frozen((s.key, s) for s in services),
+                   nodes=_frozen((n.name, n) for n in nodes))

@@ -1,0 +1,95 @@
+"""Field checks shared by every state source.
+
+Each check returns the normalised value or raises :class:`Invalid` with a
+reason a user can act on.  Sources catch it, log the object's name with the
+reason, count it, and skip only that object (or port, or endpoint).
+"""
+import collections
+import ipaddress
+import logging
+
+from nsx_proxy import model
+
+LOG = logging.getLogger(__name__)
+
+
+class Invalid(ValueError):
+    """An input value the proxy cannot implement."""
+
+
+def ipv4(value, what="IP") -> str:
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"{what} missing")
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not an IP address") from None
+    if addr.version != 4:
+        raise Invalid(f"{what} {value} is IPv6, which is not supported yet")
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        raise Invalid(f"{what} {value} cannot be a unicast service address")
+    return str(addr)
+
+
+def cidr4(value, what="CIDR") -> str:
+    try:
+        net = ipaddress.ip_network(str(value), strict=True)
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not a network like 10.1.0.0/24") from None
+    if net.version != 4:
+        raise Invalid(f"{what} {value} is IPv6, which is not supported yet")
+    if net.prefixlen > 30:
+        raise Invalid(f"{what} {value} leaves no room for a gateway and pods")
+    return str(net)
+
+
+def port(value, what="port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"{what} {value!r} is not a number")
+    if not 1 <= value <= 65535:
+        raise Invalid(f"{what} {value} is outside 1-65535")
+    return value
+
+
+def target_port(value):
+    """A targetPort: a number, or a name that endpoints resolve."""
+    if isinstance(value, str) and not value.isdigit():
+        if not value:
+            raise Invalid("targetPort is empty")
+        return value
+    return port(int(value) if isinstance(value, str) else value, "targetPort")
+
+
+def protocol(value) -> str:
+    proto = (value or model.TCP)
+    if not isinstance(proto, str) or proto.upper() not in model.PROTOCOLS:
+        raise Invalid(f"protocol {value!r} is not one of TCP, UDP, SCTP")
+    return proto.upper()
+
+
+def service_type(value) -> str:
+    stype = value or model.CLUSTER_IP
+    if stype not in model.SERVICE_TYPES:
+        raise Invalid(f"type {value!r} is not one of {', '.join(model.SERVICE_TYPES)}")
+    return stype
+
+
+class RejectLog:
+    """Logs each rejected object once per distinct reason, and counts them.
+
+    Sources re-read their input often (a file poll, a relist); the same bad
+    object must not flood the log every time.
+    """
+
+    def __init__(self, logger=LOG):
+        self._logger = logger
+        self._seen = set()
+        self.counts = collections.Counter()
+
+    def reject(self, kind: str, name: str, reason: str) -> None:
+        key = (kind, name, reason)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.counts[reason.split(" ", 1)[0]] += 1
+        self._logger.warning("rejected %s %s: %s", kind, name, reason)
