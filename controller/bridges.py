@@ -16,7 +16,7 @@ PREFIX = "nsx-proxy-"
 ROLE = PREFIX + "role"             # bridge: node | gateway; interface: pod | uplink
 NODE = PREFIX + "node"             # bridge: Kubernetes node name
 POD_CIDR = PREFIX + "pod-cidr"     # bridge: this node's pod subnet
-CT_ZONE = PREFIX + "ct-zone"       # bridge: conntrack zone (optional)
+CT_ZONE = PREFIX + "ct-zone"       # bridge: conntrack zone Z (optional); Z+1 is for hairpin SNAT
 # Interface keys for pods follow the names CNI plugins already use.
 POD_NAMESPACE = "pod-namespace"
 POD_NAME = "pod-name"
@@ -55,8 +55,9 @@ def default_zone(bridge_name: str) -> int:
     and so does every kernel bridge of a host), so two bridges that both see
     a connection must not use the same zone.  A zone derived from the name
     avoids that without configuration; ``nsx-proxy-ct-zone`` overrides it.
+    The zone is even: the next one is the bridge's hairpin SNAT zone.
     """
-    return 1000 + zlib.crc32(bridge_name.encode()) % 60000
+    return 1000 + 2 * (zlib.crc32(bridge_name.encode()) % 30000)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class BridgeContext:
     pod_cidr: Optional[str] = None
     uplink: Optional[int] = None       # ofport of the fabric uplink
     pods: Tuple[Pod, ...] = ()
+
+    @property
+    def snat_zone(self) -> int:
+        return self.ct_zone + 1
 
     @property
     def gateway_ip(self) -> str:
@@ -127,10 +132,10 @@ def parse_bridge(name: str, dpid: int, ids, interfaces) -> BridgeContext:
         raise BadBridge(f"external_ids:{ROLE} is {role!r}, not node or gateway")
     try:
         zone = int(ids.get(CT_ZONE) or default_zone(name))
-        if not 1 <= zone <= 65535:
+        if not 1 <= zone <= 65534:
             raise ValueError
     except ValueError:
-        raise BadBridge(f"external_ids:{CT_ZONE} {ids.get(CT_ZONE)!r} is not 1-65535")
+        raise BadBridge(f"external_ids:{CT_ZONE} {ids.get(CT_ZONE)!r} is not 1-65534")
     pod_cidr = None
     if role == ROLE_NODE:
         if not ids.get(NODE):

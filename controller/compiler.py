@@ -55,8 +55,10 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
     """Table skeleton: misses, conntrack, the gateway's ARP, the uplink."""
     c = cookies.make(cookies.KIND_PIPELINE, 0)
     zone = ctx.ct_zone
-    out = [F.flow(t, PRIO_MISS, (), c) for t in P.TABLES]   # miss = drop, never flood
+    out = [F.flow(t, PRIO_MISS, (), c) for t in P.TABLES   # miss = drop, never flood
+           if t is not P.HAIRPIN_UNSNAT]
     out += [
+        F.flow(P.HAIRPIN_UNSNAT, PRIO_MISS, (F.GotoTable(P.CONNTRACK_ZONE.id),), c),
         F.flow(P.CONNTRACK_ZONE, PRIO_HIGH,
                (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
                eth_type=F.ETH_IP),
@@ -73,11 +75,16 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
     ]
     if ctx.role == ROLE_NODE:
         out.append(_arp_flow(ctx.gateway_ip, ctx.router_mac, PRIO_HIGH, c))
+        # Hairpin replies are addressed to the gateway IP: un-SNAT them first.
+        out.append(F.flow(P.HAIRPIN_UNSNAT, PRIO_HIGH,
+                          (F.Ct(zone=ctx.snat_zone, table=P.CONNTRACK_ZONE.id,
+                                nat=F.Nat()),), c,
+                          eth_type=F.ETH_IP, ipv4_dst=ctx.gateway_ip))
         if ctx.uplink is not None:
             # Only frames addressed to this router: a learning fabric floods
             # unknown unicast, and routing those twice would duplicate them.
             out.append(F.flow(P.CLASSIFIER, PRIO_HIGH,
-                              (F.GotoTable(P.CONNTRACK_ZONE.id),), c,
+                              (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
                               in_port=ctx.uplink, eth_type=F.ETH_IP,
                               eth_dst=ctx.router_mac))
     return Fragment(flows=frozenset(out))
@@ -85,15 +92,30 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
 
 def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
     c = cookies.for_name(cookies.KIND_POD, pod.full_name)
+    to_pod = (F.SetField("eth_src", ctx.router_mac), F.SetField("eth_dst", pod.mac))
+    new = (F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)
+    old = (F.CT_TRK, F.CT_TRK | F.CT_NEW)
     return Fragment(flows=frozenset([
-        F.flow(P.CLASSIFIER, PRIO_HIGH, (F.GotoTable(P.CONNTRACK_ZONE.id),), c,
+        F.flow(P.CLASSIFIER, PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
                in_port=pod.ofport, eth_type=F.ETH_IP, eth_src=pod.mac, ipv4_src=pod.ip),
         F.flow(P.CLASSIFIER, PRIO_HIGH, (F.GotoTable(P.ARP_RESPONDER.id),), c,
                in_port=pod.ofport, eth_type=F.ETH_ARP, eth_src=pod.mac, arp_spa=pod.ip),
         _arp_flow(pod.ip, pod.mac, PRIO_MID, c),
-        F.flow(P.L3_FORWARDING, PRIO_HIGH,
-               (F.SetField("eth_src", ctx.router_mac), F.SetField("eth_dst", pod.mac),
-                F.Output(pod.ofport)), c,
+        F.flow(P.L3_FORWARDING, PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
+               eth_type=F.ETH_IP, ipv4_dst=pod.ip),
+        # Hairpin: the pod reached itself through a service.  SNAT to the
+        # gateway IP, or the pod would drop a packet from its own address.
+        F.flow(P.L3_FORWARDING, PRIO_HIGH + 20,
+               (F.Ct(zone=ctx.snat_zone, table=P.HAIRPIN.id, commit=True,
+                     nat=F.Nat(src_ip=ctx.gateway_ip)),), c,
+               eth_type=F.ETH_IP, ipv4_src=pod.ip, ipv4_dst=pod.ip, ct_state=new),
+        F.flow(P.L3_FORWARDING, PRIO_HIGH + 20,
+               (F.Ct(zone=ctx.snat_zone, table=P.HAIRPIN.id, nat=F.Nat()),), c,
+               eth_type=F.ETH_IP, ipv4_src=pod.ip, ipv4_dst=pod.ip, ct_state=old),
+        # ...and its replies (and un-SNATed hairpin replies) leave by in_port.
+        F.flow(P.L3_FORWARDING, PRIO_HIGH + 10, to_pod + (F.Output(F.IN_PORT),), c,
+               in_port=pod.ofport, eth_type=F.ETH_IP, ipv4_dst=pod.ip),
+        F.flow(P.HAIRPIN, PRIO_HIGH, to_pod + (F.Output(F.IN_PORT),), c,
                eth_type=F.ETH_IP, ipv4_dst=pod.ip),
     ]))
 

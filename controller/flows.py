@@ -60,9 +60,10 @@ class Move:
 
 @dataclass(frozen=True)
 class Nat:
-    """ct's nat(): with an address, DNAT to it; without, restore existing NAT."""
+    """ct's nat(): DNAT to dst, SNAT to src, or (neither) restore existing NAT."""
     dst_ip: Optional[str] = None
     dst_port: Optional[int] = None
+    src_ip: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -173,11 +174,13 @@ def action_text(action) -> str:
         args.append(f"zone={action.zone}")
         if action.nat is not None:
             nat = action.nat
-            if nat.dst_ip is None:
-                args.append("nat")
-            else:
+            if nat.dst_ip is not None:
                 dst = nat.dst_ip + (f":{nat.dst_port}" if nat.dst_port else "")
                 args.append(f"nat(dst={dst})")
+            elif nat.src_ip is not None:
+                args.append(f"nat(src={nat.src_ip})")
+            else:
+                args.append("nat")
         return f"ct({','.join(args)})"
     raise TypeError(f"unknown action {action!r}")
 

@@ -13,7 +13,8 @@ from controller.diff import Plan
 
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _NX_HEADER = 10          # experimenter action header + NX subtype
-NX_NAT_F_DST = 1 << 1    # OVS's nx_nat_flags; Ryu does not define them
+NX_NAT_F_SRC = 1 << 0    # OVS's nx_nat_flags; Ryu does not define them
+NX_NAT_F_DST = 1 << 1
 
 
 class NXActionNATPadded(parser.NXActionNAT):
@@ -38,7 +39,10 @@ def _ct(action: F.Ct):
     nat_actions = []
     if action.nat is not None:
         nat = action.nat
-        if nat.dst_ip is None:
+        if nat.src_ip is not None:
+            nat_actions.append(NXActionNATPadded(
+                flags=NX_NAT_F_SRC, range_ipv4_min=nat.src_ip, range_ipv4_max=nat.src_ip))
+        elif nat.dst_ip is None:
             nat_actions.append(NXActionNATPadded(flags=0))
         else:
             kwargs = {"range_ipv4_min": nat.dst_ip, "range_ipv4_max": nat.dst_ip}

@@ -25,6 +25,9 @@ CLASSIFIER = Table(0, "Classifier",
 ARP_RESPONDER = Table(10, "ArpResponder",
                       "answer ARP requests for the pod gateway, service VIPs and "
                       "local pods from the controller's knowledge; never flood")
+HAIRPIN_UNSNAT = Table(15, "HairpinUnSNAT",
+                        "replies to the pod gateway IP are hairpin replies: undo "
+                        "their source NAT (zone ct-zone+1) before the service zone")
 CONNTRACK_ZONE = Table(20, "ConntrackZone",
                        "send IP through conntrack in the bridge's zone, undoing "
                        "the NAT of known connections (replies get their VIP back)")
@@ -37,10 +40,14 @@ SERVICE_LB = Table(30, "ServiceLB",
                    "and commit; anything else is committed as is")
 L3_FORWARDING = Table(40, "L3Forwarding",
                       "route on the (translated) destination: local pod -> its "
-                      "port, another node's pod CIDR -> the uplink")
+                      "port, another node's pod CIDR -> the uplink; a pod "
+                      "reaching itself through a service is source-NATed to the "
+                      "gateway IP (hairpin) so its reply comes back to the bridge")
+HAIRPIN = Table(42, "HairpinOutput",
+                "send a source-NATed hairpin packet back out of the port it came in")
 
-TABLES = (CLASSIFIER, ARP_RESPONDER, CONNTRACK_ZONE, CONNTRACK_STATE,
-          SERVICE_LB, L3_FORWARDING)
+TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
+          CONNTRACK_STATE, SERVICE_LB, L3_FORWARDING, HAIRPIN)
 BY_ID = {t.id: t for t in TABLES}
 
 

@@ -1,0 +1,70 @@
+"""The lab's pod workload: say who you are, over TCP and UDP.
+
+TCP: an HTTP GET gets ``<pod name>`` as the body (so ``curl`` shows which
+backend answered); any other line gets ``<pod name> <line>`` back, line by
+line, for as long as the client keeps the connection (tests use this to
+hold an established connection across changes).  UDP: every datagram is
+answered with ``<pod name>``.
+
+Standard library only: it runs with Debian's python3 inside the pod's
+network namespace.
+"""
+import argparse
+import socket
+import socketserver
+import threading
+
+
+def make_tcp_handler(name: str):
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            first = self.rfile.readline()
+            if first.startswith(b"GET ") or first.startswith(b"HEAD "):
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                body = f"{name}\n".encode()
+                self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                                 % (len(body), body))
+                return
+            line = first
+            while line:
+                self.wfile.write(f"{name} {line.decode(errors='replace').strip()}\n"
+                                 .encode())
+                self.wfile.flush()
+                line = self.rfile.readline()
+    return Handler
+
+
+class ThreadingTCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def serve_udp(name: str, port: int):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    while True:
+        _, peer = sock.recvfrom(2048)
+        sock.sendto(name.encode(), peer)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--tcp", type=int, action="append", default=[])
+    parser.add_argument("--udp", type=int, action="append", default=[])
+    args = parser.parse_args(argv)
+    servers = [ThreadingTCPServer(("0.0.0.0", p), make_tcp_handler(args.name))
+               for p in args.tcp]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    for port in args.udp:
+        threading.Thread(target=serve_udp, args=(args.name, port), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
