@@ -221,13 +221,19 @@ class Compiler:
 
 
 def flatten(state: BridgeState):
-    """All flows (by key) and groups (by id) of a bridge state."""
+    """All flows (by key) and groups (by id) of a bridge state.
+
+    Raises ValueError if two fragments claim one flow key or group id: the
+    object-by-object diff relies on fragments being disjoint.
+    """
     flows, groups = {}, {}
     for frag in state.values():
         for f in frag.flows:
-            flows[f.key] = f
+            if flows.setdefault(f.key, f) is not f:
+                raise ValueError(f"two objects claim {F.flow_text(f)}")
         for g in frag.groups:
-            groups[g.group_id] = g
+            if groups.setdefault(g.group_id, g) is not g:
+                raise ValueError(f"two objects claim group {g.group_id}")
     return flows, groups
 
 

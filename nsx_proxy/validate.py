@@ -5,6 +5,7 @@ reason a user can act on.  Sources catch it, log the object's name with the
 reason, count it, and skip only that object (or port, or endpoint).
 """
 import collections
+import dataclasses
 import ipaddress
 import logging
 
@@ -72,6 +73,40 @@ def service_type(value) -> str:
     if stype not in model.SERVICE_TYPES:
         raise Invalid(f"type {value!r} is not one of {', '.join(model.SERVICE_TYPES)}")
     return stype
+
+
+def claim_frontends(services, rejects: "RejectLog"):
+    """Drop what would make two services answer on one (IP, protocol, port).
+
+    Services are considered in name order, so the outcome does not depend on
+    arrival order: a later service whose clusterIP is taken is rejected; an
+    external or load-balancer IP that would collide on a port is removed
+    from the later service only (the rest of it keeps working).
+    """
+    claimed, cluster_ips, out = {}, {}, []
+    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
+        owner = cluster_ips.setdefault(svc.cluster_ip, svc.key)
+        if owner != svc.key:
+            rejects.reject("service", str(svc.key),
+                           f"clusterIP {svc.cluster_ip} is already used by {owner}")
+            continue
+        keep = {}
+        for ip in svc.external_ips + svc.load_balancer_ips:
+            taken = {claimed[(ip, p.protocol, p.port)] for p in svc.ports
+                     if (ip, p.protocol, p.port) in claimed}
+            if taken:
+                rejects.reject("service", str(svc.key),
+                               f"IP {ip} collides with {', '.join(map(str, taken))} "
+                               "on a port; ignoring that IP for this service")
+            keep[ip] = not taken
+        svc = dataclasses.replace(
+            svc, external_ips=tuple(ip for ip in svc.external_ips if keep[ip]),
+            load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if keep[ip]))
+        for ip in (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips:
+            for p in svc.ports:
+                claimed[(ip, p.protocol, p.port)] = svc.key
+        out.append(svc)
+    return out
 
 
 class RejectLog:

@@ -108,17 +108,8 @@ def parse_node(raw, rejects: validate.RejectLog):
 def parse_state(doc, rejects: validate.RejectLog) -> model.ClusterState:
     """Turn a parsed YAML document into a ClusterState, skipping bad entries."""
     doc = doc or {}
-    services, cluster_ips = [], {}
-    for raw in doc.get("services") or ():
-        svc = parse_service(raw, rejects)
-        if svc is None:
-            continue
-        owner = cluster_ips.setdefault(svc.cluster_ip, svc.key)
-        if owner != svc.key:
-            rejects.reject("service", str(svc.key),
-                           f"clusterIP {svc.cluster_ip} is already used by {owner}")
-            continue
-        services.append(svc)
+    parsed = (parse_service(raw, rejects) for raw in doc.get("services") or ())
+    services = validate.claim_frontends([s for s in parsed if s], rejects)
     nodes = [n for n in (parse_node(r, rejects) for r in doc.get("nodes") or ()) if n]
     return model.ClusterState.build(services, nodes)
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install and start everything the lab and the tests need; safe to re-run.
+#   - Debian packages (Open vSwitch, Mininet, tools), only when missing
+#   - Open vSwitch started (userspace datapath: no kernel module needed)
+#   - .venv on Debian's python3 with system site packages (Mininet's module)
+#     and this package installed editable with pinned dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (Mininet and Open vSwitch need it)" >&2
+  exit 1
+fi
+
+PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl
+          python3-venv python3-dev iputils-ping procps socat gcc)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Open vSwitch: start ovsdb-server and ovs-vswitchd unless they answer.
+if ! ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
+  echo "setup.sh: starting Open vSwitch"
+  /usr/share/openvswitch/scripts/ovs-ctl --system-id=random start >/dev/null 2>&1 || true
+  ovs-vsctl --timeout=10 show >/dev/null
+fi
+
+# The venv: rebuilt only when the packaging files change.
+stamp=.venv/.nsx-proxy-stamp
+want=$(cat setup.cfg setup.py | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup.sh: building .venv"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  # Ryu 4.34's setup uses setuptools APIs removed in 67, so build without
+  # isolation against an older setuptools.
+  .venv/bin/pip install -q --disable-pip-version-check 'setuptools<67' wheel
+  .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,95 @@
+"""Diff properties over many random cluster states, and plan ordering."""
+import random
+
+import pytest
+
+from controller import compiler, cookies, diff
+from controller import flows as F
+from nsx_proxy import model, validate
+import world
+
+
+def random_state(rng):
+    services = []
+    for i in range(rng.randint(0, 6)):
+        eps = rng.sample(sorted(world.PODS), rng.randint(0, 4))
+        svc = world.web(endpoints=eps, vip=f"10.96.0.{10 + i}", name=f"svc{i}",
+                        ready=rng.random() > 0.2)
+        if rng.random() < 0.3:
+            svc = model.Service(svc.namespace, svc.name, svc.cluster_ip, svc.ports[:1],
+                                external_ips=(f"172.16.0.{rng.randint(1, 3)}",))
+        services.append(svc)
+    return world.state(*validate.claim_frontends(services, validate.RejectLog()))
+
+
+def test_frontend_collisions_are_resolved_by_name_not_arrival():
+    a = model.Service("default", "a", "10.96.0.1", world.web().ports[:1],
+                      external_ips=("172.16.0.1",))
+    b = model.Service("default", "b", "10.96.0.2", world.web().ports[:1],
+                      external_ips=("172.16.0.1", "172.16.0.2"))
+    for order in ((a, b), (b, a)):
+        kept = validate.claim_frontends(order, validate.RejectLog())
+        assert [s.external_ips for s in kept] == [("172.16.0.1",), ("172.16.0.2",)]
+
+
+def installed(state_):
+    flows, groups = compiler.flatten(state_)
+    return dict(flows), dict(groups)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_diff_properties(seed):
+    rng = random.Random(seed)
+    ids = cookies.GroupIds()
+    comp = compiler.Compiler(world.NODE1, ids)
+    a = dict(comp.compile(random_state(rng)))
+    b = dict(comp.compile(random_state(rng)))
+
+    assert len(diff.diff(a, a)) == 0                      # diff(A, A) is empty
+
+    flows, groups = installed(a)                          # A + diff(A, B) == B
+    diff.apply(flows, groups, diff.diff(a, b))
+    assert (flows, groups) == installed(b)
+
+    diff.apply(flows, groups, diff.diff(b, a))            # A -> B -> A restores A
+    assert (flows, groups) == installed(a)
+
+
+def test_endpoint_change_is_a_group_modify_and_touches_no_flow():
+    comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
+    a = dict(comp.compile(world.state(world.web(endpoints=("pod1", "pod3")))))
+    b = dict(comp.compile(world.state(world.web(endpoints=("pod1",)))))
+    plan = diff.diff(a, b)
+    assert len(plan.group_modifies) == 2
+    assert not (plan.flow_adds or plan.flow_modifies or plan.flow_deletes
+                or plan.group_adds or plan.group_deletes)
+
+
+def test_unrelated_services_are_never_touched():
+    comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
+    other = world.web(name="other", vip="10.96.0.99")
+    a = dict(comp.compile(world.state(other, world.web())))
+    b = dict(comp.compile(world.state(other)))
+    plan = diff.diff(a, b)
+    touched = plan.flow_deletes + plan.group_deletes
+    assert touched and all("10.96.0.99" not in F.flow_text(f) for f in plan.flow_deletes)
+    assert not (plan.flow_adds or plan.flow_modifies or plan.group_modifies)
+
+
+def test_resync_readds_flows_modifies_known_groups_and_deletes_unknown():
+    comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
+    want = dict(comp.compile(world.state(world.web())))
+    _, groups = compiler.flatten(want)
+    known = next(iter(groups))
+    plan = diff.resync(want, {known, 424242})
+    assert [g.group_id for g in plan.group_modifies] == [known]
+    assert [g.group_id for g in plan.group_deletes] == [424242]
+    assert len(plan.flow_adds) == len(compiler.flatten(want)[0])
+
+
+def test_deleting_a_group_deletes_flows_pointing_to_it():
+    flows = {("k",): F.flow(30, 1, (F.Group(7),))}
+    flows = {f.key: f for f in flows.values()}
+    plan = diff.Plan(group_deletes=[F.SelectGroup(7)])
+    diff.apply(flows, {7: F.SelectGroup(7)}, plan)
+    assert flows == {}

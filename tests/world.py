@@ -1,0 +1,48 @@
+"""A two-node cluster as plain data, shared by the unit and fake-switch tests."""
+from controller import cookies
+from controller.bridges import BridgeContext, Pod
+from controller.compiler import Compiler
+from nsx_proxy import model
+
+UPLINK = 10
+VIP = "10.96.0.10"
+
+
+def pod(name, ip, ofport):
+    return Pod(namespace="default", name=name, ip=ip,
+               mac="0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split(".")),
+               ofport=ofport)
+
+
+NODE1 = BridgeContext(name="br-node1", dpid=0x1001, role="node", ct_zone=100,
+                      node="node1", pod_cidr="10.1.1.0/24", uplink=UPLINK,
+                      pods=(pod("pod1", "10.1.1.2", 1), pod("pod2", "10.1.1.3", 2)))
+NODE2 = BridgeContext(name="br-node2", dpid=0x1002, role="node", ct_zone=200,
+                      node="node2", pod_cidr="10.1.2.0/24", uplink=UPLINK,
+                      pods=(pod("pod3", "10.1.2.2", 1), pod("pod4", "10.1.2.3", 2)))
+PODS = {p.name: p for ctx in (NODE1, NODE2) for p in ctx.pods}
+NODES = (model.Node("node1", "192.168.100.1", "10.1.1.0/24"),
+         model.Node("node2", "192.168.100.2", "10.1.2.0/24"))
+
+
+def endpoint(name, port=8080, **kw):
+    p = PODS[name]
+    node = "node1" if p.ip.startswith("10.1.1.") else "node2"
+    return model.Endpoint(ip=p.ip, port=port, node=node, pod=f"default/{name}", **kw)
+
+
+def web(endpoints=("pod1", "pod3"), vip=VIP, name="web", **ep_kw):
+    eps = tuple(endpoint(n, **ep_kw) for n in endpoints)
+    udp_eps = tuple(endpoint(n, port=5353, **ep_kw) for n in endpoints)
+    return model.Service(
+        namespace="default", name=name, cluster_ip=vip,
+        ports=(model.ServicePort("http", model.TCP, 80, 8080, eps),
+               model.ServicePort("dns", model.UDP, 53, 5353, udp_eps)))
+
+
+def state(*services):
+    return model.ClusterState.build(services, NODES)
+
+
+def compile_for(ctx, st, group_ids=None):
+    return Compiler(ctx, group_ids or cookies.GroupIds()).compile(st)
