@@ -1,0 +1,111 @@
+"""Packets through the compiled pipeline of two nodes, on the fake switch."""
+import pytest
+
+from controller import compiler, cookies, diff
+from controller import flows as F
+from fakeswitch import FakeNetwork, tcp, udp
+import world
+
+P = world.PODS
+
+
+def build(state_):
+    net = FakeNetwork()
+    ids = cookies.GroupIds()
+    for ctx in (world.NODE1, world.NODE2):
+        sw = net.add_switch(ctx.name)
+        sw.apply(diff.diff({}, compiler.Compiler(ctx, ids).compile(state_)))
+    net.link(("br-node1", world.UPLINK), ("br-node2", world.UPLINK))
+    return net
+
+
+def from_pod(name, pkt):
+    p = P[name]
+    bridge = "br-node1" if p.ip.startswith("10.1.1.") else "br-node2"
+    return bridge, p.ofport, dict(pkt, eth_src=p.mac, in_port=p.ofport)
+
+
+def landing(outcomes):
+    return sorted((o.bridge, o.port, o.packet["ipv4_dst"], o.packet.get("tp_dst"))
+                  for o in outcomes)
+
+
+def send(net, pod, pkt):
+    bridge, port, pkt = from_pod(pod, pkt)
+    return net.send(bridge, port, pkt)
+
+
+def test_new_connection_to_vip_can_reach_every_endpoint_on_both_nodes():
+    net = build(world.state(world.web(endpoints=("pod2", "pod3", "pod4"))))
+    outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80))
+    assert landing(outs) == [("br-node1", 2, "10.1.1.3", 8080),
+                             ("br-node2", 1, "10.1.2.2", 8080),
+                             ("br-node2", 2, "10.1.2.3", 8080)]
+    for o in outs:   # routed: the bridge's router MAC is the source
+        assert o.packet["eth_dst"] == P[{"10.1.1.3": "pod2", "10.1.2.2": "pod3",
+                                          "10.1.2.3": "pod4"}[o.packet["ipv4_dst"]]].mac
+
+
+def test_reply_is_unnated_and_established_packets_skip_load_balancing():
+    net = build(world.state(world.web(endpoints=("pod3", "pod4"))))
+    outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=5555))
+    to_pod3 = next(o for o in outs if o.packet["ipv4_dst"] == P["pod3"].ip)
+    net.adopt(to_pod3)
+    reply = tcp(P["pod3"].ip, P["pod1"].ip, 5555, sport=8080, tcp_flags="syn-ack")
+    back = send(net, "pod3", reply)
+    assert [(o.bridge, o.port, o.packet["ipv4_src"], o.packet["tp_src"]) for o in back] \
+        == [("br-node1", P["pod1"].ofport, world.VIP, 80)]
+    # the next packet of the connection sticks to pod3, even after pod3's
+    # bucket is joined by others: no re-balancing of established flows
+    again = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=5555, tcp_flags="ack"))
+    assert landing(again) == [("br-node2", 1, P["pod3"].ip, 8080)]
+
+
+def test_udp_service_port_translates_to_its_own_target_port():
+    net = build(world.state(world.web(endpoints=("pod3",))))
+    outs = send(net, "pod1", udp(P["pod1"].ip, world.VIP, 53))
+    assert landing(outs) == [("br-node2", 1, P["pod3"].ip, 5353)]
+
+
+def test_hairpin_pod_reaching_itself_is_snated_to_the_gateway():
+    net = build(world.state(world.web(endpoints=("pod1",))))
+    outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=7777))
+    assert [(o.port, o.packet["ipv4_src"], o.packet["ipv4_dst"]) for o in outs] == [
+        (P["pod1"].ofport, world.NODE1.gateway_ip, P["pod1"].ip)]
+    net.adopt(outs[0])
+    reply = tcp(P["pod1"].ip, world.NODE1.gateway_ip, 7777, sport=8080, tcp_flags="ack")
+    back = send(net, "pod1", reply)
+    assert [(o.port, o.packet["ipv4_src"], o.packet["tp_src"], o.packet["ipv4_dst"])
+            for o in back] == [(P["pod1"].ofport, world.VIP, 80, P["pod1"].ip)]
+
+
+def test_invalid_conntrack_state_is_dropped():
+    net = build(world.state(world.web()))
+    stray = tcp(P["pod1"].ip, P["pod3"].ip, 8080, tcp_flags="ack")  # no SYN seen
+    assert send(net, "pod1", stray) == []
+
+
+@pytest.mark.parametrize("pkt", [
+    tcp("10.1.1.99", world.VIP, 80),                # spoofed source IP
+    tcp(world.PODS["pod1"].ip, "8.8.8.8", 80),      # nowhere to route
+    tcp(world.PODS["pod1"].ip, world.VIP, 81),      # VIP, but not a service port
+])
+def test_unknown_traffic_is_dropped_never_flooded(pkt):
+    net = build(world.state(world.web()))
+    assert send(net, "pod1", pkt) == []
+
+
+def test_service_without_endpoints_drops_new_connections():
+    net = build(world.state(world.web(endpoints=())))
+    assert send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80)) == []
+
+
+def test_arp_for_gateway_and_vip_is_answered_with_the_router_mac():
+    net = build(world.state(world.web()))
+    for target in (world.NODE1.gateway_ip, world.VIP):
+        req = {"eth_type": F.ETH_ARP, "arp_op": 1, "arp_spa": P["pod1"].ip,
+               "arp_tpa": target, "arp_sha": P["pod1"].mac, "eth_dst": "ff:ff:ff:ff:ff:ff"}
+        (out,) = send(net, "pod1", req)
+        assert out.port == P["pod1"].ofport
+        assert (out.packet["arp_op"], out.packet["arp_spa"], out.packet["arp_sha"],
+                out.packet["arp_tpa"]) == (2, target, world.NODE1.router_mac, P["pod1"].ip)

@@ -1,0 +1,122 @@
+"""Real Open vSwitch, no hosts: install through the app, check what OVS holds.
+
+The bridge uses internal ports as pods and uplink, labelled in OVSDB the way
+the README's conventions say.  Packets are checked with ofproto/trace.
+"""
+import re
+import signal
+
+import pytest
+
+from topologies.lab import run, wait_for
+from ovs_helpers import Controller, flow_lines, group_lines
+
+pytestmark = pytest.mark.ovs
+
+BR = "nsxp-test0"
+POD_MAC = "0a:58:0a:01:01:02"
+ROUTER_MAC = "0a:58:0a:01:01:01"
+STATE = {
+    "nodes": [{"name": "node1", "internalIP": "192.168.100.1", "podCIDR": "10.1.1.0/24"},
+              {"name": "node2", "internalIP": "192.168.100.2", "podCIDR": "10.1.2.0/24"}],
+    "services": [{
+        "name": "web", "clusterIP": "10.96.0.10",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+        "endpoints": [{"ip": "10.1.1.2", "node": "node1"}, {"ip": "10.1.2.2", "node": "node2"}],
+    }],
+}
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    run(["ovs-vsctl", "--if-exists", "del-br", BR])
+    run(["ovs-vsctl", "add-br", BR, "--", "set", "bridge", BR, "datapath_type=netdev",
+         "fail_mode=secure", "protocols=OpenFlow13",
+         "external_ids:nsx-proxy-role=node", "external_ids:nsx-proxy-node=node1",
+         "external_ids:nsx-proxy-pod-cidr=10.1.1.0/24",
+         "--", "set-controller", BR, "tcp:127.0.0.1:16653",
+         "--", "add-port", BR, "nsxp-t0-pod1", "--", "set", "interface", "nsxp-t0-pod1",
+         "type=internal", "ofport_request=1", "external_ids:nsx-proxy-role=pod",
+         "external_ids:pod-name=pod1", "external_ids:pod-namespace=default",
+         "external_ids:ip-address=10.1.1.2", f"external_ids:attached-mac={POD_MAC}",
+         "--", "add-port", BR, "nsxp-t0-up", "--", "set", "interface", "nsxp-t0-up",
+         "type=internal", "ofport_request=10", "external_ids:nsx-proxy-role=uplink"])
+    for uuid in run(["ovs-vsctl", "--bare", "--columns=controller", "list", "bridge",
+                     BR]).split():
+        run(["ovs-vsctl", "set", "controller", uuid, "max_backoff=1000"])
+    yield BR
+    run(["ovs-vsctl", "--if-exists", "del-br", BR])
+
+
+@pytest.fixture(scope="module")
+def controller(bridge, tmp_path_factory):
+    ctl = Controller(tmp_path_factory.mktemp("ovs"), 16653)
+    ctl.write_state(STATE)
+    ctl.start()
+    wait_for(lambda: len(group_lines(bridge)) == 1, 20, what="the service group")
+    yield ctl
+    ctl.stop()
+
+
+def trace(bridge, flow):
+    return run(["ovs-appctl", "ofproto/trace", bridge, flow])
+
+
+def generations(bridge):
+    return {line.split(",")[0] [len("cookie=0x"):].rjust(16, "0")[:2]
+            for line in flow_lines(bridge)}
+
+
+def test_nat_buckets_are_accepted_by_ovs(controller, bridge):
+    """Needs the NXActionNAT padding: without it OVS refuses the group (BAD_LEN)."""
+    (group,) = group_lines(bridge)
+    assert "nat(dst=10.1.1.2:8080)" in group and "nat(dst=10.1.2.2:8080)" in group
+    assert "error" not in controller.log_text().lower()
+
+
+def test_new_connection_to_vip_goes_through_conntrack_to_the_group(controller, bridge):
+    out = trace(bridge, f"in_port=1,tcp,dl_src={POD_MAC},dl_dst={ROUTER_MAC},"
+                        "nw_src=10.1.1.2,nw_dst=10.96.0.10,tp_dst=80,tcp_flags=syn")
+    gid = re.search(r"group_id=(\d+)", group_lines(bridge)[0]).group(1)
+    assert "ct(table=21,zone=" in out and f"group:{gid}" in out
+
+
+def test_arp_for_the_vip_is_answered_from_the_bridge(controller, bridge):
+    out = trace(bridge, f"in_port=1,arp,dl_src={POD_MAC},dl_dst=ff:ff:ff:ff:ff:ff,"
+                        "arp_op=1,arp_spa=10.1.1.2,arp_tpa=10.96.0.10,"
+                        f"arp_sha={POD_MAC}")
+    actions = out.split("Datapath actions:")[1].splitlines()[0]
+    assert f"set(eth(src={ROUTER_MAC},dst={POD_MAC}))" in actions
+    assert (f"set(arp(sip=10.96.0.10,tip=10.1.1.2,op=2,sha={ROUTER_MAC},"
+            f"tha={POD_MAC}))") in actions
+    assert actions.strip().endswith(",1")          # back out of the pod's port
+
+
+def test_spoofed_source_is_dropped(controller, bridge):
+    out = trace(bridge, "in_port=1,tcp,dl_src=02:00:00:00:00:99,nw_src=10.1.1.2,"
+                        "nw_dst=10.96.0.10,tp_dst=80,tcp_flags=syn")
+    assert out.strip().endswith("Datapath actions: drop")
+
+
+def test_restart_installs_a_new_round_and_removes_the_old(controller, bridge):
+    before_flows, before_groups = sorted(flow_lines(bridge)), group_lines(bridge)
+    (old_gen,) = generations(bridge)
+    controller.stop(signal.SIGKILL)
+    assert len(flow_lines(bridge)) == len(before_flows)   # secure mode: flows stay
+    controller.start()
+    wait_for(lambda: generations(bridge) == {f"{int(old_gen, 16) + 1:02x}"}, 30,
+             what="the new round to replace the old one")
+    assert len(flow_lines(bridge)) == len(before_flows)
+    assert [g.split(",")[0] for g in group_lines(bridge)] == \
+        [g.split(",")[0] for g in before_groups]
+
+
+def test_endpoint_change_is_one_group_modify(controller, bridge):
+    flows_before = {l.split(" duration")[0] for l in flow_lines(bridge)}
+    state = dict(STATE, services=[dict(STATE["services"][0],
+                                       endpoints=STATE["services"][0]["endpoints"][:1])])
+    controller.write_state(state)
+    wait_for(lambda: "10.1.2.2" not in group_lines(bridge)[0], 10, what="group modify")
+    assert {l.split(" duration")[0] for l in flow_lines(bridge)} == flows_before
+    controller.write_state(STATE)
+    wait_for(lambda: "10.1.2.2" in group_lines(bridge)[0], 10, what="group restored")
