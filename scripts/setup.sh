@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl
-          python3-venv python3-dev iputils-ping procps socat gcc)
+          python3-venv python3-dev iputils-ping procps gcc)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
