@@ -8,7 +8,7 @@ IPs parse, ports are in range, protocols are known.
 """
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 TCP = "TCP"
 UDP = "UDP"
@@ -21,8 +21,8 @@ LOAD_BALANCER = "LoadBalancer"
 SERVICE_TYPES = (CLUSTER_IP, NODE_PORT, LOAD_BALANCER)
 
 
-@dataclass(frozen=True)
-class ServiceKey:
+class ServiceKey(NamedTuple):
+    """namespace/name; a tuple so hashing it (done per object per sync) is C-fast."""
     namespace: str
     name: str
 
