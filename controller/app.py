@@ -43,6 +43,10 @@ CONF.register_opts([
 ], group="nsx_proxy")
 
 
+def _listeners(svc):
+    return {(p.protocol, p.port) for p in svc.ports}
+
+
 class _Pending:
     """A bundle in flight: its messages by xid, errors seen, a done event."""
 
@@ -82,10 +86,16 @@ class ServiceProxy(app_manager.RyuApp):
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState) -> None:
         """A new desired cluster state from a source."""
-        self.state = state
+        previous, self.state = self.state, state
         self.state_version += 1
         self.state_received = time.monotonic()
-        self.group_ids.release_unused(self._service_port_names(state))
+        # Free group ids of vanished services or ports (a walk over every
+        # service, so only when something could have vanished).
+        old = previous.services
+        if old.keys() - state.services.keys() or any(
+                _listeners(old.get(k, svc)) != _listeners(svc)
+                for k, svc in state.services.items() if old.get(k) is not svc):
+            self.group_ids.release_unused(self._service_port_names(state))
         self._kick_all()
 
     @staticmethod

@@ -77,9 +77,9 @@ def test_unchanged_objects_reuse_their_fragments():
     first = comp.compile(world.state(svc_a, svc_b))
     second = comp.compile(world.state(svc_a, world.web(name="api", vip="10.96.0.20",
                                                        endpoints=("pod2",))))
-    key_a = ("service", svc_a.key)
+    key_a = compiler.service_key(svc_a.key)
     assert second[key_a] is first[key_a]
-    assert second[("service", svc_b.key)] != first[("service", svc_b.key)]
+    assert second[compiler.service_key(svc_b.key)] != first[compiler.service_key(svc_b.key)]
 
 
 def test_group_ids_are_stable_across_compilers_and_collisions_probe():

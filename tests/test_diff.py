@@ -93,3 +93,14 @@ def test_deleting_a_group_deletes_flows_pointing_to_it():
     plan = diff.Plan(group_deletes=[F.SelectGroup(7)])
     diff.apply(flows, {7: F.SelectGroup(7)}, plan)
     assert flows == {}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_patched_compile_equals_a_fresh_compile(seed):
+    """The compiler's fast path must give exactly what a new compiler gives."""
+    rng = random.Random(1000 + seed)
+    ids = cookies.GroupIds()
+    comp = compiler.Compiler(world.NODE1, ids)
+    for _ in range(4):
+        st = random_state(rng)
+        assert comp.compile(st) == compiler.Compiler(world.NODE1, ids).compile(st)
