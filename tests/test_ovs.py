@@ -121,3 +121,19 @@ def test_endpoint_change_is_one_group_modify(controller, bridge):
     assert {l.split(" duration")[0] for l in flow_lines(bridge)} == flows_before
     controller.write_state(STATE)
     wait_for(lambda: "10.1.2.2" in group_lines(bridge)[0], 10, what="group restored")
+
+
+def test_switch_that_reconnects_is_reconciled_to_the_full_state(controller, bridge):
+    """A reconnect (as after an OVS restart) is reconciled to the whole state:
+    flows deleted by hand while disconnected come back, one round only.
+    (Removing the controller record also makes OVS drop the bridge's flows,
+    which is what an OVS restart does too.)"""
+    count, groups = len(flow_lines(bridge)), len(group_lines(bridge))
+    run(["ovs-vsctl", "del-controller", bridge])
+    run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge, "table=10"])
+    run(["ovs-vsctl", "set-controller", bridge, "tcp:127.0.0.1:16653"])
+    for uuid in run(["ovs-vsctl", "--bare", "--columns=controller", "list", "bridge",
+                     bridge]).split():
+        run(["ovs-vsctl", "set", "controller", uuid, "max_backoff=1000"])
+    wait_for(lambda: len(flow_lines(bridge)) == count and len(generations(bridge)) == 1
+             and len(group_lines(bridge)) == groups, 30, what="reconcile after reconnect")
