@@ -25,6 +25,7 @@ from ryu.ofproto import ofproto_v1_3
 
 from controller import cookies
 from controller import ofmsg
+from controller.compiler import service_port_name
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.session import SwitchSession
 from nsx_proxy import model
@@ -64,7 +65,6 @@ class ServiceProxy(app_manager.RyuApp):
         super().__init__(*args, **kwargs)
         self.conf = CONF.nsx_proxy
         self.state = model.ClusterState()
-        self.state_version = 0
         self.state_received = None           # whether a source delivered yet
         self.contexts = {}                   # dpid -> BridgeContext (OVSDB)
         self.datapaths = {}                  # dpid -> Ryu datapath
@@ -87,7 +87,6 @@ class ServiceProxy(app_manager.RyuApp):
     def set_state(self, state: model.ClusterState) -> None:
         """A new desired cluster state from a source."""
         previous, self.state = self.state, state
-        self.state_version += 1
         self.state_received = time.monotonic()
         # Free group ids of vanished services or ports (a walk over every
         # service, so only when something could have vanished).
@@ -100,7 +99,6 @@ class ServiceProxy(app_manager.RyuApp):
 
     @staticmethod
     def _service_port_names(state):
-        from controller.compiler import service_port_name
         return {service_port_name(svc, port)
                 for svc in state.services.values() for port in svc.ports}
 
@@ -216,7 +214,9 @@ class ServiceProxy(app_manager.RyuApp):
                 listener(dp.id, plan, elapsed)
         else:
             session.failed(want, plan, failed_items, reason)
-            self._kicks.get(dp.id, hub.Event()).set()
+            kick = self._kicks.get(dp.id)
+            if kick is not None:
+                kick.set()               # retry at once without what failed
 
     def _send_bundle(self, dp, pairs):
         """Send one atomic bundle and wait for it; (ok, failed items, reason)."""

@@ -28,7 +28,6 @@ class SwitchSession:
         self.needs_resync = True
         # fragments OVS refused, by key: skipped until the object changes
         self.quarantined: Dict[Hashable, Fragment] = {}
-        self.syncs = 0
 
     # --- handshake -------------------------------------------------------
     def learn_switch(self, table0_cookies, group_ids) -> None:
@@ -77,7 +76,6 @@ class SwitchSession:
         self.needs_resync = False
         self.stale_generations = set()
         self.groups_on_switch = set()
-        self.syncs += 1
         LOG.info("switch %016x: committed %s in %.1f ms", self.dpid,
                  plan.summary(), (time.monotonic() - started) * 1000)
 
