@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,10 +33,11 @@ from typing import Dict, List
 import yaml
 
 from controller import bridges as B
+from topologies.controller_proc import RyuProcess
+from topologies.waiting import wait_for
 
 LOG = logging.getLogger("lab")
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 
 SERVICE_CIDR = "10.96.0.0/16"
 DEMO_VIP = "10.96.0.10"
@@ -45,18 +45,6 @@ TCP_TARGET = 8080
 UDP_TARGET = 5353
 INET_IP = "203.0.113.10"
 INET_GW = "203.0.113.1"
-
-
-def wait_for(predicate, timeout=20.0, interval=0.1, what="condition"):
-    """Poll until ``predicate()`` is truthy; return its value or raise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def run(cmd, check=True) -> str:
@@ -133,7 +121,8 @@ class Lab:
         self.of_port = of_port
         self.state_file = os.path.join(run_dir, "state.yaml")
         self.controller_log = os.path.join(run_dir, "controller.log")
-        self.controller_proc = None
+        self.controller = RyuProcess(run_dir, self.state_file, of_port,
+                                     self.controller_log)
         self.net = None
         self.services = []
 
@@ -247,33 +236,10 @@ class Lab:
 
     # --- controller -------------------------------------------------------------
     def start_controller(self):
-        conf = os.path.join(self.run_dir, "nsx-proxy.conf")
-        with open(conf, "w") as fh:
-            fh.write(f"[nsx_proxy]\nstate_file = {self.state_file}\n")
-        ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
-        log = open(self.controller_log, "a")
-        self.controller_proc = subprocess.Popen(
-            [ryu, "--config-file", conf, "--ofp-tcp-listen-port", str(self.of_port),
-             "controller.app"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for(self._controller_listening, 20, what="ryu-manager to listen")
-
-    def _controller_listening(self) -> bool:
-        if self.controller_proc.poll() is not None:
-            raise RuntimeError(f"ryu-manager exited; see {self.controller_log}")
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.of_port)) == 0
+        self.controller.start()
 
     def stop_controller(self, sig=signal.SIGTERM):
-        proc, self.controller_proc = self.controller_proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.controller.stop(sig)
 
     def restart_controller(self, sig=signal.SIGKILL):
         self.stop_controller(sig)
