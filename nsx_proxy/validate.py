@@ -99,9 +99,10 @@ def claim_frontends(services, rejects: "RejectLog"):
                                f"IP {ip} collides with {', '.join(map(str, taken))} "
                                "on a port; ignoring that IP for this service")
             keep[ip] = not taken
-        svc = dataclasses.replace(
-            svc, external_ips=tuple(ip for ip in svc.external_ips if keep[ip]),
-            load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if keep[ip]))
+        if not all(keep.values()):      # keep the object itself when unchanged:
+            svc = dataclasses.replace(  # the compiler recognises it by identity
+                svc, external_ips=tuple(ip for ip in svc.external_ips if keep[ip]),
+                load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if keep[ip]))
         for ip in (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips:
             for p in svc.ports:
                 claimed[(ip, p.protocol, p.port)] = svc.key

@@ -1,0 +1,208 @@
+"""Kubernetes API objects (plain JSON dicts) -> the frozen model.
+
+Pure functions: no client, no I/O.  The watch keeps the raw JSON the API
+server sent (decoding it into the client's model classes costs more than
+everything else the proxy does), and this module reads the fields the
+proxy implements, the way kube-proxy reads them:
+
+* a Service with ``clusterIP: None`` (headless) or ``type: ExternalName``
+  has no VIP and is ignored, not rejected;
+* endpoints come from every EndpointSlice labelled
+  ``kubernetes.io/service-name``; a service port takes its endpoints from
+  the slice port with the same name, so a named targetPort resolves per
+  slice (pods with different container ports behind one service);
+* conditions follow the API's rules for unset values: ``ready`` unset means
+  ready, ``serving`` unset means the same as ``ready``, ``terminating``
+  unset means not terminating.
+
+Anything the proxy cannot implement raises :class:`validate.Invalid` (the
+whole object) or is reported through ``reject`` (one port or endpoint).
+"""
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from nsx_proxy import model
+from nsx_proxy import validate
+from nsx_proxy.validate import Invalid
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+Reject = Callable[[str, str, str], None]          # (kind, name, reason)
+
+
+def object_name(obj) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name', '?')}" if ns else meta.get("name", "?")
+
+
+def ignored_reason(svc) -> Optional[str]:
+    """Why a Service legitimately has no proxy rules, or None."""
+    spec = svc.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return "ExternalName"
+    if spec.get("clusterIP") in ("None", ""):
+        return "headless"
+    return None
+
+
+def _ipv4_cluster_ip(spec) -> str:
+    """The service's IPv4 VIP; single-stack IPv6 is rejected until dual-stack."""
+    candidates = spec.get("clusterIPs") or [spec.get("clusterIP")]
+    for ip in candidates:
+        if isinstance(ip, str) and ":" not in ip:
+            return validate.ipv4(ip, "clusterIP")
+    return validate.ipv4(candidates[0], "clusterIP")   # raises the right reason
+
+
+def _ports(name, spec, reject: Reject) -> List[model.ServicePort]:
+    ports, seen = [], set()
+    for raw in spec.get("ports") or ():
+        label = f"{name} port {raw.get('name') or raw.get('port')}"
+        try:
+            sport = model.ServicePort(
+                name=str(raw.get("name") or ""),
+                protocol=validate.protocol(raw.get("protocol")),
+                port=validate.port(raw.get("port")),
+                target_port=validate.target_port(raw.get("targetPort", raw.get("port"))),
+                node_port=(validate.port(raw["nodePort"], "nodePort")
+                           if raw.get("nodePort") else None))
+            if (sport.protocol, sport.port) in seen:
+                raise Invalid(f"{sport.protocol}/{sport.port} is listed twice")
+        except Invalid as exc:
+            reject("service port", label, str(exc))
+            continue
+        seen.add((sport.protocol, sport.port))
+        ports.append(sport)
+    return ports
+
+
+def _ingress_ips(name, svc, reject: Reject) -> Tuple[str, ...]:
+    ips = []
+    for ingress in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ():
+        ip = ingress.get("ip")
+        if not ip:
+            continue                       # hostname-only ingress: nothing to NAT
+        try:
+            ips.append(validate.ipv4(ip, "load-balancer ingress IP"))
+        except Invalid as exc:
+            reject("service", name, str(exc))
+    return tuple(dict.fromkeys(ips))
+
+
+def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
+    """Translate one Service and its EndpointSlices (the caller skips ignored ones)."""
+    name = object_name(svc)
+    meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+    if not meta.get("name") or not meta.get("namespace"):
+        raise Invalid("has no namespace/name")
+    cluster_ip = _ipv4_cluster_ip(spec)
+    stype = validate.service_type(spec.get("type"))
+    external_ips = []
+    for ip in spec.get("externalIPs") or ():
+        try:
+            external_ips.append(validate.ipv4(ip, "externalIP"))
+        except Invalid as exc:
+            reject("service", name, str(exc))
+    ports = _ports(name, spec, reject)
+    by_port = merge_slices(name, ports, slices, reject)
+    return model.Service(
+        namespace=meta["namespace"], name=meta["name"], cluster_ip=cluster_ip,
+        ports=tuple(model.ServicePort(
+            name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
+            node_port=p.node_port, endpoints=by_port[p]) for p in ports),
+        type=stype, external_ips=tuple(dict.fromkeys(external_ips)),
+        load_balancer_ips=(_ingress_ips(name, svc, reject)
+                           if stype == model.LOAD_BALANCER else ()))
+
+
+def _condition(conditions, key, default) -> bool:
+    value = conditions.get(key)
+    return default if value is None else bool(value)
+
+
+def _slice_endpoints(slice_name, raw_slice, reject: Reject):
+    """(ip, node, pod, ready, serving, terminating) of a slice's valid endpoints."""
+    out = []
+    for raw in raw_slice.get("endpoints") or ():
+        conditions = raw.get("conditions") or {}
+        ready = _condition(conditions, "ready", True)
+        ref = raw.get("targetRef") or {}
+        pod = (f"{ref.get('namespace')}/{ref.get('name')}"
+               if ref.get("kind", "Pod") == "Pod" and ref.get("name") else None)
+        for ip in raw.get("addresses") or ():
+            try:
+                ip = validate.ipv4(ip, "endpoint address")
+            except Invalid as exc:
+                reject("endpointslice", slice_name, str(exc))
+                continue
+            out.append((ip, raw.get("nodeName"), pod, ready,
+                        _condition(conditions, "serving", ready),
+                        _condition(conditions, "terminating", False)))
+    return out
+
+
+def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
+                 reject: Reject) -> Dict[model.ServicePort, Tuple[model.Endpoint, ...]]:
+    """Endpoints of each service port, merged across all of the service's slices.
+
+    An address that appears in two slices (a pod moving between slices
+    during an update) is kept once, preferring its ready entry.
+    """
+    merged: Dict[model.ServicePort, Dict[Tuple[str, int], model.Endpoint]] = {
+        p: {} for p in ports}
+    for raw_slice in sorted(slices, key=object_name):
+        slice_name = object_name(raw_slice)
+        family = raw_slice.get("addressType", "IPv4")
+        if family != "IPv4":
+            reject("endpointslice", slice_name,
+                   f"addressType {family} is not supported yet; slice ignored")
+            continue
+        endpoints = _slice_endpoints(slice_name, raw_slice, reject)
+        for raw_port in raw_slice.get("ports") or ():
+            pname = raw_port.get("name") or ""
+            proto = (raw_port.get("protocol") or model.TCP).upper()
+            try:
+                number = validate.port(raw_port.get("port"), "endpoint port")
+            except Invalid as exc:
+                reject("endpointslice", slice_name, f"port {pname!r}: {exc}")
+                continue
+            for sport in ports:
+                if sport.name != pname or sport.protocol != proto:
+                    continue
+                pool = merged[sport]
+                for ip, node, pod, ready, serving, terminating in endpoints:
+                    old = pool.get((ip, number))
+                    if old is not None and old.ready and not ready:
+                        continue
+                    pool[(ip, number)] = model.Endpoint(
+                        ip=ip, port=number, node=node, pod=pod, ready=ready,
+                        serving=serving, terminating=terminating)
+    return {p: tuple(pool[k] for k in sorted(pool)) for p, pool in merged.items()}
+
+
+def node(raw) -> model.Node:
+    meta, spec = raw.get("metadata") or {}, raw.get("spec") or {}
+    if not meta.get("name"):
+        raise Invalid("has no name")
+    addresses = (raw.get("status") or {}).get("addresses") or ()
+    internal = [a.get("address") for a in addresses if a.get("type") == "InternalIP"]
+    internal = [ip for ip in internal if isinstance(ip, str) and ":" not in ip] or internal
+    if not internal:
+        raise Invalid("has no InternalIP address yet")
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    cidrs4 = [c for c in cidrs if ":" not in str(c)]
+    if not cidrs4:
+        raise Invalid("has no IPv4 podCIDR yet")
+    return model.Node(name=meta["name"],
+                      internal_ip=validate.ipv4(internal[0], "InternalIP"),
+                      pod_cidr=validate.cidr4(cidrs4[0], "podCIDR"))
+
+
+def slice_service(raw_slice) -> Optional[model.ServiceKey]:
+    """The service a slice belongs to, from its kubernetes.io/service-name label."""
+    meta = raw_slice.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    if not owner or not meta.get("namespace"):
+        return None
+    return model.ServiceKey(meta["namespace"], owner)
+
