@@ -7,7 +7,12 @@ messages out.  This is the only module that calls ``send_msg``.  Run it as::
 
 Configuration (``[nsx_proxy]`` section of the config file)::
 
-    state_file = /path/to/state.yaml   # the lab's state source
+    source = kubernetes            # or: file (a YAML state file, for demos)
+    kubeconfig =                   # empty: in-cluster, else KUBECONFIG / ~/.kube/config
+    min_sync_period = 0.5          # coalesce API events: at most one sync per period
+    max_sync_period = 60           # and at least one per period
+    relist_period = 600            # full relist of every watched resource
+    state_file = /path/to/state.yaml   # with source = file
     ovsdb = unix:/var/run/openvswitch/db.sock
     bundle_timeout = 30
 """
@@ -28,13 +33,25 @@ from controller import ofmsg
 from controller.compiler import service_port_name
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.session import SwitchSession
-from nsx_proxy import model
+from nsx_proxy import kube_source, model
+from nsx_proxy.kube_source import KubeSource
+from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
 
 LOG = logging.getLogger("nsx_proxy")
 
 CONF = cfg.CONF
 CONF.register_opts([
+    cfg.StrOpt("source", default="kubernetes", choices=("kubernetes", "file"),
+               help="where the desired state comes from"),
+    cfg.StrOpt("kubeconfig", default="",
+               help="kubeconfig path; empty: in-cluster, else KUBECONFIG or ~/.kube/config"),
+    cfg.FloatOpt("min_sync_period", default=0.5,
+                 help="seconds: at most one sync per period, however many API events"),
+    cfg.FloatOpt("max_sync_period", default=60.0,
+                 help="seconds: at least one sync per period"),
+    cfg.FloatOpt("relist_period", default=600.0,
+                 help="seconds between full relists of each watched resource"),
     cfg.StrOpt("state_file", default="/var/lib/nsx-proxy/state.yaml",
                help="YAML file with nodes and services (the lab's state source)"),
     cfg.StrOpt("ovsdb", default="unix:/var/run/openvswitch/db.sock",
@@ -75,13 +92,22 @@ class ServiceProxy(app_manager.RyuApp):
         self.group_ids = cookies.GroupIds()
         self._bundle_ids = itertools.count(1)
         self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
+        self.source = None
 
     def start(self):
         super().start()
         OvsdbMonitor(self.conf.ovsdb, self.set_contexts, hub.spawn, hub.sleep).start()
-        if self.conf.state_file:
+        if self.conf.source == "file":
             YamlFileSource(self.conf.state_file, self.set_state,
                            hub.spawn, hub.sleep).start()
+        else:
+            self.source = KubeSource(
+                kube_source.api_client(self.conf.kubeconfig or None), self.set_state,
+                Hub(hub.spawn, hub.sleep, hub.Event),
+                min_interval=self.conf.min_sync_period,
+                max_interval=self.conf.max_sync_period,
+                relist_period=self.conf.relist_period)
+            self.source.start()
 
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState) -> None:

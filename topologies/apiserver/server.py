@@ -105,6 +105,11 @@ def _openapi(path):
     return None
 
 
+def _flag(value) -> bool:
+    """A boolean query parameter, parsed like Go's strconv.ParseBool."""
+    return value in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def route(path):
     """(resource, namespace, name, subresource) of a resource path, or None."""
     parts = [p for p in path.split("/") if p]
@@ -194,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
                                "resource")
             res, ns, name, sub = target
             if method == "GET" and name is None:
-                if query.get("watch") in ("true", "1"):
+                if _flag(query.get("watch")):
                     self._watch(api, res, ns, query)
                 else:
                     self._list(api, res, ns, query)
@@ -258,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         predicate = self._predicate(query)
         rv = parse_rv(query.get("resourceVersion"))
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        bookmarks = _flag(query.get("allowWatchBookmarks"))
         with store.cond:
             if not rv:                       # "" or "0": current state first
                 items, last = store.list(res.name, ns, predicate)

@@ -1,0 +1,198 @@
+"""The Kubernetes API as a state source: reflectors -> caches -> model.
+
+Three reflectors (Services, EndpointSlices, Nodes) keep raw caches and mark
+what changed; a rate-limited runner turns the caches into a ClusterState:
+
+* nothing is delivered until every reflector has listed once, so a
+  restarting controller never compiles "no services" and blackholes
+  working VIPs;
+* only services whose object or slices changed are translated again, and
+  an unchanged translation keeps its old object, so the compiler's fast
+  path (identity) sees exactly what changed;
+* bad objects are logged once, counted and skipped (validate.RejectLog).
+
+Config: the kubeconfig is found the way kubectl finds it (an explicit path,
+else in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
+"""
+import logging
+import os
+
+from kubernetes import client, config
+
+from nsx_proxy import model, translate, validate
+from nsx_proxy.reflector import Reflector
+from nsx_proxy.runner import BoundedFrequencyRunner
+from nsx_proxy.validate import Invalid
+
+LOG = logging.getLogger(__name__)
+
+
+def api_client(kubeconfig=None) -> client.ApiClient:
+    """An ApiClient configured like kubectl would be."""
+    cfg = client.Configuration()
+    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    cfg.retries = 0        # the reflectors back off themselves, with jitter, forever
+    return client.ApiClient(cfg)
+
+
+def _key(obj):
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace"), meta.get("name")
+
+
+class KubeSource:
+    def __init__(self, api, on_change, hub, min_interval=0.5, max_interval=60.0,
+                 relist_period=600.0, rejects=None):
+        self._on_change = on_change
+        self.rejects = rejects or validate.RejectLog(LOG)
+        self.services = {}                   # ServiceKey -> raw Service
+        self.slices = {}                     # (ns, name) -> raw EndpointSlice
+        self.slices_by_service = {}          # ServiceKey -> {(ns, name): raw slice}
+        self.nodes = {}                      # name -> raw Node
+        self._translated = {}                # ServiceKey -> model.Service
+        self._nodes = {}                     # name -> model.Node
+        self._dirty = set()                  # ServiceKeys to translate again
+        self._nodes_dirty = True
+        self.syncs = 0
+        core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
+        common = dict(hub=hub, relist_period=relist_period, listed=self._changed)
+        self.reflectors = [
+            Reflector("services", core.list_service_for_all_namespaces,
+                      self._replace_services, self._service_event, **common),
+            Reflector("endpointslices", discovery.list_endpoint_slice_for_all_namespaces,
+                      self._replace_slices, self._slice_event, **common),
+            Reflector("nodes", core.list_node, self._replace_nodes, self._node_event,
+                      **common),
+        ]
+        self.runner = BoundedFrequencyRunner("kubernetes sync", self.sync, hub,
+                                             min_interval, max_interval)
+
+    def start(self):
+        for reflector in self.reflectors:
+            reflector.start()
+        self.runner.start()
+
+    @property
+    def synced(self) -> bool:
+        return all(r.synced for r in self.reflectors)
+
+    # --- cache updates (reflector threads) ------------------------------------------
+    def _changed(self):
+        if self.synced:
+            self.runner.request()
+
+    def _service_event(self, etype, obj):
+        key = model.ServiceKey(*_key(obj))
+        if etype == "DELETED":
+            self.services.pop(key, None)
+        else:
+            self.services[key] = obj
+        self._dirty.add(key)
+        self._changed()
+
+    def _replace_services(self, items):
+        fresh = {model.ServiceKey(*_key(o)): o for o in items}
+        for key in self.services.keys() | fresh.keys():
+            old, new = self.services.get(key), fresh.get(key)
+            if old is None or new is None or _rv(old) != _rv(new):
+                self._dirty.add(key)
+        self.services = fresh
+        self._changed()
+
+    def _index_slice(self, key, obj):
+        old = self.slices.pop(key, None)
+        if old is not None:
+            owner = translate.slice_service(old)
+            self.slices_by_service.get(owner, {}).pop(key, None)
+            self._dirty.add(owner)
+        if obj is not None:
+            self.slices[key] = obj
+            owner = translate.slice_service(obj)
+            if owner is not None:
+                self.slices_by_service.setdefault(owner, {})[key] = obj
+                self._dirty.add(owner)
+
+    def _slice_event(self, etype, obj):
+        self._index_slice(_key(obj), None if etype == "DELETED" else obj)
+        self._changed()
+
+    def _replace_slices(self, items):
+        fresh = {_key(o): o for o in items}
+        for key in list(self.slices):
+            if key not in fresh:
+                self._index_slice(key, None)
+        for key, obj in fresh.items():
+            if key not in self.slices or _rv(self.slices[key]) != _rv(obj):
+                self._index_slice(key, obj)
+        self._changed()
+
+    def _node_event(self, etype, obj):
+        name = _key(obj)[1]
+        if etype == "DELETED":
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = obj
+        self._nodes_dirty = True
+        self._changed()
+
+    def _replace_nodes(self, items):
+        self.nodes = {_key(o)[1]: o for o in items}
+        self._nodes_dirty = True
+        self._changed()
+
+    # --- translation (runner thread) ----------------------------------------------
+    def _translate_service(self, key):
+        raw = self.services.get(key)
+        if raw is None or translate.ignored_reason(raw):
+            self._translated.pop(key, None)
+            return
+        name = str(key)
+        try:
+            svc = translate.service(raw, self.slices_by_service.get(key, {}).values(),
+                                    self.rejects.reject)
+        except Invalid as exc:
+            self.rejects.reject("service", name, str(exc))
+            self._translated.pop(key, None)
+            return
+        if self._translated.get(key) != svc:
+            self._translated[key] = svc
+
+    def _translate_nodes(self):
+        nodes = {}
+        for name, raw in self.nodes.items():
+            try:
+                node = translate.node(raw)
+            except Invalid as exc:
+                self.rejects.reject("node", name, str(exc))
+                continue
+            old = self._nodes.get(name)
+            nodes[name] = old if old == node else node
+        self._nodes = nodes
+
+    def sync(self):
+        """Deliver the current ClusterState (no-op before every initial list)."""
+        if not self.synced:
+            return None
+        dirty = set()
+        while self._dirty:
+            dirty.add(self._dirty.pop())
+        for key in dirty:
+            if key is not None:
+                self._translate_service(key)
+        if self._nodes_dirty:
+            self._nodes_dirty = False
+            self._translate_nodes()
+        services = validate.claim_frontends(self._translated.values(), self.rejects)
+        state = model.ClusterState.build(services, self._nodes.values())
+        self.syncs += 1
+        LOG.debug("sync %d: %d services (%d retranslated), %d nodes",
+                  self.syncs, len(state.services), len(dirty), len(state.nodes))
+        self._on_change(state)
+        return state
+
+
+def _rv(obj):
+    return (obj.get("metadata") or {}).get("resourceVersion")

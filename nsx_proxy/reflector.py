@@ -1,0 +1,143 @@
+"""List, then watch, one resource: the loop at the heart of every informer.
+
+* Start with a (paginated) list; hand the whole set to ``replace``.
+* Watch from the list's resourceVersion with bookmarks; hand each event to
+  ``apply`` and remember the newest version (bookmarks advance it too).
+* A watch that ends normally (the server's timeout) resumes from that
+  version; 410 Gone (the version was compacted) relists; a connection error
+  backs off exponentially with jitter and retries forever.
+* Every ``relist_period`` seconds the watch is ended and a fresh list taken,
+  so drift (a missed event, a bug) cannot outlive one period.
+
+The client's generated ``list_*`` functions are called with
+``_preload_content=False`` and the JSON is parsed here: deserialising into
+the client's model classes would cost more than everything else we do,
+and translation reads plain dicts anyway.
+"""
+import json
+import logging
+import random
+import time
+
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+LOG = logging.getLogger(__name__)
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): relist."""
+
+
+class Reflector:
+    def __init__(self, name, list_fn, replace, apply, hub, listed=None, relist_period=600.0,
+                 watch_timeout=(240, 480), backoff=(0.2, 30.0), page_size=500,
+                 clock=time.monotonic):
+        self.name = name
+        self._list_fn = list_fn
+        self._replace = replace          # callable(list of objects)
+        self._apply = apply              # callable(event type, object)
+        self._listed = listed            # callable() after each list is delivered
+        self._hub = hub
+        self.relist_period = relist_period
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff
+        self.page_size = page_size
+        self._clock = clock
+        self.synced = False              # True once the first list has been delivered
+        self.resource_version = None
+        self.lists = 0                   # relists included
+        self.watch_restarts = 0
+        self.errors = 0
+        self._stopped = False
+
+    def start(self):
+        return self._hub.spawn(self.run)
+
+    def stop(self):
+        self._stopped = True
+
+    # --- one list ------------------------------------------------------------------
+    def list_once(self):
+        items, cont = [], None
+        while True:
+            kwargs = {"limit": self.page_size, "_preload_content": False,
+                      "_request_timeout": (10, 120)}
+            if cont:
+                kwargs["_continue"] = cont
+            body = json.loads(self._list_fn(**kwargs).data)
+            items.extend(body.get("items") or ())
+            meta = body.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                break
+        self._replace(items)
+        self.resource_version = meta.get("resourceVersion")
+        self.synced = True
+        self.lists += 1
+        if self._listed is not None:
+            self._listed()
+        LOG.info("%s: listed %d objects at resourceVersion %s",
+                 self.name, len(items), self.resource_version)
+
+    # --- one watch -----------------------------------------------------------------
+    def watch_once(self, until):
+        """Stream events until the server ends the watch or ``until`` passes."""
+        timeout = random.randint(*self.watch_timeout)
+        timeout = max(1, min(timeout, int(until - self._clock()) + 1))
+        resp = self._list_fn(watch=True, resource_version=self.resource_version,
+                             allow_watch_bookmarks=True, timeout_seconds=timeout,
+                             _preload_content=False, _request_timeout=(10, timeout + 30))
+        try:
+            for line in iter_resp_lines(resp):
+                event = json.loads(line)
+                etype, obj = event.get("type"), event.get("object") or {}
+                if etype not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"):
+                    raise ValueError(f"not a watch event: {line[:80]!r}")
+                if etype == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(obj.get("message"))
+                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if etype != "BOOKMARK":
+                    self._apply(etype, obj)
+                if rv:
+                    self.resource_version = rv
+                if self._stopped or self._clock() >= until:
+                    break
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    # --- the loop ------------------------------------------------------------------
+    def run(self):
+        delay, failing, relist_at = self.backoff[0], False, 0.0
+        while not self._stopped:
+            try:
+                if self.resource_version is None or self._clock() >= relist_at:
+                    self.list_once()
+                    relist_at = self._clock() + self.relist_period
+                self.watch_once(relist_at)
+                self.watch_restarts += 1
+                if failing:
+                    LOG.info("%s: watching again from resourceVersion %s",
+                             self.name, self.resource_version)
+                delay, failing = self.backoff[0], False
+                continue
+            except Expired as exc:
+                LOG.info("%s: watch expired (%s); relisting", self.name, exc)
+                self.resource_version = None
+                continue
+            except ApiException as exc:
+                if exc.status == 410:
+                    self.resource_version = None
+                    continue
+                why = f"API error {exc.status}: {exc.reason}"
+            except Exception as exc:  # connection refused, reset, timeouts, bad JSON
+                why = f"{type(exc).__name__}: {exc}"
+            self.errors += 1
+            if not failing:
+                LOG.warning("%s: watch failed (%s); retrying with backoff", self.name, why)
+            failing = True
+            self._hub.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.backoff[1])

@@ -1,0 +1,62 @@
+"""A rate-limited runner, in the spirit of kube-proxy's BoundedFrequencyRunner.
+
+``request()`` asks for a run; runs happen at most once per ``min_interval``
+(a burst of 1,000 events becomes a handful of syncs) and at least once per
+``max_interval`` (a periodic sync even when nothing was requested).  The
+first request after a quiet period runs at once.
+
+The host's green-thread primitives are injected (:class:`Hub`), so the same
+code runs under Ryu's eventlet hub and under plain threads in tests.
+"""
+import collections
+import logging
+import threading
+import time
+
+LOG = logging.getLogger(__name__)
+
+Hub = collections.namedtuple("Hub", "spawn sleep event")
+
+
+def thread_hub() -> Hub:
+    """Plain threads, for tests and tools that run outside ryu-manager."""
+    def spawn(fn, *args):
+        thread = threading.Thread(target=fn, args=args, daemon=True)
+        thread.start()
+        return thread
+    return Hub(spawn, time.sleep, threading.Event)
+
+
+class BoundedFrequencyRunner:
+    def __init__(self, name, fn, hub: Hub, min_interval=0.5, max_interval=60.0,
+                 clock=time.monotonic):
+        self.name = name
+        self._fn = fn
+        self._hub = hub
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self._clock = clock
+        self._wanted = hub.event()
+        self._last = None
+        self.runs = 0
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def start(self):
+        return self._hub.spawn(self._loop)
+
+    def _loop(self):
+        while True:
+            self._wanted.wait(self.max_interval)
+            if self._last is not None:
+                wait = self._last + self.min_interval - self._clock()
+                if wait > 0:
+                    self._hub.sleep(wait)        # let more events pile up
+            self._wanted.clear()
+            self._last = self._clock()
+            self.runs += 1
+            try:
+                self._fn()
+            except Exception:   # the runner must outlive a bad run
+                LOG.exception("%s: run failed; the next request retries", self.name)

@@ -1,0 +1,52 @@
+"""An embedded API server per test, and small builders for the objects tests create."""
+import os
+import subprocess
+
+from topologies.apiserver import ApiServer
+from topologies.apiserver.kinds import RESOURCES
+
+
+def start_server(tmp_path, bookmark_interval=0.2):
+    server = ApiServer(bookmark_interval=bookmark_interval).start()
+    server.kubeconfig_path = server.kubeconfig(str(tmp_path / "kubeconfig"))
+    return server
+
+
+def kubectl(server, *args, check=True, stdin=None):
+    env = dict(os.environ, KUBECONFIG=server.kubeconfig_path,
+               HOME=os.path.dirname(server.kubeconfig_path))   # a fresh discovery cache
+    proc = subprocess.run(["kubectl"] + list(args), input=stdin, capture_output=True,
+                          text=True, env=env, timeout=60)
+    if check and proc.returncode:
+        raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+    return proc
+
+
+def service(name, selector=None, ports=(("http", "TCP", 80, 8080),), **spec):
+    spec["ports"] = [{"name": n, "protocol": proto, "port": p, "targetPort": t}
+                     for n, proto, p, t in ports]
+    if selector:
+        spec["selector"] = selector
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def add_pod(api, name, ip, node="node1", labels=None, ready=True, ns="default", ports=()):
+    api.create(RESOURCES["pods"], ns, {
+        "metadata": {"name": name, "labels": labels or {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [
+            {"name": "c", "image": "lab", "ports": [
+                {"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports]}]}})
+    set_pod_status(api, name, ip, ready, ns)
+
+
+def set_pod_status(api, name, ip, ready, ns="default"):
+    api.update(RESOURCES["pods"], ns, name, {"status": {
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}},
+        "status")
+
+
+def add_node(api, name, ip, cidr):
+    api.create(RESOURCES["nodes"], None, {
+        "metadata": {"name": name}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})

@@ -1,0 +1,153 @@
+"""The lab's API server speaks Kubernetes to the official Python client and kubectl."""
+import json
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from kube_helpers import add_pod, kubectl, service, set_pod_status, start_server
+from nsx_proxy.kube_source import api_client
+from topologies.apiserver.kinds import RESOURCES
+
+SVC, PODS, SLICES = RESOURCES["services"], RESOURCES["pods"], RESOURCES["endpointslices"]
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = start_server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def core(server):
+    return client.CoreV1Api(api_client(server.kubeconfig_path))
+
+
+def test_python_client_crud_and_allocation(server, core):
+    created = core.create_namespaced_service("default", {
+        "metadata": {"name": "np"}, "spec": {"type": "NodePort", "selector": {"app": "web"},
+                                             "ports": [{"port": 80}]}})
+    assert created.spec.cluster_ip.startswith("10.")
+    assert 30000 <= created.spec.ports[0].node_port <= 32767
+    assert created.spec.ports[0].target_port == 80 and created.spec.ports[0].protocol == "TCP"
+    # Merge patch through the client (it sends a strategic merge patch for a dict).
+    core.patch_namespaced_service("np", "default", {"metadata": {"labels": {"tier": "x"}}})
+    assert core.read_namespaced_service("np", "default").metadata.labels == {"tier": "x"}
+    # ClusterIP again: nodePorts are released and can be claimed by someone else.
+    port = created.spec.ports[0].node_port
+    core.patch_namespaced_service("np", "default", {"spec": {"type": "ClusterIP"}})
+    other = core.create_namespaced_service("default", {
+        "metadata": {"name": "other"}, "spec": {"type": "NodePort", "ports": [
+            {"port": 81, "nodePort": port}]}})
+    assert other.spec.ports[0].node_port == port
+    core.delete_namespaced_service("np", "default")
+    with pytest.raises(ApiException) as exc:
+        core.read_namespaced_service("np", "default")
+    assert exc.value.status == 404
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"ports": [{"port": 70000}]}, "spec.ports[0].port: Invalid value: 70000: must be "
+                                   "between 1 and 65535, inclusive"),
+    ({"ports": [{"port": 80, "protocol": "GRE"}]}, 'spec.ports[0].protocol: Unsupported '
+                                                   'value: "GRE"'),
+    ({"clusterIP": "10.0.0.1", "ports": [{"port": 80}]}, "the provided IP (10.0.0.1) is not "
+                                                         "in the valid range"),
+    ({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]},
+     "provided port is not in the valid range. The range of valid ports is 30000-32767"),
+])
+def test_invalid_services_get_the_real_api_errors(core, spec, message):
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_service("default", {"metadata": {"name": "bad"}, "spec": spec})
+    assert exc.value.status == 422
+    assert message in json.loads(exc.value.body)["message"]
+
+
+def test_collisions(core):
+    core.create_namespaced_service("default", {"metadata": {"name": "a"}, "spec": {
+        "clusterIP": "10.96.0.50", "type": "NodePort",
+        "ports": [{"port": 80, "nodePort": 30080}]}})
+    for spec, message in [
+            ({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]}, "provided IP is already "
+                                                                   "allocated"),
+            ({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]},
+             "Invalid value: 30080: provided port is already allocated")]:
+        with pytest.raises(ApiException) as exc:
+            core.create_namespaced_service("default", {"metadata": {"name": "b"},
+                                                       "spec": spec})
+        assert exc.value.status == 422 and message in json.loads(exc.value.body)["message"]
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_service("default", {"metadata": {"name": "a"}, "spec": {
+            "ports": [{"port": 80}]}})
+    assert exc.value.status == 409
+
+
+def test_endpointslice_controller(server):
+    api = server.api
+    api.create(SVC, "default", service("web", {"app": "web"},
+                                       ports=(("http", "TCP", 80, "http"),)))
+    add_pod(api, "a", "10.1.1.2", ports=(("http", 8080),))
+    add_pod(api, "b", "10.1.1.3", ports=(("http", 9090),), ready=False)
+    add_pod(api, "c", "10.1.1.4", ports=(), labels={"app": "web"})     # no such port name
+    add_pod(api, "d", "10.1.1.5", labels={"app": "db"}, ports=(("http", 8080),))
+
+    def endpoints():
+        items, _ = api.store.list("endpointslices", "default")
+        return sorted((e["addresses"][0], s["ports"][0]["port"] if s["ports"] else None,
+                       e["conditions"]["ready"], e["conditions"]["serving"],
+                       e["conditions"]["terminating"])
+                      for s in items for e in s["endpoints"])
+    assert endpoints() == [("10.1.1.2", 8080, True, True, False),
+                           ("10.1.1.3", 9090, False, False, False),
+                           ("10.1.1.4", None, True, True, False)]
+    set_pod_status(api, "b", "10.1.1.3", ready=True)
+    api.delete(PODS, "default", "a")                    # graceful: terminating first
+    assert endpoints()[0] == ("10.1.1.2", 8080, False, True, True)
+    api.delete(PODS, "default", "a", grace=0)
+    api.patch(PODS, "default", "c", "application/merge-patch+json",
+              b'{"metadata": {"labels": {"app": "other"}}}')
+    assert endpoints() == [("10.1.1.3", 9090, True, True, False)]
+    api.delete(SVC, "default", "web")
+    assert endpoints() == []
+
+
+def test_watch_resume_bookmarks_and_410(server, core):
+    _, rv = server.api.store.list("services")
+    server.api.create(SVC, "default", service("one"))
+    stream = watch.Watch().stream(core.list_service_for_all_namespaces, resource_version=rv,
+                                  allow_watch_bookmarks=True, timeout_seconds=2)
+    kinds = [(e["type"], e["raw_object"]["metadata"].get("name")) for e in stream]
+    assert kinds[0] == ("ADDED", "one") and ("BOOKMARK", None) in kinds
+    server.api.store.compact()
+    with pytest.raises(ApiException) as exc:
+        for _ in watch.Watch().stream(core.list_service_for_all_namespaces,
+                                      resource_version=rv, timeout_seconds=2):
+            pass
+    assert exc.value.status == 410
+
+
+def test_kubectl_get_create_label_patch_delete(server, tmp_path):
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text("""
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+""")
+    assert "service/web created" in kubectl(server, "create", "-f", str(manifest)).stdout
+    add_pod(server.api, "a", "10.1.1.2")
+    table = kubectl(server, "get", "svc", "web").stdout
+    assert "ClusterIP" in table and "80/TCP" in table
+    assert "10.1.1.2" in kubectl(server, "get", "endpointslices").stdout
+    kubectl(server, "label", "pod", "a", "app=other", "--overwrite")
+    assert "10.1.1.2" not in kubectl(server, "get", "endpointslices", "-o", "json").stdout
+    kubectl(server, "patch", "svc", "web", "--type", "merge", "-p",
+            '{"spec": {"type": "NodePort"}}')
+    assert "NodePort" in kubectl(server, "get", "svc", "web").stdout
+    bad = kubectl(server, "create", "service", "clusterip", "x", "--tcp=70000:80", check=False)
+    assert bad.returncode != 0
+    assert "web" not in kubectl(server, "delete", "svc", "web", "--wait=false").stderr
+    assert kubectl(server, "get", "svc", "web", check=False).returncode != 0

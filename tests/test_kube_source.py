@@ -1,0 +1,158 @@
+"""The watch loop and the source against a local API server (no mocks of the client)."""
+import threading
+
+import pytest
+
+from kube_helpers import add_node, add_pod, service, start_server
+from nsx_proxy import model
+from nsx_proxy.kube_source import KubeSource, api_client
+from nsx_proxy.runner import BoundedFrequencyRunner, thread_hub
+from topologies.apiserver.kinds import RESOURCES
+from topologies.waiting import wait_for
+
+SVC, PODS = RESOURCES["services"], RESOURCES["pods"]
+WEB = model.ServiceKey("default", "web")
+
+
+class Recorder:
+    def __init__(self):
+        self.states = []
+        self.lock = threading.Lock()
+
+    def __call__(self, state):
+        with self.lock:
+            self.states.append(state)
+
+    @property
+    def last(self):
+        return self.states[-1] if self.states else None
+
+    def endpoints(self, key=WEB):
+        svc = self.last.services.get(key) if self.last else None
+        return None if svc is None else sorted(e.ip for e in svc.ports[0].endpoints)
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = start_server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+def make_source(server, **kw):
+    rec = Recorder()
+    kw.setdefault("min_interval", 0.05)
+    src = KubeSource(api_client(server.kubeconfig_path), rec, thread_hub(), **kw)
+    for r in src.reflectors:
+        r.backoff = (0.05, 0.5)
+    return src, rec
+
+
+def populate(api):
+    add_node(api, "node1", "192.168.100.1", "10.1.1.0/24")
+    api.create(SVC, "default", service("web", {"app": "web"}))
+    add_pod(api, "a", "10.1.1.2")
+
+
+def test_delivers_only_after_every_list_then_follows_changes(server):
+    populate(server.api)
+    src, rec = make_source(server)
+    assert src.sync() is None and rec.last is None       # nothing listed yet: no state
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    assert rec.states[0].services, "the first state delivered already has the services"
+    assert list(rec.last.nodes) == ["node1"]
+    add_pod(server.api, "b", "10.1.1.3")
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2", "10.1.1.3"], 5, what="new endpoint")
+    server.api.delete(SVC, "default", "web")
+    wait_for(lambda: WEB not in rec.last.services, 5, what="service removal")
+
+
+def test_unchanged_services_keep_their_object(server):
+    populate(server.api)
+    server.api.create(SVC, "default", service("db", {"app": "db"}))
+    src, rec = make_source(server)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    db = rec.last.services[model.ServiceKey("default", "db")]
+    add_pod(server.api, "b", "10.1.1.3")
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2", "10.1.1.3"], 5, what="new endpoint")
+    assert rec.last.services[model.ServiceKey("default", "db")] is db
+
+
+def test_api_server_restart_resumes_and_410_relists(server):
+    populate(server.api)
+    src, rec = make_source(server)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    server.stop()
+    server.api.delete(PODS, "default", "a", grace=0)    # changes while it is down
+    add_pod(server.api, "b", "10.1.1.3")
+    server.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.3"], 10, what="resumed watch")
+    assert all(r.lists == 1 for r in src.reflectors), "a resumable watch must not relist"
+    server.stop()
+    server.api.create(SVC, "default", service("late", {"app": "web"}))
+    server.api.delete(SVC, "default", "web")
+    server.api.store.compact()                           # history gone: 410 on resume
+    server.start()
+    wait_for(lambda: WEB not in rec.last.services
+             and model.ServiceKey("default", "late") in rec.last.services, 10,
+             what="relist after 410")
+    assert src.reflectors[0].lists == 2
+
+
+def test_bookmarks_advance_the_resource_version(server):
+    populate(server.api)
+    src, rec = make_source(server)
+    src.start()
+    wait_for(lambda: rec.last is not None, 5, what="first state")
+    nodes = src.reflectors[2]
+    before = int(nodes.resource_version)
+    add_pod(server.api, "b", "10.1.1.3")                 # writes that are not nodes
+    wait_for(lambda: int(nodes.resource_version) > before, 5, what="a bookmark")
+
+
+def test_bad_objects_are_skipped_one_by_one(server, caplog):
+    populate(server.api)
+    # Objects the API server would refuse can still arrive (older servers,
+    # other writers); inject them into the store directly.
+    server.api.store.commit("services", "ADDED", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "default", "name": "broken"},
+        "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}})
+    server.api.store.commit("nodes", "ADDED", {"metadata": {"name": "nocidr"}, "spec": {},
+                                               "status": {"addresses": [
+                                                   {"type": "InternalIP",
+                                                    "address": "192.168.100.9"}]}})
+    server.api.create(SVC, "default", service("headless", {"app": "web"}, clusterIP="None"))
+    src, rec = make_source(server)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    assert set(rec.last.services) == {WEB} and set(rec.last.nodes) == {"node1"}
+    assert "rejected service default/broken: clusterIP '10.96.0.300' is not an IP" in caplog.text
+    assert "rejected node nocidr: has no IPv4 podCIDR yet" in caplog.text
+    assert "headless" not in caplog.text
+
+
+def test_a_burst_of_1000_events_becomes_a_few_syncs(server):
+    populate(server.api)
+    src, rec = make_source(server, min_interval=0.5)
+    src.start()
+    wait_for(lambda: rec.last is not None, 5, what="first state")
+    before = src.syncs
+    for i in range(1000):
+        server.api.create(SVC, "default", service(f"s{i}"))
+    wait_for(lambda: len(rec.last.services) == 1001, 20, what="all services")
+    assert src.syncs - before <= 10
+
+
+def test_runner_bounds_the_frequency():
+    runs = []
+    runner = BoundedFrequencyRunner("t", lambda: runs.append(1), thread_hub(),
+                                    min_interval=0.2, max_interval=0.3)
+    runner.start()
+    for _ in range(50):
+        runner.request()
+    wait_for(lambda: len(runs) >= 1, 2, what="first run")
+    wait_for(lambda: len(runs) >= 3, 2, what="periodic runs with no request")

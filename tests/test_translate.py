@@ -1,0 +1,150 @@
+"""Translation of API objects into the model: every field, and every kind of bad object."""
+import logging
+
+import pytest
+
+from nsx_proxy import model, translate, validate
+from nsx_proxy.validate import Invalid
+
+
+def svc(name="web", **spec):
+    spec.setdefault("clusterIP", "10.96.0.10")
+    spec.setdefault("ports", [{"name": "http", "port": 80, "targetPort": "http"}])
+    return {"metadata": {"namespace": "default", "name": name}, "spec": spec}
+
+
+def eps(*endpoints, ports=(("http", 8080),), name="web-1", family="IPv4", service="web"):
+    return {"metadata": {"namespace": "default", "name": name,
+                         "labels": {translate.SERVICE_NAME_LABEL: service}},
+            "addressType": family,
+            "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
+            "endpoints": list(endpoints)}
+
+
+def ep(ip, node="node1", pod="p", **conditions):
+    return {"addresses": [ip], "nodeName": node, "conditions": conditions,
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod}}
+
+
+class Rejects(list):
+    def __call__(self, kind, name, reason):
+        self.append((kind, name, reason))
+
+
+def test_cluster_ip_service_with_named_ports_resolved_per_slice():
+    rejects = Rejects()
+    out = translate.service(svc(), [
+        eps(ep("10.1.1.2", pod="a"), ports=(("http", 8080),), name="web-a"),
+        eps(ep("10.1.2.2", node="node2", pod="b"), ports=(("http", 9090),), name="web-b"),
+    ], rejects)
+    assert rejects == []
+    (port,) = out.ports
+    assert (port.name, port.protocol, port.port, port.target_port) == ("http", "TCP", 80, "http")
+    assert [(e.ip, e.port, e.node, e.pod) for e in port.endpoints] == [
+        ("10.1.1.2", 8080, "node1", "default/a"), ("10.1.2.2", 9090, "node2", "default/b")]
+
+
+def test_multiport_nodeport_external_and_lb_ips():
+    raw = svc(type="LoadBalancer", externalIPs=["198.51.100.7", "198.51.100.7"],
+              ports=[{"name": "a", "port": 8888, "targetPort": 80, "nodePort": 30888},
+                     {"name": "b", "port": 9999, "targetPort": 90, "protocol": "UDP",
+                      "nodePort": 30999}])
+    raw["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.50"},
+                                                  {"hostname": "lb.example.com"}]}}
+    # the slice says "b" is TCP: it must not feed the UDP listener
+    out = translate.service(raw, [eps(ep("10.1.1.2"), ports=(("a", 80), ("b", 90)))], Rejects())
+    assert out.type == model.LOAD_BALANCER
+    assert out.external_ips == ("198.51.100.7",)
+    assert out.load_balancer_ips == ("203.0.113.50",)
+    assert [(p.protocol, p.port, p.node_port, [e.port for e in p.endpoints])
+            for p in out.ports] == [("TCP", 8888, 30888, [80]), ("UDP", 9999, 30999, [])]
+
+
+def test_slice_port_protocol_must_match():
+    raw = svc(ports=[{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}])
+    slice_ = eps(ep("10.1.1.2"), ports=(("dns", 5353),))
+    slice_["ports"][0]["protocol"] = "UDP"
+    out = translate.service(raw, [slice_], Rejects())
+    assert [e.port for e in out.ports[0].endpoints] == [5353]
+
+
+def test_conditions_follow_the_api_rules_for_unset_values():
+    raw_eps = eps(ep("10.1.1.2"), ep("10.1.1.3", ready=False),
+                  ep("10.1.1.4", ready=False, serving=True, terminating=True),
+                  ep("10.1.1.5", ready=False, serving=False, terminating=True))
+    got = {e.ip: (e.ready, e.serving, e.terminating)
+           for e in translate.service(svc(), [raw_eps], Rejects()).ports[0].endpoints}
+    assert got == {"10.1.1.2": (True, True, False), "10.1.1.3": (False, False, False),
+                   "10.1.1.4": (False, True, True), "10.1.1.5": (False, False, True)}
+
+
+def test_duplicate_address_across_slices_keeps_the_ready_one():
+    out = translate.service(svc(), [eps(ep("10.1.1.2"), name="web-a"),
+                                    eps(ep("10.1.1.2", ready=False), name="web-b")], Rejects())
+    assert [(e.ip, e.ready) for e in out.ports[0].endpoints] == [("10.1.1.2", True)]
+
+
+def test_ipv6_slice_and_bad_addresses_are_reported_and_skipped():
+    rejects = Rejects()
+    out = translate.service(svc(), [
+        eps(ep("fd00::2"), name="web-v6", family="IPv6"),
+        eps(ep("10.1.1.2"), ep("10.1.1.300"), name="web-v4")], rejects)
+    assert [e.ip for e in out.ports[0].endpoints] == ["10.1.1.2"]
+    assert [(k, n) for k, n, _ in rejects] == [("endpointslice", "default/web-v4"),
+                                                ("endpointslice", "default/web-v6")]
+    assert "IPv6 is not supported yet" in rejects[1][2]
+
+
+def test_headless_and_external_name_are_ignored_not_rejected():
+    assert translate.ignored_reason(svc(clusterIP="None")) == "headless"
+    assert translate.ignored_reason(svc(type="ExternalName")) == "ExternalName"
+    assert translate.ignored_reason(svc()) is None
+
+
+@pytest.mark.parametrize("spec, reason", [
+    (dict(clusterIP="10.96.0.300"), "not an IP"),
+    (dict(clusterIP="fd00::10", clusterIPs=["fd00::10"]), "IPv6"),
+    (dict(type="Magic"), "type 'Magic'"),
+])
+def test_unusable_services_raise(spec, reason):
+    with pytest.raises(Invalid, match=reason):
+        translate.service(svc(**spec), [], Rejects())
+
+
+def test_dual_stack_service_uses_its_ipv4_cluster_ip():
+    out = translate.service(svc(clusterIP="fd00::10", clusterIPs=["fd00::10", "10.96.0.10"]),
+                            [], Rejects())
+    assert out.cluster_ip == "10.96.0.10"
+
+
+def test_bad_ports_are_skipped_one_by_one():
+    rejects = Rejects()
+    out = translate.service(svc(ports=[
+        {"name": "ok", "port": 80}, {"name": "big", "port": 70000},
+        {"name": "gre", "port": 47, "protocol": "GRE"}, {"name": "again", "port": 80}]),
+        [], rejects)
+    assert [p.name for p in out.ports] == ["ok"]
+    assert [r[2] for r in rejects] == ["port 70000 is outside 1-65535",
+                                       "protocol 'GRE' is not one of TCP, UDP, SCTP",
+                                       "TCP/80 is listed twice"]
+
+
+def test_nodes():
+    raw = {"metadata": {"name": "node1"}, "spec": {"podCIDRs": ["fd00:1::/64", "10.1.1.0/24"]},
+           "status": {"addresses": [{"type": "Hostname", "address": "node1"},
+                                    {"type": "InternalIP", "address": "192.168.100.1"}]}}
+    assert translate.node(raw) == model.Node("node1", "192.168.100.1", "10.1.1.0/24")
+    with pytest.raises(Invalid, match="podCIDR"):
+        translate.node({"metadata": {"name": "n"}, "spec": {},
+                        "status": {"addresses": [{"type": "InternalIP", "address": "1.2.3.4"}]}})
+    with pytest.raises(Invalid, match="InternalIP"):
+        translate.node({"metadata": {"name": "n"}, "spec": {"podCIDR": "10.1.1.0/24"}})
+
+
+def test_reject_log_logs_once_and_counts(caplog):
+    caplog.set_level(logging.WARNING)
+    log = validate.RejectLog()
+    for _ in range(3):
+        log.reject("service", "default/bad", "clusterIP '10.96.0.300' is not an IP address")
+    assert len(caplog.records) == 1
+    assert "default/bad" in caplog.text and log.counts == {"clusterIP": 1}
