@@ -75,6 +75,11 @@ class KubeSource:
             reflector.start()
         self.runner.start()
 
+    def stop(self):
+        for reflector in self.reflectors:
+            reflector.stop()
+        self.runner.stop()
+
     @property
     def synced(self) -> bool:
         return all(r.synced for r in self.reflectors)

@@ -38,6 +38,7 @@ class BoundedFrequencyRunner:
         self._clock = clock
         self._wanted = hub.event()
         self._last = None
+        self._stopped = False
         self.runs = 0
 
     def request(self) -> None:
@@ -46,9 +47,15 @@ class BoundedFrequencyRunner:
     def start(self):
         return self._hub.spawn(self._loop)
 
+    def stop(self):
+        self._stopped = True
+        self._wanted.set()
+
     def _loop(self):
         while True:
             self._wanted.wait(self.max_interval)
+            if self._stopped:
+                return
             if self._last is not None:
                 wait = self._last + self.min_interval - self._clock()
                 if wait > 0:

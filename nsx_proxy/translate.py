@@ -206,3 +206,30 @@ def slice_service(raw_slice) -> Optional[model.ServiceKey]:
         return None
     return model.ServiceKey(meta["namespace"], owner)
 
+
+
+def cluster_state(services, slices, nodes, rejects: validate.RejectLog) -> model.ClusterState:
+    """One-shot translation of whole lists (the lab and tools; the proxy is incremental)."""
+    reject = rejects.reject
+    by_service: Dict[model.ServiceKey, List[dict]] = {}
+    for raw in slices:
+        owner = slice_service(raw)
+        if owner is not None:
+            by_service.setdefault(owner, []).append(raw)
+    out = []
+    for raw in services:
+        if ignored_reason(raw):
+            continue
+        meta = raw.get("metadata") or {}
+        key = model.ServiceKey(meta.get("namespace"), meta.get("name"))
+        try:
+            out.append(service(raw, by_service.get(key, ()), reject))
+        except Invalid as exc:
+            reject("service", object_name(raw), str(exc))
+    good_nodes = []
+    for raw in nodes:
+        try:
+            good_nodes.append(node(raw))
+        except Invalid as exc:
+            reject("node", object_name(raw), str(exc))
+    return model.ClusterState.build(validate.claim_frontends(out, rejects), good_nodes)

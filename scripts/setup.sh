@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start everything the lab and the tests need; safe to re-run.
-#   - Debian packages (Open vSwitch, Mininet, tools), only when missing
+#   - Debian packages (Open vSwitch, Mininet, kubectl, tools), only when missing
 #   - Open vSwitch started (userspace datapath: no kernel module needed)
 #   - .venv on Debian's python3 with system site packages (Mininet's module)
 #     and this package installed editable with pinned dependencies
@@ -15,6 +15,8 @@ fi
 PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl
           python3-venv python3-dev iputils-ping procps gcc)
 missing=()
+# kubectl: any kubectl on PATH will do; else Debian's (kubernetes-client).
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$pkg")
@@ -44,4 +46,22 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --disable-pip-version-check 'setuptools<67' wheel
   .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
   echo "$want" > "$stamp"
+fi
+
+# Debian's kubectl (1.20) next to whichever kubectl is on PATH: the lab's API
+# server is tested against both (an old client validates against OpenAPI v2).
+if [ ! -x .venv/bin/kubectl-debian ]; then
+  if [ "$(dpkg-query -W -f='${Status}' kubernetes-client 2>/dev/null)" = "install ok installed" ]; then
+    ln -sf "$(command -v kubectl)" .venv/bin/kubectl-debian
+  else
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && apt-get download -qq kubernetes-client >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get download -qq kubernetes-client; }) \
+       && dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$tmp/x"; then
+      cp "$tmp/x/usr/bin/kubectl" .venv/bin/kubectl-debian
+    else
+      echo "setup.sh: could not fetch Debian's kubectl; its tests will fail" >&2
+    fi
+    rm -rf "$tmp"
+  fi
 fi

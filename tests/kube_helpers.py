@@ -1,6 +1,7 @@
 """An embedded API server per test, and small builders for the objects tests create."""
 import os
 import subprocess
+import sys
 
 from topologies.apiserver import ApiServer
 from topologies.apiserver.kinds import RESOURCES
@@ -12,10 +13,16 @@ def start_server(tmp_path, bookmark_interval=0.2):
     return server
 
 
-def kubectl(server, *args, check=True, stdin=None):
+# The kubectl on PATH (any version) and Debian's 1.20, which scripts/setup.sh
+# puts into the venv: old and new clients discover and validate differently.
+KUBECTLS = {"path": "kubectl",
+            "debian": os.path.join(os.path.dirname(sys.executable), "kubectl-debian")}
+
+
+def kubectl(server, *args, check=True, stdin=None, binary="kubectl"):
     env = dict(os.environ, KUBECONFIG=server.kubeconfig_path,
                HOME=os.path.dirname(server.kubeconfig_path))   # a fresh discovery cache
-    proc = subprocess.run(["kubectl"] + list(args), input=stdin, capture_output=True,
+    proc = subprocess.run([binary] + list(args), input=stdin, capture_output=True,
                           text=True, env=env, timeout=60)
     if check and proc.returncode:
         raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")

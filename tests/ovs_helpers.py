@@ -12,8 +12,9 @@ class Controller(RyuProcess):
 
     def __init__(self, workdir, of_port):
         workdir = str(workdir)
-        super().__init__(workdir, os.path.join(workdir, "state.yaml"), of_port,
-                         os.path.join(workdir, "controller.log"))
+        self.state_file = os.path.join(workdir, "state.yaml")
+        super().__init__(workdir, of_port, os.path.join(workdir, "controller.log"),
+                         {"source": "file", "state_file": self.state_file})
 
     def write_state(self, doc):
         tmp = self.state_file + ".tmp"

@@ -5,7 +5,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from kube_helpers import add_pod, kubectl, service, set_pod_status, start_server
+from kube_helpers import KUBECTLS, add_pod, kubectl, service, set_pod_status, start_server
 from nsx_proxy.kube_source import api_client
 from topologies.apiserver.kinds import RESOURCES
 
@@ -127,7 +127,11 @@ def test_watch_resume_bookmarks_and_410(server, core):
     assert exc.value.status == 410
 
 
-def test_kubectl_get_create_label_patch_delete(server, tmp_path):
+@pytest.mark.parametrize("which", sorted(KUBECTLS))
+def test_kubectl_get_create_label_patch_delete(server, tmp_path, which):
+    def k(*args, **kw):
+        return kubectl(server, *args, binary=KUBECTLS[which], **kw)
+
     manifest = tmp_path / "web.yaml"
     manifest.write_text("""
 apiVersion: v1
@@ -137,17 +141,17 @@ spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
 """)
-    assert "service/web created" in kubectl(server, "create", "-f", str(manifest)).stdout
+    assert "service/web created" in k("create", "-f", str(manifest)).stdout
     add_pod(server.api, "a", "10.1.1.2")
-    table = kubectl(server, "get", "svc", "web").stdout
+    table = k("get", "svc", "web").stdout
     assert "ClusterIP" in table and "80/TCP" in table
-    assert "10.1.1.2" in kubectl(server, "get", "endpointslices").stdout
-    kubectl(server, "label", "pod", "a", "app=other", "--overwrite")
-    assert "10.1.1.2" not in kubectl(server, "get", "endpointslices", "-o", "json").stdout
-    kubectl(server, "patch", "svc", "web", "--type", "merge", "-p",
+    assert "10.1.1.2" in k("get", "endpointslices").stdout
+    k("label", "pod", "a", "app=other", "--overwrite")
+    assert "10.1.1.2" not in k("get", "endpointslices", "-o", "json").stdout
+    k("patch", "svc", "web", "--type", "merge", "-p",
             '{"spec": {"type": "NodePort"}}')
-    assert "NodePort" in kubectl(server, "get", "svc", "web").stdout
-    bad = kubectl(server, "create", "service", "clusterip", "x", "--tcp=70000:80", check=False)
+    assert "NodePort" in k("get", "svc", "web").stdout
+    bad = k("create", "service", "clusterip", "x", "--tcp=70000:80", check=False)
     assert bad.returncode != 0
-    assert "web" not in kubectl(server, "delete", "svc", "web", "--wait=false").stderr
-    assert kubectl(server, "get", "svc", "web", check=False).returncode != 0
+    assert "web" not in k("delete", "svc", "web", "--wait=false").stderr
+    assert k("get", "svc", "web", check=False).returncode != 0

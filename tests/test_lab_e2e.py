@@ -1,61 +1,17 @@
 """End to end on one shared Mininet lab: real TCP and UDP between pods.
 
 Two compute nodes with two pods each, the fabric, the gateway and the
-Internet host; ryu-manager with our app.  Tests poll for state, never sleep.
+Internet host; the embedded API server, the lab's kubelet, and ryu-manager
+with our app watching the API server.  Tests poll for state, never sleep.
 """
-import os
 import signal
-import subprocess
-import time
 
 import pytest
 
+from lab_helpers import HeldConnection, answers, set_ready
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
-HERE = os.path.dirname(os.path.abspath(L.__file__))
-
-
-@pytest.fixture(scope="module")
-def lab():
-    the_lab = L.Lab(nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-e2e", of_port=16654)
-    try:
-        the_lab.start()
-        L.wait_for(the_lab.programmed, 30, what="flows on every node bridge")
-        yield the_lab
-    finally:
-        the_lab.stop()
-
-
-def set_ready(lab, ready):
-    lab.services = [L.demo_service(lab.pods, ready=ready)]
-    lab.write_state()
-    L.wait_for(lambda: all(
-        sum(g.count("bucket=") for g in lab.dump_groups(n.bridge)) == 2 * len(ready)
-        for n in lab.nodes), 20, what="groups to follow the endpoints")
-
-
-def answers(lab, client, n=24):
-    return [lab.curl(client, f"http://{L.DEMO_VIP}/") for _ in range(n)]
-
-
-class HeldConnection:
-    """A TCP connection to the VIP kept open by a client process in a pod."""
-
-    def __init__(self, lab, pod):
-        self.proc = lab.net.get(pod).popen(
-            ["python3", "-u", f"{HERE}/podclient.py", L.DEMO_VIP, "80"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "connected"
-
-    def ping(self, word="ping"):
-        self.proc.stdin.write(word + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 def test_cluster_ip_answers_from_every_endpoint_on_both_nodes(lab):

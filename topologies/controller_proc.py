@@ -15,9 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RyuProcess:
-    def __init__(self, workdir, state_file, of_port, log_path):
+    def __init__(self, workdir, of_port, log_path, options):
         self.workdir = workdir
-        self.state_file = state_file
+        self.options = dict(options)        # the [nsx_proxy] section of the config
         self.of_port = of_port
         self.log_path = log_path
         self.proc = None
@@ -25,7 +25,9 @@ class RyuProcess:
     def start(self):
         conf = os.path.join(self.workdir, "nsx-proxy.conf")
         with open(conf, "w") as fh:
-            fh.write(f"[nsx_proxy]\nstate_file = {self.state_file}\n")
+            fh.write("[nsx_proxy]\n")
+            for key, value in sorted(self.options.items()):
+                fh.write(f"{key} = {value}\n")
         ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(

@@ -12,11 +12,14 @@
 
 Every bridge is an OVS userspace (netdev) bridge in secure fail mode that
 speaks OpenFlow 1.3 to the controller; the lab labels bridges and ports in
-OVSDB exactly as the README's "OVSDB conventions" say, writes the cluster
-state file, and starts ``ryu-manager controller.app``.  Run it as root::
+OVSDB exactly as the README's "OVSDB conventions" say.  The cluster side
+(topologies/cluster.py) is an embedded Kubernetes API server, or a real one
+with ``--kubeconfig``; the lab is the kubelet of its pods and starts
+``ryu-manager controller.app`` watching that API server.  Run it as root::
 
-    python -m topologies.lab             # interactive Mininet CLI
-    python -m topologies.lab --check     # scripted check, exit status
+    python -m topologies.lab                     # interactive Mininet CLI
+    python -m topologies.lab --check             # scripted check, exit status
+    python -m topologies.lab -f services.yaml    # your Services and pod labels
 """
 import argparse
 import ipaddress
@@ -30,9 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-import yaml
-
 from controller import bridges as B
+from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
 from topologies.waiting import wait_for
 
@@ -96,35 +98,22 @@ def plan_nodes(node_count: int, pods_per_node: int) -> List[NodeSpec]:
     return nodes
 
 
-def demo_service(pods, name="web", vip=DEMO_VIP, ready=None):
-    """A ClusterIP service over ``pods``: TCP 80->8080 and UDP 53->5353."""
-    ready = set(p.name for p in pods) if ready is None else set(ready)
-    return {
-        "namespace": "default", "name": name, "clusterIP": vip,
-        "ports": [
-            {"name": "http", "protocol": "TCP", "port": 80, "targetPort": TCP_TARGET},
-            {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": UDP_TARGET},
-        ],
-        "endpoints": [{"ip": p.ip, "node": p.node, "pod": f"default/{p.name}",
-                       "ready": p.name in ready} for p in pods],
-    }
-
-
 class Lab:
     """Build, run and tear down one lab; tests share one instance."""
 
     def __init__(self, nodes=2, pods_per_node=2, controller=None,
-                 run_dir="/tmp/nsx-proxy-lab", of_port=6653):
+                 run_dir="/tmp/nsx-proxy-lab", of_port=6653, kubeconfig=None,
+                 manifests=()):
         self.nodes = plan_nodes(nodes, pods_per_node)
         self.external_controller = controller        # "host:port" or None
         self.run_dir = run_dir
         self.of_port = of_port
-        self.state_file = os.path.join(run_dir, "state.yaml")
+        self.kubeconfig = kubeconfig                 # None: the embedded API server
+        self.manifests = list(manifests)
         self.controller_log = os.path.join(run_dir, "controller.log")
-        self.controller = RyuProcess(run_dir, self.state_file, of_port,
-                                     self.controller_log)
+        self.controller = None
+        self.cluster = None
         self.net = None
-        self.services = []
 
     # --- lifecycle ------------------------------------------------------------
     @property
@@ -138,10 +127,16 @@ class Lab:
         from mininet.net import Mininet
         from mininet.node import OVSBridge, OVSSwitch, RemoteController
 
+        services, labels = load_manifests(self.manifests)
+        unknown = set(labels) - {p.name for p in self.pods}
+        if unknown:
+            raise ValueError(f"manifests label pods the lab does not have: {sorted(unknown)}")
         self._clean_leftovers()
         os.makedirs(self.run_dir, exist_ok=True)
-        self.services = [demo_service(self.pods)]
-        self.write_state()
+        self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET)
+        self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, {
+            "source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
+            "min_sync_period": 0.1})
         if self.external_controller:
             host, _, port = self.external_controller.partition(":")
             ctl_ip, ctl_port = host, int(port or 6653)
@@ -175,14 +170,26 @@ class Lab:
         self._tune_interfaces()
         for pod in self.pods:
             self.start_pod_server(pod.name)
+        kubelet = self.cluster.kubelet
+        kubelet.register_nodes(self.nodes)
+        kubelet.start(self.pods, lambda name: self.net.get(name).pid)
+        for body in services or [demo_service(DEMO_VIP, TCP_TARGET, UDP_TARGET)]:
+            self.cluster.apply_service(body)
+        for pod in self.pods:
+            kubelet.schedule(pod.name, labels.get(pod.name))
 
     def stop(self):
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.net is not None:
             for pod in self.pods:
                 self.stop_pod_server(pod.name)
             self.net.stop()
             self.net = None
-        self.stop_controller()
+        if self.controller is not None:
+            self.stop_controller()
+        if self.cluster is not None:
+            self.cluster = None
 
     def _clean_leftovers(self):
         """Remove bridges a crashed earlier run left behind (ours only)."""
@@ -245,17 +252,6 @@ class Lab:
         self.stop_controller(sig)
         self.start_controller()
 
-    # --- cluster state ------------------------------------------------------------
-    def write_state(self):
-        """Write the state file atomically: the controller never reads half a file."""
-        doc = {"nodes": [{"name": n.name, "internalIP": n.internal_ip,
-                          "podCIDR": n.pod_cidr} for n in self.nodes],
-               "services": self.services}
-        tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as fh:
-            yaml.safe_dump(doc, fh, sort_keys=False)
-        os.replace(tmp, self.state_file)
-
     # --- pods -----------------------------------------------------------------------
     def start_pod_server(self, name):
         host = self.net.get(name)
@@ -291,33 +287,40 @@ class Lab:
             f"curl -s --max-time {timeout} {url}").strip()
 
     def programmed(self) -> bool:
-        """Every node bridge has its service groups with one bucket per ready endpoint."""
+        """Every node bridge has one group per service port and one bucket per
+        endpoint that may take new connections, as the API server says now."""
+        state = self.cluster.desired_state()
+        ports = [p for svc in state.services.values() for p in svc.ports]
+        buckets = sum(len(p.ready_endpoints()) for p in ports)
         for node in self.nodes:
             groups = self.dump_groups(node.bridge)
-            want = [svc for svc in self.services for _ in svc["ports"]]
-            if len(groups) != len(want):
+            if len(groups) != len(ports) or \
+                    sum(g.count("bucket=") for g in groups) != buckets:
                 return False
-            for svc in self.services:
-                ready = sum(1 for e in svc["endpoints"] if e.get("ready", True))
-                if sum(g.count("bucket=") for g in groups) < ready:
-                    return False
         return True
 
 
 def scripted_check(lab: Lab) -> bool:
-    """Curl the demo VIP from one pod per node until every pod has answered."""
+    """Curl every TCP service VIP from one pod per node until each ready
+    endpoint has answered (pods answer HTTP on their server port only)."""
     wait_for(lab.programmed, 30, what="flows and groups on every node bridge")
-    expected = {p.name for p in lab.pods}
     ok = True
-    for node in lab.nodes:
-        client = node.pods[0].name
-        seen = set()
-        deadline = time.monotonic() + 20
-        while seen != expected and time.monotonic() < deadline:
-            seen.add(lab.curl(client, f"http://{DEMO_VIP}:80/"))
-        seen.discard("")
-        print(f"{client} -> {DEMO_VIP}:80 answered by {sorted(seen)}")
-        ok &= seen == expected
+    for svc in lab.cluster.desired_state().services.values():
+        for port in svc.ports:
+            expected = {e.pod.split("/")[1] for e in port.ready_endpoints()
+                        if e.pod and e.port == TCP_TARGET}
+            if port.protocol != "TCP" or not expected:
+                continue
+            url = f"http://{svc.cluster_ip}:{port.port}/"
+            for node in lab.nodes:
+                client = node.pods[0].name
+                seen = set()
+                deadline = time.monotonic() + 20
+                while not expected <= seen and time.monotonic() < deadline:
+                    seen.add(lab.curl(client, url))
+                seen.discard("")
+                print(f"{client} -> {svc.key} {url} answered by {sorted(seen)}")
+                ok &= seen == expected
     return ok
 
 
@@ -328,6 +331,11 @@ def main(argv=None):
     parser.add_argument("--controller", metavar="HOST:PORT",
                         help="use a controller that is already running instead "
                              "of starting ryu-manager")
+    parser.add_argument("--kubeconfig", metavar="PATH",
+                        help="use this cluster's API server instead of the embedded one")
+    parser.add_argument("-f", "--manifest", action="append", default=[], metavar="YAML",
+                        help="Services to create and pod labels (kind: Pod, by pod "
+                             "name); may be repeated; default: the demo service web")
     parser.add_argument("--check", action="store_true",
                         help="run the scripted check and exit with its status")
     parser.add_argument("--run-dir", default="/tmp/nsx-proxy-lab")
@@ -337,19 +345,19 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO)
     from mininet.log import setLogLevel
     setLogLevel("warning")
-    lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir)
+    lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir,
+              kubeconfig=args.kubeconfig, manifests=args.manifest)
     try:
         lab.start()
         if args.check:
             return 0 if scripted_check(lab) else 1
-        from mininet.cli import CLI
+        from topologies.labcli import LabCLI
         wait_for(lab.programmed, 30, what="flows on every node bridge")
-        print(f"\nService default/web: {DEMO_VIP}:80/TCP -> :{TCP_TARGET}, "
-              f"{DEMO_VIP}:53/UDP -> :{UDP_TARGET} over {len(lab.pods)} pods.\n"
-              f"Try: pod1 curl -s {DEMO_VIP}   |   sh ovs-ofctl -O OpenFlow13 "
-              f"dump-groups br-node1\nState file: {lab.state_file}  Controller log: "
-              f"{lab.controller_log}\n")
-        CLI(lab.net)
+        print(f"\nKubeconfig: {lab.cluster.kubeconfig}   Controller log: "
+              f"{lab.controller_log}\nTry: services | pod1 curl -s {DEMO_VIP} | "
+              f"kubectl get svc,pods | sh ovs-ofctl -O OpenFlow13 dump-groups br-node1 "
+              f"| help\n")
+        LabCLI(lab.net, lab=lab)
         return 0
     finally:
         lab.stop()

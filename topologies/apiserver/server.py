@@ -26,6 +26,7 @@ from topologies.apiserver.selectors import parse_fields, parse_labels
 from topologies.apiserver.store import parse_rv
 
 LOG = logging.getLogger(__name__)
+OPENAPI_V2_PROTOBUF = "application/octet-stream"     # a protobuf-encoded Document
 VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-nsx-proxy-lab",
            "platform": "linux/amd64", "goVersion": "n/a (python)"}
 
@@ -160,6 +161,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _openapi_v2(self):
+        """An empty OpenAPI v2 document: older kubectl (Debian's 1.20) downloads
+        it to validate on the client and skips kinds it has no schema for."""
+        if "protobuf" in self.headers.get("Accept", ""):
+            data, ctype = b"\x0a\x032.0", OPENAPI_V2_PROTOBUF   # {swagger: "2.0"}
+        else:
+            data = json.dumps({"swagger": "2.0", "info": {"title": "Kubernetes",
+                                                          "version": "v1.31.0"},
+                               "paths": {}, "definitions": {}}).encode()
+            ctype = "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _chunk(self, obj):
         data = json.dumps(obj).encode() + b"\n"
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -188,6 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(data)
+                return
+            if method == "GET" and url.path == "/openapi/v2":
+                self._openapi_v2()
                 return
             doc = _discovery(url.path.rstrip("/")) if method == "GET" else None
             if doc is not None:

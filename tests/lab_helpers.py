@@ -1,0 +1,50 @@
+"""Traffic and state helpers shared by the Mininet end-to-end modules."""
+import os
+import subprocess
+
+from nsx_proxy import model
+from topologies import lab as L
+
+HERE = os.path.dirname(os.path.abspath(L.__file__))
+WEB = model.ServiceKey("default", "web")
+
+
+def converge(lab, what="the bridges to match the API server"):
+    L.wait_for(lab.programmed, 20, what=what)
+
+
+def set_ready(lab, ready):
+    """Stop the servers of pods not in ``ready``: their probes fail, Ready flips."""
+    for pod in lab.pods:
+        running = os.path.exists(f"{lab.run_dir}/{pod.name}.pid")
+        if pod.name in ready and not running:
+            lab.start_pod_server(pod.name)
+        elif pod.name not in ready and running:
+            lab.stop_pod_server(pod.name)
+    L.wait_for(lambda: sum(
+        1 for p in lab.cluster.desired_state().services[WEB].ports[0].endpoints
+        if p.ready) == len(ready), 10, what="Ready conditions to follow the servers")
+    converge(lab)
+
+
+def answers(lab, client, n=24, vip=L.DEMO_VIP, port=80):
+    return [lab.curl(client, f"http://{vip}:{port}/") for _ in range(n)]
+
+
+class HeldConnection:
+    """A TCP connection to the VIP kept open by a client process in a pod."""
+
+    def __init__(self, lab, pod, vip=L.DEMO_VIP, port=80):
+        self.proc = lab.net.get(pod).popen(
+            ["python3", "-u", f"{HERE}/podclient.py", vip, str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "connected"
+
+    def ping(self, word="ping"):
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()

@@ -1,0 +1,217 @@
+"""End to end against the embedded API server: kubectl and pod changes move real TCP.
+
+The shared lab (conftest.py): two nodes with two pods each, all labelled
+app=web, and the demo service web.  Every test leaves the lab as it found it.
+"""
+import re
+import signal
+import time
+
+import pytest
+
+from kube_helpers import kubectl as run_kubectl
+from lab_helpers import HeldConnection, answers, converge
+from topologies import lab as L
+
+pytestmark = pytest.mark.mininet
+
+
+class _Server:                      # kube_helpers.kubectl wants server.kubeconfig_path
+    def __init__(self, lab):
+        self.kubeconfig_path = lab.cluster.kubeconfig
+
+
+def kubectl(lab, *args, **kw):
+    return run_kubectl(_Server(lab), *args, **kw)
+
+
+def service_yaml(name, vip, port, selector):
+    sel = ", ".join(f"{k}: {v}" for k, v in selector.items())
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  clusterIP: {vip}
+  selector: {{{sel}}}
+  ports: [{{name: http, port: {port}, targetPort: http}}]
+"""
+
+
+def who_answers(lab, vip, port, clients=("pod1", "pod3"), n=16):
+    return {a for c in clients for a in answers(lab, c, n, vip, port)}
+
+
+def flows_mentioning(lab, text):
+    return [f for n in lab.nodes for f in lab.dump_flows(n.bridge) if text in f]
+
+
+def test_service_created_with_kubectl_is_reachable_within_seconds(lab, tmp_path):
+    manifest = tmp_path / "api.yaml"
+    manifest.write_text(service_yaml("api", "10.96.0.20", 8081, {"app": "web"}))
+    started = time.monotonic()
+    kubectl(lab, "create", "-f", str(manifest))
+    try:
+        L.wait_for(lambda: lab.curl("pod1", "http://10.96.0.20:8081/", timeout=1), 5,
+                   interval=0, what="the new VIP to answer")
+        elapsed = time.monotonic() - started
+        assert elapsed < 5
+        everyone = {p.name for p in lab.pods}
+        seen = set()
+        L.wait_for(lambda: seen.update(answers(lab, "pod3", 8, "10.96.0.20", 8081))
+                   or everyone <= seen, 20, interval=0, what="every pod answering")
+    finally:
+        kubectl(lab, "delete", "svc", "api", "--wait=false")
+    converge(lab)
+
+
+def test_pod_churn_moves_only_new_connections(lab, tmp_path):
+    """Relabel in, add, flip readiness, relabel out, delete: who answers follows;
+    an established connection stays with its pod until it closes."""
+    kubelet = lab.cluster.kubelet
+    vip, port = "10.96.0.21", 8082
+    manifest = tmp_path / "tier.yaml"
+    manifest.write_text(service_yaml("tier", vip, port, {"tier": "a"}))
+    kubectl(lab, "create", "-f", str(manifest))
+    held = None
+    try:
+        for pod in ("pod1", "pod3"):
+            kubelet.relabel(pod, {"app": "web", "tier": "a"})
+        converge(lab)
+        L.wait_for(lambda: who_answers(lab, vip, port) == {"pod1", "pod3"}, 20,
+                   what="pod1 and pod3 behind tier")
+        held = HeldConnection(lab, "pod2", vip, port)
+        owner = held.ping().split()[0]
+        other = ({"pod1", "pod3"} - {owner}).pop()
+        # A pod joins.
+        kubelet.relabel("pod4", {"app": "web", "tier": "a"})
+        converge(lab)
+        L.wait_for(lambda: "pod4" in who_answers(lab, vip, port), 20, what="pod4 joining")
+        # Readiness flips off (its server stops), then on again.
+        lab.stop_pod_server("pod4")
+        L.wait_for(lambda: "pod4" not in who_answers(lab, vip, port, n=8)
+                   and lab.programmed(), 20, what="pod4 leaving when not ready")
+        lab.start_pod_server("pod4")
+        converge(lab)
+        L.wait_for(lambda: "pod4" in who_answers(lab, vip, port), 20, what="pod4 back")
+        # The held connection's pod is relabelled out: new connections avoid
+        # it, the established one keeps going.
+        kubelet.relabel(owner, {"app": "web"})
+        converge(lab)
+        L.wait_for(lambda: owner not in who_answers(lab, vip, port), 20,
+                   what=f"{owner} out of tier")
+        assert held.ping("still") == f"{owner} still"
+        # A pod is deleted (gracefully) and its host freed.
+        kubelet.unschedule(other)
+        L.wait_for(lambda: other not in kubelet.scheduled, 20, what=f"{other} deleted")
+        converge(lab)
+        assert who_answers(lab, vip, port) == {"pod4"}
+        assert held.ping("end") == f"{owner} end"
+    finally:
+        if held:
+            held.close()
+        kubectl(lab, "delete", "svc", "tier", "--wait=false")
+        for pod in lab.pods:
+            if pod.name in kubelet.scheduled:
+                kubelet.relabel(pod.name, {"app": "web"})
+            else:
+                kubelet.schedule(pod.name, {"app": "web"})
+        if not _running(lab, "pod4"):
+            lab.start_pod_server("pod4")
+        converge(lab)
+
+
+def _running(lab, pod):
+    return bool(lab.net.get(pod).cmd(f"ss -ltn | grep ':{L.TCP_TARGET} '").strip())
+
+
+def test_deleting_the_service_stops_the_vip_and_removes_its_flows_and_groups(lab, tmp_path):
+    vip = "10.96.0.22"
+    before = {n.bridge: len(lab.dump_groups(n.bridge)) for n in lab.nodes}
+    manifest = tmp_path / "gone.yaml"
+    manifest.write_text(service_yaml("gone", vip, 8083, {"app": "web"}))
+    kubectl(lab, "create", "-f", str(manifest))
+    L.wait_for(lambda: lab.curl("pod1", f"http://{vip}:8083/", timeout=1), 10,
+               what="the VIP to answer")
+    assert flows_mentioning(lab, vip)
+    kubectl(lab, "delete", "svc", "gone")
+    L.wait_for(lambda: not flows_mentioning(lab, vip), 10, what="the VIP's flows to go")
+    assert {n.bridge: len(lab.dump_groups(n.bridge)) for n in lab.nodes} == before
+    assert lab.curl("pod1", f"http://{vip}:8083/", timeout=1) == ""
+
+
+def test_api_server_restart_converges_and_a_forced_410_relists(lab):
+    server = lab.cluster.server
+    api = server.api
+    from topologies.apiserver.kinds import RESOURCES
+    from topologies.cluster import demo_service
+    server.stop()
+    # Changes the controller cannot see while the server is down.
+    api.create(RESOURCES["services"], "default",
+               demo_service("10.96.0.23", 8080, 5353, name="while-down"))
+    server.start()
+    try:
+        L.wait_for(lambda: lab.curl("pod1", "http://10.96.0.23/", timeout=1), 20,
+                   what="the service created while the API server was down")
+        converge(lab)
+        relists = _log_count(lab, "relisting")
+        server.stop()
+        api.delete(RESOURCES["services"], "default", "while-down")
+        api.store.compact()                  # resuming now gets 410 Gone
+        server.start()
+        L.wait_for(lambda: _log_count(lab, "relisting") > relists, 20,
+                   what="the controller to relist after 410")
+        L.wait_for(lambda: not flows_mentioning(lab, "10.96.0.23"), 20,
+                   what="the deleted service's flows to go after the relist")
+        converge(lab)
+        assert lab.curl("pod1", f"http://{L.DEMO_VIP}/")
+    finally:
+        if server.stopping:
+            server.start()
+
+
+def _log_count(lab, word):
+    with open(lab.controller_log) as fh:
+        return fh.read().count(word)
+
+
+def _normal(lines):
+    """Flows without cookies and counters: what is installed, not when."""
+    return sorted(re.sub(r"(cookie|duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?",
+                         "", line) for line in lines)
+
+
+def test_controller_restarted_while_services_change_ends_with_exactly_the_desired_flows(
+        lab, tmp_path):
+    from topologies.cluster import demo_service
+    lab.stop_controller(signal.SIGKILL)
+    try:
+        for i in range(5):
+            lab.cluster.apply_service(demo_service(f"10.96.0.{30 + i}", 8080, 5353,
+                                                   name=f"churn{i}"))
+        lab.cluster.delete_service("churn0")
+        lab.cluster.kubelet.relabel("pod2", {"app": "elsewhere"})
+    finally:
+        lab.start_controller()
+    try:
+        converge(lab, "the restarted controller to converge")
+        assert not flows_mentioning(lab, "10.96.0.30")
+        assert lab.curl("pod1", "http://10.96.0.34/")
+        first = {n.bridge: _normal(lab.dump_flows(n.bridge)) for n in lab.nodes}
+        for bridge in first:
+            rounds = {line.split(",")[0][:len("cookie=0x") + 2]
+                      for line in lab.dump_flows(bridge)}
+            assert len(rounds) == 1, rounds
+        # A second restart with nothing changed installs the desired state
+        # from scratch: if the first left anything stale, the dumps differ.
+        lab.restart_controller()
+        gens = {n.bridge: lab.dump_flows(n.bridge)[0].split(",")[0] for n in lab.nodes}
+        L.wait_for(lambda: all(lab.dump_flows(b)[0].split(",")[0] != g
+                               and len({x.split(",")[0][:11] for x in lab.dump_flows(b)}) == 1
+                               for b, g in gens.items()), 30, what="a fresh round")
+        assert {n.bridge: _normal(lab.dump_flows(n.bridge)) for n in lab.nodes} == first
+    finally:
+        for i in range(5):
+            lab.cluster.delete_service(f"churn{i}")
+        lab.cluster.kubelet.relabel("pod2", {"app": "web"})
+        converge(lab)

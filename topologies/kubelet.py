@@ -1,0 +1,220 @@
+"""The lab as the kubelet of its pods, for whichever API server it is given.
+
+* registers a Node per compute node (InternalIP, podCIDR, Ready);
+* creates a Pod per scheduled pod host (labels, spec.nodeName, the
+  container ports the pod's server listens on);
+* probes each pod's server with a real TCP connect from inside the pod's
+  network namespace and reports podIP, phase Running and the Ready
+  condition, updated whenever the probe's answer changes;
+* finishes graceful deletions: a pod whose deletionTimestamp is set keeps
+  serving (its endpoint is terminating) until its grace period ends, then
+  the kubelet deletes it for good, as a real kubelet does.
+
+Threads and the official client; no eventlet here.
+"""
+import ctypes
+import logging
+import os
+import socket
+import threading
+import time
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+LOG = logging.getLogger("lab.kubelet")
+CLONE_NEWNET = 0x40000000
+HOST_LABEL = "nsx-proxy.lab/host"        # marks the Pods this lab's kubelet owns
+
+
+def _setns(pid):
+    """Move the calling thread (only it) into the network namespace of ``pid``."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+    finally:
+        os.close(fd)
+
+
+def tcp_probe(ip, port, timeout=0.5) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pod_manifest(pod, namespace, tcp_port, udp_port, grace):
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": namespace,
+                     "labels": dict(pod.labels, **{HOST_LABEL: pod.name})},
+        "spec": {"nodeName": pod.node, "terminationGracePeriodSeconds": grace,
+                 "containers": [{"name": "server", "image": "nsx-proxy-lab/podserver",
+                                 "ports": [{"name": "http", "containerPort": tcp_port,
+                                            "protocol": "TCP"},
+                                           {"name": "dns", "containerPort": udp_port,
+                                            "protocol": "UDP"}]}]}}
+
+
+class Kubelet:
+    def __init__(self, api_client, namespace="default", tcp_port=8080, udp_port=5353,
+                 probe_period=0.3, grace=2):
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.tcp_port, self.udp_port = tcp_port, udp_port
+        self.probe_period = probe_period
+        self.grace = grace
+        self.pods = {}                   # name -> PodSpec of pod hosts we run
+        self.scheduled = set()           # pod hosts that should have a Pod object
+        self.ready = {}                  # name -> last probe result
+        self._reported = {}              # name -> (ready, resourceVersion seen)
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+
+    # --- nodes ------------------------------------------------------------------------
+    def register_nodes(self, nodes):
+        for node in nodes:
+            body = {"metadata": {"name": node.name, "labels": {
+                        "kubernetes.io/hostname": node.name}},
+                    "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}}
+            status = {"addresses": [{"type": "InternalIP", "address": node.internal_ip},
+                                    {"type": "Hostname", "address": node.name}],
+                      "conditions": [{"type": "Ready", "status": "True",
+                                      "reason": "KubeletReady",
+                                      "message": "nsx-proxy lab kubelet"}]}
+            try:
+                self.core.create_node(body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.core.patch_node(node.name, body)
+            self.core.patch_node_status(node.name, {"status": status})
+
+    # --- pods -------------------------------------------------------------------------
+    def start(self, pods, pid_of):
+        """Probe every pod host; report status for the scheduled ones."""
+        for pod in pods:
+            self.pods[pod.name] = pod
+            threading.Thread(target=self._probe_loop, args=(pod, pid_of(pod.name)),
+                             name=f"probe-{pod.name}", daemon=True).start()
+        threading.Thread(target=self._report_loop, name="kubelet-status",
+                         daemon=True).start()
+        threading.Thread(target=self._watch_deletions, name="kubelet-watch",
+                         daemon=True).start()
+
+    def stop(self):
+        self._stop.set()
+        self._changed.set()
+
+    def schedule(self, name, labels=None):
+        """Create the Pod object of pod host ``name`` (labels default to the topology's)."""
+        pod = self.pods[name]
+        if labels is not None:
+            pod.labels = dict(labels)
+        body = pod_manifest(pod, self.namespace, self.tcp_port, self.udp_port, self.grace)
+        try:
+            self.core.create_namespaced_pod(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.core.patch_namespaced_pod(name, self.namespace,
+                                           {"metadata": {"labels": body["metadata"]["labels"]}})
+        self.scheduled.add(name)
+        self._reported.pop(name, None)
+        self._changed.set()
+
+    def unschedule(self, name, grace=None):
+        """Delete the Pod (gracefully: terminating first, like kubectl delete)."""
+        try:
+            self.core.delete_namespaced_pod(name, self.namespace,
+                                            grace_period_seconds=grace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def relabel(self, name, labels):
+        """Replace the pod's labels (removed keys are sent as null, as kubectl does)."""
+        pod = self.pods[name]
+        new = dict(labels, **{HOST_LABEL: name})
+        patch = {k: None for k in pod.labels if k not in new}
+        patch.update(new)
+        pod.labels = dict(labels)
+        self.core.patch_namespaced_pod(name, self.namespace, {"metadata": {"labels": patch}})
+
+    # --- loops ------------------------------------------------------------------------
+    def _probe_loop(self, pod, pid):
+        _setns(pid)                      # this thread lives in the pod from now on
+        while not self._stop.is_set():
+            ok = tcp_probe(pod.ip, self.tcp_port)
+            if self.ready.get(pod.name) != ok:
+                self.ready[pod.name] = ok
+                self._changed.set()
+            self._stop.wait(self.probe_period)
+
+    def _report_loop(self):
+        while not self._stop.is_set():
+            self._changed.wait(1.0)
+            self._changed.clear()
+            for name in sorted(self.scheduled):
+                ready = self.ready.get(name)
+                if ready is None or self._reported.get(name) == ready:
+                    continue
+                try:
+                    self._report(name, ready)
+                    self._reported[name] = ready
+                except ApiException as exc:
+                    if exc.status == 404:
+                        self.scheduled.discard(name)
+                    else:
+                        LOG.warning("pod %s: status update failed: %s", name, exc.reason)
+                        self._changed.set()
+                except Exception as exc:  # the API server may be down: retry
+                    LOG.warning("pod %s: status update failed: %s", name, exc)
+                    time.sleep(0.5)
+                    self._changed.set()
+
+    def _report(self, name, ready):
+        pod = self.pods[name]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = "True" if ready else "False"
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
+            "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+            "startTime": now,
+            "conditions": [{"type": "Ready", "status": status, "lastTransitionTime": now},
+                           {"type": "ContainersReady", "status": status,
+                            "lastTransitionTime": now}]}})
+        LOG.info("pod %s: Ready=%s", name, status)
+
+    def _watch_deletions(self):
+        """Finish graceful deletions of our pods once their grace period is over."""
+        timers = {}
+        while not self._stop.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    self.core.list_namespaced_pod, self.namespace,
+                    label_selector=HOST_LABEL, timeout_seconds=60)
+                for event in stream:
+                    meta = event["raw_object"]["metadata"]
+                    name = meta["name"]
+                    if event["type"] == "DELETED":
+                        self.scheduled.discard(name)
+                        continue
+                    if meta.get("deletionTimestamp") and name not in timers:
+                        grace = meta.get("deletionGracePeriodSeconds") or 0
+                        timers[name] = threading.Timer(grace, self._finish, (name, timers))
+                        timers[name].daemon = True
+                        timers[name].start()
+            except Exception as exc:  # reconnect after API server restarts
+                LOG.debug("pod watch ended: %s", exc)
+                self._stop.wait(0.5)
+
+    def _finish(self, name, timers):
+        try:
+            self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+        except ApiException:
+            pass
+        self.scheduled.discard(name)
+        timers.pop(name, None)
