@@ -7,7 +7,7 @@ messages out.  This is the only module that calls ``send_msg``.  Run it as::
 
 Configuration (``[nsx_proxy]`` section of the config file)::
 
-    source = kubernetes            # or: file (a YAML state file, for demos)
+    source = kubernetes            # or: file (a YAML state file, for demos), none
     kubeconfig =                   # empty: in-cluster, else KUBECONFIG / ~/.kube/config
     min_sync_period = 0.5          # coalesce API events: at most one sync per period
     max_sync_period = 60           # and at least one per period
@@ -42,8 +42,9 @@ LOG = logging.getLogger("nsx_proxy")
 
 CONF = cfg.CONF
 CONF.register_opts([
-    cfg.StrOpt("source", default="kubernetes", choices=("kubernetes", "file"),
-               help="where the desired state comes from"),
+    cfg.StrOpt("source", default="kubernetes", choices=("kubernetes", "file", "none"),
+               help="where the desired state comes from (none: another app in the "
+                    "same ryu-manager calls set_state, as the benchmarks do)"),
     cfg.StrOpt("kubeconfig", default="",
                help="kubeconfig path; empty: in-cluster, else KUBECONFIG or ~/.kube/config"),
     cfg.FloatOpt("min_sync_period", default=0.5,
@@ -97,7 +98,9 @@ class ServiceProxy(app_manager.RyuApp):
     def start(self):
         super().start()
         OvsdbMonitor(self.conf.ovsdb, self.set_contexts, hub.spawn, hub.sleep).start()
-        if self.conf.source == "file":
+        if self.conf.source == "none":
+            pass
+        elif self.conf.source == "file":
             YamlFileSource(self.conf.state_file, self.set_state,
                            hub.spawn, hub.sleep).start()
         else:

@@ -133,7 +133,9 @@ def after_write(store, resource, etype, old, new):
     """Store hook: re-sync the slices a pod or service write can change."""
     if resource == "services":
         meta = new["metadata"]
-        sync_service(store, meta["namespace"], meta["name"])
+        selectors = [(o.get("spec") or {}).get("selector") for o in (old, new) if o]
+        if any(selectors) or etype == "DELETED":
+            sync_service(store, meta["namespace"], meta["name"])
     elif resource == "pods":
         ns = new["metadata"]["namespace"]
         labels = [o["metadata"].get("labels") for o in (old, new) if o is not None]

@@ -1,0 +1,107 @@
+"""Kubernetes benchmark: API write -> flows live in OVS, and burst coalescing.
+
+For each N, the embedded API server (in this process) holds N selectorless
+ClusterIP services, each with one EndpointSlice of two endpoints; one
+userspace bridge; ``ryu-manager controller.app bench.kube_driver`` watching
+the API server.  The driver (see bench/kube_driver.py) measures:
+
+* write -> live: an EndpointSlice PATCH over HTTP until the bundle that
+  implements it is committed (barrier answered), p50/p99 over --changes
+  isolated writes spaced by the sync period;
+* burst: 1,000 PATCHes sent back to back; how many syncs the source ran
+  before the last one was live, and how long that took.
+
+Run as root with OVS up:  .venv/bin/python -m bench.kube [--sizes 1000 10000]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from bench.core import BR, PORT, REPO, make_bridge, pct, sh
+from topologies.apiserver import ApiServer
+from topologies.apiserver.kinds import RESOURCES
+
+MIN_SYNC = 0.1
+
+
+def populate(api, n):
+    api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
+    for i in range(n):
+        api.create(RESOURCES["services"], "bench", {
+            "metadata": {"name": f"svc{i}"},
+            "spec": {"clusterIP": f"10.{96 + i // 65000}.{i // 250 % 250}.{i % 250 + 1}",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        api.create(RESOURCES["endpointslices"], "bench", {
+            "metadata": {"name": f"svc{i}-1",
+                         "labels": {"kubernetes.io/service-name": f"svc{i}"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080,
+                                              "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"10.{ip}.{i // 250 % 250}.{i % 250 + 2}"],
+                           "nodeName": "node2", "conditions": {"ready": True}}
+                          for ip in (2, 3)]})
+
+
+def run_once(n, changes, workdir):
+    server = ApiServer(bookmark_interval=30).start()
+    try:
+        populate(server.api, n)
+        kubeconfig = server.kubeconfig(os.path.join(workdir, "kubeconfig"))
+        out = os.path.join(workdir, f"kube-{n}.json")
+        conf = os.path.join(workdir, "bench-kube.conf")
+        with open(conf, "w") as fh:
+            fh.write(f"[nsx_proxy]\nsource = kubernetes\nkubeconfig = {kubeconfig}\n"
+                     f"min_sync_period = {MIN_SYNC}\nmax_sync_period = 600\n")
+        env = dict(os.environ, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
+                   BENCH_OUT=out, BENCH_KUBECONFIG=kubeconfig, BENCH_GAP=str(2 * MIN_SYNC))
+        make_bridge()
+        ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
+        with open(os.path.join(workdir, "controller.log"), "w") as log:
+            proc = subprocess.Popen([ryu, "--config-file", conf, "--ofp-tcp-listen-port",
+                                     str(PORT), "controller.app", "bench.kube_driver"],
+                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc.wait(timeout=1800)
+        with open(out) as fh:
+            return json.load(fh)
+    finally:
+        server.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            for n in args.sizes:
+                lat, syncs, burst, cold = [], [], [], []
+                for _ in range(args.rounds):
+                    res = run_once(n, args.changes, workdir)
+                    lat += res["write_to_live_s"]
+                    syncs.append(res["burst_syncs"])
+                    burst.append(res["burst_live_s"])
+                    cold.append(res["cold_s"])
+                rows.append((n, statistics.median(cold), pct(lat, .5) * 1e3,
+                             pct(lat, .99) * 1e3, statistics.median(syncs),
+                             statistics.median(burst)))
+        finally:
+            sh("ovs-vsctl", "--if-exists", "del-br", BR)
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; min_sync_period {MIN_SYNC}s; "
+          f"medians of {args.rounds} rounds, latency over {args.rounds * args.changes} writes")
+    print("services | start->synced s | write->live p50 ms | write->live p99 ms | "
+          "syncs for 1,000-write burst | burst->live s")
+    for r in rows:
+        print(f"{r[0]:>8} | {r[1]:>15.2f} | {r[2]:>18.1f} | {r[3]:>18.1f} | "
+              f"{r[4]:>27.0f} | {r[5]:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()
