@@ -215,3 +215,25 @@ def test_controller_restarted_while_services_change_ends_with_exactly_the_desire
             lab.cluster.delete_service(f"churn{i}")
         lab.cluster.kubelet.relabel("pod2", {"app": "web"})
         converge(lab)
+
+
+def test_lab_cli_scale_and_services(lab, capsys):
+    from types import SimpleNamespace
+
+    from topologies.labcli import LabCLI
+    cli = SimpleNamespace(lab=lab)
+    try:
+        LabCLI.do_scale(cli, "web 2")
+        assert "app=web: 2 pods" in capsys.readouterr().out
+        L.wait_for(lambda: len(lab.cluster.kubelet.scheduled) == 2, 20,
+                   what="two pods left after their grace period")
+        converge(lab)
+        assert who_answers(lab, L.DEMO_VIP, 80) == {"pod1", "pod2"}
+        LabCLI.do_services(cli, "")
+        table = capsys.readouterr().out
+        assert "default/web  10.96.0.10:80/TCP" in table
+        assert "10.1.1.2:8080" in table and "10.1.2.2" not in table
+    finally:
+        LabCLI.do_scale(cli, "web 4")
+        converge(lab)
+    assert who_answers(lab, L.DEMO_VIP, 80) == {p.name for p in lab.pods}

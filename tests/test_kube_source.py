@@ -167,3 +167,49 @@ def test_runner_bounds_the_frequency():
         runner.request()
     wait_for(lambda: len(runs) >= 1, 2, what="first run")
     wait_for(lambda: len(runs) >= 3, 2, what="periodic runs with no request")
+
+
+def _raw_service(name, vip, external=(), rv="1"):
+    return {"metadata": {"namespace": "default", "name": name, "resourceVersion": rv},
+            "spec": {"clusterIP": vip, "externalIPs": list(external),
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+
+
+def _raw_slice(service, ip, ready=True, rv="1"):
+    return {"metadata": {"namespace": "default", "name": f"{service}-1", "resourceVersion": rv,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}}]}
+
+
+def test_collision_rules_still_hold_when_only_endpoints_change():
+    """The fast path (no frontend changed) must give what a full pass gives."""
+    rec = Recorder()
+    src = KubeSource(api_client_for_tests(), rec, thread_hub())
+    for r in src.reflectors:
+        r.synced = True
+    src._replace_services([_raw_service("a", "10.96.0.1", ["198.51.100.1"]),
+                           _raw_service("b", "10.96.0.2", ["198.51.100.1"]),
+                           _raw_service("c", "10.96.0.1")])          # clusterIP taken
+    src._replace_slices([_raw_slice("b", "10.1.1.2")])
+    first = src.sync()
+    b = model.ServiceKey("default", "b")
+    assert first.services[b].external_ips == ()                     # lost to "a"
+    assert model.ServiceKey("default", "c") not in first.services
+    src._slice_event("MODIFIED", _raw_slice("b", "10.1.1.3", rv="2"))
+    src._service_event("MODIFIED", _raw_service("c", "10.96.0.1", rv="2"))
+    second = src.sync()
+    assert second.services[b].external_ips == ()
+    assert [e.ip for e in second.services[b].ports[0].endpoints] == ["10.1.1.3"]
+    assert model.ServiceKey("default", "c") not in second.services
+    assert second.services[model.ServiceKey("default", "a")] is \
+        first.services[model.ServiceKey("default", "a")]
+    src._service_event("DELETED", _raw_service("a", "10.96.0.1"))  # frontends change:
+    third = src.sync()                                              # full pass again
+    assert third.services[b].external_ips == ("198.51.100.1",)
+    assert model.ServiceKey("default", "c") in third.services
+
+
+def api_client_for_tests():
+    from kubernetes import client
+    return client.ApiClient()
