@@ -15,6 +15,7 @@ Configuration (``[nsx_proxy]`` section of the config file)::
     state_file = /path/to/state.yaml   # with source = file
     ovsdb = unix:/var/run/openvswitch/db.sock
     bundle_timeout = 30
+    reject_rate = 100              # RST / ICMP answers per second and bridge
 """
 import itertools
 import logging
@@ -30,7 +31,9 @@ from ryu.ofproto import ofproto_v1_3
 
 from controller import cookies
 from controller import ofmsg
-from controller.compiler import service_port_name
+from controller import pipeline
+from controller import reject
+from controller.compiler import group_names
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.session import SwitchSession
 from nsx_proxy import kube_source, model
@@ -59,6 +62,9 @@ CONF.register_opts([
                help="OVSDB remote to read bridge and pod labels from"),
     cfg.FloatOpt("bundle_timeout", default=30.0,
                  help="seconds to wait for a bundle's commit before giving up"),
+    cfg.IntOpt("reject_rate", default=100,
+               help="refused connections answered (RST / ICMP) per second and bridge; "
+                    "the bridge's meter drops the rest before they reach us"),
 ], group="nsx_proxy")
 
 
@@ -92,6 +98,8 @@ class ServiceProxy(app_manager.RyuApp):
         self._stats = {}                     # dpid -> (cookies, groups, outstanding)
         self.group_ids = cookies.GroupIds()
         self._bundle_ids = itertools.count(1)
+        self._quiet_xids = set()             # replies whose errors are expected
+        self._reject_buckets = {}            # dpid -> reject.TokenBucket
         self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
         self.source = None
 
@@ -128,8 +136,7 @@ class ServiceProxy(app_manager.RyuApp):
 
     @staticmethod
     def _service_port_names(state):
-        return {service_port_name(svc, port)
-                for svc in state.services.values() for port in svc.ports}
+        return {name for svc in state.services.values() for name in group_names(svc)}
 
     def set_contexts(self, contexts) -> None:
         """A new {dpid: BridgeContext} snapshot from OVSDB."""
@@ -151,6 +158,14 @@ class ServiceProxy(app_manager.RyuApp):
         LOG.info("switch %016x connected from %s", dp.id, dp.address)
         self.datapaths[dp.id] = dp
         self._stats[dp.id] = ([], [], 2)
+        # The reject meter first (flows refer to it).  After a controller
+        # restart it exists already: that error is expected and ignored.
+        rate = max(1, self.conf.reject_rate)
+        meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, rate, rate)
+        dp.set_xid(meter)
+        self._quiet_xids.add(meter.xid)
+        dp.send_msg(meter)
+        self._reject_buckets[dp.id] = reject.TokenBucket(rate, rate)
         # What is on the switch already: table 0 tells the last round (every
         # round has flows there), group descriptions tell which ids exist.
         dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, 0, dp.ofproto.OFPP_ANY,
@@ -279,9 +294,32 @@ class ServiceProxy(app_manager.RyuApp):
         if pending and ev.msg.xid == pending.barrier_xid:
             pending.done.set()
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        """A refused new connection: answer with a TCP RST or ICMP unreachable."""
+        msg = ev.msg
+        dp = msg.datapath
+        if cookies.kind_of(msg.cookie) not in (cookies.KIND_SERVICE_PORT, cookies.KIND_VIP):
+            return
+        bucket = self._reject_buckets.get(dp.id)
+        if bucket is None or not bucket.take():
+            return
+        answer = reject.reply_for(bytes(msg.data))
+        if answer is None:
+            return
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        dp.send_msg(parser.OFPPacketOut(
+            dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+            actions=[parser.OFPActionOutput(msg.match["in_port"])], data=answer))
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         msg = ev.msg
+        if msg.xid in self._quiet_xids:
+            self._quiet_xids.discard(msg.xid)
+            LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
+                      msg.datapath.id, msg.type, msg.code)
+            return
         pending = self._pending.get(msg.datapath.id)
         LOG.error("switch %016x: error type=%d code=%d for xid %d",
                   msg.datapath.id, msg.type, msg.code, msg.xid)

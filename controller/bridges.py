@@ -83,6 +83,12 @@ class BridgeContext:
     pod_cidr: Optional[str] = None
     uplink: Optional[int] = None       # ofport of the fabric uplink
     pods: Tuple[Pod, ...] = ()
+    datapath_type: str = ""            # OVSDB Bridge.datapath_type: "" or system = kernel
+
+    @property
+    def nats_sctp(self) -> bool:
+        """Kernel conntrack NATs SCTP ports; OVS 3.1's userspace conntrack does not."""
+        return self.datapath_type in ("", "system")
 
     @property
     def snat_zone(self) -> int:
@@ -121,7 +127,7 @@ def parse_pod(ifname: str, ofport, ids) -> Optional[Pod]:
     return None
 
 
-def parse_bridge(name: str, dpid: int, ids, interfaces) -> BridgeContext:
+def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> BridgeContext:
     """Build a BridgeContext from a Bridge's external_ids and its interfaces.
 
     ``interfaces`` is an iterable of ``(name, ofport, external_ids)``.
@@ -157,4 +163,4 @@ def parse_bridge(name: str, dpid: int, ids, interfaces) -> BridgeContext:
     pods.sort(key=lambda p: (p.namespace, p.name))
     return BridgeContext(name=name, dpid=dpid, role=role, ct_zone=zone,
                          node=ids.get(NODE), pod_cidr=pod_cidr, uplink=uplink,
-                         pods=tuple(pods))
+                         pods=tuple(pods), datapath_type=datapath_type or "")

@@ -15,9 +15,10 @@ from controller import cookies
 from controller import flows as F
 from controller import pipeline as P
 from controller.bridges import BridgeContext, Pod, ROLE_NODE, router_mac
-from nsx_proxy import model
+from nsx_proxy import endpoint_selection, model
 
 LOG = logging.getLogger(__name__)
+REJECT = (F.Meter(P.REJECT_METER), F.Controller(128))
 
 PRIO_HIGH = 200
 PRIO_MID = 190
@@ -144,36 +145,85 @@ def node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
 
 
 def vip_fragment(ctx: BridgeContext, ip: str) -> Fragment:
+    """ARP for a service IP, and reject TCP/UDP to ports it does not have
+    (the service ports' own flows sit above these)."""
     c = cookies.for_ip(cookies.KIND_VIP, ip)
-    return Fragment(flows=frozenset([_arp_flow(ip, ctx.router_mac, PRIO_HIGH, c)]))
+    return Fragment(flows=frozenset([_arp_flow(ip, ctx.router_mac, PRIO_HIGH, c)] + [
+        F.flow(P.SERVICE_LB, PRIO_MID, REJECT, c, eth_type=F.ETH_IP, ip_proto=proto,
+               ipv4_dst=ip) for proto in (F.IP_PROTO["TCP"], F.IP_PROTO["UDP"])]))
 
 
 def service_port_name(svc: model.Service, port: model.ServicePort) -> str:
     return f"{svc.namespace}/{svc.name}:{port.protocol}/{port.port}"
 
 
-def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids) -> Fragment:
-    """One select group per port, one bucket per usable endpoint.
+def external_group_name(svc: model.Service, port: model.ServicePort) -> str:
+    return service_port_name(svc, port) + "/external"
+
+
+def group_names(svc: model.Service):
+    """Every group name the service's ports may use (to keep their ids allocated)."""
+    for port in svc.ports:
+        yield service_port_name(svc, port)
+        if svc.external_ips or svc.load_balancer_ips:
+            yield external_group_name(svc, port)
+
+
+_SKIPPED_SCTP = set()
+
+
+def _skip_sctp(ctx, svc, port) -> bool:
+    if port.protocol != model.SCTP or ctx.nats_sctp:
+        return False
+    key = (ctx.name, svc.key, port.port)
+    if key not in _SKIPPED_SCTP:
+        _SKIPPED_SCTP.add(key)
+        LOG.warning("bridge %s: service %s port SCTP/%d skipped: the %s datapath's "
+                    "conntrack cannot NAT SCTP", ctx.name, svc.key, port.port,
+                    ctx.datapath_type or "system")
+    return True
+
+
+def _buckets(ctx, endpoints):
+    return tuple(
+        F.Bucket((F.Ct(zone=ctx.ct_zone, table=P.L3_FORWARDING.id, commit=True,
+                       nat=F.Nat(ep.ip, ep.port)),))
+        for ep in endpoints)
+
+
+def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
+                     node: model.Node = None) -> Fragment:
+    """A select group per port (and per frontend class when they differ),
+    one bucket per endpoint this node may use; rejection when there is none.
 
     A bucket holds nothing but ``ct(commit,nat(dst=...),table=...)``: OVS
     treats bucket actions as an action set, and a ct followed by anything
     else in a bucket silently loses the ct (verified with ofproto/trace).
+    The cluster IP and the external IPs share one group unless their
+    endpoints differ (internalTrafficPolicy Local).
     """
     flows, groups = [], []
-    frontends = (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips
+    external = svc.external_ips + svc.load_balancer_ips
     for port in svc.ports:
+        if _skip_sctp(ctx, svc, port):
+            continue
         gid = group_ids.get(service_port_name(svc, port))
         cookie = cookies.make(cookies.KIND_SERVICE_PORT, gid)
         proto = F.IP_PROTO[port.protocol]
-        buckets = tuple(
-            F.Bucket((F.Ct(zone=ctx.ct_zone, table=P.L3_FORWARDING.id, commit=True,
-                           nat=F.Nat(ep.ip, ep.port)),))
-            for ep in port.ready_endpoints())
-        groups.append(F.SelectGroup(gid, buckets))
-        for ip in frontends:
-            flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH, (F.Group(gid),), cookie,
-                                eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
-                                **{F.L4_DST_FIELD[proto]: port.port}))
+        chosen = endpoint_selection.select(svc, port, ctx.node, node)
+        pools = [((svc.cluster_ip,), chosen.internal, gid)]
+        if external and chosen.external != chosen.internal:
+            pools.append((external, chosen.external,
+                          group_ids.get(external_group_name(svc, port))))
+        else:
+            pools[0] = ((svc.cluster_ip,) + external, chosen.internal, gid)
+        for frontends, endpoints, group_id in pools:
+            groups.append(F.SelectGroup(group_id, _buckets(ctx, endpoints)))
+            action = (F.Group(group_id),) if endpoints else REJECT
+            for ip in frontends:
+                flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH, action, cookie,
+                                    eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
+                                    **{F.L4_DST_FIELD[proto]: port.port}))
     return Fragment(flows=frozenset(flows), groups=frozenset(groups))
 
 
@@ -214,11 +264,11 @@ class Compiler:
         self._last = (state, out)
         return dict(out)
 
-    def _service(self, out, key, svc) -> None:
+    def _service(self, out, key, svc, node) -> None:
         ctx = self.ctx
         skey, vkey = service_key(key), vip_key(svc.cluster_ip)
         out[skey] = self._cached(
-            skey, svc, lambda: service_fragment(ctx, svc, self._group_ids))
+            skey, (svc, node), lambda: service_fragment(ctx, svc, self._group_ids, node))
         out[vkey] = self._cached(vkey, svc.cluster_ip,
                                  lambda: vip_fragment(ctx, svc.cluster_ip))
 
@@ -239,8 +289,9 @@ class Compiler:
                 out.pop(key, None)
                 if svc.key in removed:
                     self._memo.pop(key, None)
+        node = state.nodes.get(self.ctx.node)
         for key in changed:
-            self._service(out, key, new[key])
+            self._service(out, key, new[key], node)
         return out
 
     def _full(self, state):
@@ -258,8 +309,9 @@ class Compiler:
                     key = f"node/{node.name}"
                     out[key] = self._cached(key, node, lambda: node_fragment(ctx, node))
         shared_vips = set()
+        node = state.nodes.get(ctx.node)
         for skey, svc in state.services.items():
-            self._service(out, skey, svc)
+            self._service(out, skey, svc, node)
             shared_vips.update(svc.external_ips + svc.load_balancer_ips)
         for ip in shared_vips - {s.cluster_ip for s in state.services.values()}:
             out[vip_key(ip)] = self._cached(vip_key(ip), ip, lambda: vip_fragment(ctx, ip))

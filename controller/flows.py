@@ -74,6 +74,18 @@ class Ct:
     nat: Optional[Nat] = None
 
 
+@dataclass(frozen=True)
+class Controller:
+    """Send the packet (its first ``max_len`` bytes) to the controller."""
+    max_len: int = 128
+
+
+@dataclass(frozen=True)
+class Meter:
+    """Pass the packet through a meter first (an OpenFlow 1.3 instruction)."""
+    meter_id: int
+
+
 # --- flows and groups ------------------------------------------------------
 
 FlowKey = Tuple[int, int, tuple]       # (table, priority, match)
@@ -161,6 +173,10 @@ def action_text(action) -> str:
         return "IN_PORT" if action.port == IN_PORT else f"output:{action.port}"
     if isinstance(action, GotoTable):
         return f"goto_table:{action.table}"
+    if isinstance(action, Controller):
+        return f"CONTROLLER:{action.max_len}"
+    if isinstance(action, Meter):
+        return f"meter:{action.meter_id}"
     if isinstance(action, Group):
         return f"group:{action.group_id}"
     if isinstance(action, SetField):

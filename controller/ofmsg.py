@@ -69,17 +69,21 @@ def encode_action(action):
                                       n_bits=_MOVE_BITS[action.src])
     if isinstance(action, F.Ct):
         return _ct(action)
+    if isinstance(action, F.Controller):
+        return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, action.max_len)
     raise TypeError(f"cannot encode {action!r}")
 
 
 def instructions(actions):
-    apply, goto = [], None
+    apply, goto, meter = [], None, None
     for action in actions:
         if isinstance(action, F.GotoTable):
             goto = action.table
+        elif isinstance(action, F.Meter):
+            meter = action.meter_id
         else:
             apply.append(encode_action(action))
-    out = []
+    out = [] if meter is None else [parser.OFPInstructionMeter(meter, ofp.OFPIT_METER)]
     if apply:
         out.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply))
     if goto is not None:
@@ -133,6 +137,14 @@ def plan_messages(dp, plan: Plan, generation: int, stale_generations=()):
     out += [(group_mod(dp, g, ofp.OFPGC_MODIFY), g) for g in plan.group_modifies]
     out += [(group_mod(dp, g, ofp.OFPGC_DELETE), g) for g in plan.group_deletes]
     return out
+
+
+def meter_add(dp, meter_id, rate_pps, burst):
+    """A packets-per-second meter that drops what exceeds ``rate_pps``."""
+    return parser.OFPMeterMod(
+        dp, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+        meter_id=meter_id,
+        bands=[parser.OFPMeterBandDrop(rate=rate_pps, burst_size=burst)])
 
 
 def bundle(dp, bundle_id, messages):

@@ -17,7 +17,7 @@ from controller.bridges import BadBridge, ROLE, parse_bridge
 LOG = logging.getLogger(__name__)
 
 _COLUMNS = {
-    "Bridge": ["name", "external_ids", "datapath_id", "ports"],
+    "Bridge": ["name", "external_ids", "datapath_id", "datapath_type", "ports"],
     "Port": ["name", "interfaces"],
     "Interface": ["name", "ofport", "external_ids"],
 }
@@ -58,7 +58,8 @@ def snapshot(idl, rejected):
         interfaces = [(iface.name, _scalar(iface.ofport), dict(iface.external_ids))
                       for port in row.ports for iface in port.interfaces]
         try:
-            ctx = parse_bridge(row.name, int(dpid_hex, 16), ids, interfaces)
+            ctx = parse_bridge(row.name, int(dpid_hex, 16), ids, interfaces,
+                               _scalar(row.datapath_type) or "")
         except BadBridge as exc:
             if (row.name, str(exc)) not in rejected:
                 rejected.add((row.name, str(exc)))

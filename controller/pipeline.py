@@ -37,7 +37,9 @@ CONNTRACK_STATE = Table(21, "ConntrackState",
 SERVICE_LB = Table(30, "ServiceLB",
                    "a new connection to a service frontend (VIP, protocol, port) "
                    "goes to that service port's select group, whose buckets DNAT "
-                   "and commit; anything else is committed as is")
+                   "and commit; with no usable endpoint, or to a port the VIP "
+                   "does not have, it is rejected (RST / ICMP port unreachable, "
+                   "rate-limited by a meter); anything else is committed as is")
 L3_FORWARDING = Table(40, "L3Forwarding",
                       "route on the (translated) destination: local pod -> its "
                       "port, another node's pod CIDR -> the uplink; a pod "
@@ -45,6 +47,12 @@ L3_FORWARDING = Table(40, "L3Forwarding",
                       "gateway IP (hairpin) so its reply comes back to the bridge")
 HAIRPIN = Table(42, "HairpinOutput",
                 "send a source-NATed hairpin packet back out of the port it came in")
+
+# New connections that must be refused (no endpoint, or a port the service
+# IP does not have) go to the controller through this meter, which answers
+# with a TCP RST or an ICMP port unreachable; the meter caps the rate so a
+# flood cannot overload the controller.
+REJECT_METER = 1
 
 TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
           CONNTRACK_STATE, SERVICE_LB, L3_FORWARDING, HAIRPIN)

@@ -20,6 +20,10 @@ NODE_PORT = "NodePort"
 LOAD_BALANCER = "LoadBalancer"
 SERVICE_TYPES = (CLUSTER_IP, NODE_PORT, LOAD_BALANCER)
 
+CLUSTER = "Cluster"                  # traffic policies
+LOCAL = "Local"
+TRAFFIC_POLICIES = (CLUSTER, LOCAL)
+
 
 class ServiceKey(NamedTuple):
     """namespace/name; a tuple so hashing it (done per object per sync) is C-fast."""
@@ -44,6 +48,7 @@ class Endpoint:
     ready: bool = True
     serving: bool = True
     terminating: bool = False
+    zones: Tuple[str, ...] = ()        # topology hints: zones this endpoint serves
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class Service:
     type: str = CLUSTER_IP
     external_ips: Tuple[str, ...] = ()
     load_balancer_ips: Tuple[str, ...] = ()
+    affinity_timeout: Optional[int] = None   # seconds, with sessionAffinity ClientIP
+    internal_traffic_policy: str = CLUSTER
+    topology_aware: bool = False             # use endpoints' zone hints
 
     @property
     def key(self) -> ServiceKey:
@@ -90,6 +98,7 @@ class Node:
     name: str
     internal_ip: str
     pod_cidr: str
+    zone: Optional[str] = None               # topology.kubernetes.io/zone
 
 
 def _frozen(mapping) -> Mapping:

@@ -25,6 +25,12 @@ from nsx_proxy import validate
 from nsx_proxy.validate import Invalid
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+# Topology-aware routing is asked for by annotation (Auto) or, since 1.30,
+# by spec.trafficDistribution: PreferClose.
+TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
+                        "service.kubernetes.io/topology-aware-hints")
+DEFAULT_AFFINITY_TIMEOUT = 10800
 
 Reject = Callable[[str, str, str], None]          # (kind, name, reason)
 
@@ -106,6 +112,9 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     ports = _ports(name, spec, reject)
     by_port = merge_slices(name, ports, slices, reject)
     return model.Service(
+        affinity_timeout=_affinity(name, spec, reject),
+        internal_traffic_policy=_policy(name, spec, "internalTrafficPolicy", reject),
+        topology_aware=_topology_aware(meta, spec),
         namespace=meta["namespace"], name=meta["name"], cluster_ip=cluster_ip,
         ports=tuple(model.ServicePort(
             name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
@@ -115,18 +124,53 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
                            if stype == model.LOAD_BALANCER else ()))
 
 
+def _affinity(name, spec, reject: Reject) -> Optional[int]:
+    """sessionAffinity ClientIP's timeout in seconds, or None without affinity."""
+    if spec.get("sessionAffinity", "None") in ("None", None):
+        return None
+    if spec["sessionAffinity"] != "ClientIP":
+        reject("service", name, f"sessionAffinity {spec['sessionAffinity']!r} is not "
+               "None or ClientIP; no affinity")
+        return None
+    timeout = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+               .get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT))
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or \
+            not 0 < timeout <= 86400:
+        reject("service", name, f"session affinity timeoutSeconds {timeout!r} is not "
+               "in 1-86400; using the default 10800")
+        return DEFAULT_AFFINITY_TIMEOUT
+    return timeout
+
+
+def _policy(name, spec, field, reject: Reject) -> str:
+    value = spec.get(field) or model.CLUSTER
+    if value not in model.TRAFFIC_POLICIES:
+        reject("service", name, f"{field} {value!r} is not Cluster or Local; using Cluster")
+        return model.CLUSTER
+    return value
+
+
+def _topology_aware(meta, spec) -> bool:
+    annotations = meta.get("annotations") or {}
+    return spec.get("trafficDistribution") == "PreferClose" or any(
+        annotations.get(a, "").lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
+
+
 def _condition(conditions, key, default) -> bool:
     value = conditions.get(key)
     return default if value is None else bool(value)
 
 
 def _slice_endpoints(slice_name, raw_slice, reject: Reject):
-    """(ip, node, pod, ready, serving, terminating) of a slice's valid endpoints."""
+    """(ip, node, pod, ready, serving, terminating, zones) of a slice's valid endpoints."""
     out = []
     for raw in raw_slice.get("endpoints") or ():
         conditions = raw.get("conditions") or {}
         ready = _condition(conditions, "ready", True)
         ref = raw.get("targetRef") or {}
+        zones = tuple(sorted(z.get("name") for z in
+                             ((raw.get("hints") or {}).get("forZones") or ())
+                             if z.get("name")))
         pod = (f"{ref.get('namespace')}/{ref.get('name')}"
                if ref.get("kind", "Pod") == "Pod" and ref.get("name") else None)
         for ip in raw.get("addresses") or ():
@@ -137,7 +181,7 @@ def _slice_endpoints(slice_name, raw_slice, reject: Reject):
                 continue
             out.append((ip, raw.get("nodeName"), pod, ready,
                         _condition(conditions, "serving", ready),
-                        _condition(conditions, "terminating", False)))
+                        _condition(conditions, "terminating", False), zones))
     return out
 
 
@@ -170,13 +214,13 @@ def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
                 if sport.name != pname or sport.protocol != proto:
                     continue
                 pool = merged[sport]
-                for ip, node, pod, ready, serving, terminating in endpoints:
+                for ip, node, pod, ready, serving, terminating, zones in endpoints:
                     old = pool.get((ip, number))
                     if old is not None and old.ready and not ready:
                         continue
                     pool[(ip, number)] = model.Endpoint(
                         ip=ip, port=number, node=node, pod=pod, ready=ready,
-                        serving=serving, terminating=terminating)
+                        serving=serving, terminating=terminating, zones=zones)
     return {p: tuple(pool[k] for k in sorted(pool)) for p, pool in merged.items()}
 
 
@@ -195,7 +239,8 @@ def node(raw) -> model.Node:
         raise Invalid("has no IPv4 podCIDR yet")
     return model.Node(name=meta["name"],
                       internal_ip=validate.ipv4(internal[0], "InternalIP"),
-                      pod_cidr=validate.cidr4(cidrs4[0], "podCIDR"))
+                      pod_cidr=validate.cidr4(cidrs4[0], "podCIDR"),
+                      zone=(meta.get("labels") or {}).get(ZONE_LABEL))
 
 
 def slice_service(raw_slice) -> Optional[model.ServiceKey]:

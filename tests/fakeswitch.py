@@ -19,6 +19,8 @@ from typing import Dict, List, Optional
 from controller import diff as D
 from controller import flows as F
 
+CONTROLLER = "CONTROLLER"     # Outcome.port of a packet sent to the controller
+
 _L4_FIELDS = {"tcp_dst": 6, "udp_dst": 17, "sctp_dst": 132,
               "tcp_src": 6, "udp_src": 17, "sctp_src": 132}
 
@@ -173,6 +175,10 @@ class FakeSwitch:
                 out.append(Outcome(self.name, port, dict(pkt), ct))
             elif isinstance(action, F.GotoTable):
                 out += self._run_table(action.table, pkt, ct, depth + 1)
+            elif isinstance(action, F.Meter):
+                pass                           # rate limiting: not modelled
+            elif isinstance(action, F.Controller):
+                out.append(Outcome(self.name, CONTROLLER, dict(pkt), ct))
             elif isinstance(action, F.Group):
                 group = self.groups.get(action.group_id)
                 for bucket in group.buckets if group else ():

@@ -1,9 +1,12 @@
 """Packets through the compiled pipeline of two nodes, on the fake switch."""
+import dataclasses
+
 import pytest
 
 from controller import compiler, cookies, diff
 from controller import flows as F
-from fakeswitch import FakeNetwork, tcp, udp
+from fakeswitch import CONTROLLER, FakeNetwork, tcp, udp
+from nsx_proxy import model
 import world
 
 P = world.PODS
@@ -88,16 +91,99 @@ def test_invalid_conntrack_state_is_dropped():
 @pytest.mark.parametrize("pkt", [
     tcp("10.1.1.99", world.VIP, 80),                # spoofed source IP
     tcp(world.PODS["pod1"].ip, "8.8.8.8", 80),      # nowhere to route
-    tcp(world.PODS["pod1"].ip, world.VIP, 81),      # VIP, but not a service port
 ])
 def test_unknown_traffic_is_dropped_never_flooded(pkt):
     net = build(world.state(world.web()))
     assert send(net, "pod1", pkt) == []
 
 
-def test_service_without_endpoints_drops_new_connections():
+def rejected(outs):
+    return [o.port for o in outs] == [CONTROLLER]
+
+
+@pytest.mark.parametrize("pkt", [
+    tcp(world.PODS["pod1"].ip, world.VIP, 81),      # a port the VIP does not have
+    udp(world.PODS["pod1"].ip, world.VIP, 5353),
+])
+def test_ports_the_service_ip_does_not_have_are_rejected(pkt):
+    net = build(world.state(world.web()))
+    assert rejected(send(net, "pod1", pkt))
+
+
+def test_service_without_endpoints_rejects_new_connections():
     net = build(world.state(world.web(endpoints=())))
-    assert send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80)) == []
+    assert rejected(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80)))
+    assert rejected(send(net, "pod1", udp(P["pod1"].ip, world.VIP, 53)))
+
+
+def test_internal_traffic_policy_local_uses_only_this_nodes_endpoints():
+    svc = dataclasses.replace(world.web(endpoints=("pod2", "pod3")),
+                              internal_traffic_policy=model.LOCAL)
+    net = build(world.state(svc))
+    assert landing(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80))) == [
+        ("br-node1", 2, P["pod2"].ip, 8080)]
+    assert landing(send(net, "pod4", tcp(P["pod4"].ip, world.VIP, 80))) == [
+        ("br-node2", 1, P["pod3"].ip, 8080)]
+    only_remote = dataclasses.replace(world.web(endpoints=("pod3",)),
+                                      internal_traffic_policy=model.LOCAL)
+    net = build(world.state(only_remote))
+    assert rejected(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80)))
+
+
+def test_terminating_endpoints_serve_only_when_nothing_is_ready():
+    eps = (world.endpoint("pod2", ready=False, serving=True, terminating=True),
+           world.endpoint("pod3", ready=False, serving=False, terminating=True))
+    svc = dataclasses.replace(world.web(), ports=(model.ServicePort(
+        "http", model.TCP, 80, 8080, eps),))
+    net = build(world.state(svc))
+    assert landing(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80))) == [
+        ("br-node1", 2, P["pod2"].ip, 8080)]
+    eps += (world.endpoint("pod4"),)
+    svc = dataclasses.replace(svc, ports=(model.ServicePort("http", model.TCP, 80, 8080,
+                                                            eps),))
+    net = build(world.state(svc))
+    assert landing(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80))) == [
+        ("br-node2", 2, P["pod4"].ip, 8080)]
+
+
+def test_topology_hints_keep_traffic_in_the_clients_zone_with_fallbacks():
+    def hinted(zones):
+        eps = tuple(world.endpoint(name, zones=(zone,) if zone else ())
+                    for name, zone in zones.items())
+        return dataclasses.replace(world.web(), topology_aware=True, ports=(
+            model.ServicePort("http", model.TCP, 80, 8080, eps),))
+    nodes = (dataclasses.replace(world.NODES[0], zone="a"),
+             dataclasses.replace(world.NODES[1], zone="b"))
+
+    def reach(svc, client="pod1"):
+        net = build(model.ClusterState.build([svc], nodes))
+        return {o.packet["ipv4_dst"] for o in
+                send(net, client, tcp(P[client].ip, world.VIP, 80))}
+    everyone = {P[n].ip for n in ("pod2", "pod3", "pod4")}
+    assert reach(hinted({"pod2": "a", "pod3": "b", "pod4": "b"})) == {P["pod2"].ip}
+    assert reach(hinted({"pod2": "a", "pod3": "b", "pod4": "b"}), "pod4") == \
+        {P["pod3"].ip, P["pod4"].ip}
+    # no endpoint hinted for zone a: every endpoint
+    assert reach(hinted({"pod2": "b", "pod3": "b", "pod4": "b"})) == everyone
+    # one endpoint without hints: hints are ignored altogether
+    assert reach(hinted({"pod2": "a", "pod3": "b", "pod4": None})) == everyone
+    # the service did not ask for topology-aware routing
+    plain = dataclasses.replace(hinted({"pod2": "a", "pod3": "b", "pod4": "b"}),
+                                topology_aware=False)
+    assert reach(plain) == everyone
+
+
+def test_sctp_is_skipped_on_the_userspace_datapath_only():
+    svc = dataclasses.replace(world.web(), ports=(model.ServicePort(
+        "sctp", model.SCTP, 9000, 9000, (world.endpoint("pod3", port=9000),)),))
+    ids = cookies.GroupIds()
+    netdev = dataclasses.replace(world.NODE1, datapath_type="netdev")
+    assert not any(f.match and dict(f.match).get("ip_proto") == 132
+                   for frag in compiler.Compiler(netdev, ids).compile(world.state(svc)).values()
+                   for f in frag.flows)
+    kernel = compiler.Compiler(world.NODE1, ids).compile(world.state(svc))
+    assert any(dict(f.match).get("sctp_dst") == 9000
+               for frag in kernel.values() for f in frag.flows)
 
 
 def test_arp_for_gateway_and_vip_is_answered_with_the_router_mac():

@@ -1,0 +1,86 @@
+"""Answers for refused connections: a TCP RST or an ICMP port unreachable.
+
+Pure: packet bytes in, reply bytes out (Ryu's packet library builds them).
+The reply goes back out of the port the packet came in on, from the address
+the client tried to reach, so the client's stack fails the connect at once
+(``connection refused``) instead of retrying until it times out - what
+kube-proxy's REJECT rules give.  The bridge's meter limits how many packets
+get here; :class:`TokenBucket` is the controller's own second limit.
+"""
+import time
+from typing import Optional
+
+from ryu.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
+from ryu.lib.packet import ether_types, in_proto
+
+ICMP_PORT_UNREACHABLE = 3
+
+
+def _l2_l3(eth, ip, proto):
+    reply = packet.Packet()
+    reply.add_protocol(ethernet.ethernet(dst=eth.src, src=eth.dst,
+                                         ethertype=ether_types.ETH_TYPE_IP))
+    reply.add_protocol(ipv4.ipv4(src=ip.dst, dst=ip.src, proto=proto, ttl=64))
+    return reply
+
+
+def _tcp_reset(eth, ip, seg, payload_len):
+    """RFC 9293: answer a segment without ACK with RST+ACK, else RST with seq=ack."""
+    reply = _l2_l3(eth, ip, in_proto.IPPROTO_TCP)
+    if seg.bits & tcp.TCP_ACK:
+        reply.add_protocol(tcp.tcp(src_port=seg.dst_port, dst_port=seg.src_port,
+                                   seq=seg.ack, ack=0, bits=tcp.TCP_RST))
+    else:
+        consumed = payload_len + (1 if seg.bits & tcp.TCP_SYN else 0) + \
+            (1 if seg.bits & tcp.TCP_FIN else 0)
+        reply.add_protocol(tcp.tcp(src_port=seg.dst_port, dst_port=seg.src_port, seq=0,
+                                   ack=(seg.seq + consumed) & 0xFFFFFFFF,
+                                   bits=tcp.TCP_RST | tcp.TCP_ACK))
+    reply.serialize()
+    return bytes(reply.data)
+
+
+def _port_unreachable(eth, ip, raw_ip: bytes):
+    """ICMP type 3 code 3 quoting the IP header and 8 bytes of the datagram."""
+    reply = _l2_l3(eth, ip, in_proto.IPPROTO_ICMP)
+    quoted = raw_ip[:ip.header_length * 4 + 8]
+    reply.add_protocol(icmp.icmp(type_=icmp.ICMP_DEST_UNREACH, code=ICMP_PORT_UNREACHABLE,
+                                 csum=0, data=icmp.dest_unreach(data=quoted)))
+    reply.serialize()
+    return bytes(reply.data)
+
+
+def reply_for(data: bytes) -> Optional[bytes]:
+    """The reject answer for a refused packet, or None if it is not TCP/UDP over IPv4."""
+    pkt = packet.Packet(data)
+    eth = pkt.get_protocol(ethernet.ethernet)
+    ip = pkt.get_protocol(ipv4.ipv4)
+    if eth is None or ip is None:
+        return None
+    seg = pkt.get_protocol(tcp.tcp)
+    if seg is not None:
+        if seg.bits & tcp.TCP_RST:
+            return None                    # never answer a reset
+        payload_len = ip.total_length - ip.header_length * 4 - seg.offset * 4
+        return _tcp_reset(eth, ip, seg, max(payload_len, 0))
+    if pkt.get_protocol(udp.udp) is not None:
+        raw_ip = data[14:]
+        return _port_unreachable(eth, ip, raw_ip)
+    return None
+
+
+class TokenBucket:
+    """At most ``rate`` answers a second, bursts of ``burst``."""
+
+    def __init__(self, rate=100.0, burst=100, clock=time.monotonic):
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._last = float(burst), clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False

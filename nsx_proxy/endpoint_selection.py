@@ -1,0 +1,63 @@
+"""Which endpoints a node sends a service port's new connections to.
+
+kube-proxy's rules (its CategorizeEndpoints), as pure functions of the
+model and the client's node:
+
+* cluster endpoints: the ready ones; with none ready, the serving-but-
+  terminating ones (KEP-1669), so a rolling update never blackholes;
+* topology-aware routing (hints): if the service asks for it, the node has
+  a zone, every ready endpoint carries zone hints and at least one is
+  hinted for the node's zone, only those are used; otherwise all of them
+  (the same fallbacks as kube-proxy);
+* internalTrafficPolicy Local: traffic to the cluster IP uses only this
+  node's endpoints (ready, else serving-but-terminating); none means the
+  connection is rejected, never sent to another node.
+
+``Selection.internal`` serves the cluster IP; ``Selection.external`` serves
+external and load-balancer IPs (their own policy arrives with north-south).
+"""
+from typing import NamedTuple, Optional, Tuple
+
+from nsx_proxy import model
+
+Endpoints = Tuple[model.Endpoint, ...]
+
+
+class Selection(NamedTuple):
+    internal: Endpoints
+    external: Endpoints
+
+
+def _sorted(endpoints) -> Endpoints:
+    return tuple(sorted(endpoints, key=lambda e: (e.ip, e.port)))
+
+
+def _usable(endpoints) -> Endpoints:
+    ready = [e for e in endpoints if e.ready]
+    if ready:
+        return _sorted(ready)
+    return _sorted(e for e in endpoints if e.serving and e.terminating)
+
+
+def cluster_endpoints(svc: model.Service, port: model.ServicePort,
+                      node: Optional[model.Node]) -> Endpoints:
+    usable = _usable(port.endpoints)
+    if not (svc.topology_aware and node is not None and node.zone):
+        return usable
+    ready = [e for e in port.endpoints if e.ready]
+    if not ready or any(not e.zones for e in ready):
+        return usable                       # hints missing somewhere: ignore them all
+    in_zone = [e for e in ready if node.zone in e.zones]
+    return _sorted(in_zone) if in_zone else usable
+
+
+def local_endpoints(port: model.ServicePort, node_name: Optional[str]) -> Endpoints:
+    return _usable(e for e in port.endpoints if node_name and e.node == node_name)
+
+
+def select(svc: model.Service, port: model.ServicePort,
+           node_name: Optional[str], node: Optional[model.Node]) -> Selection:
+    cluster = cluster_endpoints(svc, port, node)
+    internal = (local_endpoints(port, node_name)
+                if svc.internal_traffic_policy == model.LOCAL else cluster)
+    return Selection(internal=internal, external=cluster)

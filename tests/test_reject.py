@@ -1,0 +1,57 @@
+"""The answers to refused connections, byte for byte through Ryu's parser."""
+from ryu.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
+
+from controller import reject
+
+POD_MAC, ROUTER_MAC = "0a:58:0a:01:01:02", "0a:58:0a:01:01:01"
+
+
+def frame(l4, proto, payload=b""):
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=ROUTER_MAC, src=POD_MAC))
+    pkt.add_protocol(ipv4.ipv4(src="10.1.1.2", dst="10.96.0.10", proto=proto))
+    pkt.add_protocol(l4)
+    if payload:
+        pkt.add_protocol(payload)
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+def test_syn_gets_rst_ack_from_the_address_it_tried():
+    syn = frame(tcp.tcp(src_port=40000, dst_port=80, seq=1000, bits=tcp.TCP_SYN), 6)
+    out = packet.Packet(reject.reply_for(syn))
+    eth, ip, seg = (out.get_protocol(c) for c in (ethernet.ethernet, ipv4.ipv4, tcp.tcp))
+    assert (eth.src, eth.dst) == (ROUTER_MAC, POD_MAC)
+    assert (ip.src, ip.dst) == ("10.96.0.10", "10.1.1.2")
+    assert (seg.src_port, seg.dst_port) == (80, 40000)
+    assert seg.bits == tcp.TCP_RST | tcp.TCP_ACK and seg.ack == 1001
+
+
+def test_segment_with_ack_gets_a_bare_rst_with_its_ack_as_seq():
+    ack = frame(tcp.tcp(src_port=40000, dst_port=80, seq=5, ack=777, bits=tcp.TCP_ACK), 6)
+    seg = packet.Packet(reject.reply_for(ack)).get_protocol(tcp.tcp)
+    assert seg.bits == tcp.TCP_RST and seg.seq == 777
+
+
+def test_rst_is_never_answered():
+    rst = frame(tcp.tcp(src_port=40000, dst_port=80, bits=tcp.TCP_RST), 6)
+    assert reject.reply_for(rst) is None
+
+
+def test_udp_gets_icmp_port_unreachable_quoting_the_datagram():
+    dgram = frame(udp.udp(src_port=40000, dst_port=53), 17, b"question")
+    out = packet.Packet(reject.reply_for(dgram))
+    ip, msg = out.get_protocol(ipv4.ipv4), out.get_protocol(icmp.icmp)
+    assert (ip.src, ip.dst, ip.proto) == ("10.96.0.10", "10.1.1.2", 1)
+    assert (msg.type, msg.code) == (icmp.ICMP_DEST_UNREACH, 3)
+    quoted, _, _ = ipv4.ipv4.parser(msg.data.data)
+    assert (quoted.src, quoted.dst) == ("10.1.1.2", "10.96.0.10")
+    assert len(msg.data.data) == 20 + 8
+
+
+def test_token_bucket_caps_the_rate():
+    now = [0.0]
+    bucket = reject.TokenBucket(rate=10, burst=5, clock=lambda: now[0])
+    assert sum(bucket.take() for _ in range(20)) == 5
+    now[0] += 1.0
+    assert sum(bucket.take() for _ in range(20)) == 5      # refilled, capped at burst
