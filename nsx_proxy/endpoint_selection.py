@@ -33,6 +33,7 @@ def _sorted(endpoints) -> Endpoints:
 
 
 def _usable(endpoints) -> Endpoints:
+    endpoints = list(endpoints)
     ready = [e for e in endpoints if e.ready]
     if ready:
         return _sorted(ready)

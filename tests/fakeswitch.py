@@ -4,7 +4,9 @@ It applies the controller's plans (the same objects that become flow and
 group mods), then runs packets through the tables: highest-priority match
 wins, a table miss drops, a select group forks into *every* bucket, ``ct``
 models conntrack per zone (new / established / reply, DNAT and SNAT, commit,
-and +inv for a TCP packet that opens nothing), and ``ct(table=N)``
+and +inv for a SYN+ACK that opens nothing or a segment marked
+``out_of_window``; like OVS, other TCP segments may open a connection
+midstream), and ``ct(table=N)``
 recirculates.  Each possible end is an :class:`Outcome` carrying the
 conntrack it would leave behind, so a test can follow one connection.
 
@@ -71,13 +73,15 @@ class Conntrack:
         """Run one ct action on ``pkt`` (in place); return the new ct_state."""
         key = _tuple(pkt)
         conn, is_reply = self.lookup(ct.zone, key)
+        if conn is not None and pkt.get("out_of_window"):
+            return F.CT_TRK | F.CT_INV     # outside the connection's TCP window
         if conn is not None:
             state = F.CT_TRK | F.CT_EST | (F.CT_RPL if is_reply else 0)
             if ct.nat is not None:
                 self._translate(pkt, conn, is_reply)
             return state
-        if pkt.get("ip_proto") == 6 and pkt.get("tcp_flags") != "syn":
-            return F.CT_TRK | F.CT_INV     # userspace conntrack: no SYN, no new conn
+        if pkt.get("ip_proto") == 6 and pkt.get("tcp_flags") == "syn-ack":
+            return F.CT_TRK | F.CT_INV     # OVS: a SYN+ACK never opens a connection
         if ct.commit:
             src, dst, proto, sport, dport = key
             nat = ct.nat or F.Nat()

@@ -83,9 +83,14 @@ def test_hairpin_pod_reaching_itself_is_snated_to_the_gateway():
 
 
 def test_invalid_conntrack_state_is_dropped():
-    net = build(world.state(world.web()))
-    stray = tcp(P["pod1"].ip, P["pod3"].ip, 8080, tcp_flags="ack")  # no SYN seen
+    net = build(world.state(world.web(endpoints=("pod3",))))
+    outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=6000))
+    net.adopt(outs[0])
+    stray = tcp(P["pod1"].ip, world.VIP, 80, sport=6000, tcp_flags="ack",
+                out_of_window=True)
     assert send(net, "pod1", stray) == []
+    ok = tcp(P["pod1"].ip, world.VIP, 80, sport=6000, tcp_flags="ack")
+    assert landing(send(net, "pod1", ok)) == [("br-node2", 1, P["pod3"].ip, 8080)]
 
 
 @pytest.mark.parametrize("pkt", [
@@ -136,6 +141,10 @@ def test_terminating_endpoints_serve_only_when_nothing_is_ready():
     svc = dataclasses.replace(world.web(), ports=(model.ServicePort(
         "http", model.TCP, 80, 8080, eps),))
     net = build(world.state(svc))
+    assert landing(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80))) == [
+        ("br-node1", 2, P["pod2"].ip, 8080)]
+    local = dataclasses.replace(svc, internal_traffic_policy=model.LOCAL)
+    net = build(world.state(local))
     assert landing(send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80))) == [
         ("br-node1", 2, P["pod2"].ip, 8080)]
     eps += (world.endpoint("pod4"),)

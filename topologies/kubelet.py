@@ -46,7 +46,9 @@ def tcp_probe(ip, port, timeout=0.5) -> bool:
         return False
 
 
-def pod_manifest(pod, namespace, tcp_port, udp_port, grace):
+def pod_manifest(pod, namespace, tcp_port, udp_port, grace, extra_ports=()):
+    """The Pod of a lab pod host: the server's ports http (TCP) and dns (UDP),
+    plus ``extra_ports`` [(name, port, protocol)] for servers started by hand."""
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod.name, "namespace": namespace,
@@ -56,7 +58,9 @@ def pod_manifest(pod, namespace, tcp_port, udp_port, grace):
                                  "ports": [{"name": "http", "containerPort": tcp_port,
                                             "protocol": "TCP"},
                                            {"name": "dns", "containerPort": udp_port,
-                                            "protocol": "UDP"}]}]}}
+                                            "protocol": "UDP"}]
+                                 + [{"name": n, "containerPort": p, "protocol": proto}
+                                    for n, p, proto in extra_ports]}]}}
 
 
 class Kubelet:
@@ -70,6 +74,8 @@ class Kubelet:
         self.pods = {}                   # name -> PodSpec of pod hosts we run
         self.scheduled = set()           # pod hosts that should have a Pod object
         self.ready = {}                  # name -> last probe result
+        self.extra_ports = {}            # name -> [(port name, number, protocol)]
+        self.uids = {}                   # name -> uid of the Pod we created
         self._reported = {}              # name -> (ready, resourceVersion seen)
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -109,14 +115,18 @@ class Kubelet:
         self._stop.set()
         self._changed.set()
 
-    def schedule(self, name, labels=None):
+    def schedule(self, name, labels=None, extra_ports=None):
         """Create the Pod object of pod host ``name`` (labels default to the topology's)."""
         pod = self.pods[name]
         if labels is not None:
             pod.labels = dict(labels)
-        body = pod_manifest(pod, self.namespace, self.tcp_port, self.udp_port, self.grace)
+        if extra_ports is not None:
+            self.extra_ports[name] = list(extra_ports)
+        body = pod_manifest(pod, self.namespace, self.tcp_port, self.udp_port, self.grace,
+                            self.extra_ports.get(name, ()))
         try:
-            self.core.create_namespaced_pod(self.namespace, body)
+            created = self.core.create_namespaced_pod(self.namespace, body)
+            self.uids[name] = created.metadata.uid
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -200,7 +210,8 @@ class Kubelet:
                     meta = event["raw_object"]["metadata"]
                     name = meta["name"]
                     if event["type"] == "DELETED":
-                        self.scheduled.discard(name)
+                        if self.uids.get(name) == meta.get("uid"):
+                            self.scheduled.discard(name)   # not a newer Pod of that name
                         continue
                     if meta.get("deletionTimestamp") and name not in timers:
                         grace = meta.get("deletionGracePeriodSeconds") or 0
@@ -216,5 +227,12 @@ class Kubelet:
             self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
         except ApiException:
             pass
-        self.scheduled.discard(name)
         timers.pop(name, None)
+
+    def recreate(self, name, labels=None, extra_ports=None):
+        """Delete the Pod at once and create it again (a Pod's ports cannot change)."""
+        self.unschedule(name, grace=0)
+        wait_until = time.monotonic() + 10
+        while name in self.scheduled and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        self.schedule(name, labels, extra_ports)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from controller import bridges as B
+from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
 from topologies.waiting import wait_for
@@ -287,15 +288,24 @@ class Lab:
             f"curl -s --max-time {timeout} {url}").strip()
 
     def programmed(self) -> bool:
-        """Every node bridge has one group per service port and one bucket per
-        endpoint that may take new connections, as the API server says now."""
+        """Every node bridge has the groups and buckets the API server's state
+        asks of it: per service port, one group per distinct pool (cluster IP,
+        external IPs), one bucket per endpoint that node may use."""
         state = self.cluster.desired_state()
-        ports = [p for svc in state.services.values() for p in svc.ports]
-        buckets = sum(len(p.ready_endpoints()) for p in ports)
         for node in self.nodes:
-            groups = self.dump_groups(node.bridge)
-            if len(groups) != len(ports) or \
-                    sum(g.count("bucket=") for g in groups) != buckets:
+            groups, buckets = 0, 0
+            for svc in state.services.values():
+                for port in svc.ports:
+                    if port.protocol == "SCTP":
+                        continue                 # skipped on the userspace datapath
+                    chosen = select(svc, port, node.name, state.nodes.get(node.name))
+                    pools = {chosen.internal}
+                    if svc.external_ips or svc.load_balancer_ips:
+                        pools.add(chosen.external)
+                    groups += len(pools)
+                    buckets += sum(len(p) for p in pools)
+            have = self.dump_groups(node.bridge)
+            if len(have) != groups or sum(g.count("bucket=") for g in have) != buckets:
                 return False
         return True
 

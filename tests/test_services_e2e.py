@@ -1,0 +1,250 @@
+"""Service semantics on par with kube-proxy, with real packets on the shared lab.
+
+Test names follow the Kubernetes end-to-end "[sig-network] Services" tests
+they correspond to, so the coverage reads like that suite.  Services are
+created through the lab's API server; every test removes what it made.
+"""
+import contextlib
+import subprocess
+import time
+
+import pytest
+
+from lab_helpers import HERE, HeldConnection, converge
+from topologies import lab as L
+
+pytestmark = pytest.mark.mininet
+
+
+def service(name, vip, ports, selector=None, **spec):
+    body = {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": dict(clusterIP=vip, selector=selector or {"app": "web"}, ports=[
+                {"name": n, "protocol": proto, "port": p, "targetPort": t}
+                for n, proto, p, t in ports], **spec)}
+    return body
+
+
+@contextlib.contextmanager
+def services(lab, *bodies):
+    try:
+        for body in bodies:
+            lab.cluster.apply_service(body)
+        converge(lab)
+        yield
+    finally:
+        for body in bodies:
+            lab.cluster.delete_service(body["metadata"]["name"])
+        converge(lab)
+
+
+def curl(lab, client, url, timeout=3):
+    """(exit code, body, seconds) of one curl from a pod."""
+    started = time.monotonic()
+    out = lab.net.get(client).cmd(
+        f"curl -s --max-time {timeout} {url}; echo \"@@rc=$?\"").strip()
+    body, _, rc = out.rpartition("@@rc=")
+    return int(rc), body.strip(), time.monotonic() - started
+
+
+def udp_ask(lab, client, ip, port):
+    return lab.net.get(client).cmd(f"python3 {HERE}/udpask.py {ip} {port}").strip()
+
+
+def who(lab, client, vip, port, n=12):
+    return {curl(lab, client, f"http://{vip}:{port}/")[1] for _ in range(n)} - {""}
+
+
+def test_should_be_rejected_when_no_endpoints_exist(lab):
+    with services(lab, service("empty", "10.96.1.1", [("http", "TCP", 80, 8080),
+                                                    ("dns", "UDP", 53, 5353)],
+                               selector={"app": "nobody"})):
+        rc, _, took = curl(lab, "pod1", "http://10.96.1.1/")
+        assert rc == 7 and took < 1.5, "TCP must be refused at once, not time out"
+        assert udp_ask(lab, "pod3", "10.96.1.1", 53) == "refused"
+
+
+def test_should_reject_a_port_the_service_ip_does_not_have(lab):
+    rc, _, took = curl(lab, "pod1", f"http://{L.DEMO_VIP}:81/")
+    assert rc == 7 and took < 1.5
+    assert udp_ask(lab, "pod1", L.DEMO_VIP, 54) == "refused"
+    assert curl(lab, "pod1", f"http://{L.DEMO_VIP}/")[0] == 0     # the real port works
+
+
+def test_should_serve_multiport_endpoints_from_pods(lab):
+    """Two listeners, each with its own pool; a named targetPort resolves per
+    pod, so pods that name the port differently all serve (seed 001's
+    8888->80, 9999->90 shape)."""
+    kubelet = lab.cluster.kubelet
+    extra = {}
+    try:
+        for name, port in (("pod3", 9090), ("pod4", 9090)):
+            extra[name] = lab.net.get(name).popen(
+                ["python3", f"{HERE}/podserver.py", "--name", f"{name}-alt", "--tcp",
+                 str(port), "--udp", str(port + 1)])
+            kubelet.recreate(name, extra_ports=[("web", port, "TCP")])
+        for name in ("pod1", "pod2"):
+            kubelet.recreate(name, extra_ports=[("web", 8080, "TCP")])
+        body = service("multi", "10.96.1.2", [("a", "TCP", 8888, "web"),
+                                              ("b", "TCP", 9999, "http")])
+        with services(lab, body):
+            assert L.wait_for(lambda: who(lab, "pod1", "10.96.1.2", 8888) ==
+                              {"pod1", "pod2", "pod3-alt", "pod4-alt"}, 20,
+                              what="every pod behind 8888 on its own port")
+            assert who(lab, "pod3", "10.96.1.2", 9999) == {"pod1", "pod2", "pod3", "pod4"}
+    finally:
+        for name, proc in extra.items():
+            proc.kill()
+            proc.wait()
+        for name in ("pod1", "pod2", "pod3", "pod4"):
+            kubelet.recreate(name, extra_ports=[])
+        converge(lab)
+
+
+def test_should_serve_endpoints_on_same_port_and_different_protocols(lab):
+    body = service("both", "10.96.1.3", [("tcp", "TCP", 53, 8080), ("udp", "UDP", 53, 5353)])
+    with services(lab, body):
+        assert curl(lab, "pod1", "http://10.96.1.3:53/")[1] in {p.name for p in lab.pods}
+        assert udp_ask(lab, "pod1", "10.96.1.3", 53) in {p.name for p in lab.pods}
+
+
+def test_should_respect_internal_traffic_policy_local_pod_to_pod(lab):
+    body = service("local", "10.96.1.4", [("http", "TCP", 80, 8080)],
+                   internalTrafficPolicy="Local")
+    with services(lab, body):
+        assert who(lab, "pod1", "10.96.1.4", 80) == {"pod1", "pod2"}
+        assert who(lab, "pod4", "10.96.1.4", 80) == {"pod3", "pod4"}
+    only_remote = service("local-remote", "10.96.1.5", [("http", "TCP", 80, 8080)],
+                          selector={"app": "web", "node": "two"},
+                          internalTrafficPolicy="Local")
+    kubelet = lab.cluster.kubelet
+    try:
+        for name in ("pod3", "pod4"):
+            kubelet.relabel(name, {"app": "web", "node": "two"})
+        with services(lab, only_remote):
+            rc, _, took = curl(lab, "pod1", "http://10.96.1.5/")
+            assert rc == 7 and took < 1.5, "no local endpoint: reject, never cross nodes"
+            assert who(lab, "pod3", "10.96.1.5", 80) == {"pod3", "pod4"}
+    finally:
+        for name in ("pod3", "pod4"):
+            kubelet.relabel(name, {"app": "web"})
+        converge(lab)
+
+
+def test_should_allow_pods_to_hairpin_back_to_themselves_through_services(lab):
+    body = service("self", "10.96.1.6", [("http", "TCP", 80, 8080)],
+                   selector={"app": "web", "kubernetes.io/hostname": "pod2"})
+    kubelet = lab.cluster.kubelet
+    try:
+        kubelet.relabel("pod2", {"app": "web", "kubernetes.io/hostname": "pod2"})
+        with services(lab, body):
+            assert {curl(lab, "pod2", "http://10.96.1.6/")[1] for _ in range(5)} == {"pod2"}
+    finally:
+        kubelet.relabel("pod2", {"app": "web"})
+        converge(lab)
+
+
+def test_should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoints(lab):
+    """KEP-1669, for internalTrafficPolicy Cluster and Local; a connection to
+    the terminating pod is never cut by the proxy."""
+    kubelet, core = lab.cluster.kubelet, lab.cluster.core
+    bodies = [service(f"term-{p.lower()}", vip, [("http", "TCP", 80, 8080)],
+                      selector={"app": "web", "term": "yes"}, internalTrafficPolicy=p)
+              for p, vip in (("Cluster", "10.96.1.7"), ("Local", "10.96.1.8"))]
+    held = None
+    try:
+        kubelet.relabel("pod2", {"app": "web", "term": "yes"})
+        with services(lab, *bodies):
+            held = HeldConnection(lab, "pod1", "10.96.1.7", 80)
+            assert held.ping().startswith("pod2")
+            core.delete_namespaced_pod("pod2", "default", grace_period_seconds=60)
+            L.wait_for(lambda: any(e.terminating for s in
+                                   lab.cluster.desired_state().services.values()
+                                   for p in s.ports for e in p.endpoints), 10,
+                       what="pod2 terminating")
+            converge(lab)
+            assert who(lab, "pod1", "10.96.1.7", 80) == {"pod2"}
+            assert who(lab, "pod1", "10.96.1.8", 80) == {"pod2"}
+            assert held.ping("still") == "pod2 still"
+            core.delete_namespaced_pod("pod2", "default", grace_period_seconds=0)
+            converge(lab)
+            assert curl(lab, "pod1", "http://10.96.1.7/")[0] == 7
+            assert held.ping("after") == "pod2 after", "the proxy never cuts it"
+    finally:
+        if held:
+            held.close()
+        kubelet.schedule("pod2", {"app": "web"})
+        converge(lab)
+
+
+def test_should_drop_invalid_conntrack_entries(lab):
+    """An out-of-window segment on a live connection through the VIP is
+    invalid for conntrack and dropped at the bridge: the endpoint never sees
+    it (so it never answers it with a reset), and the connection lives on."""
+    held = HeldConnection(lab, "pod1")
+    try:
+        owner = held.ping().split()[0]
+        sport = lab.net.get("pod1").cmd(
+            f"ss -Htn state established dst {L.DEMO_VIP}:80").split()[2].rsplit(":", 1)[1]
+        owner_if = f"{owner}-eth0"
+        sniff = lab.net.get(owner).popen(
+            ["timeout", "4", "tcpdump", "-l", "-n", "-S", "-i", owner_if,
+             "tcp[4:4] = 0x12345678"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(1)                       # tcpdump needs a moment to attach
+        lab.net.get("pod1").cmd(f"python3 {HERE}/strayack.py {lab.pods[0].ip} "
+                                f"{L.DEMO_VIP} 80 {sport} 0x12345678")
+        # Control: the same segment straight to the pod on a fresh port opens
+        # a connection midstream (OVS conntrack allows it) and is seen.
+        owner_ip = next(p.ip for p in lab.pods if p.name == owner)
+        lab.net.get("pod1").cmd(f"python3 {HERE}/strayack.py {lab.pods[0].ip} "
+                                f"{owner_ip} 8080 42424 0x12345678")
+        out = sniff.communicate(timeout=10)[0]
+        assert f".42424 > {owner_ip}.8080" in out, "the sniffer must see the control"
+        assert f".{sport} >" not in out, out
+        assert held.ping("alive") == f"{owner} alive"
+    finally:
+        held.close()
+
+
+def test_should_work_after_the_service_has_been_recreated_and_ports_changed(lab):
+    first = service("again", "10.96.1.9", [("http", "TCP", 80, 8080)])
+    with services(lab, first):
+        assert curl(lab, "pod1", "http://10.96.1.9/")[0] == 0
+        moved = service("again", "10.96.1.9", [("http", "TCP", 8081, 8080),
+                                               ("dns", "UDP", 53, 5353)])
+        lab.cluster.apply_service(moved)                      # port changed in place
+        converge(lab)
+        assert curl(lab, "pod1", "http://10.96.1.9:8081/")[0] == 0
+        assert curl(lab, "pod1", "http://10.96.1.9:80/")[0] == 7
+        lab.cluster.delete_service("again")
+        converge(lab)
+        lab.cluster.apply_service(dict(first, spec=dict(first["spec"],
+                                                        clusterIP="10.96.1.10")))
+        converge(lab)
+        assert curl(lab, "pod1", "http://10.96.1.10/")[0] == 0
+        assert curl(lab, "pod1", "http://10.96.1.9:8081/", timeout=1)[0] != 0
+
+
+def test_should_create_endpoints_for_unready_pods(lab):
+    """publishNotReadyAddresses: a pod whose readiness fails still serves."""
+    body = service("unready", "10.96.1.11", [("http", "TCP", 80, 8080)],
+                   selector={"app": "web", "unready": "yes"}, publishNotReadyAddresses=True)
+    kubelet = lab.cluster.kubelet
+    try:
+        kubelet.relabel("pod4", {"app": "web", "unready": "yes"})
+        with services(lab, body):
+            assert who(lab, "pod1", "10.96.1.11", 80) == {"pod4"}
+            # its probe port closes, yet the address stays published; a second
+            # server on the same port keeps answering for it
+            lab.stop_pod_server("pod4")
+            L.wait_for(lambda: not lab.cluster.kubelet.ready.get("pod4"), 10,
+                       what="pod4 not ready")
+            state = lab.cluster.desired_state()
+            eps = [e for s in state.services.values() if s.name == "unready"
+                   for p in s.ports for e in p.endpoints]
+            assert [e.ready for e in eps] == [True]
+    finally:
+        lab.start_pod_server("pod4")
+        kubelet.relabel("pod4", {"app": "web"})
+        converge(lab)
