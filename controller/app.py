@@ -33,6 +33,7 @@ from controller import cookies
 from controller import ofmsg
 from controller import pipeline
 from controller import reject
+from controller.udp_flush import stale_udp_entries
 from controller.compiler import group_names
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.session import SwitchSession
@@ -100,6 +101,7 @@ class ServiceProxy(app_manager.RyuApp):
         self._bundle_ids = itertools.count(1)
         self._quiet_xids = set()             # replies whose errors are expected
         self._reject_buckets = {}            # dpid -> reject.TokenBucket
+        self._udp_flushes = {}               # dpid -> [StaleUdp] to flush after a commit
         self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
         self.source = None
 
@@ -125,6 +127,10 @@ class ServiceProxy(app_manager.RyuApp):
         """A new desired cluster state from a source."""
         previous, self.state = self.state, state
         self.state_received = time.monotonic()
+        stale = stale_udp_entries(previous, state)
+        if stale:
+            for dpid in self.sessions:
+                self._udp_flushes.setdefault(dpid, []).extend(stale)
         # Free group ids of vanished services or ports (a walk over every
         # service, so only when something could have vanished).
         old = previous.services
@@ -215,7 +221,7 @@ class ServiceProxy(app_manager.RyuApp):
         if dp.id is None or self.datapaths.get(dp.id) is not dp:
             return
         LOG.info("switch %016x disconnected", dp.id)
-        for table in (self.datapaths, self.sessions, self._stats):
+        for table in (self.datapaths, self.sessions, self._stats, self._udp_flushes):
             table.pop(dp.id, None)
         kick = self._kicks.pop(dp.id, None)
         if kick:
@@ -253,6 +259,7 @@ class ServiceProxy(app_manager.RyuApp):
         ok, failed_items, reason = self._send_bundle(dp, pairs)
         if ok:
             session.committed(want, plan, started)
+            self._flush_udp(dp, session)
             elapsed = time.monotonic() - started
             for listener in self.commit_listeners:
                 listener(dp.id, plan, elapsed)
@@ -261,6 +268,19 @@ class ServiceProxy(app_manager.RyuApp):
             kick = self._kicks.get(dp.id)
             if kick is not None:
                 kick.set()               # retry at once without what failed
+
+    def _flush_udp(self, dp, session):
+        """The endpoints are out of the groups now: drop their UDP entries."""
+        stale = self._udp_flushes.pop(dp.id, None)
+        if not stale or session.compiler is None:
+            return
+        zone = session.compiler.ctx.ct_zone
+        for entry in sorted(set(stale)):
+            LOG.info("switch %016x: flushing UDP conntrack %s:%d -> %s:%d (endpoint gone)",
+                     dp.id, entry.frontend_ip, entry.frontend_port, entry.endpoint_ip,
+                     entry.endpoint_port)
+            dp.send_msg(ofmsg.ct_flush(dp, zone, 17, (entry.frontend_ip, entry.frontend_port),
+                                       (entry.endpoint_ip, entry.endpoint_port)))
 
     def _send_bundle(self, dp, pairs):
         """Send one atomic bundle and wait for it; (ok, failed items, reason)."""

@@ -3,6 +3,9 @@
 The only module that knows Ryu's message classes.  It never sends: the Ryu
 app does that, so everything here can be unit-tested against bytes.
 """
+import socket
+import struct
+
 from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto import ofproto_v1_3_parser as parser
 from ryu.ofproto import nicira_ext
@@ -145,6 +148,49 @@ def meter_add(dp, meter_id, rate_pps, burst):
         dp, command=ofp.OFPMC_ADD, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
         meter_id=meter_id,
         bands=[parser.OFPMeterBandDrop(rate=rate_pps, burst_size=burst)])
+
+
+# NXT_CT_FLUSH (OVS 3.1+): flush conntrack entries matching partial tuples,
+# over the OpenFlow channel (no ovs-appctl on the controller's host needed).
+# Layout, as ovs-ofctl ct-flush sends it: nw_proto + 7 pad, then OpenFlow
+# 1.5-style properties: ORIG(0) / REPLY(1) tuples nesting SRC(0) / DST(1)
+# addresses (IPv6-mapped) and SRC_PORT(2) / DST_PORT(3), and ZONE(2).
+NX_VENDOR_ID = 0x00002320
+NXT_CT_FLUSH = 32
+
+
+def _prop(ptype, value: bytes, nested=False) -> bytes:
+    if nested:                 # a property of properties: 4 pad bytes after the header
+        body = bytes(4) + value
+    else:
+        body = value
+    length = 4 + len(body)
+    return (struct.pack("!HH", ptype, length) + body + bytes(-length % 8))
+
+
+def _tuple_props(src=None, dst=None) -> bytes:
+    out = b""
+    for addr_type, port_type, endpoint in ((0, 2, src), (1, 3, dst)):
+        if endpoint is None:
+            continue
+        ip, port = endpoint
+        out += _prop(addr_type, bytes(10) + b"\xff\xff" + socket.inet_aton(ip))
+        if port:
+            out += _prop(port_type, struct.pack("!H", port) + bytes(2))
+    return out
+
+
+def ct_flush(dp, zone, proto, orig_dst=None, reply_src=None):
+    """Flush entries in ``zone`` whose original destination and reply source
+    are these (ip, port) pairs (either may be None = any)."""
+    body = struct.pack("!B7x", proto)
+    if orig_dst is not None:
+        body += _prop(0, _tuple_props(dst=orig_dst), nested=True)
+    if reply_src is not None:
+        body += _prop(1, _tuple_props(src=reply_src), nested=True)
+    body += _prop(2, struct.pack("!H", zone) + bytes(2))
+    return parser.OFPExperimenter(dp, experimenter=NX_VENDOR_ID, exp_type=NXT_CT_FLUSH,
+                                  data=body)
 
 
 def bundle(dp, bundle_id, messages):

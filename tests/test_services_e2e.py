@@ -248,3 +248,24 @@ def test_should_create_endpoints_for_unready_pods(lab):
         lab.start_pod_server("pod4")
         kubelet.relabel("pod4", {"app": "web"})
         converge(lab)
+
+
+def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles(lab):
+    """A UDP client that keeps its source port keeps one conntrack entry; when
+    its endpoint goes away the proxy flushes that entry, so the next datagram
+    reaches a live endpoint instead of the dead one (the kube-proxy outage)."""
+    def ask():
+        return lab.net.get("pod1").cmd(
+            f"python3 {HERE}/udpask.py {L.DEMO_VIP} 53 2 45454").strip()
+    first = ask()
+    assert first in {p.name for p in lab.pods}
+    try:
+        lab.stop_pod_server(first)
+        L.wait_for(lambda: not lab.cluster.kubelet.ready.get(first), 10,
+                   what=f"{first} not ready")
+        converge(lab)
+        L.wait_for(lambda: ask() not in ("", "refused", "timeout", first), 10,
+                   what="the same client port to reach a live endpoint")
+    finally:
+        lab.start_pod_server(first)
+        converge(lab)

@@ -1,4 +1,5 @@
-"""Ask a UDP server once from inside a pod: IP PORT -> its answer, or refused/timeout.
+"""Ask a UDP server once from inside a pod: IP PORT [TIMEOUT [SPORT]] -> its
+answer, or refused/timeout.  A fixed SPORT reuses one conntrack entry.
 
 A connected UDP socket turns an ICMP port unreachable into
 ConnectionRefusedError, which is how a client sees a rejected datagram.
@@ -13,6 +14,9 @@ def main():
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
+    if len(sys.argv) > 4:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", int(sys.argv[4])))
     sock.connect((ip, port))
     try:
         sock.send(b"hi")
