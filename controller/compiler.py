@@ -70,6 +70,7 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
            if t is not P.HAIRPIN_UNSNAT]
     out += [
         F.flow(P.HAIRPIN_UNSNAT, PRIO_MISS, (F.GotoTable(P.CONNTRACK_ZONE.id),), c),
+        F.flow(P.AFFINITY_LEARN, PRIO_FALLBACK, (F.GotoTable(P.L3_FORWARDING.id),), c),
         F.flow(P.CONNTRACK_ZONE, PRIO_HIGH,
                (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
                eth_type=F.ETH_IP),
@@ -191,6 +192,52 @@ def _buckets(ctx, endpoints):
         for ep in endpoints)
 
 
+def _ip_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie):
+    """Flows and the group of one pool with sessionAffinity ClientIP.
+
+    ServiceLB writes the frontend into reg2/reg3 and looks the client up in
+    SessionAffinity (a hit loads the remembered endpoint into reg0/reg1);
+    EndpointDNAT then DNATs to that endpoint, or - no hit, or the endpoint is
+    gone - hands over to the group, whose bucket loads a fresh pick and
+    comes back.  After the DNAT, AffinityLearn remembers a fresh pick.  The
+    ct sits in a table, not in the bucket: buckets run as action sets.
+    """
+    proto = F.IP_PROTO[port.protocol]
+    learned_cookie = cookies.make(cookies.KIND_AFFINITY, group_id)   # generation 0:
+    buckets = tuple(F.Bucket((                                      # kept on restart
+        F.Load("reg0", _ip_int(ep.ip)),
+        F.Load("reg1", ep.port | P.AFFINITY_LEARN_BIT),
+        F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in endpoints)
+    flows = []
+    for ip in frontends:
+        fe = dict(eth_type=F.ETH_IP, ip_proto=proto, reg2=_ip_int(ip), reg3=port.port)
+        flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH, (
+            F.Load("reg2", _ip_int(ip)), F.Load("reg3", port.port),
+            F.Resubmit(P.SESSION_AFFINITY.id), F.GotoTable(P.ENDPOINT_DNAT.id))
+            if endpoints else REJECT, cookie,
+            eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
+            **{F.L4_DST_FIELD[proto]: port.port}))
+        if not endpoints:
+            continue
+        flows.append(F.flow(P.ENDPOINT_DNAT, PRIO_LOW, (F.Group(group_id),), cookie, **fe))
+        for ep in endpoints:
+            flows.append(F.flow(
+                P.ENDPOINT_DNAT, PRIO_HIGH,
+                (F.Ct(zone=ctx.ct_zone, table=P.AFFINITY_LEARN.id, commit=True,
+                      nat=F.Nat(ep.ip, ep.port)),), cookie,
+                reg0=_ip_int(ep.ip), reg1=(ep.port, 0xFFFF), **fe))
+        flows.append(F.flow(P.AFFINITY_LEARN, PRIO_HIGH, (
+            F.LearnAffinity(table=P.SESSION_AFFINITY.id, idle_timeout=svc.affinity_timeout,
+                            priority=PRIO_HIGH, cookie=learned_cookie, ip_proto=proto),
+            F.GotoTable(P.L3_FORWARDING.id)), cookie,
+            **dict(fe, reg1=(P.AFFINITY_LEARN_BIT, P.AFFINITY_LEARN_BIT))))
+    return flows, F.SelectGroup(group_id, buckets)
+
+
 def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                      node: model.Node = None) -> Fragment:
     """A select group per port (and per frontend class when they differ),
@@ -218,6 +265,12 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
         else:
             pools[0] = ((svc.cluster_ip,) + external, chosen.internal, gid)
         for frontends, endpoints, group_id in pools:
+            if svc.affinity_timeout:
+                pool_flows, group = _affinity_pool(ctx, svc, port, frontends, endpoints,
+                                                   group_id, cookie)
+                flows += pool_flows
+                groups.append(group)
+                continue
             groups.append(F.SelectGroup(group_id, _buckets(ctx, endpoints)))
             action = (F.Group(group_id),) if endpoints else REJECT
             for ip in frontends:

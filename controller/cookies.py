@@ -29,9 +29,12 @@ KIND_POD = 2           # a pod on this bridge
 KIND_NODE = 3          # route to another node's pod CIDR
 KIND_VIP = 4           # ARP answer for a service IP
 KIND_SERVICE_PORT = 5  # load-balancing flows of one service port
+KIND_AFFINITY = 6      # learned session-affinity entries (generation 0: kept
+                       # across controller restarts; they expire on their own)
 
 KIND_NAMES = {KIND_PIPELINE: "pipeline", KIND_POD: "pod", KIND_NODE: "node",
-              KIND_VIP: "vip", KIND_SERVICE_PORT: "service-port"}
+              KIND_VIP: "vip", KIND_SERVICE_PORT: "service-port",
+              KIND_AFFINITY: "affinity"}
 
 
 def stable_id(name: str) -> int:

@@ -75,6 +75,34 @@ class Ct:
 
 
 @dataclass(frozen=True)
+class Load:
+    """Load a constant into bits [start, start+nbits) of a register (NXActionRegLoad)."""
+    field: str
+    value: int
+    start: int = 0
+    nbits: int = 32
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    """Run another table's matching flow, then carry on with the next action."""
+    table: int
+
+
+@dataclass(frozen=True)
+class LearnAffinity:
+    """Learn a session-affinity entry into ``table`` (see pipeline.py's registers):
+    match (IPv4, ``ip_proto``, the packet's source IP, the frontend in reg2 and
+    reg3[0..15]) -> load the chosen endpoint (reg0, reg1[0..15]) and mark the
+    hit (reg1[16]); forgotten after ``idle_timeout`` seconds without use."""
+    table: int
+    idle_timeout: int
+    priority: int
+    cookie: int
+    ip_proto: int
+
+
+@dataclass(frozen=True)
 class Controller:
     """Send the packet (its first ``max_len`` bytes) to the controller."""
     max_len: int = 128
@@ -141,6 +169,8 @@ def _ct_state_text(value, mask) -> str:
 
 
 def _value_text(name, value) -> str:
+    if name.startswith("reg") and isinstance(value, int):
+        return f"{value:#x}"
     if isinstance(value, tuple):
         val, mask = value
         if name == "ct_state":
@@ -148,6 +178,8 @@ def _value_text(name, value) -> str:
         if name.startswith("ipv4"):
             net = ipaddress.ip_network(f"{val}/{mask}")
             return str(net)
+        if name.startswith("reg") and mask == 0xFFFF:
+            return f"{val:#x}/0xffff"
         return f"{val:#x}/{mask:#x}"
     return str(value)
 
@@ -175,6 +207,18 @@ def action_text(action) -> str:
         return f"goto_table:{action.table}"
     if isinstance(action, Controller):
         return f"CONTROLLER:{action.max_len}"
+    if isinstance(action, Load):
+        bits = "[]" if (action.start, action.nbits) == (0, 32) else \
+            f"[{action.start}..{action.start + action.nbits - 1}]"
+        return f"load:{action.value:#x}->NXM_NX_{action.field.upper()}{bits}"
+    if isinstance(action, Resubmit):
+        return f"resubmit(,{action.table})"
+    if isinstance(action, LearnAffinity):
+        return (f"learn(table={action.table},idle_timeout={action.idle_timeout},"
+                f"priority={action.priority},cookie={action.cookie:#x},eth_type=0x800,"
+                f"nw_proto={action.ip_proto},NXM_OF_IP_SRC[],NXM_NX_REG2[],"
+                f"NXM_NX_REG3[0..15],load:NXM_NX_REG0[]->NXM_NX_REG0[],"
+                f"load:NXM_NX_REG1[0..15]->NXM_NX_REG1[0..15],load:0x1->NXM_NX_REG1[16])")
     if isinstance(action, Meter):
         return f"meter:{action.meter_id}"
     if isinstance(action, Group):

@@ -59,6 +59,23 @@ def _ct(action: F.Ct):
         alg=0, actions=nat_actions)
 
 
+def _learn_affinity(action: F.LearnAffinity):
+    """The learn action behind F.LearnAffinity (register layout in pipeline.py)."""
+    specs = [
+        parser.NXFlowSpecMatch(src=0x0800, dst=("eth_type_nxm", 0), n_bits=16),
+        parser.NXFlowSpecMatch(src=action.ip_proto, dst=("ip_proto_nxm", 0), n_bits=8),
+        parser.NXFlowSpecMatch(src=("ipv4_src_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32),
+        parser.NXFlowSpecMatch(src=("reg2", 0), dst=("reg2", 0), n_bits=32),
+        parser.NXFlowSpecMatch(src=("reg3", 0), dst=("reg3", 0), n_bits=16),
+        parser.NXFlowSpecLoad(src=("reg0", 0), dst=("reg0", 0), n_bits=32),
+        parser.NXFlowSpecLoad(src=("reg1", 0), dst=("reg1", 0), n_bits=16),
+        parser.NXFlowSpecLoad(src=1, dst=("reg1", 16), n_bits=1),
+    ]
+    return parser.NXActionLearn(table_id=action.table, specs=specs,
+                                idle_timeout=action.idle_timeout,
+                                priority=action.priority, cookie=action.cookie)
+
+
 def encode_action(action):
     if isinstance(action, F.Output):
         port = ofp.OFPP_IN_PORT if action.port == F.IN_PORT else action.port
@@ -74,6 +91,15 @@ def encode_action(action):
         return _ct(action)
     if isinstance(action, F.Controller):
         return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, action.max_len)
+    if isinstance(action, F.Load):
+        return parser.NXActionRegLoad(
+            ofs_nbits=nicira_ext.ofs_nbits(action.start, action.start + action.nbits - 1),
+            dst=action.field, value=action.value)
+    if isinstance(action, F.Resubmit):
+        # NX actions carry OpenFlow 1.0 port numbers: 0xfff8 is IN_PORT there.
+        return parser.NXActionResubmitTable(in_port=0xfff8, table_id=action.table)
+    if isinstance(action, F.LearnAffinity):
+        return _learn_affinity(action)
     raise TypeError(f"cannot encode {action!r}")
 
 

@@ -40,6 +40,18 @@ SERVICE_LB = Table(30, "ServiceLB",
                    "and commit; with no usable endpoint, or to a port the VIP "
                    "does not have, it is rejected (RST / ICMP port unreachable, "
                    "rate-limited by a meter); anything else is committed as is")
+SESSION_AFFINITY = Table(31, "SessionAffinity",
+                         "learned entries (client IP, frontend) -> the endpoint chosen "
+                         "for that client; looked up with resubmit, so a miss just "
+                         "leaves reg0 empty")
+ENDPOINT_DNAT = Table(35, "EndpointDNAT",
+                      "affinity services: the endpoint in reg0/reg1 (from an "
+                      "affinity entry or a group bucket) is DNATed and committed; "
+                      "no such endpoint (none chosen yet, or it went away) -> the "
+                      "service port's group picks one")
+AFFINITY_LEARN = Table(36, "AffinityLearn",
+                       "after the DNAT: a freshly picked endpoint (reg1[17]) is "
+                       "learned into SessionAffinity for the service's timeout")
 L3_FORWARDING = Table(40, "L3Forwarding",
                       "route on the (translated) destination: local pod -> its "
                       "port, another node's pod CIDR -> the uplink; a pod "
@@ -55,7 +67,18 @@ HAIRPIN = Table(42, "HairpinOutput",
 REJECT_METER = 1
 
 TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
-          CONNTRACK_STATE, SERVICE_LB, L3_FORWARDING, HAIRPIN)
+          CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, ENDPOINT_DNAT, AFFINITY_LEARN,
+          L3_FORWARDING, HAIRPIN)
+
+# Registers (sessionAffinity ClientIP):
+#   reg0        the chosen endpoint's IPv4 address
+#   reg1[0..15] the chosen endpoint's port
+#   reg1[16]    the endpoint came from a SessionAffinity entry
+#   reg1[17]    the endpoint was just picked by the group: learn it
+#   reg2        the frontend IPv4 address the client asked for
+#   reg3[0..15] the frontend port
+AFFINITY_HIT_BIT = 1 << 16
+AFFINITY_LEARN_BIT = 1 << 17
 BY_ID = {t.id: t for t in TABLES}
 
 

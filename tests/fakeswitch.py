@@ -115,6 +115,10 @@ def _field_matches(pkt, name, want) -> bool:
     if name in _L4_FIELDS:
         return pkt.get("ip_proto") == _L4_FIELDS[name] and \
             pkt.get("tp_dst" if name.endswith("dst") else "tp_src") == want
+    if name.startswith("reg"):                 # registers start out as zero
+        have = pkt.get(name, 0)
+        value, mask = want if isinstance(want, tuple) else (want, 0xFFFFFFFF)
+        return (have & mask) == (value & mask)
     have = pkt.get(name)
     if isinstance(want, tuple):
         value, mask = want
@@ -164,12 +168,34 @@ class FakeSwitch:
         self.hits[f.key] = self.hits.get(f.key, 0) + 1
         return self._run_actions(f.actions, pkt, ct, depth)
 
-    def _run_actions(self, actions, pkt, ct, depth) -> List[Outcome]:
-        pkt = dict(pkt)
+    def _learn(self, action: F.LearnAffinity, pkt) -> None:
+        """Install the flow OVS's learn action would (see F.LearnAffinity)."""
+        learned = F.flow(action.table, action.priority, (
+            F.Load("reg0", pkt.get("reg0", 0)),
+            F.Load("reg1", pkt.get("reg1", 0) & 0xFFFF, 0, 16),
+            F.Load("reg1", 1, 16, 1)), action.cookie,
+            eth_type=F.ETH_IP, ip_proto=action.ip_proto, ipv4_src=pkt["ipv4_src"],
+            reg2=pkt.get("reg2", 0), reg3=(pkt.get("reg3", 0) & 0xFFFF, 0xFFFF))
+        self.flows[learned.key] = learned
+
+    def _run_actions(self, actions, pkt, ct, depth, in_place=False) -> List[Outcome]:
+        if not in_place:
+            pkt = dict(pkt)
         out: List[Outcome] = []
         for i, action in enumerate(actions):
             if isinstance(action, F.SetField):
                 pkt[action.field] = action.value
+            elif isinstance(action, F.Load):
+                mask = ((1 << action.nbits) - 1) << action.start
+                pkt[action.field] = (pkt.get(action.field, 0) & ~mask) | \
+                    ((action.value << action.start) & mask)
+            elif isinstance(action, F.Resubmit):
+                f = self.lookup(action.table, pkt)    # like a call: loads stick
+                if f is not None:
+                    self.hits[f.key] = self.hits.get(f.key, 0) + 1
+                    out += self._run_actions(f.actions, pkt, ct, depth + 1, in_place=True)
+            elif isinstance(action, F.LearnAffinity):
+                self._learn(action, pkt)
             elif isinstance(action, F.Move):
                 pkt[action.dst] = pkt.get(action.src)
             elif isinstance(action, F.Output):

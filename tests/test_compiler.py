@@ -1,4 +1,5 @@
 """Compiler output: golden dumps a reader can check, and structural rules."""
+import dataclasses
 import os
 
 import pytest
@@ -22,6 +23,22 @@ def check_golden(name, text):
 def test_node_bridge_golden_dump():
     st = world.state(world.web())
     check_golden("node1.txt", compiler.dump(world.compile_for(world.NODE1, st)))
+
+
+def test_session_affinity_golden_dump():
+    svc = dataclasses.replace(world.web(endpoints=("pod2", "pod3")), name="sticky",
+                              affinity_timeout=600)
+    check_golden("node1-affinity.txt",
+                 compiler.dump(world.compile_for(world.NODE1, world.state(svc))))
+
+
+def test_every_affinity_flow_jumps_forward_too():
+    svc = dataclasses.replace(world.web(), affinity_timeout=600)
+    flows, groups = compiler.flatten(world.compile_for(world.NODE1, world.state(svc)))
+    for f in list(flows.values()) + [b for g in groups.values() for b in g.buckets]:
+        for action in f.actions:
+            if isinstance(action, (F.GotoTable, F.Resubmit)) and isinstance(f, F.Flow):
+                assert action.table > f.table, F.flow_text(f)
 
 
 def test_empty_cluster_golden_dump():

@@ -1,5 +1,6 @@
 """Packets through the compiled pipeline of two nodes, on the fake switch."""
 import dataclasses
+import ipaddress
 
 import pytest
 
@@ -204,3 +205,37 @@ def test_arp_for_gateway_and_vip_is_answered_with_the_router_mac():
         assert out.port == P["pod1"].ofport
         assert (out.packet["arp_op"], out.packet["arp_spa"], out.packet["arp_sha"],
                 out.packet["arp_tpa"]) == (2, target, world.NODE1.router_mac, P["pod1"].ip)
+
+
+def affinity_web(endpoints=("pod2", "pod3", "pod4"), timeout=10800):
+    return dataclasses.replace(world.web(endpoints=endpoints), affinity_timeout=timeout)
+
+
+def test_session_affinity_sends_a_client_back_to_its_endpoint():
+    net = build(world.state(affinity_web()))
+    first = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=1000))
+    assert len(first) == 3                          # no entry yet: the group picks
+    learned = [f for f in net.switches["br-node1"].flows.values()
+               if f.table == 31 and f.priority > 0]
+    assert len(learned) == 1
+    chosen = next(a.value for a in learned[0].actions if a.field == "reg0")
+    for sport in (1001, 1002, 1003):                # new connections, same client
+        again = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=sport))
+        assert [int(ipaddress.IPv4Address(o.packet["ipv4_dst"])) for o in again] == [chosen]
+    other = send(net, "pod2", tcp(P["pod2"].ip, world.VIP, 80, sport=1000))
+    assert len(other) == 3, "another client is balanced on its own"
+    udp_first = send(net, "pod1", udp(P["pod1"].ip, world.VIP, 53, sport=2000))
+    assert len(udp_first) == 3                      # per protocol and port
+
+
+def test_affinity_entry_for_a_gone_endpoint_falls_back_to_the_group():
+    net = build(world.state(affinity_web(endpoints=("pod3",))))
+    send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=1000))
+    sw = net.switches["br-node1"]
+    plan = diff.diff(compiler.Compiler(world.NODE1, cookies.GroupIds()).compile(
+        world.state(affinity_web(endpoints=("pod3",)))),
+        compiler.Compiler(world.NODE1, cookies.GroupIds()).compile(
+            world.state(affinity_web(endpoints=("pod4",)))))
+    sw.apply(plan)                                  # learned entry still says pod3
+    outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=1001))
+    assert landing(outs) == [("br-node2", 2, P["pod4"].ip, 8080)]

@@ -269,3 +269,40 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles(lab):
     finally:
         lab.start_pod_server(first)
         converge(lab)
+
+
+def test_should_have_session_affinity_work_and_switch_for_service_with_type_cluster_ip(lab):
+    """ClientIP affinity sticks each client to one endpoint, for TCP and UDP;
+    it can be switched off and on at runtime; when the sticky endpoint goes
+    away the client gets a new one and sticks to that."""
+    sticky = service("sticky", "10.96.1.20", [("http", "TCP", 80, 8080),
+                                              ("dns", "UDP", 53, 5353)],
+                     sessionAffinity="ClientIP",
+                     sessionAffinityConfig={"clientIP": {"timeoutSeconds": 300}})
+    plain = dict(sticky, spec=dict(sticky["spec"], sessionAffinity="None"))
+    plain["spec"].pop("sessionAffinityConfig")
+    victim = None
+    with services(lab, sticky):
+        for client in ("pod1", "pod3"):
+            assert len(who(lab, client, "10.96.1.20", 80, n=10)) == 1
+        udp = {lab.net.get("pod1").cmd(f"python3 {HERE}/udpask.py 10.96.1.20 53 2 {p}")
+               .strip() for p in (41001, 41002, 41003)}
+        assert len(udp) == 1 and udp <= {p.name for p in lab.pods}
+        assert "nw_proto=17" in " ".join(lab.dump_flows("br-node1")), \
+            "a UDP affinity entry was learned"
+        lab.cluster.apply_service(plain)                  # switched off
+        converge(lab)
+        L.wait_for(lambda: len(who(lab, "pod1", "10.96.1.20", 80, n=16)) > 1, 20,
+                   what="connections spread again without affinity")
+        lab.cluster.apply_service(sticky)                 # and on again
+        converge(lab)
+        (victim,) = who(lab, "pod1", "10.96.1.20", 80, n=10)
+        lab.stop_pod_server(victim)                       # the sticky endpoint goes
+        try:
+            L.wait_for(lambda: not lab.cluster.kubelet.ready.get(victim), 10,
+                       what=f"{victim} not ready")
+            converge(lab)
+            after = who(lab, "pod1", "10.96.1.20", 80, n=10)
+            assert len(after) == 1 and victim not in after
+        finally:
+            lab.start_pod_server(victim)
