@@ -207,7 +207,7 @@ def test_should_drop_invalid_conntrack_entries(lab):
         held.close()
 
 
-def test_should_work_after_the_service_has_been_recreated_and_ports_changed(lab):
+def test_should_work_after_the_service_has_been_recreated_and_ports_or_selector_changed(lab):
     first = service("again", "10.96.1.9", [("http", "TCP", 80, 8080)])
     with services(lab, first):
         assert curl(lab, "pod1", "http://10.96.1.9/")[0] == 0
@@ -217,6 +217,13 @@ def test_should_work_after_the_service_has_been_recreated_and_ports_changed(lab)
         converge(lab)
         assert curl(lab, "pod1", "http://10.96.1.9:8081/")[0] == 0
         assert curl(lab, "pod1", "http://10.96.1.9:80/")[0] == 7
+        lab.cluster.apply_service(dict(moved, spec=dict(moved["spec"],
+                                                        selector={"app": "nobody"})))
+        converge(lab)                                         # selector changed
+        assert curl(lab, "pod1", "http://10.96.1.9:8081/")[0] == 7
+        lab.cluster.apply_service(moved)
+        converge(lab)
+        assert curl(lab, "pod1", "http://10.96.1.9:8081/")[0] == 0
         lab.cluster.delete_service("again")
         converge(lab)
         lab.cluster.apply_service(dict(first, spec=dict(first["spec"],
@@ -306,3 +313,28 @@ def test_should_have_session_affinity_work_and_switch_for_service_with_type_clus
             assert len(after) == 1 and victim not in after
         finally:
             lab.start_pod_server(victim)
+
+
+def test_should_keep_traffic_in_the_clients_zone_with_topology_aware_routing(lab):
+    """Each lab node is a zone; with topology-mode Auto the slices carry zone
+    hints and a client only reaches endpoints hinted for its own zone."""
+    body = service("zonal", "10.96.1.21", [("http", "TCP", 80, 8080)])
+    body["metadata"]["annotations"] = {"service.kubernetes.io/topology-mode": "Auto"}
+    with services(lab, body):
+        assert who(lab, "pod1", "10.96.1.21", 80) == {"pod1", "pod2"}
+        assert who(lab, "pod4", "10.96.1.21", 80) == {"pod3", "pod4"}
+    with services(lab, service("spread", "10.96.1.22", [("http", "TCP", 80, 8080)])):
+        assert who(lab, "pod1", "10.96.1.22", 80, n=20) == {p.name for p in lab.pods}
+
+
+def test_a_flood_of_refused_connections_is_metered_before_the_controller(lab):
+    """Rejections go to the controller through meter 1; a burst beyond its
+    rate is dropped in OVS (the meter's band counts it)."""
+    with services(lab, service("flood", "10.96.1.23", [("http", "TCP", 80, 8080)],
+                               selector={"app": "nobody"})):
+        lab.net.get("pod1").cmd(f"python3 {HERE}/synflood.py {lab.pods[0].ip} "
+                                "10.96.1.23 80 3000")
+        stats = L.run(["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", "br-node1"])
+        dropped = int(stats.split("packet_count:")[-1].split()[0].rstrip(","))
+        assert dropped > 0, stats
+        assert curl(lab, "pod1", "http://10.96.1.23/")[0] == 7     # still answered

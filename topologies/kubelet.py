@@ -84,7 +84,8 @@ class Kubelet:
     def register_nodes(self, nodes):
         for node in nodes:
             body = {"metadata": {"name": node.name, "labels": {
-                        "kubernetes.io/hostname": node.name}},
+                        "kubernetes.io/hostname": node.name,
+                        "topology.kubernetes.io/zone": node.zone}},
                     "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}}
             status = {"addresses": [{"type": "InternalIP", "address": node.internal_ip},
                                     {"type": "Hostname", "address": node.name}],

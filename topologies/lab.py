@@ -81,6 +81,11 @@ class NodeSpec:
     pods: List[PodSpec] = field(default_factory=list)
 
     @property
+    def zone(self) -> str:
+        """Each compute node is its own zone (topology.kubernetes.io/zone)."""
+        return f"zone-{self.index}"
+
+    @property
     def gateway_ip(self) -> str:
         return B.gateway_ip(self.pod_cidr)
 

@@ -20,6 +20,9 @@ import zlib
 from topologies.apiserver.selectors import selector_matches
 
 SERVICE_NAME = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
+                        "service.kubernetes.io/topology-aware-hints")
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER = "endpointslice-controller.k8s.io"
 MAX_ENDPOINTS = 100
@@ -71,16 +74,38 @@ def selected_pods(svc, pods):
                   key=lambda p: p["metadata"]["name"])
 
 
-def desired_slices(svc, pods):
-    """The slices a selector service should have, keyed by slice name."""
+def wants_hints(svc) -> bool:
+    """Topology-aware routing asked for (annotation Auto, or PreferClose)."""
     meta, spec = svc["metadata"], svc.get("spec") or {}
+    annotations = meta.get("annotations") or {}
+    return spec.get("trafficDistribution") == "PreferClose" or any(
+        annotations.get(a, "").lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
+
+
+def desired_slices(svc, pods, node_zones=None):
+    """The slices a selector service should have, keyed by slice name.
+
+    Endpoints carry their node's zone; with topology-aware routing asked for
+    and every endpoint's node in a zone, each is hinted for its own zone (the
+    real controller balances hints by zone capacity; with the lab's equal
+    nodes that is the same)."""
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    node_zones = node_zones or {}
     groups = {}                                    # resolved ports -> endpoints
-    for pod in selected_pods(svc, pods):
+    chosen = selected_pods(svc, pods)
+    hint = wants_hints(svc) and chosen and all(
+        node_zones.get((p.get("spec") or {}).get("nodeName")) for p in chosen)
+    for pod in chosen:
         resolved = tuple((p.get("name", ""), p.get("protocol", "TCP"), _resolve(p, pod))
                          for p in spec.get("ports") or ())
         resolved = tuple(r for r in resolved if r[2] is not None)
-        groups.setdefault(resolved, []).append(
-            _endpoint(pod, bool(spec.get("publishNotReadyAddresses"))))
+        ep = _endpoint(pod, bool(spec.get("publishNotReadyAddresses")))
+        zone = node_zones.get(ep.get("nodeName"))
+        if zone:
+            ep["zone"] = zone
+            if hint:
+                ep["hints"] = {"forZones": [{"name": zone}]}
+        groups.setdefault(resolved, []).append(ep)
     slices = {}
     for ports, endpoints in sorted(groups.items()):
         tag = zlib.crc32(repr(ports).encode()) & 0xFFFFFFFF
@@ -115,7 +140,9 @@ def sync_service(store, ns, name):
     if svc is None or not (svc.get("spec") or {}).get("selector"):
         want = {}
     else:
-        want = desired_slices(svc, store.peek("pods", ns))
+        zones = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get(ZONE_LABEL)
+                 for n in store.peek("nodes")}
+        want = desired_slices(svc, store.peek("pods", ns), zones)
     for sname, obj in want.items():
         old = existing.get(sname)
         if old is None:
