@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 from kubernetes import client, config
 
-from nsx_proxy import model, translate, validate
+from nsx_proxy import lb_ipam, model, translate, validate
 from nsx_proxy.reflector import Reflector
 from nsx_proxy.runner import BoundedFrequencyRunner
 from nsx_proxy.validate import Invalid
@@ -47,8 +47,15 @@ def _key(obj):
 
 class KubeSource:
     def __init__(self, api, on_change, hub, min_interval=0.5, max_interval=60.0,
-                 relist_period=600.0, rejects=None):
+                 relist_period=600.0, rejects=None, ipam=None):
         self._on_change = on_change
+        self._hub = hub
+        self.ipam = ipam                     # lb_ipam.Ipam, or None: no allocation
+        self._ipam_pending = {}              # ServiceKey -> IP being written
+        self.pods = {}                       # (ns, name) -> raw Pod with a floating IP
+        self.namespaces = {}                 # name -> raw Namespace
+        self._fips_dirty = True
+        self._fips = ()
         self.rejects = rejects or validate.RejectLog(LOG)
         self.services = {}                   # ServiceKey -> raw Service
         self.slices = {}                     # (ns, name) -> raw EndpointSlice
@@ -69,7 +76,12 @@ class KubeSource:
                       self._replace_slices, self._slice_event, **common),
             Reflector("nodes", core.list_node, self._replace_nodes, self._node_event,
                       **common),
+            Reflector("pods", core.list_pod_for_all_namespaces, self._replace_pods,
+                      self._pod_event, **common),
+            Reflector("namespaces", core.list_namespace, self._replace_namespaces,
+                      self._namespace_event, **common),
         ]
+        self.core = core
         self.runner = BoundedFrequencyRunner("kubernetes sync", self.sync, hub,
                                              min_interval, max_interval)
 
@@ -151,6 +163,38 @@ class KubeSource:
         self._nodes_dirty = True
         self._changed()
 
+    def _pod_event(self, etype, obj):
+        """Only pods that ask for a floating IP are kept (all pods would be a lot)."""
+        key = _key(obj)
+        wanted = ((obj.get("metadata") or {}).get("annotations") or {}).get(
+            translate.FLOATING_IP_ANNOTATION)
+        if etype == "DELETED" or not wanted:
+            if self.pods.pop(key, None) is None:
+                return
+        else:
+            self.pods[key] = obj
+        self._fips_dirty = True
+        self._changed()
+
+    def _replace_pods(self, items):
+        self.pods = {}
+        for obj in items:
+            self._pod_event("ADDED", obj)
+        self._fips_dirty = True
+        self._changed()
+
+    def _namespace_event(self, etype, obj):
+        name = _key(obj)[1]
+        if etype == "DELETED":
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = obj
+        self._changed()
+
+    def _replace_namespaces(self, items):
+        self.namespaces = {_key(o)[1]: o for o in items}
+        self._changed()
+
     # --- translation (runner thread) ----------------------------------------------
     def _translate_service(self, key):
         raw = self.services.get(key)
@@ -195,13 +239,69 @@ class KubeSource:
             self._nodes_dirty = False
             self._translate_nodes()
         services = self._claim(dirty, before)
+        if self._fips_dirty or dirty:
+            self._fips_dirty = False
+            self._fips = self._translate_fips(services)
         state = model.ClusterState(services=MappingProxyType(services),
-                                   nodes=MappingProxyType(dict(self._nodes)))
+                                   nodes=MappingProxyType(dict(self._nodes)),
+                                   floating_ips=MappingProxyType(
+                                       {f.ip: f for f in self._fips}))
+        if self.ipam is not None:
+            self._allocate()
         self.syncs += 1
         LOG.debug("sync %d: %d services (%d retranslated), %d nodes",
                   self.syncs, len(state.services), len(dirty), len(state.nodes))
         self._on_change(state)
         return state
+
+    def _translate_fips(self, services):
+        """Pods' floating IPs; one that is taken (by a pod first in name order,
+        or by a service frontend) is rejected."""
+        taken = {ip for svc in services.values()
+                 for ip in (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips}
+        out = []
+        for key in sorted(self.pods):
+            name = f"{key[0]}/{key[1]}"
+            try:
+                fip = translate.floating_ip(self.pods[key])
+            except Invalid as exc:
+                self.rejects.reject("pod", name, str(exc))
+                continue
+            if fip is None:
+                continue
+            if fip.ip in taken:
+                self.rejects.reject("pod", name, f"floating IP {fip.ip} is already in use")
+                continue
+            taken.add(fip.ip)
+            out.append(fip)
+        return tuple(out)
+
+    def _allocate(self):
+        """Write LB IPs from the pools to services that need one (or release)."""
+        for key, ip in list(self._ipam_pending.items()):   # written and seen back?
+            svc = self.services.get(key)
+            seen = lb_ipam.ingress_ips(svc) if svc else ()
+            if svc is None or (ip in seen if ip else not seen):
+                del self._ipam_pending[key]
+        plan = self.ipam.plan(self.services, self.namespaces, self.rejects.reject,
+                              reserved={ip for ip in self._ipam_pending.values() if ip})
+        for key, ip in plan.items():
+            if key in self._ipam_pending:
+                continue                     # being written; wait to see it back
+            self._ipam_pending[key] = ip
+            self._hub.spawn(self._write_lb_status, key, ip)
+
+    def _write_lb_status(self, key, ip):
+        ingress = [{"ip": ip}] if ip else None
+        try:
+            self.core.patch_namespaced_service_status(
+                key.name, key.namespace, {"status": {"loadBalancer": {"ingress": ingress}}})
+            LOG.info("service %s: load-balancer IP %s", key,
+                     f"{ip} allocated" if ip else "released")
+        except Exception as exc:  # retried on the next sync
+            LOG.warning("service %s: cannot write load-balancer status: %s", key, exc)
+            self._ipam_pending.pop(key, None)
+        self.runner.request()
 
     def _claim(self, dirty, before):
         """validate.claim_frontends, redone only when some frontend changed.

@@ -86,6 +86,13 @@ class Service:
     affinity_timeout: Optional[int] = None   # seconds, with sessionAffinity ClientIP
     internal_traffic_policy: str = CLUSTER
     topology_aware: bool = False             # use endpoints' zone hints
+    external_traffic_policy: str = CLUSTER   # NodePort, LB and external IPs
+    source_ranges: Tuple[str, ...] = ()      # loadBalancerSourceRanges (CIDRs)
+
+    @property
+    def node_ports(self) -> bool:
+        return self.type in (NODE_PORT, LOAD_BALANCER) and any(
+            p.node_port for p in self.ports)
 
     @property
     def key(self) -> ServiceKey:
@@ -101,6 +108,15 @@ class Node:
     zone: Optional[str] = None               # topology.kubernetes.io/zone
 
 
+@dataclass(frozen=True)
+class FloatingIP:
+    """A pod's own public address: 1:1 NAT in both directions (Contrail's FIP)."""
+    ip: str
+    pod_ip: str
+    node: str
+    pod: str                                 # namespace/name
+
+
 def _frozen(mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
 
@@ -110,8 +126,10 @@ class ClusterState:
     """Everything the proxy must implement, keyed for cheap diffing."""
     services: Mapping[ServiceKey, Service] = field(default_factory=dict)
     nodes: Mapping[str, Node] = field(default_factory=dict)
+    floating_ips: Mapping[str, FloatingIP] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, services=(), nodes=()) -> "ClusterState":
+    def build(cls, services=(), nodes=(), floating_ips=()) -> "ClusterState":
         return cls(services=_frozen((s.key, s) for s in services),
-                   nodes=_frozen((n.name, n) for n in nodes))
+                   nodes=_frozen((n.name, n) for n in nodes),
+                   floating_ips=_frozen((f.ip, f) for f in floating_ips))

@@ -31,6 +31,7 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
                         "service.kubernetes.io/topology-aware-hints")
 DEFAULT_AFFINITY_TIMEOUT = 10800
+FLOATING_IP_ANNOTATION = "nsx-proxy.io/floating-ip"
 
 Reject = Callable[[str, str, str], None]          # (kind, name, reason)
 
@@ -114,6 +115,8 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     return model.Service(
         affinity_timeout=_affinity(name, spec, reject),
         internal_traffic_policy=_policy(name, spec, "internalTrafficPolicy", reject),
+        external_traffic_policy=_policy(name, spec, "externalTrafficPolicy", reject),
+        source_ranges=_source_ranges(name, spec, reject),
         topology_aware=_topology_aware(meta, spec),
         namespace=meta["namespace"], name=meta["name"], cluster_ip=cluster_ip,
         ports=tuple(model.ServicePort(
@@ -140,6 +143,32 @@ def _affinity(name, spec, reject: Reject) -> Optional[int]:
                "in 1-86400; using the default 10800")
         return DEFAULT_AFFINITY_TIMEOUT
     return timeout
+
+
+def _source_ranges(name, spec, reject: Reject) -> Tuple[str, ...]:
+    out = []
+    for value in spec.get("loadBalancerSourceRanges") or ():
+        try:
+            out.append(validate.source_range(value))
+        except Invalid as exc:
+            reject("service", name, f"{exc}; range ignored")
+    return tuple(dict.fromkeys(out))
+
+
+def floating_ip(pod) -> Optional[model.FloatingIP]:
+    """A pod's floating IP from its annotation, or None (raises Invalid if bad)."""
+    meta = pod.get("metadata") or {}
+    wanted = (meta.get("annotations") or {}).get(FLOATING_IP_ANNOTATION)
+    if not wanted:
+        return None
+    status, spec = pod.get("status") or {}, pod.get("spec") or {}
+    if not status.get("podIP") or not spec.get("nodeName"):
+        return None                            # not running yet: nothing to NAT to
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    return model.FloatingIP(ip=validate.ipv4(wanted, "floating IP"),
+                            pod_ip=validate.ipv4(status["podIP"], "podIP"),
+                            node=spec["nodeName"], pod=object_name(pod))
 
 
 def _policy(name, spec, field, reject: Reject) -> str:

@@ -44,6 +44,17 @@ def cidr4(value, what="CIDR") -> str:
     return str(net)
 
 
+def source_range(value, what="loadBalancerSourceRange") -> str:
+    """A client CIDR such as 203.0.113.0/24 (host bits must be zero)."""
+    try:
+        net = ipaddress.ip_network(str(value).strip(), strict=True)
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not a network like 203.0.113.0/24") from None
+    if net.version != 4:
+        raise Invalid(f"{what} {value} is IPv6, which is not supported yet")
+    return str(net)
+
+
 def port(value, what="port") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise Invalid(f"{what} {value!r} is not a number")

@@ -1,0 +1,62 @@
+"""Floating-IP pools for LoadBalancer services: choice, honouring, release."""
+import pytest
+
+from nsx_proxy import lb_ipam, model
+
+POOLS = lb_ipam.parse_pools("public=198.51.100.0/30; blue=198.51.101.8/31")
+
+
+def svc(name, type_="LoadBalancer", ns="default", ips=(), annotations=None, lb_ip=None):
+    spec = {"type": type_}
+    if lb_ip:
+        spec["loadBalancerIP"] = lb_ip
+    return {"metadata": {"namespace": ns, "name": name, "annotations": annotations or {}},
+            "spec": spec,
+            "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}}
+
+
+def plan(*services, namespaces=None, reserved=()):
+    rejects = []
+    ipam = lb_ipam.Ipam(POOLS, "public")
+    got = ipam.plan({model.ServiceKey(s["metadata"]["namespace"], s["metadata"]["name"]): s
+                     for s in services}, namespaces or {},
+                    lambda *r: rejects.append(r[2]), reserved=set(reserved))
+    return {f"{k.namespace}/{k.name}": v for k, v in got.items()}, rejects
+
+
+def test_allocates_lowest_free_from_the_default_pool_and_skips_used_ones():
+    got, rejects = plan(svc("a"), svc("b", ips=["198.51.100.1"]), svc("c"),
+                        svc("d", "ClusterIP"))
+    assert got == {"default/a": "198.51.100.2"}          # c: the /30 has two hosts
+    assert rejects == ["floating-IP pool 'public' is exhausted"]
+    got, rejects = plan(svc("a"), svc("c"), reserved=["198.51.100.1"])
+    assert got == {"default/a": "198.51.100.2"}
+    assert rejects == ["floating-IP pool 'public' is exhausted"]
+
+
+def test_service_then_namespace_annotation_choose_the_pool():
+    blue = {lb_ipam.POOL_ANNOTATION: "blue"}
+    got, _ = plan(svc("a", annotations=blue),
+                  svc("b", ns="team"), namespaces={"team": {"metadata": {"annotations": blue}}})
+    assert got == {"default/a": "198.51.101.8", "team/b": "198.51.101.9"}
+
+
+def test_load_balancer_ip_is_honoured_only_inside_a_free_pool_address():
+    got, rejects = plan(svc("a", lb_ip="198.51.101.9"), svc("b", lb_ip="10.0.0.1"))
+    assert got == {"default/a": "198.51.101.9", "default/b": "198.51.100.1"}
+    assert "loadBalancerIP 10.0.0.1 is not a free address" in rejects[0]
+
+
+def test_release_only_our_addresses_when_no_longer_a_load_balancer():
+    got, _ = plan(svc("a", "ClusterIP", ips=["198.51.100.1"]),
+                  svc("b", "NodePort", ips=["203.0.113.77"]))      # not from our pools
+    assert got == {"default/a": None}
+
+
+def test_pool_config_errors():
+    with pytest.raises(lb_ipam.PoolConfigError):
+        lb_ipam.parse_pools("public")
+    with pytest.raises(lb_ipam.PoolConfigError):
+        lb_ipam.parse_pools("public=10.0.0.300/24")
+    with pytest.raises(lb_ipam.PoolConfigError):
+        lb_ipam.Ipam(POOLS, "missing")
