@@ -16,6 +16,8 @@ Configuration (``[nsx_proxy]`` section of the config file)::
     ovsdb = unix:/var/run/openvswitch/db.sock
     bundle_timeout = 30
     reject_rate = 100              # RST / ICMP answers per second and bridge
+    fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
+    default_fip_pool = default
 """
 import itertools
 import logging
@@ -37,7 +39,7 @@ from controller.udp_flush import stale_udp_entries
 from controller.compiler import group_names
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.session import SwitchSession
-from nsx_proxy import kube_source, model
+from nsx_proxy import kube_source, lb_ipam, model
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
@@ -63,6 +65,12 @@ CONF.register_opts([
                help="OVSDB remote to read bridge and pod labels from"),
     cfg.FloatOpt("bundle_timeout", default=30.0,
                  help="seconds to wait for a bundle's commit before giving up"),
+    cfg.StrOpt("fip_pools", default="",
+               help="floating-IP pools for LoadBalancer services without an ingress IP: "
+                    "NAME=CIDR[,CIDR];NAME2=CIDR (empty: no allocation)"),
+    cfg.StrOpt("default_fip_pool", default="",
+               help="the pool used when neither the service nor its namespace names one "
+                    "(annotation nsx-proxy.io/fip-pool)"),
     cfg.IntOpt("reject_rate", default=100,
                help="refused connections answered (RST / ICMP) per second and bridge; "
                     "the bridge's meter drops the rest before they reach us"),
@@ -119,8 +127,14 @@ class ServiceProxy(app_manager.RyuApp):
                 Hub(hub.spawn, hub.sleep, hub.Event),
                 min_interval=self.conf.min_sync_period,
                 max_interval=self.conf.max_sync_period,
-                relist_period=self.conf.relist_period)
+                relist_period=self.conf.relist_period, ipam=self._ipam())
             self.source.start()
+
+    def _ipam(self):
+        pools = lb_ipam.parse_pools(self.conf.fip_pools)
+        if not pools:
+            return None
+        return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None)
 
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState) -> None:

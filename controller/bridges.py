@@ -16,7 +16,10 @@ PREFIX = "nsx-proxy-"
 ROLE = PREFIX + "role"             # bridge: node | gateway; interface: pod | uplink
 NODE = PREFIX + "node"             # bridge: Kubernetes node name
 POD_CIDR = PREFIX + "pod-cidr"     # bridge: this node's pod subnet
-CT_ZONE = PREFIX + "ct-zone"       # bridge: conntrack zone Z (optional); Z+1 is for hairpin SNAT
+CT_ZONE = PREFIX + "ct-zone"       # bridge: conntrack zone Z (optional); Z+1 is for SNAT
+FABRIC_GATEWAY = PREFIX + "fabric-gateway"  # node bridge: the gateway router's fabric IP
+FABRIC_IP = PREFIX + "fabric-ip"   # gateway bridge: its own IP on the fabric
+NEXT_HOP_MAC = PREFIX + "next-hop-mac"      # external interface: the upstream router's MAC
 # Interface keys for pods follow the names CNI plugins already use.
 POD_NAMESPACE = "pod-namespace"
 POD_NAME = "pod-name"
@@ -27,6 +30,7 @@ ROLE_NODE = "node"
 ROLE_GATEWAY = "gateway"
 ROLE_POD = "pod"
 ROLE_UPLINK = "uplink"
+ROLE_EXTERNAL = "external"         # gateway interface towards the Internet
 
 
 class BadBridge(ValueError):
@@ -42,6 +46,11 @@ def router_mac(pod_cidr: str) -> str:
     """
     gw = gateway_ip(pod_cidr)
     return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(gw).packed)
+
+
+def ip_mac(ip: str) -> str:
+    """0a:58 + an IPv4 address: the MAC our routers use for that address."""
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 def gateway_ip(pod_cidr: str) -> str:
@@ -74,6 +83,19 @@ class Pod:
 
 
 @dataclass(frozen=True)
+class ExternalPort:
+    """The gateway's Internet-facing port: its address there and the next hop."""
+    ofport: int
+    ip: str
+    prefix: int
+    next_hop_mac: str
+
+    @property
+    def mac(self) -> str:
+        return ip_mac(self.ip)
+
+
+@dataclass(frozen=True)
 class BridgeContext:
     name: str
     dpid: int
@@ -84,6 +106,9 @@ class BridgeContext:
     uplink: Optional[int] = None       # ofport of the fabric uplink
     pods: Tuple[Pod, ...] = ()
     datapath_type: str = ""            # OVSDB Bridge.datapath_type: "" or system = kernel
+    fabric_gateway: Optional[str] = None   # node: where non-cluster traffic is routed
+    fabric_ip: Optional[str] = None    # gateway: its address on the fabric
+    external: Optional["ExternalPort"] = None   # gateway: the Internet-facing port
 
     @property
     def nats_sctp(self) -> bool:
@@ -151,11 +176,14 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
         except ValueError:
             raise BadBridge(f"external_ids:{POD_CIDR} {ids.get(POD_CIDR)!r} "
                             "is not an IPv4 network") from None
-    uplink, pods = None, []
+    uplink, pods, external = None, [], None
     for ifname, ofport, if_ids in interfaces:
         if_role = if_ids.get(ROLE)
         if if_role == ROLE_UPLINK and isinstance(ofport, int) and ofport > 0:
             uplink = ofport
+        elif if_role == ROLE_EXTERNAL and role == ROLE_GATEWAY and \
+                isinstance(ofport, int) and ofport > 0:
+            external = parse_external(ifname, ofport, if_ids)
         elif if_role == ROLE_POD and role == ROLE_NODE:
             pod = parse_pod(ifname, ofport, if_ids)
             if pod is not None:
@@ -163,4 +191,29 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
     pods.sort(key=lambda p: (p.namespace, p.name))
     return BridgeContext(name=name, dpid=dpid, role=role, ct_zone=zone,
                          node=ids.get(NODE), pod_cidr=pod_cidr, uplink=uplink,
-                         pods=tuple(pods), datapath_type=datapath_type or "")
+                         pods=tuple(pods), datapath_type=datapath_type or "",
+                         fabric_gateway=_optional_ip(ids, FABRIC_GATEWAY),
+                         fabric_ip=_optional_ip(ids, FABRIC_IP), external=external)
+
+
+def _optional_ip(ids, key) -> Optional[str]:
+    if not ids.get(key):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(ids[key]))
+    except ValueError:
+        raise BadBridge(f"external_ids:{key} {ids[key]!r} is not an IPv4 address") from None
+
+
+def parse_external(ifname, ofport, ids) -> Optional[ExternalPort]:
+    try:
+        iface = ipaddress.IPv4Interface(ids[POD_IP])
+        return ExternalPort(ofport=ofport, ip=str(iface.ip), prefix=iface.network.prefixlen,
+                            next_hop_mac=_mac(ids[NEXT_HOP_MAC]))
+    except KeyError as exc:
+        LOG.warning("interface %s: external port without external_ids:%s; ignored",
+                    ifname, exc.args[0])
+    except ValueError:
+        LOG.warning("interface %s: external port with a malformed address or MAC; ignored",
+                    ifname)
+    return None

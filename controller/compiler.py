@@ -14,7 +14,7 @@ from typing import Dict, FrozenSet, Hashable, Mapping
 from controller import cookies
 from controller import flows as F
 from controller import pipeline as P
-from controller.bridges import BridgeContext, Pod, ROLE_NODE, router_mac
+from controller.bridges import BridgeContext, Pod, ROLE_NODE, ip_mac, router_mac
 from nsx_proxy import endpoint_selection, model
 
 LOG = logging.getLogger(__name__)
@@ -70,13 +70,14 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
            if t is not P.HAIRPIN_UNSNAT]
     out += [
         F.flow(P.HAIRPIN_UNSNAT, PRIO_MISS, (F.GotoTable(P.CONNTRACK_ZONE.id),), c),
-        F.flow(P.AFFINITY_LEARN, PRIO_FALLBACK, (F.GotoTable(P.L3_FORWARDING.id),), c),
+        F.flow(P.AFFINITY_LEARN, PRIO_FALLBACK, (F.GotoTable(P.SERVICE_MASQUERADE.id),), c),
+        F.flow(P.SERVICE_MASQUERADE, PRIO_FALLBACK, (F.GotoTable(P.L3_FORWARDING.id),), c),
         F.flow(P.CONNTRACK_ZONE, PRIO_HIGH,
                (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
                eth_type=F.ETH_IP),
         F.flow(P.CONNTRACK_STATE, PRIO_HIGH, (), c,
                ct_state=(F.CT_INV | F.CT_TRK, F.CT_INV | F.CT_TRK)),
-        F.flow(P.CONNTRACK_STATE, PRIO_MID, (F.GotoTable(P.L3_FORWARDING.id),), c,
+        F.flow(P.CONNTRACK_STATE, PRIO_MID, (F.GotoTable(P.SERVICE_MASQUERADE.id),), c,
                eth_type=F.ETH_IP, ct_state=(F.CT_TRK, F.CT_TRK | F.CT_NEW)),
         F.flow(P.CONNTRACK_STATE, PRIO_LOW, (F.GotoTable(P.SERVICE_LB.id),), c,
                eth_type=F.ETH_IP, ct_state=(F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)),
@@ -132,17 +133,27 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
     ]))
 
 
+def _out_uplink(ctx, table, priority, rewrite, cookie, **match):
+    """Flows that send out of the uplink; a second one for packets that came
+    in on it (north-south traffic to a remote endpoint), because OpenFlow
+    never outputs to the ingress port unless told IN_PORT."""
+    return [F.flow(table, priority, rewrite + (F.Output(ctx.uplink),), cookie, **match),
+            F.flow(table, priority + 1, rewrite + (F.Output(F.IN_PORT),), cookie,
+                   in_port=ctx.uplink, **match)]
+
+
 def node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
-    """Route another node's pod CIDR over the uplink to that node's router."""
+    """Route another node's pod CIDR and node IP over the uplink to that
+    node's router (replies to a node's masquerade go straight back to it)."""
     net = ipaddress.IPv4Network(node.pod_cidr)
     c = cookies.for_name(cookies.KIND_NODE, node.name)
-    return Fragment(flows=frozenset([
-        F.flow(P.L3_FORWARDING, PRIO_MID,
-               (F.SetField("eth_src", ctx.router_mac),
-                F.SetField("eth_dst", router_mac(node.pod_cidr)),
-                F.Output(ctx.uplink)), c,
-               eth_type=F.ETH_IP, ipv4_dst=(str(net.network_address), str(net.netmask))),
-    ]))
+    to_node = (F.SetField("eth_src", ctx.router_mac),
+               F.SetField("eth_dst", router_mac(node.pod_cidr)))
+    return Fragment(flows=frozenset(
+        _out_uplink(ctx, P.L3_FORWARDING, PRIO_MID, to_node, c, eth_type=F.ETH_IP,
+                    ipv4_dst=(str(net.network_address), str(net.netmask)))
+        + _out_uplink(ctx, P.L3_FORWARDING, PRIO_MID, to_node, c, eth_type=F.ETH_IP,
+                      ipv4_dst=node.internal_ip)))
 
 
 def vip_fragment(ctx: BridgeContext, ip: str) -> Fragment:
@@ -162,12 +173,18 @@ def external_group_name(svc: model.Service, port: model.ServicePort) -> str:
     return service_port_name(svc, port) + "/external"
 
 
+def gateway_group_name(ip: str) -> str:
+    return f"gateway/{ip}"
+
+
 def group_names(svc: model.Service):
-    """Every group name the service's ports may use (to keep their ids allocated)."""
+    """Every group name the service may use (to keep their ids allocated)."""
     for port in svc.ports:
         yield service_port_name(svc, port)
-        if svc.external_ips or svc.load_balancer_ips:
+        if svc.external_ips or svc.load_balancer_ips or svc.node_ports:
             yield external_group_name(svc, port)
+    for ip in svc.external_ips + svc.load_balancer_ips:
+        yield gateway_group_name(ip)
 
 
 _SKIPPED_SCTP = set()
@@ -185,10 +202,10 @@ def _skip_sctp(ctx, svc, port) -> bool:
     return True
 
 
-def _buckets(ctx, endpoints):
+def _buckets(ctx, endpoints, mark=None):
     return tuple(
-        F.Bucket((F.Ct(zone=ctx.ct_zone, table=P.L3_FORWARDING.id, commit=True,
-                       nat=F.Nat(ep.ip, ep.port)),))
+        F.Bucket((F.Ct(zone=ctx.ct_zone, table=P.SERVICE_MASQUERADE.id, commit=True,
+                       nat=F.Nat(ep.ip, ep.port), mark=mark),))
         for ep in endpoints)
 
 
@@ -196,7 +213,8 @@ def _ip_int(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
-def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie):
+def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie, mark=None,
+                   refuse=REJECT):
     """Flows and the group of one pool with sessionAffinity ClientIP.
 
     ServiceLB writes the frontend into reg2/reg3 and looks the client up in
@@ -213,14 +231,12 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie):
         F.Load("reg1", ep.port | P.AFFINITY_LEARN_BIT),
         F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in endpoints)
     flows = []
-    for ip in frontends:
-        fe = dict(eth_type=F.ETH_IP, ip_proto=proto, reg2=_ip_int(ip), reg3=port.port)
-        flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH, (
-            F.Load("reg2", _ip_int(ip)), F.Load("reg3", port.port),
+    for ip, dport, ranges in frontends:
+        fe = dict(eth_type=F.ETH_IP, ip_proto=proto, reg2=_ip_int(ip), reg3=dport)
+        flows += _frontend_flows(port, [(ip, dport, ranges)], (
+            F.Load("reg2", _ip_int(ip)), F.Load("reg3", dport),
             F.Resubmit(P.SESSION_AFFINITY.id), F.GotoTable(P.ENDPOINT_DNAT.id))
-            if endpoints else REJECT, cookie,
-            eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
-            **{F.L4_DST_FIELD[proto]: port.port}))
+            if endpoints else refuse, cookie)
         if not endpoints:
             continue
         flows.append(F.flow(P.ENDPOINT_DNAT, PRIO_LOW, (F.Group(group_id),), cookie, **fe))
@@ -228,56 +244,213 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie):
             flows.append(F.flow(
                 P.ENDPOINT_DNAT, PRIO_HIGH,
                 (F.Ct(zone=ctx.ct_zone, table=P.AFFINITY_LEARN.id, commit=True,
-                      nat=F.Nat(ep.ip, ep.port)),), cookie,
+                      nat=F.Nat(ep.ip, ep.port), mark=mark),), cookie,
                 reg0=_ip_int(ep.ip), reg1=(ep.port, 0xFFFF), **fe))
         flows.append(F.flow(P.AFFINITY_LEARN, PRIO_HIGH, (
             F.LearnAffinity(table=P.SESSION_AFFINITY.id, idle_timeout=svc.affinity_timeout,
                             priority=PRIO_HIGH, cookie=learned_cookie, ip_proto=proto),
-            F.GotoTable(P.L3_FORWARDING.id)), cookie,
+            F.GotoTable(P.SERVICE_MASQUERADE.id)), cookie,
             **dict(fe, reg1=(P.AFFINITY_LEARN_BIT, P.AFFINITY_LEARN_BIT))))
     return flows, F.SelectGroup(group_id, buckets)
 
 
+def _external_frontends(svc, port, node):
+    """(ip, port, source ranges) that reach the external pool: externalIPs,
+    load-balancer IPs (with loadBalancerSourceRanges) and the nodePort on
+    this node's IP."""
+    out = [(ip, port.port, ()) for ip in svc.external_ips]
+    out += [(ip, port.port, svc.source_ranges) for ip in svc.load_balancer_ips]
+    if port.node_port and svc.node_ports and node is not None:
+        out.append((node.internal_ip, port.node_port, ()))
+    return out
+
+
+def _frontend_flows(port, frontends, action, cookie):
+    """ServiceLB flows of (ip, port, ranges) frontends; with source ranges,
+    only those sources get ``action`` and every other source is dropped."""
+    proto = F.IP_PROTO[port.protocol]
+    flows = []
+    for ip, dport, ranges in frontends:
+        match = dict(eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
+                     **{F.L4_DST_FIELD[proto]: dport})
+        flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH, () if ranges else action, cookie,
+                            **match))
+        for cidr in ranges:
+            net = ipaddress.IPv4Network(cidr)
+            flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH + 5, action, cookie,
+                                ipv4_src=(str(net.network_address), str(net.netmask)),
+                                **match))
+    return flows
+
+
 def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                      node: model.Node = None) -> Fragment:
-    """A select group per port (and per frontend class when they differ),
-    one bucket per endpoint this node may use; rejection when there is none.
+    """Per port: a select group for the cluster IP and, when the service has
+    external frontends (externalIPs, load-balancer IPs, a nodePort), one for
+    those; one bucket per endpoint this node may use.
 
     A bucket holds nothing but ``ct(commit,nat(dst=...),table=...)``: OVS
     treats bucket actions as an action set, and a ct followed by anything
     else in a bucket silently loses the ct (verified with ofproto/trace).
-    The cluster IP and the external IPs share one group unless their
-    endpoints differ (internalTrafficPolicy Local).
+    External traffic with externalTrafficPolicy Cluster is marked (ct_mark)
+    for masquerade; with Local it uses this node's endpoints only, keeps the
+    client's source IP, and is dropped when there is none (as kube-proxy).
     """
     flows, groups = [], []
-    external = svc.external_ips + svc.load_balancer_ips
+    cluster_policy = svc.external_traffic_policy == model.CLUSTER
     for port in svc.ports:
         if _skip_sctp(ctx, svc, port):
             continue
         gid = group_ids.get(service_port_name(svc, port))
         cookie = cookies.make(cookies.KIND_SERVICE_PORT, gid)
-        proto = F.IP_PROTO[port.protocol]
         chosen = endpoint_selection.select(svc, port, ctx.node, node)
-        pools = [((svc.cluster_ip,), chosen.internal, gid)]
-        if external and chosen.external != chosen.internal:
+        pools = [([(svc.cluster_ip, port.port, ())], chosen.internal, gid, None, REJECT)]
+        external = _external_frontends(svc, port, node)
+        if external:
             pools.append((external, chosen.external,
-                          group_ids.get(external_group_name(svc, port))))
-        else:
-            pools[0] = ((svc.cluster_ip,) + external, chosen.internal, gid)
-        for frontends, endpoints, group_id in pools:
+                          group_ids.get(external_group_name(svc, port)),
+                          P.MASQUERADE_MARK if cluster_policy else None,
+                          REJECT if cluster_policy else ()))
+        for frontends, endpoints, group_id, mark, refuse in pools:
             if svc.affinity_timeout:
                 pool_flows, group = _affinity_pool(ctx, svc, port, frontends, endpoints,
-                                                   group_id, cookie)
-                flows += pool_flows
-                groups.append(group)
-                continue
-            groups.append(F.SelectGroup(group_id, _buckets(ctx, endpoints)))
-            action = (F.Group(group_id),) if endpoints else REJECT
-            for ip in frontends:
-                flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH, action, cookie,
-                                    eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
-                                    **{F.L4_DST_FIELD[proto]: port.port}))
+                                                   group_id, cookie, mark, refuse)
+            else:
+                group = F.SelectGroup(group_id, _buckets(ctx, endpoints, mark))
+                pool_flows = _frontend_flows(
+                    port, frontends, (F.Group(group_id),) if endpoints else refuse, cookie)
+            flows += pool_flows
+            groups.append(group)
     return Fragment(flows=frozenset(flows), groups=frozenset(groups))
+
+
+def local_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
+    """This node's own IP: masquerade to it, un-SNAT its replies, and route
+    what leaves the cluster to the gateway (pods source-NATed to the node IP)."""
+    c = cookies.for_name(cookies.KIND_NODE, node.name)
+    snat = ctx.snat_zone
+    flows = [
+        F.flow(P.HAIRPIN_UNSNAT, PRIO_HIGH, (F.Ct(zone=snat, table=P.CONNTRACK_ZONE.id,
+                                                  nat=F.Nat()),), c,
+               eth_type=F.ETH_IP, ipv4_dst=node.internal_ip),
+        F.flow(P.SERVICE_MASQUERADE, PRIO_HIGH,
+               (F.Ct(zone=snat, table=P.L3_FORWARDING.id, commit=True,
+                     nat=F.Nat(src_ip=node.internal_ip)),), c,
+               eth_type=F.ETH_IP, ct_mark=P.MASQUERADE_MARK,
+               ct_state=(F.CT_TRK, F.CT_TRK | F.CT_RPL)),
+    ]
+    if ctx.fabric_gateway and ctx.uplink is not None:
+        net = ipaddress.IPv4Network(ctx.pod_cidr)
+        flows += [
+            F.flow(P.L3_FORWARDING, PRIO_FALLBACK + 1,
+                   (F.Ct(zone=snat, table=P.EGRESS_OUTPUT.id, commit=True,
+                         nat=F.Nat(src_ip=node.internal_ip)),), c,
+                   eth_type=F.ETH_IP,
+                   ipv4_src=(str(net.network_address), str(net.netmask))),
+            F.flow(P.L3_FORWARDING, PRIO_FALLBACK, (F.GotoTable(P.EGRESS_OUTPUT.id),), c,
+                   eth_type=F.ETH_IP),
+        ] + _out_uplink(ctx, P.EGRESS_OUTPUT, PRIO_HIGH,
+                        (F.SetField("eth_src", ctx.router_mac),
+                         F.SetField("eth_dst", ip_mac(ctx.fabric_gateway))), c,
+                        eth_type=F.ETH_IP)
+    return Fragment(flows=frozenset(flows))
+
+
+def floating_ip_fragment(ctx: BridgeContext, fip: model.FloatingIP) -> Fragment:
+    """1:1 NAT for a pod on this node: DNAT what arrives for the floating IP
+    (zone Z, like a one-endpoint service), SNAT what the pod sends out of the
+    cluster (zone Z+1, like the node IP's masquerade)."""
+    c = cookies.for_ip(cookies.KIND_FLOATING_IP, fip.ip)
+    flows = [F.flow(P.HAIRPIN_UNSNAT, PRIO_HIGH, (F.Ct(zone=ctx.snat_zone,
+                                                       table=P.CONNTRACK_ZONE.id,
+                                                       nat=F.Nat()),), c,
+                    eth_type=F.ETH_IP, ipv4_dst=fip.ip)]
+    for proto in ("TCP", "UDP", "ICMP"):
+        flows.append(F.flow(P.SERVICE_LB, PRIO_HIGH,
+                            (F.Ct(zone=ctx.ct_zone, table=P.SERVICE_MASQUERADE.id,
+                                  commit=True, nat=F.Nat(fip.pod_ip)),), c,
+                            eth_type=F.ETH_IP, ip_proto=F.IP_PROTO[proto], ipv4_dst=fip.ip))
+    if ctx.fabric_gateway and ctx.uplink is not None:
+        flows.append(F.flow(P.L3_FORWARDING, PRIO_FALLBACK + 2,
+                            (F.Ct(zone=ctx.snat_zone, table=P.EGRESS_OUTPUT.id, commit=True,
+                                  nat=F.Nat(src_ip=fip.ip)),), c,
+                            eth_type=F.ETH_IP, ipv4_src=fip.pod_ip))
+    return Fragment(flows=frozenset(flows))
+
+
+# --- the gateway router ----------------------------------------------------
+
+def _to_node(ctx, node, out_port):
+    return (F.SetField("eth_src", ip_mac(ctx.fabric_ip)),
+            F.SetField("eth_dst", router_mac(node.pod_cidr)), F.Output(out_port))
+
+
+def gateway_fragment(ctx: BridgeContext) -> Fragment:
+    """Admission and the default route of the gateway router."""
+    c = cookies.make(cookies.KIND_PIPELINE, 1)
+    ext = ctx.external
+    flows = []
+    if ext is not None:
+        flows += [
+            F.flow(P.CLASSIFIER, PRIO_HIGH, (F.GotoTable(P.GATEWAY_ROUTING.id),), c,
+                   in_port=ext.ofport, eth_type=F.ETH_IP, eth_dst=ext.mac),
+            F.flow(P.CLASSIFIER, PRIO_HIGH, (F.GotoTable(P.ARP_RESPONDER.id),), c,
+                   in_port=ext.ofport, eth_type=F.ETH_ARP),
+            _arp_flow(ext.ip, ext.mac, PRIO_HIGH, c),
+        ]
+    if ctx.uplink is not None and ctx.fabric_ip:
+        flows.append(F.flow(P.CLASSIFIER, PRIO_HIGH, (F.GotoTable(P.GATEWAY_ROUTING.id),),
+                            c, in_port=ctx.uplink, eth_type=F.ETH_IP,
+                            eth_dst=ip_mac(ctx.fabric_ip)))
+        if ext is not None:   # from the cluster to anywhere else: the Internet
+            flows.append(F.flow(P.GATEWAY_ROUTING, PRIO_FALLBACK, (
+                F.SetField("eth_src", ext.mac), F.SetField("eth_dst", ext.next_hop_mac),
+                F.Output(ext.ofport)), c, in_port=ctx.uplink, eth_type=F.ETH_IP))
+    return Fragment(flows=frozenset(flows))
+
+
+def gateway_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
+    """Node IPs are reachable from outside (NodePorts): route to the node."""
+    c = cookies.for_name(cookies.KIND_NODE, node.name)
+    return Fragment(flows=frozenset([
+        F.flow(P.GATEWAY_ROUTING, PRIO_HIGH, _to_node(ctx, node, ctx.uplink), c,
+               eth_type=F.ETH_IP, ipv4_dst=node.internal_ip)]))
+
+
+def gateway_vip_fragment(ctx: BridgeContext, ip: str, nodes, group_ids) -> Fragment:
+    """A load-balancer or external IP: ECMP over the nodes that serve it."""
+    gid = group_ids.get(gateway_group_name(ip))
+    c = cookies.make(cookies.KIND_VIP, gid)
+    buckets = tuple(F.Bucket(_to_node(ctx, n, ctx.uplink))
+                    for n in sorted(nodes, key=lambda n: n.name))
+    return Fragment(
+        flows=frozenset([F.flow(P.GATEWAY_ROUTING, PRIO_HIGH,
+                                (F.Group(gid),) if buckets else (), c,
+                                eth_type=F.ETH_IP, ipv4_dst=ip)]),
+        groups=frozenset([F.SelectGroup(gid, buckets)]))
+
+
+def gateway_fip_fragment(ctx: BridgeContext, fip: model.FloatingIP,
+                         node: model.Node) -> Fragment:
+    """A pod's floating IP: to its node, from outside and from the cluster."""
+    c = cookies.for_ip(cookies.KIND_FLOATING_IP, fip.ip)
+    return Fragment(flows=frozenset([
+        F.flow(P.GATEWAY_ROUTING, PRIO_HIGH, _to_node(ctx, node, ctx.uplink), c,
+               eth_type=F.ETH_IP, ipv4_dst=fip.ip),
+        F.flow(P.GATEWAY_ROUTING, PRIO_HIGH + 1, _to_node(ctx, node, F.IN_PORT), c,
+               eth_type=F.ETH_IP, ipv4_dst=fip.ip, in_port=ctx.uplink)]))
+
+
+def serving_nodes(state: model.ClusterState, ip: str):
+    """Nodes the gateway may send ``ip`` to: all of them, or for services with
+    externalTrafficPolicy Local only those with a usable local endpoint."""
+    nodes = list(state.nodes.values())
+    users = [s for s in state.services.values()
+             if ip in s.external_ips + s.load_balancer_ips]
+    if not users or any(s.external_traffic_policy == model.CLUSTER for s in users):
+        return nodes
+    return [n for n in nodes if any(
+        endpoint_selection.local_endpoints(p, n.name) for s in users for p in s.ports)]
 
 
 # --- the whole bridge ------------------------------------------------------
@@ -328,6 +501,9 @@ class Compiler:
     def _patch(self, last_state, last_out, state):
         if state.nodes is not last_state.nodes and state.nodes != last_state.nodes:
             return None
+        if state.floating_ips is not last_state.floating_ips and \
+                state.floating_ips != last_state.floating_ips:
+            return None
         old, new = last_state.services, state.services
         removed = old.keys() - new.keys()
         changed = [k for k, v in new.items() if old.get(k) is not v]
@@ -352,7 +528,7 @@ class Compiler:
         out: Dict[Hashable, Fragment] = {"pipeline": self._cached(
             "pipeline", ctx, lambda: pipeline_fragment(ctx))}
         if ctx.role != ROLE_NODE:
-            return out    # the gateway's routing is programmed in a later stage
+            return self._gateway(out, state)
         for pod in ctx.pods:
             key = f"pod/{pod.full_name}"
             out[key] = self._cached(key, pod, lambda: pod_fragment(ctx, pod))
@@ -363,15 +539,48 @@ class Compiler:
                     out[key] = self._cached(key, node, lambda: node_fragment(ctx, node))
         shared_vips = set()
         node = state.nodes.get(ctx.node)
+        if node is not None:
+            out["local-node"] = self._cached("local-node", node,
+                                             lambda: local_node_fragment(ctx, node))
+        for fip in state.floating_ips.values():
+            if fip.node == ctx.node:
+                key = f"fip/{fip.ip}"
+                out[key] = self._cached(key, fip, lambda: floating_ip_fragment(ctx, fip))
         for skey, svc in state.services.items():
             self._service(out, skey, svc, node)
             shared_vips.update(svc.external_ips + svc.load_balancer_ips)
         for ip in shared_vips - {s.cluster_ip for s in state.services.values()}:
             out[vip_key(ip)] = self._cached(vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
+        return self._forget_stale(out)
+
+    def _forget_stale(self, out):
         stale = set(self._memo) - set(out)
         for key in stale:
             del self._memo[key]
         return out
+
+    def _gateway(self, out, state):
+        ctx = self.ctx
+        if ctx.uplink is None or not ctx.fabric_ip:
+            return out                       # not wired up (yet): skeleton only
+        out["gateway"] = self._cached("gateway", ctx, lambda: gateway_fragment(ctx))
+        for node in state.nodes.values():
+            key = f"gw-node/{node.name}"
+            out[key] = self._cached(key, node, lambda: gateway_node_fragment(ctx, node))
+        ips = {ip for s in state.services.values()
+               for ip in s.external_ips + s.load_balancer_ips}
+        for ip in sorted(ips):
+            nodes = tuple(serving_nodes(state, ip))
+            key = f"gw-vip/{ip}"
+            out[key] = self._cached(key, nodes, lambda: gateway_vip_fragment(
+                ctx, ip, nodes, self._group_ids))
+        for fip in state.floating_ips.values():
+            node = state.nodes.get(fip.node)
+            if node is not None:
+                key = f"gw-fip/{fip.ip}"
+                out[key] = self._cached(key, (fip, node),
+                                        lambda: gateway_fip_fragment(ctx, fip, node))
+        return self._forget_stale(out)
 
 
 def flatten(state: BridgeState):

@@ -31,10 +31,11 @@ KIND_VIP = 4           # ARP answer for a service IP
 KIND_SERVICE_PORT = 5  # load-balancing flows of one service port
 KIND_AFFINITY = 6      # learned session-affinity entries (generation 0: kept
                        # across controller restarts; they expire on their own)
+KIND_FLOATING_IP = 7   # a pod's floating IP (id: the address)
 
 KIND_NAMES = {KIND_PIPELINE: "pipeline", KIND_POD: "pod", KIND_NODE: "node",
               KIND_VIP: "vip", KIND_SERVICE_PORT: "service-port",
-              KIND_AFFINITY: "affinity"}
+              KIND_AFFINITY: "affinity", KIND_FLOATING_IP: "floating-ip"}
 
 
 def stable_id(name: str) -> int:

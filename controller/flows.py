@@ -72,6 +72,7 @@ class Ct:
     table: Optional[int] = None        # recirculate into this table
     commit: bool = False
     nat: Optional[Nat] = None
+    mark: Optional[int] = None         # with commit: set the connection's ct_mark
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,8 @@ def action_text(action) -> str:
                 args.append(f"nat(src={nat.src_ip})")
             else:
                 args.append("nat")
+        if action.mark is not None:
+            args.append(f"exec(set_field:{action.mark:#x}->ct_mark)")
         return f"ct({','.join(args)})"
     raise TypeError(f"unknown action {action!r}")
 

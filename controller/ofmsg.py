@@ -52,6 +52,8 @@ def _ct(action: F.Ct):
             if nat.dst_port:
                 kwargs.update(range_proto_min=nat.dst_port, range_proto_max=nat.dst_port)
             nat_actions.append(NXActionNATPadded(flags=NX_NAT_F_DST, **kwargs))
+    if action.mark is not None:
+        nat_actions.append(parser.OFPActionSetField(ct_mark=action.mark))
     return parser.NXActionCT(
         flags=nicira_ext.NX_CT_F_COMMIT if action.commit else 0,
         zone_src="", zone_ofs_nbits=action.zone,

@@ -25,9 +25,10 @@ CLASSIFIER = Table(0, "Classifier",
 ARP_RESPONDER = Table(10, "ArpResponder",
                       "answer ARP requests for the pod gateway, service VIPs and "
                       "local pods from the controller's knowledge; never flood")
-HAIRPIN_UNSNAT = Table(15, "HairpinUnSNAT",
-                        "replies to the pod gateway IP are hairpin replies: undo "
-                        "their source NAT (zone ct-zone+1) before the service zone")
+HAIRPIN_UNSNAT = Table(15, "UnSNAT",
+                        "replies to an address this bridge source-NATs to (the pod "
+                        "gateway IP for hairpin, the node IP, pods' floating IPs): "
+                        "undo that NAT (zone ct-zone+1) before the service zone")
 CONNTRACK_ZONE = Table(20, "ConntrackZone",
                        "send IP through conntrack in the bridge's zone, undoing "
                        "the NAT of known connections (replies get their VIP back)")
@@ -52,11 +53,19 @@ ENDPOINT_DNAT = Table(35, "EndpointDNAT",
 AFFINITY_LEARN = Table(36, "AffinityLearn",
                        "after the DNAT: a freshly picked endpoint (reg1[17]) is "
                        "learned into SessionAffinity for the service's timeout")
+SERVICE_MASQUERADE = Table(38, "ServiceMasquerade",
+                           "connections marked for masquerade (ct_mark 1: NodePort, "
+                           "external and load-balancer IPs with externalTrafficPolicy "
+                           "Cluster) are source-NATed to the node IP in zone ct-zone+1, "
+                           "so replies come back through this node")
 L3_FORWARDING = Table(40, "L3Forwarding",
                       "route on the (translated) destination: local pod -> its "
                       "port, another node's pod CIDR -> the uplink; a pod "
                       "reaching itself through a service is source-NATed to the "
                       "gateway IP (hairpin) so its reply comes back to the bridge")
+EGRESS_OUTPUT = Table(41, "EgressOutput",
+                      "leave the cluster: to the gateway router over the uplink (pods "
+                      "were source-NATed to their floating IP or the node IP first)")
 HAIRPIN = Table(42, "HairpinOutput",
                 "send a source-NATed hairpin packet back out of the port it came in")
 
@@ -66,9 +75,17 @@ HAIRPIN = Table(42, "HairpinOutput",
 # flood cannot overload the controller.
 REJECT_METER = 1
 
+GATEWAY_ROUTING = Table(60, "GatewayRouting",
+                        "gateway bridge: node IPs to their node; load-balancer and "
+                        "external IPs to a select group over the nodes that serve them "
+                        "(ECMP); floating IPs to the pod's node; traffic from the "
+                        "cluster to anywhere else out of the external port; nothing "
+                        "else (cluster and pod IPs) from outside")
+
 TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
           CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, ENDPOINT_DNAT, AFFINITY_LEARN,
-          L3_FORWARDING, HAIRPIN)
+          SERVICE_MASQUERADE, L3_FORWARDING, EGRESS_OUTPUT, HAIRPIN, GATEWAY_ROUTING)
+MASQUERADE_MARK = 1
 
 # Registers (sessionAffinity ClientIP):
 #   reg0        the chosen endpoint's IPv4 address

@@ -13,8 +13,12 @@ model and the client's node:
   node's endpoints (ready, else serving-but-terminating); none means the
   connection is rejected, never sent to another node.
 
+* externalTrafficPolicy Local: the same for nodePorts, external and
+  load-balancer IPs (the client's source IP is kept; the gateway only sends
+  to nodes that have a local endpoint).
+
 ``Selection.internal`` serves the cluster IP; ``Selection.external`` serves
-external and load-balancer IPs (their own policy arrives with north-south).
+nodePorts, external and load-balancer IPs.
 """
 from typing import NamedTuple, Optional, Tuple
 
@@ -59,6 +63,9 @@ def local_endpoints(port: model.ServicePort, node_name: Optional[str]) -> Endpoi
 def select(svc: model.Service, port: model.ServicePort,
            node_name: Optional[str], node: Optional[model.Node]) -> Selection:
     cluster = cluster_endpoints(svc, port, node)
-    internal = (local_endpoints(port, node_name)
-                if svc.internal_traffic_policy == model.LOCAL else cluster)
-    return Selection(internal=internal, external=cluster)
+    local = None
+    if model.LOCAL in (svc.internal_traffic_policy, svc.external_traffic_policy):
+        local = local_endpoints(port, node_name)
+    return Selection(
+        internal=local if svc.internal_traffic_policy == model.LOCAL else cluster,
+        external=local if svc.external_traffic_policy == model.LOCAL else cluster)

@@ -54,6 +54,7 @@ def _tuple(pkt):
 class Conn:
     orig: tuple
     reply: tuple
+    mark: int = 0
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Conntrack:
             state = F.CT_TRK | F.CT_EST | (F.CT_RPL if is_reply else 0)
             if ct.nat is not None:
                 self._translate(pkt, conn, is_reply)
+            pkt["ct_mark"] = conn.mark
             return state
         if pkt.get("ip_proto") == 6 and pkt.get("tcp_flags") == "syn-ack":
             return F.CT_TRK | F.CT_INV     # OVS: a SYN+ACK never opens a connection
@@ -88,10 +90,14 @@ class Conntrack:
             new_dst = nat.dst_ip or dst
             new_dport = nat.dst_port or dport
             new_src = nat.src_ip or src
-            conn = Conn(orig=key, reply=(new_dst, new_src, proto, new_dport, sport))
+            conn = Conn(orig=key, reply=(new_dst, new_src, proto, new_dport, sport),
+                        mark=ct.mark or 0)
             self.zones.setdefault(ct.zone, []).append(conn)
+            pkt["ct_mark"] = conn.mark
             if ct.nat is not None:
                 self._translate(pkt, conn, False)
+        else:
+            pkt["ct_mark"] = 0
         return F.CT_TRK | F.CT_NEW
 
     @staticmethod
@@ -115,7 +121,7 @@ def _field_matches(pkt, name, want) -> bool:
     if name in _L4_FIELDS:
         return pkt.get("ip_proto") == _L4_FIELDS[name] and \
             pkt.get("tp_dst" if name.endswith("dst") else "tp_src") == want
-    if name.startswith("reg"):                 # registers start out as zero
+    if name.startswith("reg") or name == "ct_mark":   # these start out as zero
         have = pkt.get(name, 0)
         value, mask = want if isinstance(want, tuple) else (want, 0xFFFFFFFF)
         return (have & mask) == (value & mask)

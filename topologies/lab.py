@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from controller import bridges as B
+from controller.compiler import serving_nodes
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
@@ -47,7 +48,11 @@ DEMO_VIP = "10.96.0.10"
 TCP_TARGET = 8080
 UDP_TARGET = 5353
 INET_IP = "203.0.113.10"
-INET_GW = "203.0.113.1"
+INET_GW = "203.0.113.1"                  # br-gw's address on the Internet side
+GATEWAY_FABRIC_IP = "192.168.100.254"    # br-gw's address on the fabric
+# Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
+# "default" for every namespace, "blue" for namespaces or services that ask.
+FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25"
 
 
 def run(cmd, check=True) -> str:
@@ -142,7 +147,7 @@ class Lab:
         self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET)
         self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, {
             "source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
-            "min_sync_period": 0.1})
+            "min_sync_period": 0.1, "fip_pools": FIP_POOLS, "default_fip_pool": "default"})
         if self.external_controller:
             host, _, port = self.external_controller.partition(":")
             ctl_ip, ctl_port = host, int(port or 6653)
@@ -176,6 +181,7 @@ class Lab:
         self._tune_interfaces()
         for pod in self.pods:
             self.start_pod_server(pod.name)
+        self.start_pod_server("inet")          # the Internet host answers /ip too
         kubelet = self.cluster.kubelet
         kubelet.register_nodes(self.nodes)
         kubelet.start(self.pods, lambda name: self.net.get(name).pid)
@@ -190,6 +196,7 @@ class Lab:
         if self.net is not None:
             for pod in self.pods:
                 self.stop_pod_server(pod.name)
+            self.stop_pod_server("inet")
             self.net.stop()
             self.net = None
         if self.controller is not None:
@@ -211,7 +218,8 @@ class Lab:
             cmds += ["--", "set", "bridge", node.bridge,
                      f"external_ids:{B.ROLE}={B.ROLE_NODE}",
                      f"external_ids:{B.NODE}={node.name}",
-                     f"external_ids:{B.POD_CIDR}={node.pod_cidr}"]
+                     f"external_ids:{B.POD_CIDR}={node.pod_cidr}",
+                     f"external_ids:{B.FABRIC_GATEWAY}={GATEWAY_FABRIC_IP}"]
             br = self.net.get(node.bridge)
             for pod in node.pods:
                 host = self.net.get(pod.name)
@@ -227,9 +235,15 @@ class Lab:
                      f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
         gw = self.net.get("br-gw")
         cmds += ["--", "set", "bridge", "br-gw", f"external_ids:{B.ROLE}={B.ROLE_GATEWAY}",
+                 f"external_ids:{B.FABRIC_IP}={GATEWAY_FABRIC_IP}",
                  "--", "set", "interface",
                  gw.connectionsTo(self.net.get("fabric"))[0][0].name,
-                 f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
+                 f"external_ids:{B.ROLE}={B.ROLE_UPLINK}",
+                 "--", "set", "interface",
+                 gw.connectionsTo(self.net.get("inet"))[0][0].name,
+                 f"external_ids:{B.ROLE}={B.ROLE_EXTERNAL}",
+                 f"external_ids:{B.POD_IP}={INET_GW}/24",
+                 f"external_ids:{B.NEXT_HOP_MAC}={ip_mac(INET_IP)}"]
         run(["ovs-vsctl"] + cmds)
         # Reconnect fast after a controller restart (the default backs off to 8 s).
         for uuid in run(["ovs-vsctl", "--bare", "--columns=_uuid", "find",
@@ -304,15 +318,21 @@ class Lab:
                     if port.protocol == "SCTP":
                         continue                 # skipped on the userspace datapath
                     chosen = select(svc, port, node.name, state.nodes.get(node.name))
-                    pools = {chosen.internal}
-                    if svc.external_ips or svc.load_balancer_ips:
-                        pools.add(chosen.external)
+                    pools = [chosen.internal]
+                    if svc.external_ips or svc.load_balancer_ips or svc.node_ports:
+                        pools.append(chosen.external)
                     groups += len(pools)
                     buckets += sum(len(p) for p in pools)
             have = self.dump_groups(node.bridge)
             if len(have) != groups or sum(g.count("bucket=") for g in have) != buckets:
                 return False
-        return True
+        # The gateway: one group per external / load-balancer IP, a bucket per
+        # node that serves it.
+        ips = {ip for svc in state.services.values()
+               for ip in svc.external_ips + svc.load_balancer_ips}
+        want = sum(len(serving_nodes(state, ip)) for ip in ips)
+        have = self.dump_groups("br-gw")
+        return len(have) == len(ips) and sum(g.count("bucket=") for g in have) == want
 
 
 def scripted_check(lab: Lab) -> bool:
