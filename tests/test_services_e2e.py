@@ -5,6 +5,7 @@ they correspond to, so the coverage reads like that suite.  Services are
 created through the lab's API server; every test removes what it made.
 """
 import contextlib
+import random
 import subprocess
 import time
 
@@ -196,11 +197,13 @@ def test_should_drop_invalid_conntrack_entries(lab):
                                 f"{L.DEMO_VIP} 80 {sport} 0x12345678")
         # Control: the same segment straight to the pod on a fresh port opens
         # a connection midstream (OVS conntrack allows it) and is seen.
+        # (A fresh source port each run: conntrack remembers the last one.)
         owner_ip = next(p.ip for p in lab.pods if p.name == owner)
+        control = random.randint(30000, 60000)
         lab.net.get("pod1").cmd(f"python3 {HERE}/strayack.py {lab.pods[0].ip} "
-                                f"{owner_ip} 8080 42424 0x12345678")
+                                f"{owner_ip} 8080 {control} 0x12345678")
         out = sniff.communicate(timeout=10)[0]
-        assert f".42424 > {owner_ip}.8080" in out, "the sniffer must see the control"
+        assert f".{control} > {owner_ip}.8080" in out, "the sniffer must see the control"
         assert f".{sport} >" not in out, out
         assert held.ping("alive") == f"{owner} alive"
     finally:
