@@ -52,7 +52,7 @@ INET_GW = "203.0.113.1"                  # br-gw's address on the Internet side
 GATEWAY_FABRIC_IP = "192.168.100.254"    # br-gw's address on the fabric
 # Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
 # "default" for every namespace, "blue" for namespaces or services that ask.
-FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25"
+FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25;seed=101.101.101.0/24"
 
 
 def run(cmd, check=True) -> str:
