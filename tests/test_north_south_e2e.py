@@ -100,7 +100,10 @@ def test_node_port_local_keeps_the_source_and_only_nodes_with_endpoints_serve(la
 
 
 def test_load_balancer_gets_a_pool_ip_reached_from_the_internet_with_ecmp(lab):
-    with services(lab, service("lb", "LoadBalancer")):
+    body = service("lb", "LoadBalancer", ports=[
+        {"name": "http", "port": 80, "targetPort": "http"},
+        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}])
+    with services(lab, body):
         ip = lb_ip(lab, "lb")
         assert ip.startswith("198.51.100.") and int(ip.rsplit(".", 1)[1]) < 128
         converge(lab)
@@ -108,6 +111,8 @@ def test_load_balancer_gets_a_pool_ip_reached_from_the_internet_with_ecmp(lab):
                           20, what="every pod behind the LB IP")
         (group,) = lab.dump_groups("br-gw")
         assert group.count("bucket=") == 2, "ECMP over both nodes"
+        assert lab.net.get("inet").cmd(f"python3 {HERE}/udpask.py {ip} 53").strip() \
+            in EVERYONE
         assert get(lab, "inet", "http://10.96.0.10/", timeout=1) == "", \
             "cluster IPs are not reachable from the Internet"
         assert get(lab, "inet", f"http://{lab.pods[0].ip}:8080/", timeout=1) == ""
@@ -156,6 +161,12 @@ def test_pool_choice_load_balancer_ip_and_release(lab):
         assert get(lab, "inet", f"http://{NODE1}:{port}/", timeout=1) == ""
         assert not any(f":{port}" in f or f"tp_dst={port}" in f for n in lab.nodes
                        for f in lab.dump_flows(n.bridge))
+        # ... and back to LoadBalancer: a pool address again
+        lab.cluster.apply_service(dict(plain, spec=dict(plain["spec"],
+                                                        type="LoadBalancer")))
+        again = lb_ip(lab, "lb-asked")
+        converge(lab)
+        assert get(lab, "inet", f"http://{again}/") in EVERYONE
 
 
 def test_load_balancer_source_ranges_are_enforced(lab):
