@@ -59,9 +59,9 @@ class Store:
             old = self.objects[resource].get(key)
             self.rv += 1
             meta["resourceVersion"] = str(self.rv)
-            if etype == "ADDED":
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", now())
+            if etype == "ADDED":        # clients may send these as null
+                meta["uid"] = meta.get("uid") or str(uuid.uuid4())
+                meta["creationTimestamp"] = meta.get("creationTimestamp") or now()
             if etype == "DELETED":
                 self.objects[resource].pop(key, None)
             else:
