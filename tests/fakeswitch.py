@@ -238,6 +238,7 @@ class FakeNetwork:
         self.conntrack = Conntrack()
         self.switches: Dict[str, FakeSwitch] = {}
         self.links: Dict[tuple, tuple] = {}
+        self.fabric: Dict[tuple, str] = {}      # (bridge, port) -> its MAC there
 
     def add_switch(self, name) -> FakeSwitch:
         sw = self.switches[name] = FakeSwitch(name, self.conntrack)
@@ -248,10 +249,21 @@ class FakeNetwork:
         self.links[a] = b
         self.links[b] = a
 
+    def attach_fabric(self, port, mac) -> None:
+        """Put (bridge, port) on a MAC-switched fabric as ``mac``."""
+        self.fabric[port] = mac
+
+    def _peer(self, outcome):
+        where = (outcome.bridge, outcome.port)
+        if where in self.fabric:
+            return next((p for p, mac in self.fabric.items()
+                         if mac == outcome.packet.get("eth_dst") and p != where), None)
+        return self.links.get(where)
+
     def send(self, bridge, in_port, pkt, hops=8) -> List[Outcome]:
         results = []
         for outcome in self.switches[bridge].send(pkt, in_port):
-            peer = self.links.get((outcome.bridge, outcome.port))
+            peer = self._peer(outcome)
             if peer is None or hops == 0:
                 results.append(outcome)
                 continue

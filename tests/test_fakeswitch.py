@@ -7,6 +7,7 @@ import pytest
 from controller import compiler, cookies, diff
 from controller import flows as F
 from fakeswitch import CONTROLLER, FakeNetwork, tcp, udp
+from controller.bridges import BridgeContext, ip_mac
 from nsx_proxy import model
 import world
 
@@ -239,3 +240,76 @@ def test_affinity_entry_for_a_gone_endpoint_falls_back_to_the_group():
     sw.apply(plan)                                  # learned entry still says pod3
     outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=1001))
     assert landing(outs) == [("br-node2", 2, P["pod4"].ip, 8080)]
+
+
+# --- north-south ------------------------------------------------------------
+
+GW_FABRIC = "192.168.100.254"
+INET = "203.0.113.10"
+
+
+def ns_build(state_):
+    """Two nodes with a fabric gateway, plus the gateway bridge (uplink 1, external 2)."""
+    from controller.bridges import ExternalPort
+    net = FakeNetwork()
+    ids = cookies.GroupIds()
+    gw = BridgeContext(name="br-gw", dpid=0x2000, role="gateway", ct_zone=300, uplink=1,
+                       fabric_ip=GW_FABRIC, external=ExternalPort(
+                           ofport=2, ip="203.0.113.1", prefix=24,
+                           next_hop_mac="0a:58:cb:00:71:0a"))
+    for ctx in (dataclasses.replace(world.NODE1, fabric_gateway=GW_FABRIC),
+                dataclasses.replace(world.NODE2, fabric_gateway=GW_FABRIC), gw):
+        sw = net.add_switch(ctx.name)
+        sw.apply(diff.diff({}, compiler.Compiler(ctx, ids).compile(state_)))
+        net.attach_fabric((ctx.name, ctx.uplink),
+                          ctx.router_mac if ctx.role == "node" else ip_mac(GW_FABRIC))
+    return net, gw
+
+
+def from_internet(net, gw, pkt):
+    return net.send("br-gw", 2, dict(pkt, eth_dst=gw.external.mac, in_port=2))
+
+
+def test_node_port_cluster_masquerades_to_the_node_ip():
+    svc = dataclasses.replace(world.web(endpoints=("pod3",)), type=model.NODE_PORT, ports=(
+        model.ServicePort("http", model.TCP, 80, 8080, (world.endpoint("pod3"),),
+                          node_port=30080),))
+    net, gw = ns_build(world.state(svc))
+    (out,) = from_internet(net, gw, tcp(INET, "192.168.100.1", 30080))
+    assert (out.bridge, out.port, out.packet["ipv4_src"], out.packet["ipv4_dst"],
+            out.packet["tp_dst"]) == ("br-node2", 1, "192.168.100.1", P["pod3"].ip, 8080)
+
+
+def test_node_port_local_keeps_the_source_and_drops_without_local_endpoints():
+    svc = dataclasses.replace(world.web(endpoints=("pod3",)), type=model.NODE_PORT,
+                              external_traffic_policy=model.LOCAL, ports=(
+        model.ServicePort("http", model.TCP, 80, 8080, (world.endpoint("pod3"),),
+                          node_port=30080),))
+    net, gw = ns_build(world.state(svc))
+    (out,) = from_internet(net, gw, tcp(INET, "192.168.100.2", 30080))
+    assert (out.port, out.packet["ipv4_src"]) == (1, INET)
+    assert from_internet(net, gw, tcp(INET, "192.168.100.1", 30080)) == []
+
+
+def test_gateway_spreads_a_load_balancer_ip_over_serving_nodes():
+    svc = dataclasses.replace(world.web(endpoints=("pod1", "pod3")),
+                              type=model.LOAD_BALANCER, load_balancer_ips=("198.51.100.1",))
+    net, gw = ns_build(world.state(svc))
+    outs = from_internet(net, gw, tcp(INET, "198.51.100.1", 80))
+    # ECMP to both nodes; each node's group may pick either endpoint
+    assert {o.packet["ipv4_dst"] for o in outs} == {P["pod1"].ip, P["pod3"].ip}
+    assert {o.packet["ipv4_src"] for o in outs} == {"192.168.100.1", "192.168.100.2"}
+    assert from_internet(net, gw, tcp(INET, world.VIP, 80)) == [], "no cluster IP from outside"
+
+
+def test_floating_ip_in_and_out():
+    fip = model.FloatingIP("198.51.100.77", P["pod2"].ip, "node1", "default/pod2")
+    st = model.ClusterState.build([world.web()], world.NODES, [fip])
+    net, gw = ns_build(st)
+    (inbound,) = from_internet(net, gw, tcp(INET, fip.ip, 8080))
+    assert (inbound.bridge, inbound.port, inbound.packet["ipv4_src"],
+            inbound.packet["ipv4_dst"]) == ("br-node1", 2, INET, P["pod2"].ip)
+    (out,) = send(net, "pod2", tcp(P["pod2"].ip, INET, 8080, sport=999))
+    assert (out.bridge, out.port, out.packet["ipv4_src"]) == ("br-gw", 2, fip.ip)
+    (out,) = send(net, "pod1", tcp(P["pod1"].ip, INET, 8080, sport=998))
+    assert out.packet["ipv4_src"] == "192.168.100.1"           # no FIP: the node IP
