@@ -49,7 +49,7 @@ def run_app(n, changes, workdir):
     out = os.path.join(workdir, f"app-{n}.json")
     conf = os.path.join(workdir, "bench.conf")
     with open(conf, "w") as fh:
-        fh.write("[nsx_proxy]\nsource = none\n")
+        fh.write("[nsx_proxy]\nsource = none\nstatus_port = 0\n")
     env = dict(os.environ, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
                BENCH_OUT=out)
     ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")

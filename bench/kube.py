@@ -55,7 +55,7 @@ def run_once(n, changes, workdir):
         conf = os.path.join(workdir, "bench-kube.conf")
         with open(conf, "w") as fh:
             fh.write(f"[nsx_proxy]\nsource = kubernetes\nkubeconfig = {kubeconfig}\n"
-                     f"min_sync_period = {MIN_SYNC}\nmax_sync_period = 600\n")
+                     f"min_sync_period = {MIN_SYNC}\nmax_sync_period = 600\nstatus_port = 0\n")
         env = dict(os.environ, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
                    BENCH_OUT=out, BENCH_KUBECONFIG=kubeconfig, BENCH_GAP=str(2 * MIN_SYNC))
         make_bridge()

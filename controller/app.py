@@ -18,7 +18,9 @@ Configuration (``[nsx_proxy]`` section of the config file)::
     reject_rate = 100              # RST / ICMP answers per second and bridge
     fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
     default_fip_pool = default
+    status_port = 9910             # http://127.0.0.1:9910/state and /metrics; 0: off
 """
+import collections
 import itertools
 import logging
 import time
@@ -35,6 +37,7 @@ from controller import cookies
 from controller import ofmsg
 from controller import pipeline
 from controller import reject
+from controller import status
 from controller.udp_flush import stale_udp_entries
 from controller.compiler import group_names
 from controller.ovsdb_monitor import OvsdbMonitor
@@ -71,6 +74,8 @@ CONF.register_opts([
     cfg.StrOpt("default_fip_pool", default="",
                help="the pool used when neither the service nor its namespace names one "
                     "(annotation nsx-proxy.io/fip-pool)"),
+    cfg.IntOpt("status_port", default=9910,
+               help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
     cfg.IntOpt("reject_rate", default=100,
                help="refused connections answered (RST / ICMP) per second and bridge; "
                     "the bridge's meter drops the rest before they reach us"),
@@ -112,10 +117,21 @@ class ServiceProxy(app_manager.RyuApp):
         self._udp_flushes = {}               # dpid -> [StaleUdp] to flush after a commit
         self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
         self.source = None
+        self.switch_connects = collections.Counter()     # dpid -> connections
+        self.bundle_failures = collections.Counter()     # dpid -> refused/unconfirmed
+        self._event_at = None                # first API event behind the current state
+        self._event_observed = set()         # dpids that reported it already
+        self.metrics = status.Metrics(self)
 
     def start(self):
         super().start()
         OvsdbMonitor(self.conf.ovsdb, self.set_contexts, hub.spawn, hub.sleep).start()
+        if self.conf.status_port:
+            try:
+                status.serve(self, self.metrics, self.conf.status_port, hub.spawn)
+            except OSError as exc:   # the proxy itself must keep working
+                LOG.error("status endpoint on port %d unavailable: %s",
+                          self.conf.status_port, exc)
         if self.conf.source == "none":
             pass
         elif self.conf.source == "file":
@@ -141,6 +157,8 @@ class ServiceProxy(app_manager.RyuApp):
         """A new desired cluster state from a source."""
         previous, self.state = self.state, state
         self.state_received = time.monotonic()
+        self._event_at = getattr(self.source, "last_event_at", None)
+        self._event_observed = set()
         stale = stale_udp_entries(previous, state)
         if stale:
             for dpid in self.sessions:
@@ -176,6 +194,7 @@ class ServiceProxy(app_manager.RyuApp):
         dp = ev.msg.datapath
         parser = dp.ofproto_parser
         LOG.info("switch %016x connected from %s", dp.id, dp.address)
+        self.switch_connects[dp.id] += 1
         self.datapaths[dp.id] = dp
         self._stats[dp.id] = ([], [], 2)
         # The reject meter first (flows refer to it).  After a controller
@@ -275,9 +294,16 @@ class ServiceProxy(app_manager.RyuApp):
             session.committed(want, plan, started)
             self._flush_udp(dp, session)
             elapsed = time.monotonic() - started
+            self.metrics.sync_seconds.labels(status.bridge_name(self, dp.id)).observe(elapsed)
+            if self._event_at is not None and dp.id not in self._event_observed:
+                self._event_observed.add(dp.id)
+                self.metrics.event_to_programmed.observe(time.monotonic() - self._event_at)
+            LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
+                      dp.id, len(pairs), elapsed * 1000)
             for listener in self.commit_listeners:
                 listener(dp.id, plan, elapsed)
         else:
+            self.bundle_failures[dp.id] += 1
             session.failed(want, plan, failed_items, reason)
             kick = self._kicks.get(dp.id)
             if kick is not None:

@@ -103,6 +103,10 @@ class GroupIds:
             self._owner[gid] = name
         return gid
 
+    def peek(self, name: str):
+        """The id of ``name`` if it has one (never allocates)."""
+        return self._by_name.get(name)
+
     def release_unused(self, in_use) -> None:
         """Forget every name not in ``in_use`` so its id can be reused."""
         for name in set(self._by_name) - set(in_use):

@@ -17,6 +17,7 @@ else in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
 import dataclasses
 import logging
 import os
+import time
 from types import MappingProxyType
 
 from kubernetes import client, config
@@ -66,6 +67,8 @@ class KubeSource:
         self._dirty = set()                  # ServiceKeys to translate again
         self._nodes_dirty = True
         self._claimed = None                 # ServiceKey -> service after the claim rules
+        self._pending_since = None           # when the first undelivered event came
+        self.last_event_at = None            # that time, for the state delivered last
         self.syncs = 0
         core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
         common = dict(hub=hub, relist_period=relist_period, listed=self._changed)
@@ -101,6 +104,8 @@ class KubeSource:
 
     # --- cache updates (reflector threads) ------------------------------------------
     def _changed(self):
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         if self.synced:
             self.runner.request()
 
@@ -249,6 +254,7 @@ class KubeSource:
         if self.ipam is not None:
             self._allocate()
         self.syncs += 1
+        self.last_event_at, self._pending_since = self._pending_since, None
         LOG.debug("sync %d: %d services (%d retranslated), %d nodes",
                   self.syncs, len(state.services), len(dirty), len(state.nodes))
         self._on_change(state)

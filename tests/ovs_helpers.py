@@ -14,7 +14,8 @@ class Controller(RyuProcess):
         workdir = str(workdir)
         self.state_file = os.path.join(workdir, "state.yaml")
         super().__init__(workdir, of_port, os.path.join(workdir, "controller.log"),
-                         {"source": "file", "state_file": self.state_file})
+                         {"source": "file", "state_file": self.state_file,
+                          "status_port": 0})
 
     def write_state(self, doc):
         tmp = self.state_file + ".tmp"

@@ -114,13 +114,14 @@ class Lab:
 
     def __init__(self, nodes=2, pods_per_node=2, controller=None,
                  run_dir="/tmp/nsx-proxy-lab", of_port=6653, kubeconfig=None,
-                 manifests=()):
+                 manifests=(), status_port=9910):
         self.nodes = plan_nodes(nodes, pods_per_node)
         self.external_controller = controller        # "host:port" or None
         self.run_dir = run_dir
         self.of_port = of_port
         self.kubeconfig = kubeconfig                 # None: the embedded API server
         self.manifests = list(manifests)
+        self.status_port = status_port               # the controller's /state, /metrics
         self.controller_log = os.path.join(run_dir, "controller.log")
         self.controller = None
         self.cluster = None
@@ -147,7 +148,8 @@ class Lab:
         self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET)
         self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, {
             "source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
-            "min_sync_period": 0.1, "fip_pools": FIP_POOLS, "default_fip_pool": "default"})
+            "min_sync_period": 0.1, "fip_pools": FIP_POOLS, "default_fip_pool": "default",
+            "status_port": self.status_port})
         if self.external_controller:
             host, _, port = self.external_controller.partition(":")
             ctl_ip, ctl_port = host, int(port or 6653)

@@ -1,0 +1,319 @@
+"""nsx-proxy: look at what the proxy did, the way Contrail and Antrea users look.
+
+    nsx-proxy services [NS/NAME]          load balancer -> listeners -> pools -> members
+    nsx-proxy conntrack NS/NAME           connections OVS tracks for a service
+    nsx-proxy trace --from-pod NS/POD --dst IP --dport N [--proto tcp]
+    nsx-proxy flows (--service NS/NAME | --node NAME | --floating-ip IP)
+
+Every subcommand takes ``--json`` for scripts.  It reads the controller's
+read-only endpoint (``--controller``, default http://127.0.0.1:9910: the
+state it implements, with group ids and cookies) and OVS on this host
+(``ovs-ofctl`` / ``ovs-appctl``): group stats, conntrack, ofproto/trace.
+"""
+import argparse
+import ipaddress
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+
+from controller import cookies, pipeline
+
+OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"nsx-proxy: {' '.join(cmd[:3])} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def fetch_state(url):
+    with urllib.request.urlopen(url.rstrip("/") + "/state", timeout=5) as resp:
+        return json.load(resp)
+
+
+def _service(state, name):
+    ns, _, svc = name.partition("/")
+    for s in state["services"]:
+        if (s["namespace"], s["name"]) == (ns, svc) or (not svc and s["name"] == ns):
+            return s
+    raise SystemExit(f"nsx-proxy: no service {name!r} in the controller's state")
+
+
+def _node_bridges(state):
+    return [b for b in state["bridges"] if b["role"] == "node" and b["connected"]]
+
+
+# --- OVS output parsers -------------------------------------------------------
+
+_NAT = re.compile(r"nat\(dst=([\d.]+):(\d+)\)")
+_REG_EP = re.compile(r"load:(0x[0-9a-f]+)->NXM_NX_REG0\[\],load:(0x[0-9a-f]+)->NXM_NX_REG1\[\]")
+
+
+def group_buckets(dump_groups_text):
+    """{group id: [(endpoint ip, port), ...] in bucket order} from dump-groups."""
+    out = {}
+    for line in dump_groups_text.splitlines():
+        m = re.search(r"group_id=(\d+)", line)
+        if not m:
+            continue
+        buckets = []
+        for part in line.split("bucket=")[1:]:
+            nat, reg = _NAT.search(part), _REG_EP.search(part)
+            if nat:
+                buckets.append((nat.group(1), int(nat.group(2))))
+            elif reg:
+                buckets.append((str(ipaddress.IPv4Address(int(reg.group(1), 16))),
+                                int(reg.group(2), 16) & 0xFFFF))
+            else:
+                buckets.append((None, None))
+        out[int(m.group(1))] = buckets
+    return out
+
+
+def group_stats(dump_group_stats_text):
+    """{group id: [(packets, bytes) per bucket]} from dump-group-stats."""
+    out = {}
+    for line in dump_group_stats_text.splitlines():
+        m = re.search(r"group_id=(\d+)", line)
+        if m:
+            out[int(m.group(1))] = [(int(p), int(b)) for p, b in re.findall(
+                r"bucket\d+:packet_count=(\d+),byte_count=(\d+)", line)]
+    return out
+
+
+_CT = re.compile(r"^(\w+),orig=\(src=([\d.]+),dst=([\d.]+)(?:,sport=(\d+),dport=(\d+))?[^)]*\),"
+                 r"reply=\(src=([\d.]+),dst=([\d.]+)(?:,sport=(\d+),dport=(\d+))?[^)]*\)"
+                 r"(?:,zone=(\d+))?(?:,mark=(\d+))?(?:,protoinfo=\(state=(\w+)\))?")
+
+
+def conntrack_entries(text):
+    out = []
+    for line in text.splitlines():
+        m = _CT.match(line.strip())
+        if not m:
+            continue
+        g = m.groups()
+        out.append({"proto": g[0],
+                    "original": {"src": g[1], "dst": g[2], "sport": _int(g[3]),
+                                 "dport": _int(g[4])},
+                    "reply": {"src": g[5], "dst": g[6], "sport": _int(g[7]),
+                              "dport": _int(g[8])},
+                    "zone": _int(g[9]) or 0, "mark": _int(g[10]) or 0, "state": g[11]})
+    return out
+
+
+def _int(value):
+    return int(value) if value else None
+
+
+# --- cookies -> objects ----------------------------------------------------------
+
+def cookie_owner(state, cookie):
+    """What object a flow's cookie says it belongs to, as text."""
+    kind, oid = cookies.kind_of(cookie), cookie & cookies.ID_MASK
+    if kind == cookies.KIND_PIPELINE:
+        return "pipeline"
+    if kind in (cookies.KIND_SERVICE_PORT, cookies.KIND_AFFINITY):
+        for s in state["services"]:
+            for p in s["ports"]:
+                if oid in (p["group_id"], p["external_group_id"]):
+                    what = "affinity entry of " if kind == cookies.KIND_AFFINITY else ""
+                    return f"{what}service {s['namespace']}/{s['name']} {p['protocol']}/{p['port']}"
+        return f"service port (group {oid})"
+    if kind in (cookies.KIND_VIP, cookies.KIND_FLOATING_IP):
+        what = "floating IP" if kind == cookies.KIND_FLOATING_IP else "service IP"
+        return f"{what} {ipaddress.IPv4Address(oid)}"
+    if kind == cookies.KIND_POD:
+        for b in state["bridges"]:
+            for pod in b["pods"]:
+                if cookies.stable_id(pod["name"]) == oid:
+                    return f"pod {pod['name']}"
+        return "pod"
+    if kind == cookies.KIND_NODE:
+        for n in state["nodes"]:
+            if cookies.stable_id(n["name"]) == oid:
+                return f"node {n['name']}"
+        return "node"
+    return cookies.KIND_NAMES.get(kind, f"kind {kind}")
+
+
+# --- subcommands ------------------------------------------------------------------
+
+def cmd_services(args, state):
+    bridges = _node_bridges(state)
+    layout, stats = {}, {}
+    for b in bridges:
+        layout[b["name"]] = group_buckets(_run(OFCTL + ["dump-groups", b["name"]]))
+        stats[b["name"]] = group_stats(_run(OFCTL + ["dump-group-stats", b["name"]]))
+    out = []
+    chosen = [_service(state, args.name)] if args.name else state["services"]
+    for s in chosen:
+        listeners = []
+        for p in s["ports"]:
+            pools = []
+            for label, gid in (("cluster IP", p["group_id"]),
+                               ("external", p["external_group_id"])):
+                if gid is None:
+                    continue
+                counted = {}
+                for b in bridges:
+                    for (ip, port), (pk, by) in zip(layout[b["name"]].get(gid, ()),
+                                                    stats[b["name"]].get(gid, ())):
+                        c = counted.setdefault((ip, port), [0, 0])
+                        c[0] += pk
+                        c[1] += by
+                members = []
+                for e in p["endpoints"]:
+                    pk, by = counted.get((e["ip"], e["port"]), (0, 0))
+                    members.append(dict(e, packets=pk, bytes=by))
+                pools.append({"pool": label, "group_id": gid, "members": members})
+            listeners.append({"protocol": p["protocol"], "port": p["port"], "name": p["name"],
+                              "node_port": p["node_port"], "cookie": p["cookie"],
+                              "pools": pools})
+        out.append({"service": f"{s['namespace']}/{s['name']}", "type": s["type"],
+                    "vips": [s["cluster_ip"]] + s["external_ips"] + s["load_balancer_ips"],
+                    "listeners": listeners})
+    if args.json:
+        return out
+    for lb in out:
+        print(f"loadbalancer {lb['service']} ({lb['type']})  VIPs {', '.join(lb['vips'])}")
+        for li in lb["listeners"]:
+            np = f"  nodePort {li['node_port']}" if li["node_port"] else ""
+            print(f"  listener {li['protocol']}/{li['port']} {li['name'] or ''}{np}"
+                  f"  cookie {li['cookie']}")
+            for pool in li["pools"]:
+                print(f"    pool {pool['pool']}  group {pool['group_id']}")
+                for m in pool["members"] or [{"ip": "(no members)", "port": ""}]:
+                    cond = ("ready" if m.get("ready") else "terminating"
+                            if m.get("terminating") else "not ready") if "ready" in m else ""
+                    print(f"      member {m['ip']}:{m['port']:<6} {m.get('node') or '':<8} "
+                          f"{cond:<12} packets={m.get('packets', 0)} bytes={m.get('bytes', 0)}")
+    return None
+
+
+def cmd_conntrack(args, state):
+    s = _service(state, args.name)
+    frontends = {(ip, p["port"]) for ip in [s["cluster_ip"]] + s["external_ips"]
+                 + s["load_balancer_ips"] for p in s["ports"]}
+    nodes = {n["internal_ip"] for n in state["nodes"]}
+    frontends |= {(ip, p["node_port"]) for ip in nodes for p in s["ports"] if p["node_port"]}
+    zones = {b["ct_zone"]: b["name"] for b in state["bridges"]}
+    out = [dict(e, bridge=zones.get(e["zone"]))
+           for e in conntrack_entries(_run(["ovs-appctl", "dpctl/dump-conntrack"]))
+           if (e["original"]["dst"], e["original"]["dport"]) in frontends]
+    if args.json:
+        return out
+    for e in out:
+        o, r = e["original"], e["reply"]
+        print(f"{e['proto']:<4} {o['src']}:{o['sport']} -> {o['dst']}:{o['dport']}   "
+              f"=>   {r['dst']}:{r['dport']} -> {r['src']}:{r['sport']}   "
+              f"{e['bridge'] or e['zone']} {e['state'] or ''}")
+    return None
+
+
+def cmd_trace(args, state):
+    pod = next((p for b in state["bridges"] for p in b["pods"] if p["name"] == args.from_pod),
+               None)
+    if pod is None:
+        raise SystemExit(f"nsx-proxy: no pod {args.from_pod!r} on a bridge the proxy knows")
+    bridge = next(b for b in state["bridges"] if pod in b["pods"])
+    flow = (f"in_port={pod['ofport']},{args.proto},dl_src={pod['mac']},"
+            f"dl_dst={bridge['router_mac']},nw_src={pod['ip']},nw_dst={args.dst},"
+            f"tp_dst={args.dport}" + (",tcp_flags=syn" if args.proto == "tcp" else ""))
+    text = _run(["ovs-appctl", "ofproto/trace", bridge["name"], flow])
+    steps, out_lines = [], []
+    for line in text.splitlines():
+        m = re.match(r"^(\s*)(\d+)\. (.*?)(?:, )?priority (\d+), cookie (0x[0-9a-f]+)", line)
+        if m:
+            table, cookie = int(m.group(2)), int(m.group(5), 16)
+            step = {"table": table, "table_name": pipeline.table_name(table),
+                    "match": m.group(3), "priority": int(m.group(4)),
+                    "cookie": m.group(5), "object": cookie_owner(state, cookie)}
+            steps.append(step)
+            line = f"{line}   <- {step['table_name']}: {step['object']}"
+        out_lines.append(line)
+    if args.json:
+        return {"bridge": bridge["name"], "flow": flow, "steps": steps,
+                "datapath_actions": [ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                                     if ln.startswith("Datapath actions:")]}
+    print("\n".join(out_lines))
+    return None
+
+
+def cmd_flows(args, state):
+    if args.service:
+        s = _service(state, args.service)
+        masks = [int(p["cookie"], 16) for p in s["ports"]]
+    elif args.node:
+        masks = [cookies.for_name(cookies.KIND_NODE, args.node)]
+    else:
+        masks = [cookies.for_ip(cookies.KIND_FLOATING_IP, args.floating_ip)]
+    bridges = [b["name"] for b in state["bridges"] if b["connected"]
+               and (not args.bridge or b["name"] == args.bridge)]
+    out = []
+    for br in bridges:
+        for cookie in masks:
+            spec = f"cookie={cookie:#x}/{cookies.OBJECT_MASK:#x}"
+            for line in _run(OFCTL + ["dump-flows", br, spec]).splitlines():
+                if "cookie=" in line:
+                    out.append({"bridge": br, "flow": line.strip()})
+    if args.json:
+        return out
+    for f in out:
+        print(f"{f['bridge']}: {f['flow']}")
+    return None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="nsx-proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--controller", default="http://127.0.0.1:9910",
+                        help="the controller's status endpoint (default %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(fn=fn)
+        return p
+    p = add("services", cmd_services, "services as load balancer -> listeners -> pools -> "
+            "members, with group ids and the packets/bytes each bucket carried")
+    p.add_argument("name", nargs="?", help="NS/NAME (default: every service)")
+    p = add("conntrack", cmd_conntrack, "connections OVS tracks for a service: original "
+            "tuple and translated tuple side by side")
+    p.add_argument("name", help="NS/NAME")
+    p = add("trace", cmd_trace, "trace a packet from a pod with ofproto/trace, each step "
+            "annotated with its table's name and the object its flow belongs to")
+    p.add_argument("--from-pod", required=True, metavar="NS/POD")
+    p.add_argument("--dst", required=True, help="destination IP")
+    p.add_argument("--dport", required=True, type=int)
+    p.add_argument("--proto", default="tcp", choices=("tcp", "udp"))
+    p = add("flows", cmd_flows, "the flows of one service, one node or one floating IP")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--service", metavar="NS/NAME")
+    which.add_argument("--node", metavar="NAME")
+    which.add_argument("--floating-ip", metavar="IP")
+    p.add_argument("--bridge", help="only this bridge")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        state = fetch_state(args.controller)
+    except OSError as exc:
+        print(f"nsx-proxy: cannot reach the controller at {args.controller}: {exc}",
+              file=sys.stderr)
+        return 2
+    result = args.fn(args, state)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The nsx-proxy CLI and the metrics endpoint against the running lab."""
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from lab_helpers import HeldConnection, converge
+from topologies import lab as L
+
+pytestmark = pytest.mark.mininet
+STATUS = "http://127.0.0.1:19910"
+CLI = os.path.join(os.path.dirname(sys.executable), "nsx-proxy")
+
+
+def cli(*args):
+    out = subprocess.run([CLI, "--controller", STATUS] + list(args) + ["--json"],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    return json.loads(out)
+
+
+def metric(name, labels=""):
+    with urllib.request.urlopen(STATUS + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + (labels or "")) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_services_lists_load_balancer_listeners_pools_members_with_bucket_stats(lab):
+    for _ in range(8):
+        lab.curl("pod1", f"http://{L.DEMO_VIP}/")
+    (web,) = cli("services", "default/web")
+    assert web["vips"] == [L.DEMO_VIP]
+    listeners = {(li["protocol"], li["port"]): li for li in web["listeners"]}
+    assert set(listeners) == {("TCP", 80), ("UDP", 53)}
+    (pool,) = listeners[("TCP", 80)]["pools"]
+    assert pool["group_id"] and {m["ip"] for m in pool["members"]} == {p.ip for p in lab.pods}
+    assert all(m["ready"] and m["node"] for m in pool["members"])
+    assert sum(m["packets"] for m in pool["members"]) >= 8, "bucket stats from OVS"
+    usage = subprocess.run([CLI, "services", "--help"], capture_output=True, text=True)
+    assert "listeners" in usage.stdout
+
+
+def test_conntrack_shows_original_and_translated_tuples(lab):
+    held = HeldConnection(lab, "pod1")
+    try:
+        owner = held.ping().split()[0]
+        owner_ip = next(p.ip for p in lab.pods if p.name == owner)
+        entries = cli("conntrack", "default/web")
+        mine = [e for e in entries if e["original"]["src"] == lab.pods[0].ip
+                and e["state"] == "ESTABLISHED"]
+        assert mine and mine[0]["original"]["dst"] == L.DEMO_VIP
+        assert mine[0]["reply"]["src"] == owner_ip and mine[0]["reply"]["sport"] == 8080
+        assert mine[0]["bridge"] == "br-node1"
+    finally:
+        held.close()
+
+
+def test_trace_annotates_each_step_with_table_and_object(lab):
+    trace = cli("trace", "--from-pod", "default/pod1", "--dst", L.DEMO_VIP, "--dport", "80")
+    names = [s["table_name"] for s in trace["steps"]]
+    assert names[:4] == ["Classifier", "UnSNAT", "ConntrackZone", "ConntrackState"]
+    lb = next(s for s in trace["steps"] if s["table_name"] == "ServiceLB")
+    assert lb["object"] == "service default/web TCP/80"
+    assert trace["steps"][0]["object"] == "pod default/pod1"
+
+
+def test_flows_of_one_service_node_and_floating_ip(lab):
+    flows = cli("flows", "--service", "default/web")
+    assert flows and all(L.DEMO_VIP in f["flow"] for f in flows)
+    assert {f["bridge"] for f in flows} == {"br-node1", "br-node2"}
+    node2 = cli("flows", "--node", "node2", "--bridge", "br-node1")
+    assert node2 and all("10.1.2.0/24" in f["flow"] or "192.168.100.2" in f["flow"]
+                         for f in node2)
+    assert cli("flows", "--floating-ip", "198.51.100.99") == []
+
+
+def test_metrics_move_when_services_change(lab):
+    services, syncs = metric("nsx_proxy_services"), metric(
+        "nsx_proxy_sync_duration_seconds_count")
+    assert metric("nsx_proxy_flows", '{bridge="br-node1"}') > 0
+    assert metric("nsx_proxy_relists_total", '{resource="services"}') >= 1
+    assert metric("nsx_proxy_switch_connects_total") >= 3
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metered"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    lab.cluster.apply_service(body)
+    try:
+        converge(lab)
+        L.wait_for(lambda: metric("nsx_proxy_services") == services + 1, 10,
+                   what="the services gauge")
+        assert metric("nsx_proxy_sync_duration_seconds_count") > syncs
+        assert metric("nsx_proxy_event_to_programmed_seconds_count") > 0
+    finally:
+        lab.cluster.delete_service("metered")
+        converge(lab)
