@@ -123,6 +123,7 @@ def main(argv=None):
     for r in rows:
         print(f"{r[0]:>8} | {r[1]:>5} | {r[2]:>15.3f} | {r[3]:>17.3f} | {r[4]:>5.2f}x | "
               f"{r[5]:>13.2f} | {r[6]:>13.2f} | {r[7]:>6.0f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def main(argv=None):
     for r in rows:
         print(f"{r[0]:>8} | {r[1]:>15.2f} | {r[2]:>18.1f} | {r[3]:>18.1f} | "
               f"{r[4]:>27.0f} | {r[5]:>13.2f}")
+    return rows
 
 
 if __name__ == "__main__":

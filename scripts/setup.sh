@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl tcpdump
+PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl tcpdump iptables
           python3-venv python3-dev iputils-ping procps gcc)
 missing=()
 # kubectl: any kubectl on PATH will do; else Debian's (kubernetes-client).

@@ -1,0 +1,233 @@
+"""Data-plane benchmark: connections/s and connect latency through a VIP.
+
+Side by side, in network namespaces this benchmark creates:
+
+* **OVS**: a client and a server namespace on one userspace OVS bridge
+  programmed by ``ryu-manager controller.app`` with N ClusterIP services
+  (one of them points at the server): VIP vs the server's pod IP.
+* **iptables**: the same client/server pair routed through a namespace
+  holding a kube-proxy-style chain for the same N services
+  (KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT): VIP vs pod IP.  Routed,
+  not bridged, because br_netfilter is not available on this kernel.
+
+The client opens TCP connections back to back for a few seconds (connect,
+read the server's one byte, close with RST so no TIME_WAIT piles up and a
+reused port never meets an old connection) and reports connections/s and
+the median connect() time.  Medians over rounds.  Run as root with OVS up:
+
+    .venv/bin/python -m bench.dataplane [--sizes 1 1000 10000] [--rounds 3]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from bench.core import sh
+from controller.bridges import default_zone
+from topologies.controller_proc import RyuProcess
+from topologies.waiting import wait_for
+
+BR = "nsxb-br"
+OF_PORT = 16671
+NS = {"client": "nsxb-c", "server": "nsxb-s", "router": "nsxb-r",
+      "iclient": "nsxb-ic", "iserver": "nsxb-is"}
+POD_CIDR = "10.9.1.0/24"
+CLIENT_IP, SERVER_IP, GATEWAY = "10.9.1.2", "10.9.1.3", "10.9.1.1"
+VIP = "10.100.0.1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(1024)
+while True:
+    c, _ = s.accept(); c.sendall(b"x"); c.close()
+"""
+
+CLIENT = r"""
+import json, socket, struct, sys, time
+ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+count, failed, times, end = 0, 0, [], time.monotonic() + seconds
+abort = struct.pack("ii", 1, 0)     # close with RST: no TIME_WAIT on either side,
+while time.monotonic() < end:       # so reused ports never meet an old connection
+    s = socket.socket(); s.settimeout(2)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, abort)
+    try:
+        t = time.perf_counter(); s.connect((ip, port))
+        times.append(time.perf_counter() - t); s.recv(1); count += 1
+    except OSError:
+        failed += 1
+    finally:
+        s.close()
+times.sort()
+print(json.dumps({"cps": count / seconds, "failed": failed,
+                  "connect_ms": times[len(times) // 2] * 1000 if times else None}))
+"""
+
+
+def mac(ip):
+    return "0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+
+
+def vip(i):
+    return f"10.{100 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}"
+
+
+def cleanup():
+    sh("ovs-vsctl", "--if-exists", "del-br", BR)
+    # Userspace conntrack outlives the bridge: drop the zones' old entries.
+    zone = default_zone(BR)
+    for z in (zone, zone + 1):
+        subprocess.run(["ovs-appctl", "dpctl/flush-conntrack", f"zone={z}"],
+                       capture_output=True)
+    for ns in NS.values():
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for dev in ("nsxb-c1", "nsxb-s1", "nsxb-rc", "nsxb-rs"):
+        subprocess.run(["ip", "link", "del", dev], capture_output=True)
+
+
+def in_ns(ns, *cmd):
+    return sh("ip", "netns", "exec", ns, *cmd)
+
+
+def veth_pod(ns, ifname, ip, prefix, gw):
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    in_ns(ns, "ip", "link", "set", "eth0", "address", mac(ip))
+    in_ns(ns, "ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
+    in_ns(ns, "ip", "link", "set", "eth0", "up")
+    in_ns(ns, "ip", "link", "set", "lo", "up")
+    in_ns(ns, "ip", "route", "add", "default", "via", gw)
+    in_ns(ns, "ethtool", "-K", "eth0", "tx", "off")
+    sh("ethtool", "-K", ifname, "tx", "off")
+    sh("ip", "link", "set", ifname, "up")
+
+
+def build_ovs(workdir, n):
+    veth_pod(NS["client"], "nsxb-c1", CLIENT_IP, 24, GATEWAY)
+    veth_pod(NS["server"], "nsxb-s1", SERVER_IP, 24, GATEWAY)
+    sh("ovs-vsctl", "add-br", BR, "--", "set", "bridge", BR, "datapath_type=netdev",
+       "fail_mode=secure", "protocols=OpenFlow13", "external_ids:nsx-proxy-role=node",
+       "external_ids:nsx-proxy-node=node1", f"external_ids:nsx-proxy-pod-cidr={POD_CIDR}",
+       "--", "set-controller", BR, f"tcp:127.0.0.1:{OF_PORT}")
+    for name, port, ip in (("client", "nsxb-c1", CLIENT_IP), ("server", "nsxb-s1", SERVER_IP)):
+        sh("ovs-vsctl", "add-port", BR, port, "--", "set", "interface", port,
+           "external_ids:nsx-proxy-role=pod", "external_ids:pod-namespace=bench",
+           f"external_ids:pod-name={name}", f"external_ids:ip-address={ip}",
+           f"external_ids:attached-mac={mac(ip)}")
+    state = {"nodes": [{"name": "node1", "internalIP": "192.168.200.1",
+                        "podCIDR": POD_CIDR}],
+             "services": [{"namespace": "bench", "name": f"svc{i}", "clusterIP": vip(i),
+                           "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                      "targetPort": 8080}],
+                           "endpoints": [{"ip": SERVER_IP, "node": "node1"}]}
+                          for i in range(n)]}
+    path = os.path.join(workdir, "state.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(state, fh)
+    ctl = RyuProcess(workdir, OF_PORT, os.path.join(workdir, "controller.log"),
+                     {"source": "file", "state_file": path, "status_port": 0})
+    ctl.start()
+    wait_for(lambda: sh("ovs-ofctl", "-O", "OpenFlow13", "dump-groups", BR)
+             .count("group_id=") >= n, 600, interval=0.5, what=f"{n} services installed")
+    return ctl
+
+
+def build_iptables(workdir, n):
+    sh("ip", "netns", "add", NS["router"])
+    for ns, dev, ip, gw, rip in ((NS["iclient"], "nsxb-rc", "10.8.1.2", "10.8.1.1", "10.8.1.1"),
+                                 (NS["iserver"], "nsxb-rs", "10.8.2.2", "10.8.2.1", "10.8.2.1")):
+        veth_pod(ns, dev, ip, 24, gw)
+        sh("ip", "link", "set", dev, "netns", NS["router"])
+        in_ns(NS["router"], "ip", "addr", "add", f"{rip}/24", "dev", dev)
+        in_ns(NS["router"], "ip", "link", "set", dev, "up")
+    in_ns(NS["router"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]",
+             "-A PREROUTING -j KUBE-SERVICES"]
+    for i in range(n):
+        lines += [f":KUBE-SVC-{i} - [0:0]", f":KUBE-SEP-{i} - [0:0]",
+                  f"-A KUBE-SERVICES -d {vip(i)}/32 -p tcp --dport 80 -j KUBE-SVC-{i}",
+                  f"-A KUBE-SVC-{i} -j KUBE-SEP-{i}",
+                  f"-A KUBE-SEP-{i} -p tcp -j DNAT --to-destination 10.8.2.2:8080"]
+    lines.append("COMMIT")
+    rules = os.path.join(workdir, "rules")
+    with open(rules, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(rules) as fh:
+        subprocess.run(["ip", "netns", "exec", NS["router"], "iptables-restore"], stdin=fh,
+                       check=True)
+
+
+def measure(client_ns, target, seconds, ports):
+    """One run; ``ports`` is the client's ephemeral range for this case, so the
+    VIP case's conntrack entries (whose reply tuple is client:port <- pod:8080)
+    never collide with the direct case's new connections."""
+    in_ns(client_ns, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={ports}")
+    port = "80" if target == VIP else "8080"
+    out = in_ns(client_ns, sys.executable, "-c", CLIENT, target, port, str(seconds))
+    return json.loads(out)
+
+
+def run_size(n, rounds, seconds):
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        cleanup()
+        ctl = None
+        servers = []
+        try:
+            ctl = build_ovs(workdir, n)
+            build_iptables(workdir, n)
+            for ns in (NS["server"], NS["iserver"]):
+                servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
+                                                 "-c", SERVER]))
+            time.sleep(0.5)
+            low, high = "10000 34999", "35000 59999"
+            cases = {"ovs vip": (NS["client"], VIP, low),
+                     "ovs pod": (NS["client"], SERVER_IP, high),
+                     "iptables vip": (NS["iclient"], VIP, low),
+                     "iptables pod": (NS["iclient"], "10.8.2.2", high)}
+            for name, (ns, target, ports) in cases.items():
+                measure(ns, target, 0.5, ports)              # warm up (ARP, caches)
+                runs = [measure(ns, target, seconds, ports) for _ in range(rounds)]
+                results[name] = {k: statistics.median(r[k] for r in runs)
+                                 for k in ("cps", "connect_ms")}
+                results[name]["failed"] = sum(r["failed"] for r in runs)
+        finally:
+            for proc in servers:
+                proc.kill()
+            if ctl is not None:
+                ctl.stop()
+            cleanup()
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 1000, 10000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    print("services | ovs vip conn/s | ovs pod conn/s | vip/pod | iptables vip conn/s | "
+          "iptables pod conn/s | vip/pod | ovs/iptables (vip) | connect ms ovs vip | "
+          "connect ms iptables vip")
+    rows = {}
+    for n in args.sizes:
+        r = rows[n] = run_size(n, args.rounds, args.seconds)
+        print(f"{n:>8} | {r['ovs vip']['cps']:>14.0f} | {r['ovs pod']['cps']:>14.0f} | "
+              f"{r['ovs vip']['cps'] / r['ovs pod']['cps']:>7.2f} | "
+              f"{r['iptables vip']['cps']:>19.0f} | {r['iptables pod']['cps']:>19.0f} | "
+              f"{r['iptables vip']['cps'] / r['iptables pod']['cps']:>7.2f} | "
+              f"{r['ovs vip']['cps'] / r['iptables vip']['cps']:>18.2f} | "
+              f"{r['ovs vip']['connect_ms']:>18.3f} | {r['iptables vip']['connect_ms']:>23.3f}",
+              flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
