@@ -16,6 +16,12 @@ import subprocess
 from bench import core, dataplane, kube
 
 
+def fmt(value):
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return str(value)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -50,7 +56,6 @@ def main(argv=None):
           f"medians of {rounds} round(s)")
     print(f"{'measure':<44} | {'services':>8} | {'ours':>14} | {'baseline':>10} | ratio")
     for name, n, ours, base, ratio in rows:
-        fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)   # noqa: E731
         print(f"{name:<44} | {n:>8} | {fmt(ours):>14} | {fmt(base):>10} | {fmt(ratio)}")
 
 

@@ -77,6 +77,10 @@ def ofctl_floor(workdir):
     sh("ovs-vsctl", "del-controller", BR)
     sh("ovs-ofctl", "-O", "OpenFlow13", "del-flows", BR)
     sh("ovs-ofctl", "-O", "OpenFlow13", "del-groups", BR)
+    # The reject meter the flows refer to (the app adds it before its bundle too).
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-meter", BR,
+                    "meter=1,pktps,burst,band=type=drop,rate=100,burst_size=100"],
+                   capture_output=True)
     t0 = time.monotonic()
     sh("ovs-ofctl", "-O", "OpenFlow13", "bundle", BR, path)
     elapsed = time.monotonic() - t0

@@ -4,7 +4,7 @@ Side by side, in network namespaces this benchmark creates:
 
 * **OVS**: a client and a server namespace on one userspace OVS bridge
   programmed by ``ryu-manager controller.app`` with N ClusterIP services
-  (one of them points at the server): VIP vs the server's pod IP.
+  (all backed by the server; the last one is measured): VIP vs pod IP.
 * **iptables**: the same client/server pair routed through a namespace
   holding a kube-proxy-style chain for the same N services
   (KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT): VIP vs pod IP.  Routed,
@@ -39,7 +39,6 @@ NS = {"client": "nsxb-c", "server": "nsxb-s", "router": "nsxb-r",
       "iclient": "nsxb-ic", "iserver": "nsxb-is"}
 POD_CIDR = "10.9.1.0/24"
 CLIENT_IP, SERVER_IP, GATEWAY = "10.9.1.2", "10.9.1.3", "10.9.1.1"
-VIP = "10.100.0.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SERVER = r"""
@@ -164,12 +163,12 @@ def build_iptables(workdir, n):
                        check=True)
 
 
-def measure(client_ns, target, seconds, ports):
+def measure(client_ns, target, seconds, ports, vip_ip):
     """One run; ``ports`` is the client's ephemeral range for this case, so the
     VIP case's conntrack entries (whose reply tuple is client:port <- pod:8080)
     never collide with the direct case's new connections."""
     in_ns(client_ns, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={ports}")
-    port = "80" if target == VIP else "8080"
+    port = "80" if target == vip_ip else "8080"
     out = in_ns(client_ns, sys.executable, "-c", CLIENT, target, port, str(seconds))
     return json.loads(out)
 
@@ -187,14 +186,18 @@ def run_size(n, rounds, seconds):
                 servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
                                                  "-c", SERVER]))
             time.sleep(0.5)
+            # The measured VIP is the last service: the end of kube-proxy's chain
+            # (OVS's classifier does not care about order).
+            target_vip = vip(n - 1)
             low, high = "10000 34999", "35000 59999"
-            cases = {"ovs vip": (NS["client"], VIP, low),
+            cases = {"ovs vip": (NS["client"], target_vip, low),
                      "ovs pod": (NS["client"], SERVER_IP, high),
-                     "iptables vip": (NS["iclient"], VIP, low),
+                     "iptables vip": (NS["iclient"], target_vip, low),
                      "iptables pod": (NS["iclient"], "10.8.2.2", high)}
             for name, (ns, target, ports) in cases.items():
-                measure(ns, target, 0.5, ports)              # warm up (ARP, caches)
-                runs = [measure(ns, target, seconds, ports) for _ in range(rounds)]
+                measure(ns, target, 0.5, ports, target_vip)  # warm up (ARP, caches)
+                runs = [measure(ns, target, seconds, ports, target_vip)
+                        for _ in range(rounds)]
                 results[name] = {k: statistics.median(r[k] for r in runs)
                                  for k in ("cps", "connect_ms")}
                 results[name]["failed"] = sum(r["failed"] for r in runs)
@@ -226,6 +229,9 @@ def main(argv=None):
               f"{r['ovs vip']['cps'] / r['iptables vip']['cps']:>18.2f} | "
               f"{r['ovs vip']['connect_ms']:>18.3f} | {r['iptables vip']['connect_ms']:>23.3f}",
               flush=True)
+        failed = {k: v["failed"] for k, v in r.items() if v["failed"]}
+        if failed:
+            print(f"         connections that failed (2 s timeout): {failed}", flush=True)
     return rows
 
 
