@@ -1,4 +1,5 @@
 """Traffic and state helpers shared by the Mininet end-to-end modules."""
+import contextlib
 import os
 import subprocess
 
@@ -48,3 +49,17 @@ class HeldConnection:
     def close(self):
         self.proc.kill()
         self.proc.wait()
+
+
+@contextlib.contextmanager
+def services(lab, *bodies):
+    """Create (or replace) Services for the duration of a block, then delete them."""
+    try:
+        for body in bodies:
+            lab.cluster.apply_service(body)
+        converge(lab)
+        yield
+    finally:
+        for body in bodies:
+            lab.cluster.delete_service(body["metadata"]["name"])
+        converge(lab)

@@ -9,7 +9,7 @@ import contextlib
 
 import pytest
 
-from lab_helpers import HERE, converge
+from lab_helpers import HERE, converge, services
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -24,19 +24,6 @@ def service(name, type_="ClusterIP", selector=None, ports=None, **spec):
             "spec": dict(type=type_, selector=selector or {"app": "web"},
                          ports=ports or [{"name": "http", "port": 80, "targetPort": "http"}],
                          **spec)}
-
-
-@contextlib.contextmanager
-def services(lab, *bodies):
-    try:
-        for body in bodies:
-            lab.cluster.apply_service(body)
-        converge(lab)
-        yield
-    finally:
-        for body in bodies:
-            lab.cluster.delete_service(body["metadata"]["name"])
-        converge(lab)
 
 
 @contextlib.contextmanager

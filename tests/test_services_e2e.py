@@ -4,14 +4,13 @@ Test names follow the Kubernetes end-to-end "[sig-network] Services" tests
 they correspond to, so the coverage reads like that suite.  Services are
 created through the lab's API server; every test removes what it made.
 """
-import contextlib
 import random
 import subprocess
 import time
 
 import pytest
 
-from lab_helpers import HERE, HeldConnection, converge
+from lab_helpers import HERE, HeldConnection, converge, services
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -24,19 +23,6 @@ def service(name, vip, ports, selector=None, **spec):
                 {"name": n, "protocol": proto, "port": p, "targetPort": t}
                 for n, proto, p, t in ports], **spec)}
     return body
-
-
-@contextlib.contextmanager
-def services(lab, *bodies):
-    try:
-        for body in bodies:
-            lab.cluster.apply_service(body)
-        converge(lab)
-        yield
-    finally:
-        for body in bodies:
-            lab.cluster.delete_service(body["metadata"]["name"])
-        converge(lab)
 
 
 def curl(lab, client, url, timeout=3):
