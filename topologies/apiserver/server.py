@@ -301,6 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
+        # The connection ends with the watch: say so, or a client's pool
+        # reuses it for its next request and finds it closed.
+        self.send_header("Connection", "close")
         self.end_headers()
         next_bookmark = time.monotonic() + owner.bookmark_interval
         try:
