@@ -46,7 +46,10 @@ def test_removed_endpoint_gets_no_new_connections_and_others_keep_theirs(lab):
         owner = held.ping().split()[0]
         victim = next(p.name for p in lab.pods if p.name not in (owner, "pod1"))
         set_ready(lab, [p.name for p in lab.pods if p.name != victim])
-        got = answers(lab, "pod1", 30)
+        # A failed connect is retried once: a client port reused within the
+        # TIME_WAIT of an older connection can lose its SYN (seen once in CI;
+        # see the README's known limits); the victim must never answer.
+        got = [a or lab.curl("pod1", f"http://{L.DEMO_VIP}/") for a in answers(lab, "pod1", 30)]
         assert victim not in got and all(got)
         assert held.ping("still") == f"{owner} still"
     finally:
