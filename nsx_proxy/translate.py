@@ -61,9 +61,11 @@ def _ipv4_cluster_ip(spec) -> str:
     return validate.ipv4(candidates[0], "clusterIP")   # raises the right reason
 
 
-def _ports(name, spec, reject: Reject) -> List[model.ServicePort]:
+def service_ports(name, raw_ports, reject: Reject) -> List[model.ServicePort]:
+    """A service's listeners (without endpoints); bad or repeated ports are
+    reported one by one and skipped.  Shared by every state source."""
     ports, seen = [], set()
-    for raw in spec.get("ports") or ():
+    for raw in raw_ports or ():
         label = f"{name} port {raw.get('name') or raw.get('port')}"
         try:
             sport = model.ServicePort(
@@ -110,7 +112,7 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
             external_ips.append(validate.ipv4(ip, "externalIP"))
         except Invalid as exc:
             reject("service", name, str(exc))
-    ports = _ports(name, spec, reject)
+    ports = service_ports(name, spec.get("ports"), reject)
     by_port = merge_slices(name, ports, slices, reject)
     return model.Service(
         affinity_timeout=_affinity(name, spec, reject),

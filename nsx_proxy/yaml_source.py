@@ -18,12 +18,14 @@ The format mirrors what translation from Services and EndpointSlices yields::
 
 Bad entries are logged and skipped one by one (see validate.RejectLog).
 """
+import dataclasses
 import logging
 import os
 
 import yaml
 
 from nsx_proxy import model
+from nsx_proxy import translate
 from nsx_proxy import validate
 from nsx_proxy.validate import Invalid
 
@@ -44,16 +46,6 @@ def _endpoint(raw, sport: model.ServicePort) -> model.Endpoint:
         terminating=bool(raw.get("terminating", False)))
 
 
-def _service_port(raw) -> model.ServicePort:
-    return model.ServicePort(
-        name=str(raw.get("name", "")),
-        protocol=validate.protocol(raw.get("protocol")),
-        port=validate.port(raw.get("port")),
-        target_port=validate.target_port(raw.get("targetPort", raw.get("port"))),
-        node_port=(validate.port(raw["nodePort"], "nodePort")
-                   if raw.get("nodePort") else None))
-
-
 def parse_service(raw, rejects: validate.RejectLog):
     """One service, or None when the service as a whole is unusable."""
     name = f"{raw.get('namespace', 'default')}/{raw.get('name', '?')}"
@@ -67,27 +59,16 @@ def parse_service(raw, rejects: validate.RejectLog):
     except Invalid as exc:
         rejects.reject("service", name, str(exc))
         return None
-    ports, seen = [], set()
-    for raw_port in raw.get("ports") or ():
-        label = f"{name} port {raw_port.get('name') or raw_port.get('port')}"
-        try:
-            sport = _service_port(raw_port)
-            if (sport.protocol, sport.port) in seen:
-                raise Invalid(f"{sport.protocol}/{sport.port} is listed twice")
-        except Invalid as exc:
-            rejects.reject("service port", label, str(exc))
-            continue
-        seen.add((sport.protocol, sport.port))
+    ports = []
+    for sport in translate.service_ports(name, raw.get("ports"), rejects.reject):
+        label = f"{name} port {sport.name or sport.port}"
         endpoints = []
         for raw_ep in raw.get("endpoints") or ():
             try:
                 endpoints.append(_endpoint(raw_ep, sport))
             except Invalid as exc:
                 rejects.reject("endpoint", label, str(exc))
-        ports.append(model.ServicePort(
-            name=sport.name, protocol=sport.protocol, port=sport.port,
-            target_port=sport.target_port, node_port=sport.node_port,
-            endpoints=tuple(endpoints)))
+        ports.append(dataclasses.replace(sport, endpoints=tuple(endpoints)))
     return model.Service(
         namespace=raw.get("namespace", "default"), name=raw["name"],
         cluster_ip=cluster_ip, ports=tuple(ports), type=stype,
