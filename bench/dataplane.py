@@ -29,7 +29,7 @@ import time
 import yaml
 
 from bench.core import sh
-from controller.bridges import default_zone
+from controller.bridges import default_zone, ip_mac
 from topologies.controller_proc import RyuProcess
 from topologies.waiting import wait_for
 
@@ -70,10 +70,6 @@ print(json.dumps({"cps": count / seconds, "failed": failed,
 """
 
 
-def mac(ip):
-    return "0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
-
-
 def vip(i):
     return f"10.{100 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}"
 
@@ -98,7 +94,7 @@ def in_ns(ns, *cmd):
 def veth_pod(ns, ifname, ip, prefix, gw):
     sh("ip", "netns", "add", ns)
     sh("ip", "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns)
-    in_ns(ns, "ip", "link", "set", "eth0", "address", mac(ip))
+    in_ns(ns, "ip", "link", "set", "eth0", "address", ip_mac(ip))
     in_ns(ns, "ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
     in_ns(ns, "ip", "link", "set", "eth0", "up")
     in_ns(ns, "ip", "link", "set", "lo", "up")
@@ -119,7 +115,7 @@ def build_ovs(workdir, n):
         sh("ovs-vsctl", "add-port", BR, port, "--", "set", "interface", port,
            "external_ids:nsx-proxy-role=pod", "external_ids:pod-namespace=bench",
            f"external_ids:pod-name={name}", f"external_ids:ip-address={ip}",
-           f"external_ids:attached-mac={mac(ip)}")
+           f"external_ids:attached-mac={ip_mac(ip)}")
     state = {"nodes": [{"name": "node1", "internalIP": "192.168.200.1",
                         "podCIDR": POD_CIDR}],
              "services": [{"namespace": "bench", "name": f"svc{i}", "clusterIP": vip(i),

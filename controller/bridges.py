@@ -44,8 +44,7 @@ def router_mac(pod_cidr: str) -> str:
     so every node can address every other node's router with no ARP on the
     fabric and no extra convention.
     """
-    gw = gateway_ip(pod_cidr)
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(gw).packed)
+    return ip_mac(gateway_ip(pod_cidr))
 
 
 def ip_mac(ip: str) -> str:

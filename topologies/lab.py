@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from controller import bridges as B
+from controller.bridges import ip_mac
 from controller.compiler import serving_nodes
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
@@ -57,11 +58,6 @@ FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25;seed=101.101.101.0/2
 
 def run(cmd, check=True) -> str:
     return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
-def ip_mac(ip: str) -> str:
-    """0a:58 + the IPv4 address, the MAC convention OVN-Kubernetes uses for pods."""
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 @dataclass
