@@ -22,7 +22,6 @@ with ``--kubeconfig``; the lab is the kubelet of its pods and starts
     python -m topologies.lab -f services.yaml    # your Services and pod labels
 """
 import argparse
-import ipaddress
 import logging
 import os
 import shutil
