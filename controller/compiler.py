@@ -181,9 +181,9 @@ def group_names(svc: model.Service):
     """Every group name the service may use (to keep their ids allocated)."""
     for port in svc.ports:
         yield service_port_name(svc, port)
-        if svc.external_ips or svc.load_balancer_ips or svc.node_ports:
+        if svc.outside_ips or svc.node_ports:
             yield external_group_name(svc, port)
-    for ip in svc.external_ips + svc.load_balancer_ips:
+    for ip in svc.outside_ips:
         yield gateway_group_name(ip)
 
 
@@ -446,7 +446,7 @@ def serving_nodes(state: model.ClusterState, ip: str):
     externalTrafficPolicy Local only those with a usable local endpoint."""
     nodes = list(state.nodes.values())
     users = [s for s in state.services.values()
-             if ip in s.external_ips + s.load_balancer_ips]
+             if ip in s.outside_ips]
     if not users or any(s.external_traffic_policy == model.CLUSTER for s in users):
         return nodes
     return [n for n in nodes if any(
@@ -508,7 +508,7 @@ class Compiler:
         removed = old.keys() - new.keys()
         changed = [k for k, v in new.items() if old.get(k) is not v]
         touched = [old[k] for k in removed] + [old[k] for k in changed if k in old]
-        if any(s.external_ips or s.load_balancer_ips
+        if any(s.outside_ips
                for s in touched + [new[k] for k in changed]):
             return None                      # shared VIPs: take the full path
         out = dict(last_out)
@@ -548,7 +548,7 @@ class Compiler:
                 out[key] = self._cached(key, fip, lambda: floating_ip_fragment(ctx, fip))
         for skey, svc in state.services.items():
             self._service(out, skey, svc, node)
-            shared_vips.update(svc.external_ips + svc.load_balancer_ips)
+            shared_vips.update(svc.outside_ips)
         for ip in shared_vips - {s.cluster_ip for s in state.services.values()}:
             out[vip_key(ip)] = self._cached(vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
         return self._forget_stale(out)
@@ -568,7 +568,7 @@ class Compiler:
             key = f"gw-node/{node.name}"
             out[key] = self._cached(key, node, lambda: gateway_node_fragment(ctx, node))
         ips = {ip for s in state.services.values()
-               for ip in s.external_ips + s.load_balancer_ips}
+               for ip in s.outside_ips}
         for ip in sorted(ips):
             nodes = tuple(serving_nodes(state, ip))
             key = f"gw-vip/{ip}"

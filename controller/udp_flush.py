@@ -23,10 +23,6 @@ class StaleUdp(NamedTuple):
     endpoint_port: int
 
 
-def _frontends(svc):
-    return (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips
-
-
 def stale_udp_entries(old: model.ClusterState, new: model.ClusterState) -> List[StaleUdp]:
     out = []
     for key, before in old.services.items():
@@ -40,6 +36,6 @@ def stale_udp_entries(old: model.ClusterState, new: model.ClusterState) -> List[
             kept = now.get((port.protocol, port.port))
             still = {(e.ip, e.port) for e in kept.ready_endpoints()} if kept else set()
             gone = sorted({(e.ip, e.port) for e in port.ready_endpoints()} - still)
-            for ip in _frontends(before):
+            for ip in before.frontend_ips:
                 out += [StaleUdp(ip, port.port, ep_ip, ep_port) for ep_ip, ep_port in gone]
     return out

@@ -264,7 +264,7 @@ class KubeSource:
         """Pods' floating IPs; one that is taken (by a pod first in name order,
         or by a service frontend) is rejected."""
         taken = {ip for svc in services.values()
-                 for ip in (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips}
+                 for ip in svc.frontend_ips}
         out = []
         for key in sorted(self.pods):
             name = f"{key[0]}/{key[1]}"

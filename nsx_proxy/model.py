@@ -90,6 +90,16 @@ class Service:
     source_ranges: Tuple[str, ...] = ()      # loadBalancerSourceRanges (CIDRs)
 
     @property
+    def outside_ips(self) -> Tuple[str, ...]:
+        """externalIPs and load-balancer IPs: addresses reached from outside."""
+        return self.external_ips + self.load_balancer_ips
+
+    @property
+    def frontend_ips(self) -> Tuple[str, ...]:
+        """Every address the service answers on (the cluster IP first)."""
+        return (self.cluster_ip,) + self.outside_ips
+
+    @property
     def node_ports(self) -> bool:
         return self.type in (NODE_PORT, LOAD_BALANCER) and any(
             p.node_port for p in self.ports)

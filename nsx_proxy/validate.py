@@ -102,7 +102,7 @@ def claim_frontends(services, rejects: "RejectLog"):
                            f"clusterIP {svc.cluster_ip} is already used by {owner}")
             continue
         keep = {}
-        for ip in svc.external_ips + svc.load_balancer_ips:
+        for ip in svc.outside_ips:
             taken = {claimed[(ip, p.protocol, p.port)] for p in svc.ports
                      if (ip, p.protocol, p.port) in claimed}
             if taken:
@@ -114,7 +114,7 @@ def claim_frontends(services, rejects: "RejectLog"):
             svc = dataclasses.replace(  # the compiler recognises it by identity
                 svc, external_ips=tuple(ip for ip in svc.external_ips if keep[ip]),
                 load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if keep[ip]))
-        for ip in (svc.cluster_ip,) + svc.external_ips + svc.load_balancer_ips:
+        for ip in svc.frontend_ips:
             for p in svc.ports:
                 claimed[(ip, p.protocol, p.port)] = svc.key
         out.append(svc)

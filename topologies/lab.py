@@ -316,7 +316,7 @@ class Lab:
                         continue                 # skipped on the userspace datapath
                     chosen = select(svc, port, node.name, state.nodes.get(node.name))
                     pools = [chosen.internal]
-                    if svc.external_ips or svc.load_balancer_ips or svc.node_ports:
+                    if svc.outside_ips or svc.node_ports:
                         pools.append(chosen.external)
                     groups += len(pools)
                     buckets += sum(len(p) for p in pools)
@@ -326,7 +326,7 @@ class Lab:
         # The gateway: one group per external / load-balancer IP, a bucket per
         # node that serves it.
         ips = {ip for svc in state.services.values()
-               for ip in svc.external_ips + svc.load_balancer_ips}
+               for ip in svc.outside_ips}
         want = sum(len(serving_nodes(state, ip)) for ip in ips)
         have = self.dump_groups("br-gw")
         return len(have) == len(ips) and sum(g.count("bucket=") for g in have) == want
