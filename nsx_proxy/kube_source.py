@@ -243,8 +243,12 @@ class KubeSource:
         if self._nodes_dirty:
             self._nodes_dirty = False
             self._translate_nodes()
-        services = self._claim(dirty, before)
-        if self._fips_dirty or dirty:
+        frontends_changed = self._claimed is None or any(
+            _frontends(before[k]) != _frontends(self._translated.get(k)) for k in dirty)
+        services = self._claim(dirty, before, frontends_changed)
+        # Floating IPs depend on the pods and on which IPs services hold; an
+        # endpoint change (the common case at scale) touches neither.
+        if self._fips_dirty or frontends_changed:
             self._fips_dirty = False
             self._fips = self._translate_fips(services)
         state = model.ClusterState(services=MappingProxyType(services),
@@ -309,7 +313,7 @@ class KubeSource:
             self._ipam_pending.pop(key, None)
         self.runner.request()
 
-    def _claim(self, dirty, before):
+    def _claim(self, dirty, before, frontends_changed):
         """validate.claim_frontends, redone only when some frontend changed.
 
         The rules compare every service with every other (in name order), a
@@ -317,8 +321,7 @@ class KubeSource:
         their VIPs and ports (an endpoint change, the common case) the
         outcome for everyone is the one already computed.
         """
-        if self._claimed is not None and all(
-                _frontends(before[k]) == _frontends(self._translated.get(k)) for k in dirty):
+        if not frontends_changed:
             claimed = dict(self._claimed)
             for key in dirty:
                 new, prev = self._translated.get(key), claimed.get(key)
