@@ -112,7 +112,7 @@ class ServiceProxy(app_manager.RyuApp):
         self._stats = {}                     # dpid -> (cookies, groups, outstanding)
         self.group_ids = cookies.GroupIds()
         self._bundle_ids = itertools.count(1)
-        self._quiet_xids = set()             # replies whose errors are expected
+        self._meter_xids = {}                # dpid -> xid of its meter add (may fail: exists)
         self._reject_buckets = {}            # dpid -> reject.TokenBucket
         self._udp_flushes = {}               # dpid -> [StaleUdp] to flush after a commit
         self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
@@ -202,7 +202,7 @@ class ServiceProxy(app_manager.RyuApp):
         rate = max(1, self.conf.reject_rate)
         meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, rate, rate)
         dp.set_xid(meter)
-        self._quiet_xids.add(meter.xid)
+        self._meter_xids[dp.id] = meter.xid
         dp.send_msg(meter)
         self._reject_buckets[dp.id] = reject.TokenBucket(rate, rate)
         # What is on the switch already: table 0 tells the last round (every
@@ -254,7 +254,8 @@ class ServiceProxy(app_manager.RyuApp):
         if dp.id is None or self.datapaths.get(dp.id) is not dp:
             return
         LOG.info("switch %016x disconnected", dp.id)
-        for table in (self.datapaths, self.sessions, self._stats, self._udp_flushes):
+        for table in (self.datapaths, self.sessions, self._stats, self._udp_flushes,
+                      self._meter_xids):
             table.pop(dp.id, None)
         kick = self._kicks.pop(dp.id, None)
         if kick:
@@ -375,8 +376,7 @@ class ServiceProxy(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         msg = ev.msg
-        if msg.xid in self._quiet_xids:
-            self._quiet_xids.discard(msg.xid)
+        if self._meter_xids.get(msg.datapath.id) == msg.xid:
             LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
                       msg.datapath.id, msg.type, msg.code)
             return
