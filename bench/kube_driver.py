@@ -80,13 +80,12 @@ class KubeBenchDriver(app_manager.RyuApp):
             flips[i] = not flips.get(i, False)
             api.patch_namespaced_endpoint_slice(f"svc{i}-1", "bench", slice_body(i, flips[i]))
         sent = time.monotonic() - t2
-        want = {i: f for i, f in flips.items()}
 
         def done():
             return all(any(e.ready != f for e in
                            proxy.state.services[("bench", f"svc{i}")].ports[0].endpoints
                            if e.ip.startswith("10.2."))
-                       for i, f in want.items())
+                       for i, f in flips.items())
         while not (done() and live()):
             hub.sleep(0.01)
         burst = time.monotonic() - t2
