@@ -42,7 +42,7 @@ class BenchDriver(app_manager.RyuApp):
         n = int(os.environ["BENCH_SERVICES"])
         changes = int(os.environ.get("BENCH_CHANGES", "100"))
         proxy = None
-        while proxy is None or not any(s.ready for s in proxy.sessions.values()):
+        while proxy is None or not any(s.ready for s in proxy.switches.values()):
             proxy = app_manager.lookup_service_brick("ServiceProxy")
             hub.sleep(0.01)
         commits = hub.Queue()

@@ -33,16 +33,10 @@ from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from controller import cookies
-from controller import ofmsg
-from controller import pipeline
-from controller import reject
-from controller import status
-from controller.udp_flush import stale_udp_entries
-from controller.compiler import group_names
+from controller import cookies, names, status
 from controller.ovsdb_monitor import OvsdbMonitor
-from controller.session import SwitchSession
-from nsx_proxy import kube_source, lb_ipam, model
+from controller.switch import Switch
+from nsx_proxy import changes, kube_source, lb_ipam, model
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
@@ -82,39 +76,23 @@ CONF.register_opts([
 ], group="nsx_proxy")
 
 
-def _listeners(svc):
-    return {(p.protocol, p.port) for p in svc.ports}
-
-
-class _Pending:
-    """A bundle in flight: its messages by xid, errors seen, a done event."""
-
-    def __init__(self, items_by_xid, barrier_xid):
-        self.items_by_xid = items_by_xid
-        self.barrier_xid = barrier_xid
-        self.errors = []
-        self.done = hub.Event()
-
-
 class ServiceProxy(app_manager.RyuApp):
+    """Ryu events in, a Switch per datapath decides, messages out.
+
+    The only module that calls ``send_msg``; each handler hands its event to
+    the datapath's :class:`~controller.switch.Switch`.
+    """
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.conf = CONF.nsx_proxy
         self.state = model.ClusterState()
-        self.state_received = None           # whether a source delivered yet
+        self.state_received = None           # when a source last delivered (None: never)
         self.contexts = {}                   # dpid -> BridgeContext (OVSDB)
-        self.datapaths = {}                  # dpid -> Ryu datapath
-        self.sessions = {}                   # dpid -> SwitchSession
-        self._kicks = {}                     # dpid -> hub.Event
-        self._pending = {}                   # dpid -> _Pending
-        self._stats = {}                     # dpid -> (cookies, groups, outstanding)
+        self.switches = {}                   # dpid -> Switch (connected datapaths)
         self.group_ids = cookies.GroupIds()
         self._bundle_ids = itertools.count(1)
-        self._meter_xids = {}                # dpid -> xid of its meter add (may fail: exists)
-        self._reject_buckets = {}            # dpid -> reject.TokenBucket
-        self._udp_flushes = {}               # dpid -> [StaleUdp] to flush after a commit
         self.commit_listeners = []           # callables(dpid, plan, seconds); benchmarks
         self.source = None
         self.switch_connects = collections.Counter()     # dpid -> connections
@@ -132,12 +110,10 @@ class ServiceProxy(app_manager.RyuApp):
             except OSError as exc:   # the proxy itself must keep working
                 LOG.error("status endpoint on port %d unavailable: %s",
                           self.conf.status_port, exc)
-        if self.conf.source == "none":
-            pass
-        elif self.conf.source == "file":
+        if self.conf.source == "file":
             YamlFileSource(self.conf.state_file, self.set_state,
                            hub.spawn, hub.sleep).start()
-        else:
+        elif self.conf.source == "kubernetes":
             self.source = KubeSource(
                 kube_source.api_client(self.conf.kubeconfig or None), self.set_state,
                 Hub(hub.spawn, hub.sleep, hub.Event),
@@ -153,235 +129,122 @@ class ServiceProxy(app_manager.RyuApp):
         return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None)
 
     # --- inputs ----------------------------------------------------------------
-    def set_state(self, state: model.ClusterState) -> None:
-        """A new desired cluster state from a source."""
+    def set_state(self, state: model.ClusterState, change: changes.ChangeSet = None) -> None:
+        """A new desired cluster state from a source, and what changed (a
+        source that does not track its changes may leave that out)."""
         previous, self.state = self.state, state
+        if self.state_received is None:
+            change = changes.EVERYTHING
+        elif change is None:
+            change = changes.between(previous, state)
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
-        stale = stale_udp_entries(previous, state)
-        if stale:
-            for dpid in self.sessions:
-                self._udp_flushes.setdefault(dpid, []).extend(stale)
-        # Free group ids of vanished services or ports (a walk over every
-        # service, so only when something could have vanished).
-        old = previous.services
-        if old.keys() - state.services.keys() or any(
-                _listeners(old.get(k, svc)) != _listeners(svc)
-                for k, svc in state.services.items() if old.get(k) is not svc):
-            self.group_ids.release_unused(self._service_port_names(state))
-        self._kick_all()
-
-    @staticmethod
-    def _service_port_names(state):
-        return {name for svc in state.services.values() for name in group_names(svc)}
+        names.release_group_ids(self.group_ids, previous, state, change)
+        for switch in self.switches.values():
+            switch.note(change)
 
     def set_contexts(self, contexts) -> None:
         """A new {dpid: BridgeContext} snapshot from OVSDB."""
         self.contexts = contexts
-        for dpid, session in self.sessions.items():
+        for dpid, switch in self.switches.items():
             if dpid in contexts:
-                session.set_context(contexts[dpid])
-        self._kick_all()
-
-    def _kick_all(self):
-        for event in self._kicks.values():
-            event.set()
+                switch.set_context(contexts[dpid])
 
     # --- switch lifecycle -----------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _switch_features(self, ev):
         dp = ev.msg.datapath
-        parser = dp.ofproto_parser
         LOG.info("switch %016x connected from %s", dp.id, dp.address)
         self.switch_connects[dp.id] += 1
-        self.datapaths[dp.id] = dp
-        self._stats[dp.id] = ([], [], 2)
-        # The reject meter first (flows refer to it).  After a controller
-        # restart it exists already: that error is expected and ignored.
-        rate = max(1, self.conf.reject_rate)
-        meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, rate, rate)
-        dp.set_xid(meter)
-        self._meter_xids[dp.id] = meter.xid
-        dp.send_msg(meter)
-        self._reject_buckets[dp.id] = reject.TokenBucket(rate, rate)
-        # What is on the switch already: table 0 tells the last round (every
-        # round has flows there), group descriptions tell which ids exist.
-        dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, 0, dp.ofproto.OFPP_ANY,
-                                               dp.ofproto.OFPG_ANY, 0, 0,
-                                               parser.OFPMatch()))
-        dp.send_msg(parser.OFPGroupDescStatsRequest(dp, 0))
+        switch = self.switches[dp.id] = Switch(
+            dp, self.group_ids, hub.Event, self._bundle_ids, self.conf.reject_rate)
+        if dp.id in self.contexts:
+            switch.set_context(self.contexts[dp.id])
+        self._send(dp, switch.hello())
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
-        self._collect(ev, lambda body, acc: acc[0].extend(s.cookie for s in body))
+        self._stats_reply(ev, cookies_seen=[s.cookie for s in ev.msg.body])
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
-        self._collect(ev, lambda body, acc: acc[1].extend(g.group_id for g in body))
+        self._stats_reply(ev, groups_seen=[g.group_id for g in ev.msg.body])
 
-    def _collect(self, ev, add):
-        dp = ev.msg.datapath
-        acc = self._stats.get(dp.id)
-        if acc is None:
-            return
-        add(ev.msg.body, acc)
-        if ev.msg.flags & dp.ofproto.OFPMPF_REPLY_MORE:
-            return
-        flows, groups, outstanding = acc
-        if outstanding > 1:
-            self._stats[dp.id] = (flows, groups, outstanding - 1)
-            return
-        del self._stats[dp.id]
-        self._start_session(dp, flows, groups)
-
-    def _start_session(self, dp, table0_cookies, group_ids):
-        session = SwitchSession(dp.id, self.group_ids)
-        session.learn_switch(table0_cookies, group_ids)
-        if dp.id in self.contexts:
-            session.set_context(self.contexts[dp.id])
-        else:
-            LOG.warning("switch %016x has no nsx-proxy-role in OVSDB yet; waiting",
-                        dp.id)
-        self.sessions[dp.id] = session
-        kick = self._kicks[dp.id] = hub.Event()
-        kick.set()
-        hub.spawn(self._sync_loop, dp, session, kick)
+    def _stats_reply(self, ev, **seen):
+        switch = self._switch(ev.msg.datapath)
+        more = bool(ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+        if switch is not None and switch.stats_reply(more=more, **seen):
+            hub.spawn(self._sync_loop, switch)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _switch_gone(self, ev):
-        dp = ev.datapath
-        if dp.id is None or self.datapaths.get(dp.id) is not dp:
-            return
-        LOG.info("switch %016x disconnected", dp.id)
-        for table in (self.datapaths, self.sessions, self._stats, self._udp_flushes,
-                      self._meter_xids):
-            table.pop(dp.id, None)
-        kick = self._kicks.pop(dp.id, None)
-        if kick:
-            kick.set()                       # let the sync loop notice and exit
-        pending = self._pending.pop(dp.id, None)
-        if pending:
-            pending.errors.append((None, "switch disconnected"))
-            pending.done.set()
+        switch = self._switch(ev.datapath)
+        if switch is not None:
+            del self.switches[switch.dpid]
+            switch.disconnected()
 
-    # --- syncing ----------------------------------------------------------------
-    def _sync_loop(self, dp, session, kick):
-        while self.sessions.get(dp.id) is session:
-            kick.wait()
-            kick.clear()
-            if self.sessions.get(dp.id) is not session:
-                return
-            if not session.ready or self.state_received is None:
-                continue     # no flows are removed before a source delivered
-            try:
-                self._sync_once(dp, session)
-            except Exception:
-                LOG.exception("switch %016x: sync failed; full resync next", dp.id)
-                session.needs_resync = True
-                hub.sleep(1)
-                kick.set()
+    def _switch(self, dp):
+        switch = self.switches.get(dp.id)
+        return switch if switch is not None and switch.dp is dp else None
 
-    def _sync_once(self, dp, session):
-        started = time.monotonic()
-        want, plan, stale = session.plan(self.state)
-        if not len(plan) and not stale:
-            if session.needs_resync:
-                session.committed(want, plan, started)
-            return
-        pairs = ofmsg.plan_messages(dp, plan, session.generation, stale)
-        ok, failed_items, reason = self._send_bundle(dp, pairs)
-        if ok:
-            session.committed(want, plan, started)
-            self._flush_udp(dp, session)
-            elapsed = time.monotonic() - started
-            self.metrics.sync_seconds.labels(status.bridge_name(self, dp.id)).observe(elapsed)
-            if self._event_at is not None and dp.id not in self._event_observed:
-                self._event_observed.add(dp.id)
-                self.metrics.event_to_programmed.observe(time.monotonic() - self._event_at)
-            LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
-                      dp.id, len(pairs), elapsed * 1000)
-            for listener in self.commit_listeners:
-                listener(dp.id, plan, elapsed)
-        else:
-            self.bundle_failures[dp.id] += 1
-            session.failed(want, plan, failed_items, reason)
-            kick = self._kicks.get(dp.id)
-            if kick is not None:
-                kick.set()               # retry at once without what failed
-
-    def _flush_udp(self, dp, session):
-        """The endpoints are out of the groups now: drop their UDP entries."""
-        stale = self._udp_flushes.pop(dp.id, None)
-        if not stale or session.compiler is None:
-            return
-        zone = session.compiler.ctx.ct_zone
-        for entry in sorted(set(stale)):
-            LOG.info("switch %016x: flushing UDP conntrack %s:%d -> %s:%d (endpoint gone)",
-                     dp.id, entry.frontend_ip, entry.frontend_port, entry.endpoint_ip,
-                     entry.endpoint_port)
-            dp.send_msg(ofmsg.ct_flush(dp, zone, 17, (entry.frontend_ip, entry.frontend_port),
-                                       (entry.endpoint_ip, entry.endpoint_port)))
-
-    def _send_bundle(self, dp, pairs):
-        """Send one atomic bundle and wait for it; (ok, failed items, reason)."""
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        msgs = ofmsg.bundle(dp, bundle_id, [m for m, _ in pairs])
-        items_by_xid = {}
-        for msg in msgs:
-            dp.set_xid(msg)
-        for add_msg, (_, item) in zip(msgs[1:-1], pairs):
-            items_by_xid[add_msg.xid] = item
-        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
-        dp.set_xid(barrier)
-        pending = self._pending[dp.id] = _Pending(items_by_xid, barrier.xid)
-        LOG.debug("switch %016x: bundle %d with %d messages", dp.id, bundle_id, len(pairs))
+    @staticmethod
+    def _send(dp, msgs):
         for msg in msgs:
             dp.send_msg(msg)
-        dp.send_msg(barrier)
-        if not pending.done.wait(timeout=self.conf.bundle_timeout):
-            self._pending.pop(dp.id, None)
-            return False, [], "no reply within %ss" % self.conf.bundle_timeout
-        self._pending.pop(dp.id, None)
-        if pending.errors:
-            failed = [pending.items_by_xid[xid] for xid, _ in pending.errors
-                      if pending.items_by_xid.get(xid) is not None]
-            return False, failed, "; ".join(why for _, why in pending.errors)
-        return True, [], ""
 
+    # --- syncing ----------------------------------------------------------------
+    def _sync_loop(self, switch):
+        while switch.alive:
+            switch.kick.wait()
+            switch.kick.clear()
+            if not switch.alive:
+                return
+            try:
+                msgs = switch.begin_sync(self.state if self.state_received else None)
+                if msgs is None:
+                    continue
+                self._send(switch.dp, msgs)
+                answered = switch.pending.done.wait(timeout=self.conf.bundle_timeout)
+                self._synced(switch, switch.end_sync(bool(answered),
+                                                     self.conf.bundle_timeout))
+            except Exception:
+                LOG.exception("switch %016x: sync failed; full resync next", switch.dpid)
+                switch.sync_failed()
+                hub.sleep(1)
+                switch.kick.set()
+
+    def _synced(self, switch, result):
+        """Metrics and listeners after a bundle; the UDP flushes it asks for."""
+        if not result.ok:
+            self.bundle_failures[switch.dpid] += 1
+            return
+        self._send(switch.dp, result.after)
+        self.metrics.sync_seconds.labels(status.bridge_name(self, switch.dpid)).observe(
+            result.seconds)
+        if self._event_at is not None and switch.dpid not in self._event_observed:
+            self._event_observed.add(switch.dpid)
+            self.metrics.event_to_programmed.observe(time.monotonic() - self._event_at)
+        for listener in self.commit_listeners:
+            listener(switch.dpid, result.plan, result.seconds)
+
+    # --- replies ------------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier_reply(self, ev):
-        pending = self._pending.get(ev.msg.datapath.id)
-        if pending and ev.msg.xid == pending.barrier_xid:
-            pending.done.set()
-
-    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
-    def _packet_in(self, ev):
-        """A refused new connection: answer with a TCP RST or ICMP unreachable."""
-        msg = ev.msg
-        dp = msg.datapath
-        if cookies.kind_of(msg.cookie) not in (cookies.KIND_SERVICE_PORT, cookies.KIND_VIP):
-            return
-        bucket = self._reject_buckets.get(dp.id)
-        if bucket is None or not bucket.take():
-            return
-        answer = reject.reply_for(bytes(msg.data))
-        if answer is None:
-            return
-        parser, ofp = dp.ofproto_parser, dp.ofproto
-        dp.send_msg(parser.OFPPacketOut(
-            dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-            actions=[parser.OFPActionOutput(msg.match["in_port"])], data=answer))
+        switch = self._switch(ev.msg.datapath)
+        if switch is not None:
+            switch.barrier_reply(ev.msg.xid)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
+        switch = self._switch(ev.msg.datapath)
+        if switch is not None:
+            switch.error(ev.msg.xid, ev.msg.type, ev.msg.code)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
         msg = ev.msg
-        if self._meter_xids.get(msg.datapath.id) == msg.xid:
-            LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
-                      msg.datapath.id, msg.type, msg.code)
-            return
-        pending = self._pending.get(msg.datapath.id)
-        LOG.error("switch %016x: error type=%d code=%d for xid %d",
-                  msg.datapath.id, msg.type, msg.code, msg.xid)
-        if pending is not None:
-            pending.errors.append((msg.xid, f"error type={msg.type} code={msg.code}"))
+        switch = self._switch(msg.datapath)
+        if switch is not None:
+            self._send(msg.datapath, switch.packet_in(msg.cookie, msg.match["in_port"],
+                                                      msg.data))

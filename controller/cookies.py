@@ -107,6 +107,13 @@ class GroupIds:
         """The id of ``name`` if it has one (never allocates)."""
         return self._by_name.get(name)
 
+    def release(self, names) -> None:
+        """Forget these names so their ids can be reused."""
+        for name in names:
+            gid = self._by_name.pop(name, None)
+            if gid is not None:
+                del self._owner[gid]
+
     def release_unused(self, in_use) -> None:
         """Forget every name not in ``in_use`` so its id can be reused."""
         for name in set(self._by_name) - set(in_use):

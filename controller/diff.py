@@ -11,35 +11,10 @@ also on switches that apply messages one by one:
 Groups are never deleted and re-added to change buckets: OVS deletes every
 flow that points at a deleted group.
 """
-from dataclasses import dataclass, field
-from typing import Hashable, List, Tuple
+from typing import Hashable, Iterable, Optional
 
-from controller.compiler import BridgeState, Fragment
 from controller import flows as F
-
-_EMPTY = Fragment()
-
-
-@dataclass
-class Plan:
-    group_adds: List[F.SelectGroup] = field(default_factory=list)
-    flow_adds: List[F.Flow] = field(default_factory=list)
-    flow_modifies: List[F.Flow] = field(default_factory=list)
-    flow_deletes: List[F.Flow] = field(default_factory=list)
-    group_modifies: List[F.SelectGroup] = field(default_factory=list)
-    group_deletes: List[F.SelectGroup] = field(default_factory=list)
-    # which fragment each change came from, to quarantine a rejected object
-    owners: List[Tuple[object, Hashable]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return (len(self.group_adds) + len(self.flow_adds) + len(self.flow_modifies)
-                + len(self.flow_deletes) + len(self.group_modifies)
-                + len(self.group_deletes))
-
-    def summary(self) -> str:
-        return (f"groups +{len(self.group_adds)} ~{len(self.group_modifies)} "
-                f"-{len(self.group_deletes)}, flows +{len(self.flow_adds)} "
-                f"~{len(self.flow_modifies)} -{len(self.flow_deletes)}")
+from controller.fragments import EMPTY, BridgeState, Fragment, Plan
 
 
 def _diff_fragment(plan: Plan, key, old: Fragment, new: Fragment) -> None:
@@ -74,20 +49,22 @@ def _diff_fragment(plan: Plan, key, old: Fragment, new: Fragment) -> None:
             plan.group_deletes.append(g)
 
 
-def diff(old: BridgeState, new: BridgeState) -> Plan:
+def diff(old: BridgeState, new: BridgeState,
+         keys: Optional[Iterable[Hashable]] = None) -> Plan:
     """The plan that turns the installed ``old`` into the desired ``new``.
 
-    Unchanged fragments are skipped by identity first, so a one-object
-    change costs a dictionary walk plus that object's flows.
+    ``keys``, when given, are the only fragment keys that may differ (the
+    compiler says which it touched): a one-endpoint change then costs that
+    object's flows and nothing else.  Without them every fragment is
+    compared, unchanged ones by identity first.
     """
     plan = Plan()
-    for key, frag in new.items():
-        before = old.get(key, _EMPTY)
+    if keys is None:
+        keys = list(new) + [key for key in old if key not in new]
+    for key in keys:
+        before, frag = old.get(key, EMPTY), new.get(key, EMPTY)
         if before is not frag and before != frag:
             _diff_fragment(plan, key, before, frag)
-    for key, frag in old.items():
-        if key not in new:
-            _diff_fragment(plan, key, frag, _EMPTY)
     _settle_moves(plan)
     return plan
 

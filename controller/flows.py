@@ -24,8 +24,12 @@ CT_TRK = 0x20
 
 ETH_IP = 0x0800
 ETH_ARP = 0x0806
+# The protocol numbers, once: Kubernetes' names -> IP protocol numbers, and
+# what follows from them (ovs-ofctl's names, the L4 port match fields).
 IP_PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
-L4_DST_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
+PROTO_NAMES = {num: name.lower() for name, num in IP_PROTO.items()}
+L4_DST_FIELD = {num: f"{PROTO_NAMES[num]}_dst" for num in (6, 17, 132)}
+L4_SRC_FIELD = {num: f"{PROTO_NAMES[num]}_src" for num in (6, 17, 132)}
 
 
 # --- actions ---------------------------------------------------------------
@@ -91,16 +95,54 @@ class Resubmit:
 
 
 @dataclass(frozen=True)
-class LearnAffinity:
-    """Learn a session-affinity entry into ``table`` (see pipeline.py's registers):
-    match (IPv4, ``ip_proto``, the packet's source IP, the frontend in reg2 and
-    reg3[0..15]) -> load the chosen endpoint (reg0, reg1[0..15]) and mark the
-    hit (reg1[16]); forgotten after ``idle_timeout`` seconds without use."""
+class Bits:
+    """Bits [start, start + nbits) of a field: a register or a match field."""
+    field: str
+    start: int = 0
+    nbits: int = 32
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.nbits == FIELD_BITS.get(self.field, 32)
+
+    def match(self, value: int) -> dict:
+        """A match on these bits having ``value`` (masked unless the whole field)."""
+        if self.whole:
+            return {self.field: value}
+        mask = ((1 << self.nbits) - 1) << self.start
+        return {self.field: (value << self.start, mask)}
+
+
+# widths of the fields a learn action may copy; registers are 32 bits
+FIELD_BITS = {"eth_type": 16, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32}
+
+
+@dataclass(frozen=True)
+class LearnMatch:
+    """The learned flow matches ``dst`` on ``value``, or (None) on whatever
+    the packet that ran the learn action had there."""
+    dst: Bits
+    value: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class LearnLoad:
+    """The learned flow loads ``src`` (bits of the learning packet, or a
+    constant) into ``dst``."""
+    dst: Bits
+    src: object                        # Bits or int
+
+
+@dataclass(frozen=True)
+class Learn:
+    """NXAST_LEARN: add a flow to ``table`` built from ``specs`` and the
+    packet at hand; forgotten after ``idle_timeout`` seconds without use.
+    The session-affinity layout is declared once, in pipeline.py."""
     table: int
     idle_timeout: int
     priority: int
     cookie: int
-    ip_proto: int
+    specs: tuple                       # LearnMatch / LearnLoad, in order
 
 
 @dataclass(frozen=True)
@@ -154,7 +196,6 @@ class SelectGroup:
 
 # --- text, in the spirit of ovs-ofctl dump-flows / dump-groups -------------
 
-_PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp"}
 _FIELD_NAMES = {
     "eth_src": "dl_src", "eth_dst": "dl_dst", "ipv4_src": "nw_src",
     "ipv4_dst": "nw_dst", "tcp_dst": "tp_dst", "udp_dst": "tp_dst",
@@ -193,8 +234,8 @@ def match_text(match) -> str:
     if eth_type == ETH_ARP:
         parts.append("arp")
     elif eth_type == ETH_IP:
-        parts.append(_PROTO_NAMES.get(proto, "ip") if proto is not None else "ip")
-        if proto is not None and proto not in _PROTO_NAMES:
+        parts.append(PROTO_NAMES.get(proto, "ip") if proto is not None else "ip")
+        if proto is not None and proto not in PROTO_NAMES:
             parts.append(f"nw_proto={proto}")
     for name, value in fields.items():
         parts.append(f"{_FIELD_NAMES.get(name, name)}={_value_text(name, value)}")
@@ -214,12 +255,10 @@ def action_text(action) -> str:
         return f"load:{action.value:#x}->NXM_NX_{action.field.upper()}{bits}"
     if isinstance(action, Resubmit):
         return f"resubmit(,{action.table})"
-    if isinstance(action, LearnAffinity):
-        return (f"learn(table={action.table},idle_timeout={action.idle_timeout},"
-                f"priority={action.priority},cookie={action.cookie:#x},eth_type=0x800,"
-                f"nw_proto={action.ip_proto},NXM_OF_IP_SRC[],NXM_NX_REG2[],"
-                f"NXM_NX_REG3[0..15],load:NXM_NX_REG0[]->NXM_NX_REG0[],"
-                f"load:NXM_NX_REG1[0..15]->NXM_NX_REG1[0..15],load:0x1->NXM_NX_REG1[16])")
+    if isinstance(action, Learn):
+        head = (f"table={action.table},idle_timeout={action.idle_timeout},"
+                f"priority={action.priority},cookie={action.cookie:#x}")
+        return f"learn({','.join([head] + [_learn_spec_text(s) for s in action.specs])})"
     if isinstance(action, Meter):
         return f"meter:{action.meter_id}"
     if isinstance(action, Group):
@@ -246,6 +285,31 @@ def action_text(action) -> str:
             args.append(f"exec(set_field:{action.mark:#x}->ct_mark)")
         return f"ct({','.join(args)})"
     raise TypeError(f"unknown action {action!r}")
+
+
+_NXM_NAMES = {"ipv4_src": "NXM_OF_IP_SRC", "ipv4_dst": "NXM_OF_IP_DST",
+              **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(8)}}
+_LEARN_VALUE_TEXT = {"eth_type": "eth_type={:#x}", "ip_proto": "nw_proto={}"}
+
+
+def _bits_text(bits: Bits) -> str:
+    name = _NXM_NAMES[bits.field]
+    if bits.whole:
+        return f"{name}[]"
+    if bits.nbits == 1:
+        return f"{name}[{bits.start}]"
+    return f"{name}[{bits.start}..{bits.start + bits.nbits - 1}]"
+
+
+def _learn_spec_text(spec) -> str:
+    """As ovs-ofctl prints a learn action's specs."""
+    if isinstance(spec, LearnMatch):
+        if spec.value is None:
+            return _bits_text(spec.dst)
+        return _LEARN_VALUE_TEXT[spec.dst.field].format(spec.value)
+    src = spec.src if isinstance(spec.src, Bits) else None
+    return (f"load:{_bits_text(src) if src else f'{spec.src:#x}'}"
+            f"->{_bits_text(spec.dst)}")
 
 
 def actions_text(actions) -> str:

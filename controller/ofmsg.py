@@ -12,7 +12,7 @@ from ryu.ofproto import nicira_ext
 
 from controller import cookies
 from controller import flows as F
-from controller.diff import Plan
+from controller.fragments import Plan
 
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _NX_HEADER = 10          # experimenter action header + NX subtype
@@ -61,18 +61,25 @@ def _ct(action: F.Ct):
         alg=0, actions=nat_actions)
 
 
-def _learn_affinity(action: F.LearnAffinity):
-    """The learn action behind F.LearnAffinity (register layout in pipeline.py)."""
-    specs = [
-        parser.NXFlowSpecMatch(src=0x0800, dst=("eth_type_nxm", 0), n_bits=16),
-        parser.NXFlowSpecMatch(src=action.ip_proto, dst=("ip_proto_nxm", 0), n_bits=8),
-        parser.NXFlowSpecMatch(src=("ipv4_src_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32),
-        parser.NXFlowSpecMatch(src=("reg2", 0), dst=("reg2", 0), n_bits=32),
-        parser.NXFlowSpecMatch(src=("reg3", 0), dst=("reg3", 0), n_bits=16),
-        parser.NXFlowSpecLoad(src=("reg0", 0), dst=("reg0", 0), n_bits=32),
-        parser.NXFlowSpecLoad(src=("reg1", 0), dst=("reg1", 0), n_bits=16),
-        parser.NXFlowSpecLoad(src=1, dst=("reg1", 16), n_bits=1),
-    ]
+# Ryu's names for the NXM fields a learn action copies or sets.
+_RYU_NXM = {"eth_type": "eth_type_nxm", "ip_proto": "ip_proto_nxm",
+            "ipv4_src": "ipv4_src_nxm", "ipv4_dst": "ipv4_dst_nxm"}
+
+
+def _nxm(bits: F.Bits):
+    return (_RYU_NXM.get(bits.field, bits.field), bits.start)
+
+
+def _learn(action: F.Learn):
+    specs = []
+    for spec in action.specs:
+        dst = spec.dst
+        if isinstance(spec, F.LearnMatch):
+            src = _nxm(dst) if spec.value is None else spec.value
+            specs.append(parser.NXFlowSpecMatch(src=src, dst=_nxm(dst), n_bits=dst.nbits))
+        else:
+            src = _nxm(spec.src) if isinstance(spec.src, F.Bits) else spec.src
+            specs.append(parser.NXFlowSpecLoad(src=src, dst=_nxm(dst), n_bits=dst.nbits))
     return parser.NXActionLearn(table_id=action.table, specs=specs,
                                 idle_timeout=action.idle_timeout,
                                 priority=action.priority, cookie=action.cookie)
@@ -100,8 +107,8 @@ def encode_action(action):
     if isinstance(action, F.Resubmit):
         # NX actions carry OpenFlow 1.0 port numbers: 0xfff8 is IN_PORT there.
         return parser.NXActionResubmitTable(in_port=0xfff8, table_id=action.table)
-    if isinstance(action, F.LearnAffinity):
-        return _learn_affinity(action)
+    if isinstance(action, F.Learn):
+        return _learn(action)
     raise TypeError(f"cannot encode {action!r}")
 
 

@@ -1,11 +1,28 @@
-"""The OpenFlow pipeline, declared once as data.
+"""The OpenFlow pipeline, declared once as data, and enforced when flows are built.
 
 Table ids leave gaps so later features can slot tables in without
 renumbering what users have learnt to read.  The README's "Flow tables"
-section is written from this list; tests check that every compiled flow
-lands in a declared table and only jumps forward.
+section is written from this list.
+
+Each table declares the fields its flows may match and the tables its
+flows may hand packets to (goto, resubmit, ct recirculation, learn).  The
+compiler builds every flow with :meth:`Table.flow` and every group bucket
+with :meth:`Table.bucket`, which check both and raise
+:class:`PipelineError` at once - so a flow that matches a field its table
+does not expect, or jumps somewhere the pipeline does not go, fails at
+compile time in a unit test, not as a silent drop on a switch (FAUCET
+checks its flows against its table configs the same way).
+
+Registers are named once (below); so are priorities, so a flow's priority
+says why it beats its neighbours.
 """
 from dataclasses import dataclass
+
+from controller import flows as F
+
+
+class PipelineError(ValueError):
+    """A flow that breaks its table's declaration."""
 
 
 @dataclass(frozen=True)
@@ -13,90 +30,175 @@ class Table:
     id: int
     name: str
     job: str
+    matches: frozenset = frozenset()   # match fields its flows may use
+    next: tuple = ()                   # tables its flows may send packets to
 
     def __int__(self) -> int:
         return self.id
 
+    def flow(self, priority, actions=(), cookie=0, **match) -> F.Flow:
+        """A flow in this table, checked against the declaration."""
+        extra = match.keys() - self.matches
+        if extra:
+            raise PipelineError(f"table {self.name} does not match on {sorted(extra)}")
+        self._check_next(actions)
+        return F.Flow(table=self.id, priority=priority, match=tuple(sorted(match.items())),
+                      actions=tuple(actions), cookie=cookie)
+
+    def bucket(self, actions, weight=100) -> F.Bucket:
+        """A select-group bucket for groups this table's flows point at."""
+        self._check_next(actions)
+        return F.Bucket(tuple(actions), weight)
+
+    def _check_next(self, actions) -> None:
+        for action in actions:
+            target = _target(action)
+            if target is not None and target not in self.next:
+                raise PipelineError(f"table {self.name} may not send packets to "
+                                    f"table {target} ({F.action_text(action)})")
+
+
+def _target(action):
+    if isinstance(action, (F.GotoTable, F.Resubmit, F.Learn)):
+        return action.table
+    if isinstance(action, F.Ct):
+        return action.table
+    return None
+
+
+# --- registers (session affinity) --------------------------------------------
+ENDPOINT_IP = F.Bits("reg0")              # the chosen endpoint's IPv4 address
+ENDPOINT_PORT = F.Bits("reg1", 0, 16)     # the chosen endpoint's port
+AFFINITY_HIT = F.Bits("reg1", 16, 1)      # the endpoint came from a SessionAffinity entry
+AFFINITY_FRESH = F.Bits("reg1", 17, 1)    # the group just picked it: learn it
+FRONTEND_IP = F.Bits("reg2")              # the frontend IPv4 address the client asked for
+FRONTEND_PORT = F.Bits("reg3", 0, 16)     # the frontend port (ServiceLB loads all of reg3)
+AFFINITY_HIT_BIT = 1 << AFFINITY_HIT.start
+AFFINITY_LEARN_BIT = 1 << AFFINITY_FRESH.start
+
+# --- priorities ----------------------------------------------------------------
+PRIO_MISS = 0              # every table's last flow: drop, never flood
+PRIO_FALLBACK = 10         # defaults: commit as is, go on to the next table
+PRIO_EGRESS_NODE_SNAT = PRIO_FALLBACK + 1   # pods leaving the cluster as the node IP
+PRIO_EGRESS_FIP_SNAT = PRIO_FALLBACK + 2    # ...unless the pod has a floating IP
+PRIO_LOW = 180             # after the specific flows: e.g. new connections -> ServiceLB
+PRIO_MID = 190             # a VIP's other ports (reject), remote pod CIDRs, pod ARP
+PRIO_HIGH = 200            # the specific flows: one frontend, one pod, one node
+PRIO_FROM_UPLINK = 1       # added for the IN_PORT twin of a flow whose packets came
+                           # in on the port they leave by
+PRIO_SOURCE_RANGE = PRIO_HIGH + 5    # loadBalancerSourceRanges: allowed sources
+                                     # above the frontend's drop
+PRIO_POD_REPLY = PRIO_HIGH + 10      # a pod's own packets back to it leave by in_port
+PRIO_HAIRPIN = PRIO_HIGH + 20        # a pod reaching itself through a service
+
+# --- tables ----------------------------------------------------------------------
+_IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst"})
+_L4 = frozenset(F.L4_DST_FIELD.values())
 
 CLASSIFIER = Table(0, "Classifier",
                    "admit traffic by ingress port: a pod's port only with its own "
                    "MAC and IP (anti-spoofing), the uplink only to this bridge's "
-                   "router MAC; ARP to ArpResponder, IP to ConntrackZone")
+                   "router MAC; ARP to ArpResponder, IP to ConntrackZone",
+                   frozenset({"in_port", "eth_type", "eth_src", "eth_dst", "ipv4_src",
+                              "arp_spa"}), (10, 15, 60))
 ARP_RESPONDER = Table(10, "ArpResponder",
                       "answer ARP requests for the pod gateway, service VIPs and "
-                      "local pods from the controller's knowledge; never flood")
+                      "local pods from the controller's knowledge; never flood",
+                      frozenset({"eth_type", "arp_op", "arp_tpa"}))
 HAIRPIN_UNSNAT = Table(15, "UnSNAT",
-                        "replies to an address this bridge source-NATs to (the pod "
-                        "gateway IP for hairpin, the node IP, pods' floating IPs): "
-                        "undo that NAT (zone ct-zone+1) before the service zone")
+                       "replies to an address this bridge source-NATs to (the pod "
+                       "gateway IP for hairpin, the node IP, pods' floating IPs): "
+                       "undo that NAT (zone ct-zone+1) before the service zone",
+                       frozenset({"eth_type", "ipv4_dst"}), (20,))
 CONNTRACK_ZONE = Table(20, "ConntrackZone",
                        "send IP through conntrack in the bridge's zone, undoing "
-                       "the NAT of known connections (replies get their VIP back)")
+                       "the NAT of known connections (replies get their VIP back)",
+                       frozenset({"eth_type"}), (21,))
 CONNTRACK_STATE = Table(21, "ConntrackState",
                         "drop +inv; established, related and reply packets skip "
-                        "load balancing; new connections go to ServiceLB")
+                        "load balancing; new connections go to ServiceLB",
+                        frozenset({"eth_type", "ct_state"}), (30, 38))
 SERVICE_LB = Table(30, "ServiceLB",
                    "a new connection to a service frontend (VIP, protocol, port) "
                    "goes to that service port's select group, whose buckets DNAT "
                    "and commit; with no usable endpoint, or to a port the VIP "
                    "does not have, it is rejected (RST / ICMP port unreachable, "
-                   "rate-limited by a meter); anything else is committed as is")
+                   "rate-limited by a meter); anything else is committed as is",
+                   _IP | _L4, (31, 35, 38, 40))
 SESSION_AFFINITY = Table(31, "SessionAffinity",
                          "learned entries (client IP, frontend) -> the endpoint chosen "
                          "for that client; looked up with resubmit, so a miss just "
-                         "leaves reg0 empty")
+                         "leaves reg0 empty",
+                         _IP | {FRONTEND_IP.field, FRONTEND_PORT.field})
 ENDPOINT_DNAT = Table(35, "EndpointDNAT",
                       "affinity services: the endpoint in reg0/reg1 (from an "
                       "affinity entry or a group bucket) is DNATed and committed; "
                       "no such endpoint (none chosen yet, or it went away) -> the "
-                      "service port's group picks one")
+                      "service port's group picks one",
+                      frozenset({"eth_type", "ip_proto", ENDPOINT_IP.field,
+                                 ENDPOINT_PORT.field, FRONTEND_IP.field,
+                                 FRONTEND_PORT.field}), (35, 36))
 AFFINITY_LEARN = Table(36, "AffinityLearn",
                        "after the DNAT: a freshly picked endpoint (reg1[17]) is "
-                       "learned into SessionAffinity for the service's timeout")
+                       "learned into SessionAffinity for the service's timeout",
+                       frozenset({"eth_type", "ip_proto", AFFINITY_FRESH.field,
+                                  FRONTEND_IP.field, FRONTEND_PORT.field}), (31, 38))
 SERVICE_MASQUERADE = Table(38, "ServiceMasquerade",
                            "connections marked for masquerade (ct_mark 1: NodePort, "
                            "external and load-balancer IPs with externalTrafficPolicy "
                            "Cluster) are source-NATed to the node IP in zone ct-zone+1, "
-                           "so replies come back through this node")
+                           "so replies come back through this node",
+                           frozenset({"eth_type", "ct_mark", "ct_state"}), (40,))
 L3_FORWARDING = Table(40, "L3Forwarding",
                       "route on the (translated) destination: local pod -> its "
                       "port, another node's pod CIDR -> the uplink; a pod "
                       "reaching itself through a service is source-NATed to the "
-                      "gateway IP (hairpin) so its reply comes back to the bridge")
+                      "gateway IP (hairpin) so its reply comes back to the bridge",
+                      frozenset({"in_port", "eth_type", "ipv4_src", "ipv4_dst",
+                                 "ct_state"}), (41, 42))
 EGRESS_OUTPUT = Table(41, "EgressOutput",
                       "leave the cluster: to the gateway router over the uplink (pods "
-                      "were source-NATed to their floating IP or the node IP first)")
+                      "were source-NATed to their floating IP or the node IP first)",
+                      frozenset({"in_port", "eth_type"}))
 HAIRPIN = Table(42, "HairpinOutput",
-                "send a source-NATed hairpin packet back out of the port it came in")
+                "send a source-NATed hairpin packet back out of the port it came in",
+                frozenset({"eth_type", "ipv4_dst"}))
+GATEWAY_ROUTING = Table(60, "GatewayRouting",
+                        "gateway bridge: node IPs to their node; load-balancer and "
+                        "external IPs to a select group over the nodes that serve them "
+                        "(ECMP); floating IPs to the pod's node; traffic from the "
+                        "cluster to anywhere else out of the external port; nothing "
+                        "else (cluster and pod IPs) from outside",
+                        frozenset({"in_port", "eth_type", "ipv4_dst"}))
+
+TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
+          CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, ENDPOINT_DNAT, AFFINITY_LEARN,
+          SERVICE_MASQUERADE, L3_FORWARDING, EGRESS_OUTPUT, HAIRPIN, GATEWAY_ROUTING)
+BY_ID = {t.id: t for t in TABLES}
 
 # New connections that must be refused (no endpoint, or a port the service
 # IP does not have) go to the controller through this meter, which answers
 # with a TCP RST or an ICMP port unreachable; the meter caps the rate so a
 # flood cannot overload the controller.
 REJECT_METER = 1
+MASQUERADE_MARK = 1        # ct_mark of connections ServiceMasquerade SNATs
 
-GATEWAY_ROUTING = Table(60, "GatewayRouting",
-                        "gateway bridge: node IPs to their node; load-balancer and "
-                        "external IPs to a select group over the nodes that serve them "
-                        "(ECMP); floating IPs to the pod's node; traffic from the "
-                        "cluster to anywhere else out of the external port; nothing "
-                        "else (cluster and pod IPs) from outside")
 
-TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
-          CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, ENDPOINT_DNAT, AFFINITY_LEARN,
-          SERVICE_MASQUERADE, L3_FORWARDING, EGRESS_OUTPUT, HAIRPIN, GATEWAY_ROUTING)
-MASQUERADE_MARK = 1
-
-# Registers (sessionAffinity ClientIP):
-#   reg0        the chosen endpoint's IPv4 address
-#   reg1[0..15] the chosen endpoint's port
-#   reg1[16]    the endpoint came from a SessionAffinity entry
-#   reg1[17]    the endpoint was just picked by the group: learn it
-#   reg2        the frontend IPv4 address the client asked for
-#   reg3[0..15] the frontend port
-AFFINITY_HIT_BIT = 1 << 16
-AFFINITY_LEARN_BIT = 1 << 17
-BY_ID = {t.id: t for t in TABLES}
+def affinity_learn(ip_proto: int, idle_timeout: int, cookie: int) -> F.Learn:
+    """The learn action of AffinityLearn, the one place its layout is written:
+    the learned SessionAffinity entry matches (IPv4, ``ip_proto``, the
+    client's address, the frontend in reg2 / reg3[0..15]) and loads the
+    endpoint (reg0, reg1[0..15]) with the hit bit set."""
+    return F.Learn(table=SESSION_AFFINITY.id, idle_timeout=idle_timeout,
+                   priority=PRIO_HIGH, cookie=cookie, specs=(
+                       F.LearnMatch(F.Bits("eth_type", 0, 16), F.ETH_IP),
+                       F.LearnMatch(F.Bits("ip_proto", 0, 8), ip_proto),
+                       F.LearnMatch(F.Bits("ipv4_src")),
+                       F.LearnMatch(FRONTEND_IP),
+                       F.LearnMatch(FRONTEND_PORT),
+                       F.LearnLoad(ENDPOINT_IP, ENDPOINT_IP),
+                       F.LearnLoad(ENDPOINT_PORT, ENDPOINT_PORT),
+                       F.LearnLoad(AFFINITY_HIT, 1)))
 
 
 def table_name(table_id: int) -> str:

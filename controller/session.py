@@ -1,17 +1,24 @@
-"""Per-switch bookkeeping: what is installed, which round, what failed.
+"""Per-switch planning: what is installed, which round, what failed.
 
-No Ryu here: the app feeds in the switch's handshake facts and bundle
-results; this class decides what the next plan is.  One session lives as
-long as one OpenFlow connection; a reconnect starts a new session, whose
-first plan is a full resync in a new generation.
+No Ryu here: the switch object (controller/switch.py) feeds in the
+handshake facts, the change sets and the bundle results; this class decides
+what the next plan is.  One session lives as long as one OpenFlow
+connection; a reconnect starts a new session, whose first plan is a full
+resync in a new generation.
+
+Change is not rediscovered here: the source's change sets go to the
+compiler, which says which fragments it touched, and only those (plus the
+ones that failed or are quarantined) are diffed against what is installed.
 """
 import logging
 import time
-from typing import Dict, Hashable, Optional
+from typing import Dict, Hashable, Optional, Set
 
 from controller import cookies
-from controller.compiler import Compiler, Fragment
-from controller.diff import Plan, diff, resync
+from controller.compiler import Compiler
+from controller.diff import diff, resync
+from controller.fragments import Fragment, Plan
+from nsx_proxy import changes
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +35,11 @@ class SwitchSession:
         self.needs_resync = True
         # fragments OVS refused, by key: skipped until the object changes
         self.quarantined: Dict[Hashable, Fragment] = {}
+        # cluster changes since the last compile; None: not told, so the
+        # compiler compares the states itself (correct, but a walk)
+        self._change: Optional[changes.ChangeSet] = changes.EVERYTHING
+        # fragment keys that may differ from what is installed (None: any)
+        self._dirty: Optional[Set[Hashable]] = None
 
     # --- handshake -------------------------------------------------------
     def learn_switch(self, table0_cookies, group_ids) -> None:
@@ -49,10 +61,20 @@ class SwitchSession:
     def set_context(self, ctx, make_compiler=Compiler) -> None:
         if self.compiler is None or self.compiler.ctx != ctx:
             self.compiler = make_compiler(ctx, self._group_ids)
+            self._change = changes.EVERYTHING
+
+    def note(self, change: changes.ChangeSet) -> None:
+        """The cluster state changed like this (merged until the next plan)."""
+        self._change = change if self._change is None else self._change.merge(change)
 
     # --- planning ----------------------------------------------------------
     def desired(self, state) -> Dict[Hashable, Fragment]:
-        want = self.compiler.compile(state)
+        want, touched = self.compiler.compile_changes(state, self._change)
+        self._change = None
+        if touched is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty |= touched
         for key, bad in list(self.quarantined.items()):
             current = want.get(key)
             if current is None or (current is not bad and current != bad):
@@ -65,14 +87,17 @@ class SwitchSession:
 
     def plan(self, state):
         """(desired state, plan, stale generations to delete) for this pass."""
+        quarantined = set(self.quarantined)
         want = self.desired(state)
         if self.needs_resync:
             return want, resync(want, self.groups_on_switch), set(self.stale_generations)
-        return want, diff(self.installed, want), set()
+        keys = None if self._dirty is None else self._dirty | quarantined
+        return want, diff(self.installed, want, keys), set()
 
     # --- results -------------------------------------------------------------
     def committed(self, want, plan: Plan, started: float) -> None:
         self.installed = want
+        self._dirty = set()
         self.needs_resync = False
         self.stale_generations = set()
         self.groups_on_switch = set()

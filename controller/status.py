@@ -1,8 +1,9 @@
 """What the proxy did, for people and tools: a read-only HTTP endpoint on localhost.
 
 ``GET /state``   the desired state as the controller implements it, with the
-                 group ids and cookies a user needs to find it in OVS (JSON;
-                 the ``nsx-proxy`` CLI reads it);
+                 group ids and cookies a user needs to find it in OVS: each
+                 service's frontends and groups, each cookie's owner, the
+                 table names (JSON; the ``nsx-proxy`` CLI needs nothing else);
 ``GET /metrics`` Prometheus metrics.
 
 It binds to 127.0.0.1 only: it is for the node's operator, not the network.
@@ -16,8 +17,9 @@ import logging
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from controller import cookies
-from controller.compiler import external_group_name, flatten, service_port_name
+from controller import cookies, pipeline
+from controller.fragments import flatten
+from controller.names import external_group_name, gateway_group_name, service_port_name
 
 LOG = logging.getLogger(__name__)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -50,9 +52,10 @@ class _AppCollector:
         app = self.app
         flows = GaugeMetricFamily("nsx_proxy_flows", "flows installed", labels=["bridge"])
         groups = GaugeMetricFamily("nsx_proxy_groups", "groups installed", labels=["bridge"])
-        for dpid, session in app.sessions.items():
+        for dpid, switch in app.switches.items():
             name = bridge_name(app, dpid)
-            f, g = flatten(session.installed) if session.installed else ({}, {})
+            installed = switch.session.installed if switch.session else None
+            f, g = flatten(installed) if installed else ({}, {})
             flows.add_metric([name], len(f))
             groups.add_metric([name], len(g))
         yield flows
@@ -102,30 +105,71 @@ def bridge_name(app, dpid):
     return ctx.name if ctx is not None else f"{dpid:016x}"
 
 
+def _cookie(kind, object_id) -> str:
+    return f"{cookies.make(kind, object_id):#018x}"
+
+
 def state_view(app) -> dict:
-    """The JSON of GET /state (pure over the app's data)."""
+    """The JSON of GET /state (pure over the app's data).
+
+    Explicit about everything a reader of ``ovs-ofctl`` output needs, so
+    tools never re-derive the compiler's rules: ``cookies`` maps every cookie
+    the proxy uses (generation bits cleared; mask ``cookie_mask``) to the
+    object that owns it, each service lists its frontends, groups and the
+    cookie of each port, and ``tables`` names every table.
+    """
     ids = app.group_ids
+    owners = {_cookie(cookies.KIND_PIPELINE, 0): "pipeline",
+              _cookie(cookies.KIND_PIPELINE, 1): "gateway pipeline"}
     bridges = []
     for dpid, ctx in sorted(app.contexts.items()):
-        session = app.sessions.get(dpid)
+        switch = app.switches.get(dpid)
+        session = switch.session if switch else None
+        pods = []
+        for p in ctx.pods:
+            cookie = f"{cookies.for_name(cookies.KIND_POD, p.full_name):#018x}"
+            owners[cookie] = f"pod {p.full_name}"
+            pods.append({"name": p.full_name, "ip": p.ip, "mac": p.mac, "ofport": p.ofport,
+                         "cookie": cookie})
         bridges.append({
             "dpid": f"{dpid:016x}", "name": ctx.name, "role": ctx.role, "node": ctx.node,
             "ct_zone": ctx.ct_zone, "snat_zone": ctx.snat_zone,
             "generation": session.generation if session else None,
-            "connected": dpid in app.datapaths,
-            "pods": [{"name": p.full_name, "ip": p.ip, "mac": p.mac, "ofport": p.ofport}
-                     for p in ctx.pods],
+            "connected": switch is not None, "pods": pods,
             "uplink": ctx.uplink, "router_mac": ctx.router_mac if ctx.pod_cidr else None})
+    nodes = []
+    for n in app.state.nodes.values():
+        cookie = f"{cookies.for_name(cookies.KIND_NODE, n.name):#018x}"
+        owners[cookie] = f"node {n.name}"
+        nodes.append({"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr,
+                      "zone": n.zone, "cookie": cookie})
     services = []
     for svc in sorted(app.state.services.values(), key=lambda s: s.key):
-        ports = []
+        ports, frontends = [], []
+        for ip in svc.frontend_ips:
+            owners[f"{cookies.for_ip(cookies.KIND_VIP, ip):#018x}"] = f"service IP {ip}"
+        for ip in svc.outside_ips:
+            gid = ids.peek(gateway_group_name(ip))
+            if gid is not None:
+                owners[_cookie(cookies.KIND_VIP, gid)] = f"gateway route of {ip}"
         for port in svc.ports:
             gid = ids.peek(service_port_name(svc, port))
+            ext = ids.peek(external_group_name(svc, port))
+            what = f"service {svc.key} {port.protocol}/{port.port}"
+            for group in (gid, ext):
+                if group is not None:
+                    owners[_cookie(cookies.KIND_SERVICE_PORT, group)] = what
+                    owners[_cookie(cookies.KIND_AFFINITY, group)] = "affinity entry of " + what
+            frontends += [{"ip": ip, "protocol": port.protocol, "port": port.port}
+                          for ip in svc.frontend_ips]
+            if port.node_port and svc.node_ports:
+                frontends += [{"ip": n["internal_ip"], "protocol": port.protocol,
+                               "port": port.node_port} for n in nodes]
             ports.append({
                 "name": port.name, "protocol": port.protocol, "port": port.port,
                 "node_port": port.node_port, "target_port": port.target_port,
-                "group_id": gid, "external_group_id": ids.peek(external_group_name(svc, port)),
-                "cookie": f"{cookies.make(cookies.KIND_SERVICE_PORT, gid or 0):#018x}",
+                "group_id": gid, "external_group_id": ext,
+                "cookie": _cookie(cookies.KIND_SERVICE_PORT, gid or 0),
                 "endpoints": [{"ip": e.ip, "port": e.port, "node": e.node, "pod": e.pod,
                                "ready": e.ready, "serving": e.serving,
                                "terminating": e.terminating, "zones": list(e.zones)}
@@ -133,15 +177,20 @@ def state_view(app) -> dict:
         services.append({
             "namespace": svc.namespace, "name": svc.name, "type": svc.type,
             "cluster_ip": svc.cluster_ip, "external_ips": list(svc.external_ips),
-            "load_balancer_ips": list(svc.load_balancer_ips),
+            "load_balancer_ips": list(svc.load_balancer_ips), "frontends": frontends,
             "external_traffic_policy": svc.external_traffic_policy,
             "internal_traffic_policy": svc.internal_traffic_policy,
             "session_affinity_timeout": svc.affinity_timeout, "ports": ports})
-    return {"bridges": bridges, "services": services,
-            "nodes": [{"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr,
-                       "zone": n.zone} for n in app.state.nodes.values()],
-            "floating_ips": [{"ip": f.ip, "pod": f.pod, "pod_ip": f.pod_ip, "node": f.node}
-                             for f in app.state.floating_ips.values()]}
+    fips = []
+    for f in app.state.floating_ips.values():
+        cookie = f"{cookies.for_ip(cookies.KIND_FLOATING_IP, f.ip):#018x}"
+        owners[cookie] = f"floating IP {f.ip} of {f.pod}"
+        fips.append({"ip": f.ip, "pod": f.pod, "pod_ip": f.pod_ip, "node": f.node,
+                     "cookie": cookie})
+    return {"bridges": bridges, "services": services, "nodes": nodes,
+            "floating_ips": fips, "cookies": owners,
+            "cookie_mask": f"{cookies.OBJECT_MASK:#018x}",
+            "tables": {str(t.id): t.name for t in pipeline.TABLES}}
 
 
 def wsgi_app(app, metrics):

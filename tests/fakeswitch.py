@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from controller import diff as D
+from controller import fragments
 from controller import flows as F
 
 CONTROLLER = "CONTROLLER"     # Outcome.port of a packet sent to the controller
 
-_L4_FIELDS = {"tcp_dst": 6, "udp_dst": 17, "sctp_dst": 132,
-              "tcp_src": 6, "udp_src": 17, "sctp_src": 132}
+_L4_FIELDS = {field: proto for table in (F.L4_DST_FIELD, F.L4_SRC_FIELD)
+              for proto, field in table.items()}
 
 
 def packet(**fields) -> dict:
@@ -149,7 +150,7 @@ class FakeSwitch:
         self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.hits: Dict[tuple, int] = {}
 
-    def apply(self, plan: D.Plan) -> None:
+    def apply(self, plan: fragments.Plan) -> None:
         D.apply(self.flows, self.groups, plan)
 
     def lookup(self, table, pkt) -> Optional[F.Flow]:
@@ -174,14 +175,22 @@ class FakeSwitch:
         self.hits[f.key] = self.hits.get(f.key, 0) + 1
         return self._run_actions(f.actions, pkt, ct, depth)
 
-    def _learn(self, action: F.LearnAffinity, pkt) -> None:
-        """Install the flow OVS's learn action would (see F.LearnAffinity)."""
-        learned = F.flow(action.table, action.priority, (
-            F.Load("reg0", pkt.get("reg0", 0)),
-            F.Load("reg1", pkt.get("reg1", 0) & 0xFFFF, 0, 16),
-            F.Load("reg1", 1, 16, 1)), action.cookie,
-            eth_type=F.ETH_IP, ip_proto=action.ip_proto, ipv4_src=pkt["ipv4_src"],
-            reg2=pkt.get("reg2", 0), reg3=(pkt.get("reg3", 0) & 0xFFFF, 0xFFFF))
+    def _learn(self, action: F.Learn, pkt) -> None:
+        """Install the flow OVS's learn action would, from its specs."""
+        def bits(b: F.Bits):
+            return (pkt.get(b.field, 0) >> b.start) & ((1 << b.nbits) - 1)
+        match, loads = {}, []
+        for spec in action.specs:
+            if isinstance(spec, F.LearnMatch):
+                if spec.dst.field.startswith("ipv4") and spec.value is None:
+                    match[spec.dst.field] = pkt[spec.dst.field]  # addresses are strings here
+                else:
+                    value = bits(spec.dst) if spec.value is None else spec.value
+                    match.update(spec.dst.match(value))
+            else:
+                value = bits(spec.src) if isinstance(spec.src, F.Bits) else spec.src
+                loads.append(F.Load(spec.dst.field, value, spec.dst.start, spec.dst.nbits))
+        learned = F.flow(action.table, action.priority, loads, action.cookie, **match)
         self.flows[learned.key] = learned
 
     def _run_actions(self, actions, pkt, ct, depth, in_place=False) -> List[Outcome]:
@@ -200,7 +209,7 @@ class FakeSwitch:
                 if f is not None:
                     self.hits[f.key] = self.hits.get(f.key, 0) + 1
                     out += self._run_actions(f.actions, pkt, ct, depth + 1, in_place=True)
-            elif isinstance(action, F.LearnAffinity):
+            elif isinstance(action, F.Learn):
                 self._learn(action, pkt)
             elif isinstance(action, F.Move):
                 pkt[action.dst] = pkt.get(action.src)

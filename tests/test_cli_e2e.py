@@ -84,7 +84,10 @@ def test_flows_of_one_service_node_and_floating_ip(lab):
     node2 = cli("flows", "--node", "node2", "--bridge", "br-node1")
     assert node2 and all("10.1.2.0/24" in f["flow"] or "192.168.100.2" in f["flow"]
                          for f in node2)
-    assert cli("flows", "--floating-ip", "198.51.100.99") == []
+    unknown = subprocess.run([CLI, "--controller", STATUS, "flows", "--floating-ip",
+                              "198.51.100.99"], capture_output=True, text=True, timeout=30)
+    assert unknown.returncode == 1
+    assert "no floating IP '198.51.100.99'" in unknown.stderr
 
 
 def test_metrics_move_when_services_change(lab):

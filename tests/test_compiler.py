@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from controller import compiler, cookies, pipeline
+from controller import compiler, cookies, fragments, names, pipeline
 from controller import flows as F
 import world
 
@@ -22,19 +22,19 @@ def check_golden(name, text):
 
 def test_node_bridge_golden_dump():
     st = world.state(world.web())
-    check_golden("node1.txt", compiler.dump(world.compile_for(world.NODE1, st)))
+    check_golden("node1.txt", fragments.dump(world.compile_for(world.NODE1, st)))
 
 
 def test_session_affinity_golden_dump():
     svc = dataclasses.replace(world.web(endpoints=("pod2", "pod3")), name="sticky",
                               affinity_timeout=600)
     check_golden("node1-affinity.txt",
-                 compiler.dump(world.compile_for(world.NODE1, world.state(svc))))
+                 fragments.dump(world.compile_for(world.NODE1, world.state(svc))))
 
 
 def test_every_affinity_flow_jumps_forward_too():
     svc = dataclasses.replace(world.web(), affinity_timeout=600)
-    flows, groups = compiler.flatten(world.compile_for(world.NODE1, world.state(svc)))
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1, world.state(svc)))
     for f in list(flows.values()) + [b for g in groups.values() for b in g.buckets]:
         for action in f.actions:
             if isinstance(action, (F.GotoTable, F.Resubmit)) and isinstance(f, F.Flow):
@@ -43,11 +43,11 @@ def test_every_affinity_flow_jumps_forward_too():
 
 def test_empty_cluster_golden_dump():
     check_golden("node1-empty.txt",
-                 compiler.dump(world.compile_for(world.NODE1, world.state())))
+                 fragments.dump(world.compile_for(world.NODE1, world.state())))
 
 
 def test_every_flow_sits_in_a_declared_table_and_jumps_forward():
-    flows, groups = compiler.flatten(world.compile_for(world.NODE1, world.state(world.web())))
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1, world.state(world.web())))
     for f in flows.values():
         assert f.table in pipeline.BY_ID, F.flow_text(f)
         for action in f.actions:
@@ -59,7 +59,7 @@ def test_every_flow_sits_in_a_declared_table_and_jumps_forward():
 
 def test_one_group_per_service_port_one_bucket_per_ready_endpoint():
     svc = world.web(endpoints=("pod1", "pod2", "pod3"))
-    flows, groups = compiler.flatten(world.compile_for(world.NODE1, world.state(svc)))
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1, world.state(svc)))
     assert len(groups) == 2
     for g in groups.values():
         assert len(g.buckets) == 3
@@ -81,7 +81,7 @@ def test_not_ready_endpoints_get_no_bucket_but_terminating_serving_ones_are_fall
 
 def test_service_port_cookie_selects_exactly_its_flows():
     st = world.state(world.web(), world.web(name="api", vip="10.96.0.20"))
-    flows, groups = compiler.flatten(world.compile_for(world.NODE1, st))
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1, st))
     gid = next(iter(groups))
     cookie = cookies.make(cookies.KIND_SERVICE_PORT, gid)
     mine = [f for f in flows.values() if f.cookie & cookies.OBJECT_MASK == cookie]
@@ -94,9 +94,9 @@ def test_unchanged_objects_reuse_their_fragments():
     first = comp.compile(world.state(svc_a, svc_b))
     second = comp.compile(world.state(svc_a, world.web(name="api", vip="10.96.0.20",
                                                        endpoints=("pod2",))))
-    key_a = compiler.service_key(svc_a.key)
+    key_a = names.service_key(svc_a.key)
     assert second[key_a] is first[key_a]
-    assert second[compiler.service_key(svc_b.key)] != first[compiler.service_key(svc_b.key)]
+    assert second[names.service_key(svc_b.key)] != first[names.service_key(svc_b.key)]
 
 
 def test_group_ids_are_stable_across_compilers_and_collisions_probe():

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from controller import compiler, cookies, diff
+from controller import compiler, cookies, diff, fragments
 from controller import flows as F
 from nsx_proxy import model, validate
 import world
@@ -33,7 +33,7 @@ def test_frontend_collisions_are_resolved_by_name_not_arrival():
 
 
 def installed(state_):
-    flows, groups = compiler.flatten(state_)
+    flows, groups = fragments.flatten(state_)
     return dict(flows), dict(groups)
 
 
@@ -79,18 +79,18 @@ def test_unrelated_services_are_never_touched():
 def test_resync_readds_flows_modifies_known_groups_and_deletes_unknown():
     comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
     want = dict(comp.compile(world.state(world.web())))
-    _, groups = compiler.flatten(want)
+    _, groups = fragments.flatten(want)
     known = next(iter(groups))
     plan = diff.resync(want, {known, 424242})
     assert [g.group_id for g in plan.group_modifies] == [known]
     assert [g.group_id for g in plan.group_deletes] == [424242]
-    assert len(plan.flow_adds) == len(compiler.flatten(want)[0])
+    assert len(plan.flow_adds) == len(fragments.flatten(want)[0])
 
 
 def test_deleting_a_group_deletes_flows_pointing_to_it():
     flows = {("k",): F.flow(30, 1, (F.Group(7),))}
     flows = {f.key: f for f in flows.values()}
-    plan = diff.Plan(group_deletes=[F.SelectGroup(7)])
+    plan = fragments.Plan(group_deletes=[F.SelectGroup(7)])
     diff.apply(flows, {7: F.SelectGroup(7)}, plan)
     assert flows == {}
 

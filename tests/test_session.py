@@ -1,5 +1,5 @@
 """Switch sessions: rounds after a restart, and quarantine of refused objects."""
-from controller import compiler, cookies
+from controller import cookies, names
 from controller import flows as F
 from controller.session import SwitchSession
 import world
@@ -29,16 +29,16 @@ def test_refused_object_is_skipped_and_the_rest_still_installs():
     want, plan, _ = s.plan(st)
     culprit = next(g for g in plan.group_adds
                    if any("10.96.0.66" in F.flow_text(f)
-                          for f in want[compiler.service_key(bad.key)].flows
+                          for f in want[names.service_key(bad.key)].flows
                           if F.Group(g.group_id) in f.actions))
     s.failed(want, plan, [culprit], "error type=1 code=2")
     want, plan, _ = s.plan(st)
-    assert compiler.service_key(bad.key) not in want and compiler.service_key(good.key) in want
+    assert names.service_key(bad.key) not in want and names.service_key(good.key) in want
     s.committed(want, plan, 0)
     # once the object changes it is tried again
     fixed = world.web(name="bad", vip="10.96.0.66", endpoints=("pod2",))
     want, plan, _ = s.plan(world.state(good, fixed))
-    assert compiler.service_key(fixed.key) in want and plan.group_adds
+    assert names.service_key(fixed.key) in want and plan.group_adds
 
 
 def test_a_refusal_nobody_can_be_blamed_for_forces_a_resync():

@@ -7,8 +7,10 @@
 
 Every subcommand takes ``--json`` for scripts.  It reads the controller's
 read-only endpoint (``--controller``, default http://127.0.0.1:9910: the
-state it implements, with group ids and cookies) and OVS on this host
-(``ovs-ofctl`` / ``ovs-appctl``): group stats, conntrack, ofproto/trace.
+state it implements, with group ids, frontends, each cookie's owner and the
+table names) and OVS on this host (``ovs-ofctl`` / ``ovs-appctl``): group
+stats, conntrack, ofproto/trace.  It imports nothing of the controller: the
+endpoint's view is its whole contract, so it can run on any host.
 """
 import argparse
 import ipaddress
@@ -17,8 +19,6 @@ import re
 import subprocess
 import sys
 import urllib.request
-
-from controller import cookies, pipeline
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 
@@ -41,6 +41,13 @@ def _service(state, name):
         if (s["namespace"], s["name"]) == (ns, svc) or (not svc and s["name"] == ns):
             return s
     raise SystemExit(f"nsx-proxy: no service {name!r} in the controller's state")
+
+
+def _named(items, field, value, what):
+    for item in items:
+        if item[field] == value:
+            return item
+    raise SystemExit(f"nsx-proxy: no {what} {value!r} in the controller's state")
 
 
 def _node_bridges(state):
@@ -114,31 +121,8 @@ def _int(value):
 
 def cookie_owner(state, cookie):
     """What object a flow's cookie says it belongs to, as text."""
-    kind, oid = cookies.kind_of(cookie), cookie & cookies.ID_MASK
-    if kind == cookies.KIND_PIPELINE:
-        return "pipeline"
-    if kind in (cookies.KIND_SERVICE_PORT, cookies.KIND_AFFINITY):
-        for s in state["services"]:
-            for p in s["ports"]:
-                if oid in (p["group_id"], p["external_group_id"]):
-                    what = "affinity entry of " if kind == cookies.KIND_AFFINITY else ""
-                    return f"{what}service {s['namespace']}/{s['name']} {p['protocol']}/{p['port']}"
-        return f"service port (group {oid})"
-    if kind in (cookies.KIND_VIP, cookies.KIND_FLOATING_IP):
-        what = "floating IP" if kind == cookies.KIND_FLOATING_IP else "service IP"
-        return f"{what} {ipaddress.IPv4Address(oid)}"
-    if kind == cookies.KIND_POD:
-        for b in state["bridges"]:
-            for pod in b["pods"]:
-                if cookies.stable_id(pod["name"]) == oid:
-                    return f"pod {pod['name']}"
-        return "pod"
-    if kind == cookies.KIND_NODE:
-        for n in state["nodes"]:
-            if cookies.stable_id(n["name"]) == oid:
-                return f"node {n['name']}"
-        return "node"
-    return cookies.KIND_NAMES.get(kind, f"kind {kind}")
+    key = f"{cookie & int(state['cookie_mask'], 16):#018x}"
+    return state["cookies"].get(key, f"unknown object (cookie {key})")
 
 
 # --- subcommands ------------------------------------------------------------------
@@ -197,10 +181,7 @@ def cmd_services(args, state):
 
 def cmd_conntrack(args, state):
     s = _service(state, args.name)
-    frontends = {(ip, p["port"]) for ip in [s["cluster_ip"]] + s["external_ips"]
-                 + s["load_balancer_ips"] for p in s["ports"]}
-    nodes = {n["internal_ip"] for n in state["nodes"]}
-    frontends |= {(ip, p["node_port"]) for ip in nodes for p in s["ports"] if p["node_port"]}
+    frontends = {(f["ip"], f["port"]) for f in s["frontends"]}
     zones = {b["ct_zone"]: b["name"] for b in state["bridges"]}
     out = [dict(e, bridge=zones.get(e["zone"]))
            for e in conntrack_entries(_run(["ovs-appctl", "dpctl/dump-conntrack"]))
@@ -230,7 +211,8 @@ def cmd_trace(args, state):
         m = re.match(r"^(\s*)(\d+)\. (.*?)(?:, )?priority (\d+), cookie (0x[0-9a-f]+)", line)
         if m:
             table, cookie = int(m.group(2)), int(m.group(5), 16)
-            step = {"table": table, "table_name": pipeline.table_name(table),
+            step = {"table": table,
+                    "table_name": state["tables"].get(str(table), f"table{table}"),
                     "match": m.group(3), "priority": int(m.group(4)),
                     "cookie": m.group(5), "object": cookie_owner(state, cookie)}
             steps.append(step)
@@ -249,15 +231,16 @@ def cmd_flows(args, state):
         s = _service(state, args.service)
         masks = [int(p["cookie"], 16) for p in s["ports"]]
     elif args.node:
-        masks = [cookies.for_name(cookies.KIND_NODE, args.node)]
+        masks = [int(_named(state["nodes"], "name", args.node, "node")["cookie"], 16)]
     else:
-        masks = [cookies.for_ip(cookies.KIND_FLOATING_IP, args.floating_ip)]
+        masks = [int(_named(state["floating_ips"], "ip", args.floating_ip,
+                            "floating IP")["cookie"], 16)]
     bridges = [b["name"] for b in state["bridges"] if b["connected"]
                and (not args.bridge or b["name"] == args.bridge)]
     out = []
     for br in bridges:
         for cookie in masks:
-            spec = f"cookie={cookie:#x}/{cookies.OBJECT_MASK:#x}"
+            spec = f"cookie={cookie:#x}/{state['cookie_mask']}"
             for line in _run(OFCTL + ["dump-flows", br, spec]).splitlines():
                 if "cookie=" in line:
                     out.append({"bridge": br, "flow": line.strip()})

@@ -1,0 +1,242 @@
+"""One connected switch: everything the controller keeps about it, in one object.
+
+FAUCET's ``Valve`` is the model: the Ryu app owns a ``Switch`` per datapath
+and forwards it the switch's events; the ``Switch`` decides and returns the
+messages to send.  When the connection goes, the object goes with it, so
+nothing about a switch (a pending bundle, a handshake, a meter xid, a token
+bucket, UDP flushes) can outlive its connection by accident.
+
+Lifecycle, each step a method::
+
+    hello()                  -> the reject meter, flow and group stats requests
+    stats_reply(...)         -> True once both replies are in: the session starts
+    set_context(ctx)         OVSDB says what the bridge is
+    note(change)             the cluster state changed (a change set)
+    begin_sync(state)        -> one atomic bundle and its barrier, or None
+    barrier_reply(xid) / error(xid, ...)
+    end_sync(answered)       -> SyncResult (and UDP conntrack flushes to send)
+    packet_in(...)           -> a TCP RST / ICMP unreachable, rate-limited
+    disconnected()           a bundle in flight fails; the object is dropped
+
+No Ryu event machinery here (the messages are built with Ryu's parser, in
+``ofmsg``), so a test drives it with a fake datapath.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from controller import cookies, ofmsg, pipeline, reject
+from controller.fragments import Plan
+from controller.session import SwitchSession
+from nsx_proxy import changes
+
+LOG = logging.getLogger("nsx_proxy")
+
+
+@dataclass
+class SyncResult:
+    ok: bool
+    plan: Plan
+    seconds: float
+    messages: int
+    after: List[object] = field(default_factory=list)   # to send once committed
+
+
+class _Pending:
+    """A bundle in flight: its messages by xid, errors seen, a done event."""
+
+    def __init__(self, items_by_xid, barrier_xid, done, want, plan, started, count):
+        self.items_by_xid = items_by_xid
+        self.barrier_xid = barrier_xid
+        self.errors = []
+        self.done = done
+        self.want, self.plan, self.started, self.count = want, plan, started, count
+
+
+class Switch:
+    def __init__(self, dp, group_ids: cookies.GroupIds, make_event, bundle_ids,
+                 reject_rate=100, clock=time.monotonic):
+        self.dp = dp
+        self.dpid = dp.id
+        self.session: Optional[SwitchSession] = None   # once the handshake is done
+        self.context = None
+        self.kick = make_event()          # set: a sync is due
+        self.alive = True
+        self._group_ids = group_ids
+        self._make_event = make_event
+        self._bundle_ids = bundle_ids
+        self._clock = clock
+        self._stats = ([], [], 2)         # table-0 cookies, group ids, replies to come
+        self._meter_xid = None
+        self._rate = max(1, reject_rate)
+        self._reject_bucket = reject.TokenBucket(self._rate, self._rate, clock)
+        self._udp_flushes: List[changes.StaleUdp] = []
+        self.pending: Optional[_Pending] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.session is not None and self.session.ready
+
+    # --- handshake --------------------------------------------------------------
+    def hello(self) -> list:
+        """The reject meter first (flows refer to it; after a controller
+        restart it exists already, an error that is expected), then what is on
+        the switch: table 0 tells the last round (every round has flows there),
+        group descriptions tell which ids exist."""
+        dp = self.dp
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, self._rate, self._rate)
+        dp.set_xid(meter)
+        self._meter_xid = meter.xid
+        return [meter,
+                parser.OFPFlowStatsRequest(dp, 0, 0, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0,
+                                           parser.OFPMatch()),
+                parser.OFPGroupDescStatsRequest(dp, 0)]
+
+    def stats_reply(self, cookies_seen=(), groups_seen=(), more=False) -> bool:
+        """One part of the flow or group stats reply; True when the session started."""
+        if self._stats is None:
+            return False
+        flows, groups, outstanding = self._stats
+        flows.extend(cookies_seen)
+        groups.extend(groups_seen)
+        if more:
+            return False
+        if outstanding > 1:
+            self._stats = (flows, groups, outstanding - 1)
+            return False
+        self._stats = None
+        self.session = SwitchSession(self.dpid, self._group_ids)
+        self.session.learn_switch(flows, groups)
+        if self.context is not None:
+            self.session.set_context(self.context)
+        else:
+            LOG.warning("switch %016x has no nsx-proxy-role in OVSDB yet; waiting",
+                        self.dpid)
+        self.kick.set()
+        return True
+
+    # --- inputs ---------------------------------------------------------------------
+    def set_context(self, ctx) -> None:
+        self.context = ctx
+        if self.session is not None:
+            self.session.set_context(ctx)
+        self.kick.set()
+
+    def note(self, change: changes.ChangeSet) -> None:
+        if self.session is not None:
+            self.session.note(change)
+        self._udp_flushes.extend(change.udp_gone)
+        self.kick.set()
+
+    # --- syncing --------------------------------------------------------------------
+    def begin_sync(self, state) -> Optional[list]:
+        """The next bundle (open, adds, commit) and a barrier, or None if
+        nothing is to be done.  Nothing is removed before ``state`` exists."""
+        if not self.ready or state is None:
+            return None
+        started = self._clock()
+        session = self.session
+        want, plan, stale = session.plan(state)
+        if not len(plan) and not stale:
+            if session.needs_resync:
+                session.committed(want, plan, started)
+            return None
+        dp = self.dp
+        pairs = ofmsg.plan_messages(dp, plan, session.generation, stale)
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        msgs = ofmsg.bundle(dp, bundle_id, [m for m, _ in pairs])
+        for msg in msgs:
+            dp.set_xid(msg)
+        items = {add.xid: item for add, (_, item) in zip(msgs[1:-1], pairs)}
+        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+        dp.set_xid(barrier)
+        self.pending = _Pending(items, barrier.xid, self._make_event(), want, plan,
+                                started, len(pairs))
+        LOG.debug("switch %016x: bundle %d with %d messages", self.dpid, bundle_id,
+                  len(pairs))
+        return msgs + [barrier]
+
+    def barrier_reply(self, xid) -> None:
+        if self.pending is not None and xid == self.pending.barrier_xid:
+            self.pending.done.set()
+
+    def error(self, xid, err_type, code) -> None:
+        if xid == self._meter_xid:
+            LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
+                      self.dpid, err_type, code)
+            return
+        LOG.error("switch %016x: error type=%d code=%d for xid %d",
+                  self.dpid, err_type, code, xid)
+        if self.pending is not None:
+            self.pending.errors.append((xid, f"error type={err_type} code={code}"))
+
+    def end_sync(self, answered: bool, timeout: float = 0) -> SyncResult:
+        """The bundle's outcome, once its barrier was answered (or not in time)."""
+        pending, self.pending = self.pending, None
+        session = self.session
+        elapsed = self._clock() - pending.started
+        if not answered:
+            errors = [(None, f"no reply within {timeout}s")]
+        else:
+            errors = pending.errors
+        if errors or session is None:
+            failed = [pending.items_by_xid[xid] for xid, _ in errors
+                      if pending.items_by_xid.get(xid) is not None]
+            if session is not None:
+                session.failed(pending.want, pending.plan, failed,
+                               "; ".join(why for _, why in errors))
+                self.kick.set()            # retry at once without what failed
+            return SyncResult(False, pending.plan, elapsed, pending.count)
+        session.committed(pending.want, pending.plan, pending.started)
+        LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
+                  self.dpid, pending.count, elapsed * 1000)
+        return SyncResult(True, pending.plan, elapsed, pending.count, self._flushes())
+
+    def sync_failed(self) -> None:
+        """Planning or encoding raised: start over from a clean round."""
+        self.pending = None
+        if self.session is not None:
+            self.session.needs_resync = True
+
+    def _flushes(self) -> list:
+        """The endpoints are out of the groups now: drop their UDP entries."""
+        stale, self._udp_flushes = self._udp_flushes, []
+        if not stale or self.session.compiler is None:
+            return []
+        zone = self.session.compiler.ctx.ct_zone
+        out = []
+        for entry in sorted(set(stale)):
+            LOG.info("switch %016x: flushing UDP conntrack %s:%d -> %s:%d (endpoint gone)",
+                     self.dpid, entry.frontend_ip, entry.frontend_port, entry.endpoint_ip,
+                     entry.endpoint_port)
+            out.append(ofmsg.ct_flush(self.dp, zone, 17,
+                                      (entry.frontend_ip, entry.frontend_port),
+                                      (entry.endpoint_ip, entry.endpoint_port)))
+        return out
+
+    # --- refused connections ----------------------------------------------------------
+    def packet_in(self, cookie, in_port, data) -> list:
+        """A refused new connection: answer with a TCP RST or ICMP unreachable."""
+        if cookies.kind_of(cookie) not in (cookies.KIND_SERVICE_PORT, cookies.KIND_VIP):
+            return []
+        if not self._reject_bucket.take():
+            return []
+        answer = reject.reply_for(bytes(data))
+        if answer is None:
+            return []
+        dp = self.dp
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        return [parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                    in_port=ofp.OFPP_CONTROLLER,
+                                    actions=[parser.OFPActionOutput(in_port)], data=answer)]
+
+    # --- the end ------------------------------------------------------------------------
+    def disconnected(self) -> None:
+        LOG.info("switch %016x disconnected", self.dpid)
+        self.alive = False
+        self.kick.set()                   # let the sync loop notice and exit
+        if self.pending is not None:
+            self.pending.errors.append((None, "switch disconnected"))
+            self.pending.done.set()

@@ -1,0 +1,182 @@
+"""The per-datapath Switch object, driven like the Ryu app drives it, with a
+fake datapath: connect, bundle reply, error, a barrier that never comes,
+disconnect mid-bundle, reconnect - no Ryu event loop, no OVS."""
+import itertools
+import threading
+
+from ryu.ofproto import ofproto_v1_3 as ofp
+from ryu.ofproto import ofproto_v1_3_parser as parser
+
+from controller import cookies, ofmsg
+from controller.switch import Switch
+from nsx_proxy import changes
+import world
+
+
+class FakeDatapath:
+    """What Switch needs of Ryu's Datapath: an id, the protocol modules, xids."""
+    ofproto, ofproto_parser = ofp, parser
+
+    def __init__(self, dpid=world.NODE1.dpid):
+        self.id = dpid
+        self._xids = itertools.count(1)
+
+    def set_xid(self, msg):
+        msg.set_xid(next(self._xids))
+
+
+def connected(dp=None, table0=(), groups=(), ctx=world.NODE1, rate=100, clock=None):
+    dp = dp or FakeDatapath()
+    extra = {"clock": clock} if clock else {}
+    sw = Switch(dp, cookies.GroupIds(), threading.Event, itertools.count(1), rate, **extra)
+    sw.set_context(ctx)
+    hello = sw.hello()
+    assert [type(m) for m in hello] == [parser.OFPMeterMod, parser.OFPFlowStatsRequest,
+                                        parser.OFPGroupDescStatsRequest]
+    assert not sw.stats_reply(cookies_seen=table0)          # the group reply is still due
+    assert sw.stats_reply(groups_seen=groups)
+    return sw
+
+
+def adds(msgs):
+    """The messages inside the bundle (between open and commit)."""
+    return [m.message for m in msgs if isinstance(m, parser.ONFBundleAddMsg)]
+
+
+def run_bundle(sw, state, errors=(), answered=True):
+    msgs = sw.begin_sync(state)
+    assert msgs is not None
+    for m in msgs:
+        m.serialize()                   # every message encodes
+    assert isinstance(msgs[-1], parser.OFPBarrierRequest)
+    for index in errors:
+        sw.error(msgs[1 + index].xid, 1, 2)
+    if answered:
+        sw.barrier_reply(msgs[-1].xid)
+    assert sw.pending.done.is_set() == answered
+    return msgs, sw.end_sync(answered, 30)
+
+
+def test_connect_then_first_bundle_installs_everything_in_a_new_round():
+    sw = connected()
+    assert sw.ready and sw.kick.is_set() and sw.session.generation == 1
+    st = world.state(world.web())
+    msgs, result = run_bundle(sw, st)
+    assert result.ok and result.messages == len(adds(msgs))
+    assert isinstance(msgs[0], parser.ONFBundleCtrlMsg)
+    assert sw.session.installed and not sw.session.needs_resync
+    assert sw.begin_sync(st) is None                        # nothing left to do
+
+
+def test_one_endpoint_change_is_one_group_modify():
+    sw = connected()
+    old = world.state(world.web(endpoints=("pod1", "pod3")))
+    run_bundle(sw, old)
+    new = world.state(world.web(endpoints=("pod1",)))
+    sw.note(changes.between(old, new))
+    msgs, result = run_bundle(sw, new)
+    inner = adds(msgs)
+    assert result.ok and len(inner) == 2                    # TCP and UDP port groups
+    assert all(isinstance(m, parser.OFPGroupMod) and m.command == ofp.OFPGC_MODIFY
+               for m in inner)
+    # ...and the UDP endpoint that went away is flushed once the bundle is in
+    assert [type(m) for m in result.after] == [parser.OFPExperimenter]
+
+
+def test_a_refused_message_quarantines_its_object_and_the_rest_installs():
+    sw = connected()
+    good, bad = world.web(), world.web(name="bad", vip="10.96.0.66")
+    st = world.state(good, bad)
+    msgs = sw.begin_sync(st)
+    culprit = next(m for m in msgs if isinstance(m, parser.ONFBundleAddMsg)
+                   and isinstance(m.message, parser.OFPFlowMod)
+                   and m.message.match.get("ipv4_dst") == "10.96.0.66"
+                   and "tcp_dst" in m.message.match)
+    sw.error(culprit.xid, 1, 2)
+    sw.barrier_reply(msgs[-1].xid)
+    result = sw.end_sync(True)
+    assert not result.ok and sw.kick.is_set()
+    assert "service/default/bad" in sw.session.quarantined
+    msgs, result = run_bundle(sw, st)
+    assert result.ok
+    bad_ports = [m for m in adds(msgs) if isinstance(m, parser.OFPFlowMod)
+                 and m.match.get("ipv4_dst") == "10.96.0.66" and "tcp_dst" in m.match]
+    good_ports = [m for m in adds(msgs) if isinstance(m, parser.OFPFlowMod)
+                  and m.match.get("ipv4_dst") == world.VIP and "tcp_dst" in m.match]
+    assert not bad_ports and good_ports
+
+
+def test_the_meter_exists_error_is_expected_and_blames_nobody():
+    sw = connected()
+    msgs = sw.begin_sync(world.state(world.web()))
+    sw.error(sw._meter_xid, 12, 1)                          # OFPET_METER_MOD_FAILED, exists
+    sw.barrier_reply(msgs[-1].xid)
+    assert sw.end_sync(True).ok
+
+
+def test_a_barrier_that_never_comes_fails_the_bundle_and_resyncs():
+    sw = connected()
+    _, result = run_bundle(sw, world.state(world.web()), answered=False)
+    assert not result.ok and sw.session.needs_resync and sw.pending is None
+
+
+def test_disconnect_mid_bundle_ends_the_wait_and_the_switch():
+    sw = connected()
+    sw.begin_sync(world.state(world.web()))
+    sw.disconnected()
+    assert sw.pending.done.is_set() and not sw.alive and sw.kick.is_set()
+    assert not sw.end_sync(True).ok
+
+
+def test_reconnect_starts_a_new_round_and_deletes_the_old_one_in_the_same_bundle():
+    first = connected()
+    st = world.state(world.web())
+    run_bundle(first, st)
+    first.disconnected()
+    old_round = cookies.with_generation(cookies.make(cookies.KIND_PIPELINE, 0), 1)
+    gids = [g for frag in first.session.installed.values() for g in
+            (x.group_id for x in frag.groups)]
+    again = connected(table0=[old_round], groups=gids + [999])
+    assert again.session.generation == 2
+    msgs, result = run_bundle(again, st)
+    inner = adds(msgs)
+    deletes = [m for m in inner if isinstance(m, parser.OFPFlowMod)
+               and m.command == ofp.OFPFC_DELETE]
+    assert [cookies.generation_of(m.cookie) for m in deletes] == [1]
+    group_cmds = {(m.command, m.group_id) for m in inner if isinstance(m, parser.OFPGroupMod)}
+    assert (ofp.OFPGC_DELETE, 999) in group_cmds                 # not ours any more
+    assert all((ofp.OFPGC_MODIFY, g) in group_cmds for g in gids)   # kept, not re-added
+
+
+def test_packet_in_answers_refused_connections_within_the_rate():
+    now = [0.0]
+    sw = connected(rate=2, clock=lambda: now[0])
+    syn = _syn()
+    cookie = cookies.make(cookies.KIND_SERVICE_PORT, 5)
+    assert sw.packet_in(cookies.make(cookies.KIND_POD, 1), 3, syn) == []   # not a refusal
+    answers = [sw.packet_in(cookie, 3, syn) for _ in range(3)]
+    assert [len(a) for a in answers] == [1, 1, 0]                 # the bucket holds 2
+    assert answers[0][0].actions[0].port == 3
+    now[0] += 1.0
+    assert len(sw.packet_in(cookie, 3, syn)) == 1
+
+
+def _syn():
+    from ryu.lib.packet import ethernet, ipv4, packet, tcp
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(src="0a:58:0a:01:01:02", dst="0a:58:0a:01:01:01"))
+    pkt.add_protocol(ipv4.ipv4(src="10.1.1.2", dst="10.96.0.10", proto=6))
+    pkt.add_protocol(tcp.tcp(src_port=40000, dst_port=81, seq=1, bits=tcp.TCP_SYN))
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+def test_udp_flushes_wait_for_a_committed_bundle():
+    sw = connected()
+    stale = changes.StaleUdp(world.VIP, 53, "10.1.2.2", 5353)
+    sw.note(changes.ChangeSet(udp_gone=(stale,)))
+    _, failed = run_bundle(sw, world.state(world.web()), answered=False)
+    assert failed.after == []                      # not while the old flows may be in
+    _, result = run_bundle(sw, world.state(world.web()))
+    want = ofmsg.ct_flush(sw.dp, world.NODE1.ct_zone, 17, (world.VIP, 53), ("10.1.2.2", 5353))
+    assert [m.data for m in result.after] == [want.data]
