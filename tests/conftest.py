@@ -1,6 +1,8 @@
-"""One Mininet lab for every end-to-end module: building it costs more than the tests."""
+"""Shared fixtures: one Mininet lab for every end-to-end module (building it
+costs more than the tests), and an embedded API server per test."""
 import pytest
 
+from kube_helpers import start_server
 from topologies import lab as L
 
 
@@ -14,3 +16,11 @@ def lab():
         yield the_lab
     finally:
         the_lab.stop()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The lab's API server on a free port, with a kubeconfig for it."""
+    srv = start_server(tmp_path)
+    yield srv
+    srv.stop()

@@ -1,4 +1,4 @@
-"""An embedded API server per test, and small builders for the objects tests create."""
+"""An embedded API server, kubectl, and the one builder of each raw object tests create."""
 import os
 import subprocess
 import sys
@@ -19,9 +19,9 @@ KUBECTLS = {"path": "kubectl",
             "debian": os.path.join(os.path.dirname(sys.executable), "kubectl-debian")}
 
 
-def kubectl(server, *args, check=True, stdin=None, binary="kubectl"):
-    env = dict(os.environ, KUBECONFIG=server.kubeconfig_path,
-               HOME=os.path.dirname(server.kubeconfig_path))   # a fresh discovery cache
+def kubectl(kubeconfig, *args, check=True, stdin=None, binary="kubectl"):
+    env = dict(os.environ, KUBECONFIG=kubeconfig,
+               HOME=os.path.dirname(kubeconfig))   # a fresh discovery cache
     proc = subprocess.run([binary] + list(args), input=stdin, capture_output=True,
                           text=True, env=env, timeout=60)
     if check and proc.returncode:
@@ -29,12 +29,33 @@ def kubectl(server, *args, check=True, stdin=None, binary="kubectl"):
     return proc
 
 
-def service(name, selector=None, ports=(("http", "TCP", 80, 8080),), **spec):
-    spec["ports"] = [{"name": n, "protocol": proto, "port": p, "targetPort": t}
-                     for n, proto, p, t in ports]
+def service(name, selector=None, ports=(("http", "TCP", 80, 8080),), vip=None, type_=None,
+            ns="default", annotations=None, ingress=(), rv=None, **spec):
+    """A Service as the API holds it (plain JSON).
+
+    ``ports``: (name, protocol, port, targetPort) tuples or port dicts (None:
+    no ports); ``vip``: spec.clusterIP; ``ingress``: load-balancer IPs in the
+    status; any other keyword is a spec field (``externalIPs=[...]``).
+    """
+    meta = {"name": name, "namespace": ns}
+    if annotations:
+        meta["annotations"] = annotations
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    if ports is not None:
+        spec["ports"] = [p if isinstance(p, dict) else
+                         {"name": p[0], "protocol": p[1], "port": p[2], "targetPort": p[3]}
+                         for p in ports]
     if selector:
         spec["selector"] = selector
-    return {"metadata": {"name": name}, "spec": spec}
+    if vip:
+        spec.setdefault("clusterIP", vip)
+    if type_:
+        spec["type"] = type_
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+    if ingress:
+        body["status"] = {"loadBalancer": {"ingress": [{"ip": ip} for ip in ingress]}}
+    return body
 
 
 def add_pod(api, name, ip, node="node1", labels=None, ready=True, ns="default", ports=()):

@@ -28,8 +28,15 @@ def set_ready(lab, ready):
     converge(lab)
 
 
-def answers(lab, client, n=24, vip=L.DEMO_VIP, port=80):
-    return [lab.curl(client, f"http://{vip}:{port}/") for _ in range(n)]
+def answers(lab, client, n=24, vip=L.DEMO_VIP, port=80, url=None):
+    """The bodies of ``n`` curls from ``client`` (pod names; "" for a failure)."""
+    url = url or f"http://{vip}:{port}/"
+    return [lab.curl(client, url) for _ in range(n)]
+
+
+def who(lab, client, url, n=12):
+    """Who answered ``n`` curls to ``url`` (failures left out)."""
+    return set(answers(lab, client, n, url=url)) - {""}
 
 
 class HeldConnection:

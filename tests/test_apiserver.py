@@ -5,18 +5,11 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from kube_helpers import KUBECTLS, add_pod, kubectl, service, set_pod_status, start_server
+from kube_helpers import KUBECTLS, add_pod, kubectl, service, set_pod_status
 from nsx_proxy.kube_source import api_client
 from topologies.apiserver.kinds import RESOURCES
 
 SVC, PODS, SLICES = RESOURCES["services"], RESOURCES["pods"], RESOURCES["endpointslices"]
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = start_server(tmp_path)
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -130,7 +123,7 @@ def test_watch_resume_bookmarks_and_410(server, core):
 @pytest.mark.parametrize("which", sorted(KUBECTLS))
 def test_kubectl_get_create_label_patch_delete(server, tmp_path, which):
     def k(*args, **kw):
-        return kubectl(server, *args, binary=KUBECTLS[which], **kw)
+        return kubectl(server.kubeconfig_path, *args, binary=KUBECTLS[which], **kw)
 
     manifest = tmp_path / "web.yaml"
     manifest.write_text("""

@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+from kube_helpers import service
 from lab_helpers import HeldConnection, converge
 from topologies import lab as L
 
@@ -96,8 +97,7 @@ def test_metrics_move_when_services_change(lab):
     assert metric("nsx_proxy_flows", '{bridge="br-node1"}') > 0
     assert metric("nsx_proxy_relists_total", '{resource="services"}') >= 1
     assert metric("nsx_proxy_switch_connects_total") >= 3
-    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metered"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    body = service("metered", {"app": "web"}, ports=[{"port": 80, "targetPort": 8080}])
     lab.cluster.apply_service(body)
     try:
         converge(lab)

@@ -112,3 +112,25 @@ def test_group_ids_are_stable_across_compilers_and_collisions_probe():
 @pytest.mark.parametrize("seen,expected", [((), 1), ((1,), 2), ((7, 3), 8), ((255,), 1)])
 def test_next_generation(seen, expected):
     assert cookies.next_generation(seen) == expected
+
+
+def test_a_flow_that_breaks_its_tables_declaration_fails_when_built():
+    """The pipeline is enforced: a match its table does not expect, or a jump
+    the pipeline does not make, is a PipelineError at compile time."""
+    with pytest.raises(pipeline.PipelineError, match="does not match on"):
+        pipeline.ARP_RESPONDER.flow(pipeline.PRIO_HIGH, (), 0, ipv4_dst="10.0.0.1")
+    with pytest.raises(pipeline.PipelineError, match="may not send packets to table 30"):
+        pipeline.L3_FORWARDING.flow(pipeline.PRIO_HIGH, (F.GotoTable(30),), 0)
+    with pytest.raises(pipeline.PipelineError, match="table 20"):
+        pipeline.SERVICE_LB.bucket((F.Ct(zone=1, table=20, commit=True),))
+    ok = pipeline.SERVICE_LB.flow(pipeline.PRIO_HIGH, (F.Group(7),), 0, ipv4_dst="10.0.0.1")
+    assert ok.table == 30 and ok.match == (("ipv4_dst", "10.0.0.1"),)
+
+
+def test_the_affinity_learn_layout_is_written_once_and_reads_like_ovs_ofctl():
+    learn = pipeline.affinity_learn(6, 600, 0x6000000000007)
+    assert F.action_text(learn) == (
+        "learn(table=31,idle_timeout=600,priority=200,cookie=0x6000000000007,"
+        "eth_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_NX_REG2[],NXM_NX_REG3[0..15],"
+        "load:NXM_NX_REG0[]->NXM_NX_REG0[],load:NXM_NX_REG1[0..15]->NXM_NX_REG1[0..15],"
+        "load:0x1->NXM_NX_REG1[16])")

@@ -9,33 +9,22 @@ import time
 
 import pytest
 
-from kube_helpers import kubectl as run_kubectl
+import yaml
+
+from kube_helpers import kubectl as run_kubectl, service
 from lab_helpers import HeldConnection, answers, converge
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
 
 
-class _Server:                      # kube_helpers.kubectl wants server.kubeconfig_path
-    def __init__(self, lab):
-        self.kubeconfig_path = lab.cluster.kubeconfig
-
-
 def kubectl(lab, *args, **kw):
-    return run_kubectl(_Server(lab), *args, **kw)
+    return run_kubectl(lab.cluster.kubeconfig, *args, **kw)
 
 
 def service_yaml(name, vip, port, selector):
-    sel = ", ".join(f"{k}: {v}" for k, v in selector.items())
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  clusterIP: {vip}
-  selector: {{{sel}}}
-  ports: [{{name: http, port: {port}, targetPort: http}}]
-"""
+    return yaml.safe_dump(service(name, selector, vip=vip, ports=[
+        {"name": "http", "port": port, "targetPort": "http"}]))
 
 
 def who_answers(lab, vip, port, clients=("pod1", "pod3"), n=16):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from kube_helpers import add_node, add_pod, service, start_server
+from kube_helpers import add_node, add_pod, service
 from nsx_proxy import model
 from nsx_proxy.kube_source import KubeSource, api_client
 from nsx_proxy.runner import BoundedFrequencyRunner, thread_hub
@@ -18,11 +18,13 @@ WEB = model.ServiceKey("default", "web")
 class Recorder:
     def __init__(self):
         self.states = []
+        self.changes = []
         self.lock = threading.Lock()
 
-    def __call__(self, state):
+    def __call__(self, state, change):
         with self.lock:
             self.states.append(state)
+            self.changes.append(change)
 
     @property
     def last(self):
@@ -36,13 +38,14 @@ class Recorder:
 SOURCES = []
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = start_server(tmp_path)
-    yield srv
+@pytest.fixture(autouse=True)
+def _stop_sources(request):
+    """Sources stop before the API server they watch (conftest's ``server``)."""
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server")
+    yield
     while SOURCES:
         SOURCES.pop().stop()
-    srv.stop()
 
 
 def make_source(server, **kw):
@@ -169,12 +172,6 @@ def test_runner_bounds_the_frequency():
     wait_for(lambda: len(runs) >= 3, 2, what="periodic runs with no request")
 
 
-def _raw_service(name, vip, external=(), rv="1"):
-    return {"metadata": {"namespace": "default", "name": name, "resourceVersion": rv},
-            "spec": {"clusterIP": vip, "externalIPs": list(external),
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
-
-
 def _raw_slice(service, ip, ready=True, rv="1"):
     return {"metadata": {"namespace": "default", "name": f"{service}-1", "resourceVersion": rv,
                          "labels": {"kubernetes.io/service-name": service}},
@@ -188,26 +185,30 @@ def test_collision_rules_still_hold_when_only_endpoints_change():
     src = KubeSource(api_client_for_tests(), rec, thread_hub())
     for r in src.reflectors:
         r.synced = True
-    src._replace_services([_raw_service("a", "10.96.0.1", ["198.51.100.1"]),
-                           _raw_service("b", "10.96.0.2", ["198.51.100.1"]),
-                           _raw_service("c", "10.96.0.1")])          # clusterIP taken
-    src._replace_slices([_raw_slice("b", "10.1.1.2")])
+    src.cache.replace_services([
+        service("a", vip="10.96.0.1", externalIPs=["198.51.100.1"], rv="1"),
+        service("b", vip="10.96.0.2", externalIPs=["198.51.100.1"], rv="1"),
+        service("c", vip="10.96.0.1", rv="1")])                      # clusterIP taken
+    src.cache.replace_slices([_raw_slice("b", "10.1.1.2")])
     first = src.sync()
     b = model.ServiceKey("default", "b")
     assert first.services[b].external_ips == ()                     # lost to "a"
     assert model.ServiceKey("default", "c") not in first.services
-    src._slice_event("MODIFIED", _raw_slice("b", "10.1.1.3", rv="2"))
-    src._service_event("MODIFIED", _raw_service("c", "10.96.0.1", rv="2"))
+    src.cache.slice_event("MODIFIED", _raw_slice("b", "10.1.1.3", rv="2"))
+    src.cache.service_event("MODIFIED", service("c", vip="10.96.0.1", rv="2"))
     second = src.sync()
     assert second.services[b].external_ips == ()
     assert [e.ip for e in second.services[b].ports[0].endpoints] == ["10.1.1.3"]
     assert model.ServiceKey("default", "c") not in second.services
     assert second.services[model.ServiceKey("default", "a")] is \
         first.services[model.ServiceKey("default", "a")]
-    src._service_event("DELETED", _raw_service("a", "10.96.0.1"))  # frontends change:
+    assert rec.changes[-1].services == {b}          # the change set names only b
+    src.cache.service_event("DELETED", service("a", vip="10.96.0.1", rv="1"))  # frontends change:
     third = src.sync()                                              # full pass again
     assert third.services[b].external_ips == ("198.51.100.1",)
     assert model.ServiceKey("default", "c") in third.services
+    # b and c were not touched by the event, but the rules changed them
+    assert rec.changes[-1].services == {model.ServiceKey("default", n) for n in "abc"}
 
 
 def api_client_for_tests():

@@ -1,18 +1,15 @@
 """Floating-IP pools for LoadBalancer services: choice, honouring, release."""
+import functools
+
 import pytest
 
+from kube_helpers import service
 from nsx_proxy import lb_ipam, model
 
 POOLS = lb_ipam.parse_pools("public=198.51.100.0/30; blue=198.51.101.8/31")
 
 
-def svc(name, type_="LoadBalancer", ns="default", ips=(), annotations=None, lb_ip=None):
-    spec = {"type": type_}
-    if lb_ip:
-        spec["loadBalancerIP"] = lb_ip
-    return {"metadata": {"namespace": ns, "name": name, "annotations": annotations or {}},
-            "spec": spec,
-            "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}}
+svc = functools.partial(service, type_="LoadBalancer", ports=None)
 
 
 def plan(*services, namespaces=None, reserved=()):
@@ -25,8 +22,8 @@ def plan(*services, namespaces=None, reserved=()):
 
 
 def test_allocates_lowest_free_from_the_default_pool_and_skips_used_ones():
-    got, rejects = plan(svc("a"), svc("b", ips=["198.51.100.1"]), svc("c"),
-                        svc("d", "ClusterIP"))
+    got, rejects = plan(svc("a"), svc("b", ingress=["198.51.100.1"]), svc("c"),
+                        svc("d", type_="ClusterIP"))
     assert got == {"default/a": "198.51.100.2"}          # c: the /30 has two hosts
     assert rejects == ["floating-IP pool 'public' is exhausted"]
     got, rejects = plan(svc("a"), svc("c"), reserved=["198.51.100.1"])
@@ -42,14 +39,15 @@ def test_service_then_namespace_annotation_choose_the_pool():
 
 
 def test_load_balancer_ip_is_honoured_only_inside_a_free_pool_address():
-    got, rejects = plan(svc("a", lb_ip="198.51.101.9"), svc("b", lb_ip="10.0.0.1"))
+    got, rejects = plan(svc("a", loadBalancerIP="198.51.101.9"),
+                        svc("b", loadBalancerIP="10.0.0.1"))
     assert got == {"default/a": "198.51.101.9", "default/b": "198.51.100.1"}
     assert "loadBalancerIP 10.0.0.1 is not a free address" in rejects[0]
 
 
 def test_release_only_our_addresses_when_no_longer_a_load_balancer():
-    got, _ = plan(svc("a", "ClusterIP", ips=["198.51.100.1"]),
-                  svc("b", "NodePort", ips=["203.0.113.77"]))      # not from our pools
+    got, _ = plan(svc("a", type_="ClusterIP", ingress=["198.51.100.1"]),
+                  svc("b", type_="NodePort", ingress=["203.0.113.77"]))      # not from our pools
     assert got == {"default/a": None}
 
 

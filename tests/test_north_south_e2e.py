@@ -6,10 +6,12 @@ Node IPs are 192.168.100.1-2 (reached through br-gw), the Internet host is
 198.51.100.128/25 (blue).  Every test removes what it made.
 """
 import contextlib
+import functools
 
 import pytest
 
-from lab_helpers import HERE, converge, services
+from kube_helpers import service as raw_service
+from lab_helpers import HERE, converge, services, who
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -17,13 +19,8 @@ NODE1, NODE2 = "192.168.100.1", "192.168.100.2"
 EVERYONE = {"pod1", "pod2", "pod3", "pod4"}
 
 
-def service(name, type_="ClusterIP", selector=None, ports=None, **spec):
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default",
-                         "annotations": spec.pop("annotations", {})},
-            "spec": dict(type=type_, selector=selector or {"app": "web"},
-                         ports=ports or [{"name": "http", "port": 80, "targetPort": "http"}],
-                         **spec)}
+service = functools.partial(raw_service, type_="ClusterIP", selector={"app": "web"},
+                            ports=[{"name": "http", "port": 80, "targetPort": "http"}])
 
 
 @contextlib.contextmanager
@@ -40,14 +37,6 @@ def node2_only(lab):
         converge(lab)
 
 
-def get(lab, client, url, timeout=2):
-    return lab.curl(client, url, timeout)
-
-
-def answers(lab, client, url, n=12):
-    return {get(lab, client, url) for _ in range(n)} - {""}
-
-
 def lb_ip(lab, name):
     def read():
         svc = lab.cluster.core.read_namespaced_service(name, "default")
@@ -57,78 +46,78 @@ def lb_ip(lab, name):
 
 
 def test_node_port_cluster_answers_on_every_node_ip_with_masquerade(lab):
-    body = service("np", "NodePort", ports=[
+    body = service("np", type_="NodePort", ports=[
         {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns",
          "nodePort": 30053}])
     with services(lab, body):
         for node_ip in (NODE1, NODE2):
-            assert L.wait_for(lambda: answers(lab, "inet", f"http://{node_ip}:30080/")
+            assert L.wait_for(lambda: who(lab, "inet", f"http://{node_ip}:30080/")
                               == EVERYONE, 20, what=f"every pod behind {node_ip}:30080")
             # the pod sees the node (masquerade), so replies return through it
-            assert get(lab, "inet", f"http://{node_ip}:30080/ip") in (NODE1, NODE2)
+            assert lab.curl("inet", f"http://{node_ip}:30080/ip") in (NODE1, NODE2)
         assert lab.net.get("inet").cmd(
             f"python3 {HERE}/udpask.py {NODE2} 30053").strip() in EVERYONE
-        assert get(lab, "pod1", f"http://{NODE2}:30080/") in EVERYONE     # from a pod
-        assert get(lab, "pod1", "http://%s/" % lab.cluster.core.read_namespaced_service(
+        assert lab.curl("pod1", f"http://{NODE2}:30080/") in EVERYONE     # from a pod
+        assert lab.curl("pod1", "http://%s/" % lab.cluster.core.read_namespaced_service(
             "np", "default").spec.cluster_ip) in EVERYONE                 # ClusterIP too
 
 
 def test_node_port_local_keeps_the_source_and_only_nodes_with_endpoints_serve(lab):
     with node2_only(lab) as selector:
-        body = service("npl", "NodePort", selector=selector, externalTrafficPolicy="Local",
+        body = service("npl", type_="NodePort", selector=selector, externalTrafficPolicy="Local",
                        ports=[{"name": "http", "port": 80, "targetPort": "http",
                                "nodePort": 30081}])
         with services(lab, body):
-            assert answers(lab, "inet", f"http://{NODE2}:30081/") == {"pod3", "pod4"}
-            assert get(lab, "inet", f"http://{NODE2}:30081/ip") == L.INET_IP
-            assert get(lab, "inet", f"http://{NODE1}:30081/", timeout=1) == "", \
+            assert who(lab, "inet", f"http://{NODE2}:30081/") == {"pod3", "pod4"}
+            assert lab.curl("inet", f"http://{NODE2}:30081/ip") == L.INET_IP
+            assert lab.curl("inet", f"http://{NODE1}:30081/", timeout=1) == "", \
                 "a node without a local endpoint must not serve"
 
 
 def test_load_balancer_gets_a_pool_ip_reached_from_the_internet_with_ecmp(lab):
-    body = service("lb", "LoadBalancer", ports=[
+    body = service("lb", type_="LoadBalancer", ports=[
         {"name": "http", "port": 80, "targetPort": "http"},
         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}])
     with services(lab, body):
         ip = lb_ip(lab, "lb")
         assert ip.startswith("198.51.100.") and int(ip.rsplit(".", 1)[1]) < 128
         converge(lab)
-        assert L.wait_for(lambda: answers(lab, "inet", f"http://{ip}/", 16) == EVERYONE,
+        assert L.wait_for(lambda: who(lab, "inet", f"http://{ip}/", 16) == EVERYONE,
                           20, what="every pod behind the LB IP")
         (group,) = lab.dump_groups("br-gw")
         assert group.count("bucket=") == 2, "ECMP over both nodes"
         assert lab.net.get("inet").cmd(f"python3 {HERE}/udpask.py {ip} 53").strip() \
             in EVERYONE
-        assert get(lab, "inet", "http://10.96.0.10/", timeout=1) == "", \
+        assert lab.curl("inet", "http://10.96.0.10/", timeout=1) == "", \
             "cluster IPs are not reachable from the Internet"
-        assert get(lab, "inet", f"http://{lab.pods[0].ip}:8080/", timeout=1) == ""
-        assert get(lab, "pod1", f"http://{ip}/") in EVERYONE          # from inside too
+        assert lab.curl("inet", f"http://{lab.pods[0].ip}:8080/", timeout=1) == ""
+        assert lab.curl("pod1", f"http://{ip}/") in EVERYONE          # from inside too
 
 
 def test_load_balancer_local_sends_only_to_nodes_with_endpoints_and_keeps_the_source(lab):
     with node2_only(lab) as selector:
-        body = service("lbl", "LoadBalancer", selector=selector,
+        body = service("lbl", type_="LoadBalancer", selector=selector,
                        externalTrafficPolicy="Local")
         with services(lab, body):
             ip = lb_ip(lab, "lbl")
             converge(lab)
             (group,) = lab.dump_groups("br-gw")
             assert group.count("bucket=") == 1, "no second hop: only node2"
-            assert L.wait_for(lambda: answers(lab, "inet", f"http://{ip}/") ==
+            assert L.wait_for(lambda: who(lab, "inet", f"http://{ip}/") ==
                               {"pod3", "pod4"}, 20, what="node2's pods")
-            assert get(lab, "inet", f"http://{ip}/ip") == L.INET_IP
+            assert lab.curl("inet", f"http://{ip}/ip") == L.INET_IP
 
 
 def test_pool_choice_load_balancer_ip_and_release(lab):
-    blue = service("lb-blue", "LoadBalancer",
+    blue = service("lb-blue", type_="LoadBalancer",
                    annotations={"nsx-proxy.io/fip-pool": "blue"})
-    asked = service("lb-asked", "LoadBalancer", loadBalancerIP="198.51.100.50")
+    asked = service("lb-asked", type_="LoadBalancer", loadBalancerIP="198.51.100.50")
     with services(lab, blue, asked):
         assert int(lb_ip(lab, "lb-blue").rsplit(".", 1)[1]) >= 128
         assert lb_ip(lab, "lb-asked") == "198.51.100.50"
         converge(lab)
-        assert get(lab, "inet", "http://198.51.100.50/") in EVERYONE
+        assert lab.curl("inet", "http://198.51.100.50/") in EVERYONE
         # LoadBalancer -> NodePort: the IP is released and its flows go
         lab.cluster.apply_service(dict(asked, spec=dict(asked["spec"], type="NodePort")))
         L.wait_for(lambda: not lab.cluster.core.read_namespaced_service(
@@ -139,13 +128,13 @@ def test_pool_choice_load_balancer_ip_and_release(lab):
                        for f in lab.dump_flows(n.bridge))
         port = lab.cluster.core.read_namespaced_service(
             "lb-asked", "default").spec.ports[0].node_port
-        assert get(lab, "inet", f"http://{NODE1}:{port}/") in EVERYONE
+        assert lab.curl("inet", f"http://{NODE1}:{port}/") in EVERYONE
         # NodePort -> ClusterIP: the nodePort is released and stops answering
         plain = dict(asked, spec=dict(asked["spec"], type="ClusterIP"))
         plain["spec"].pop("loadBalancerIP")
         lab.cluster.apply_service(plain)
         converge(lab)
-        assert get(lab, "inet", f"http://{NODE1}:{port}/", timeout=1) == ""
+        assert lab.curl("inet", f"http://{NODE1}:{port}/", timeout=1) == ""
         assert not any(f":{port}" in f or f"tp_dst={port}" in f for n in lab.nodes
                        for f in lab.dump_flows(n.bridge))
         # ... and back to LoadBalancer: a pool address again
@@ -153,19 +142,19 @@ def test_pool_choice_load_balancer_ip_and_release(lab):
                                                         type="LoadBalancer")))
         again = lb_ip(lab, "lb-asked")
         converge(lab)
-        assert get(lab, "inet", f"http://{again}/") in EVERYONE
+        assert lab.curl("inet", f"http://{again}/") in EVERYONE
 
 
 def test_load_balancer_source_ranges_are_enforced(lab):
-    body = service("lbsr", "LoadBalancer", loadBalancerSourceRanges=["203.0.113.0/28"])
+    body = service("lbsr", type_="LoadBalancer", loadBalancerSourceRanges=["203.0.113.0/28"])
     with services(lab, body):
         ip = lb_ip(lab, "lbsr")
         converge(lab)
-        assert get(lab, "inet", f"http://{ip}/") in EVERYONE
+        assert lab.curl("inet", f"http://{ip}/") in EVERYONE
         lab.cluster.apply_service(dict(body, spec=dict(
             body["spec"], loadBalancerSourceRanges=["10.0.0.0/8"])))
         converge(lab)
-        L.wait_for(lambda: get(lab, "inet", f"http://{ip}/", timeout=1) == "", 10,
+        L.wait_for(lambda: lab.curl("inet", f"http://{ip}/", timeout=1) == "", 10,
                    what="the Internet host to be dropped")
 
 
@@ -177,9 +166,9 @@ def test_external_ip_reaching_a_node_without_local_backend_is_served(lab):
         with services(lab, body):
             (group,) = lab.dump_groups("br-gw")
             assert group.count("bucket=") == 2
-            got = answers(lab, "inet", "http://198.51.100.200/", 16)
+            got = who(lab, "inet", "http://198.51.100.200/", 16)
             assert got == {"pod3", "pod4"}
-            assert get(lab, "inet", "http://198.51.100.200/ip") in (NODE1, NODE2)
+            assert lab.curl("inet", "http://198.51.100.200/ip") in (NODE1, NODE2)
 
 
 def test_pod_floating_ip_in_both_directions_and_node_snat_without_one(lab):
@@ -187,16 +176,16 @@ def test_pod_floating_ip_in_both_directions_and_node_snat_without_one(lab):
     try:
         core.patch_namespaced_pod("pod2", "default", {"metadata": {"annotations": {
             "nsx-proxy.io/floating-ip": "198.51.100.77"}}})
-        L.wait_for(lambda: get(lab, "inet", "http://198.51.100.77:8080/", 1) == "pod2",
+        L.wait_for(lambda: lab.curl("inet", "http://198.51.100.77:8080/", 1) == "pod2",
                    20, what="the floating IP to reach pod2")
-        assert get(lab, "inet", "http://198.51.100.77:8080/ip") == L.INET_IP
-        assert get(lab, "pod2", f"http://{L.INET_IP}:8080/ip") == "198.51.100.77"
-        assert get(lab, "pod1", f"http://{L.INET_IP}:8080/ip") == NODE1
-        assert get(lab, "pod3", f"http://{L.INET_IP}:8080/ip") == NODE2
-        assert get(lab, "pod3", "http://198.51.100.77:8080/") == "pod2"   # from inside
+        assert lab.curl("inet", "http://198.51.100.77:8080/ip") == L.INET_IP
+        assert lab.curl("pod2", f"http://{L.INET_IP}:8080/ip") == "198.51.100.77"
+        assert lab.curl("pod1", f"http://{L.INET_IP}:8080/ip") == NODE1
+        assert lab.curl("pod3", f"http://{L.INET_IP}:8080/ip") == NODE2
+        assert lab.curl("pod3", "http://198.51.100.77:8080/") == "pod2"   # from inside
     finally:
         core.patch_namespaced_pod("pod2", "default", {"metadata": {"annotations": {
             "nsx-proxy.io/floating-ip": None}}})
         converge(lab)
-    L.wait_for(lambda: get(lab, "inet", "http://198.51.100.77:8080/", 1) == "", 20,
+    L.wait_for(lambda: lab.curl("inet", "http://198.51.100.77:8080/", 1) == "", 20,
                what="the floating IP to go")

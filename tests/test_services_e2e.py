@@ -10,19 +10,16 @@ import time
 
 import pytest
 
-from lab_helpers import HERE, HeldConnection, converge, services
+import functools
+
+from kube_helpers import service as raw_service
+from lab_helpers import HERE, HeldConnection, converge, services, who as who_url
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
 
 
-def service(name, vip, ports, selector=None, **spec):
-    body = {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": dict(clusterIP=vip, selector=selector or {"app": "web"}, ports=[
-                {"name": n, "protocol": proto, "port": p, "targetPort": t}
-                for n, proto, p, t in ports], **spec)}
-    return body
+service = functools.partial(raw_service, selector={"app": "web"})   # every lab pod
 
 
 def curl(lab, client, url, timeout=3):
@@ -39,12 +36,12 @@ def udp_ask(lab, client, ip, port):
 
 
 def who(lab, client, vip, port, n=12):
-    return {curl(lab, client, f"http://{vip}:{port}/")[1] for _ in range(n)} - {""}
+    return who_url(lab, client, f"http://{vip}:{port}/", n)
 
 
 def test_should_be_rejected_when_no_endpoints_exist(lab):
-    with services(lab, service("empty", "10.96.1.1", [("http", "TCP", 80, 8080),
-                                                    ("dns", "UDP", 53, 5353)],
+    with services(lab, service("empty", vip="10.96.1.1",
+                               ports=[("http", "TCP", 80, 8080), ("dns", "UDP", 53, 5353)],
                                selector={"app": "nobody"})):
         rc, _, took = curl(lab, "pod1", "http://10.96.1.1/")
         assert rc == 7 and took < 1.5, "TCP must be refused at once, not time out"
@@ -72,7 +69,7 @@ def test_should_serve_multiport_endpoints_from_pods(lab):
             kubelet.recreate(name, extra_ports=[("web", port, "TCP")])
         for name in ("pod1", "pod2"):
             kubelet.recreate(name, extra_ports=[("web", 8080, "TCP")])
-        body = service("multi", "10.96.1.2", [("a", "TCP", 8888, "web"),
+        body = service("multi", vip="10.96.1.2", ports=[("a", "TCP", 8888, "web"),
                                               ("b", "TCP", 9999, "http")])
         with services(lab, body):
             assert L.wait_for(lambda: who(lab, "pod1", "10.96.1.2", 8888) ==
@@ -91,19 +88,20 @@ def test_should_serve_multiport_endpoints_from_pods(lab):
 
 
 def test_should_serve_endpoints_on_same_port_and_different_protocols(lab):
-    body = service("both", "10.96.1.3", [("tcp", "TCP", 53, 8080), ("udp", "UDP", 53, 5353)])
+    body = service("both", vip="10.96.1.3",
+                   ports=[("tcp", "TCP", 53, 8080), ("udp", "UDP", 53, 5353)])
     with services(lab, body):
         assert curl(lab, "pod1", "http://10.96.1.3:53/")[1] in {p.name for p in lab.pods}
         assert udp_ask(lab, "pod1", "10.96.1.3", 53) in {p.name for p in lab.pods}
 
 
 def test_should_respect_internal_traffic_policy_local_pod_to_pod(lab):
-    body = service("local", "10.96.1.4", [("http", "TCP", 80, 8080)],
+    body = service("local", vip="10.96.1.4", ports=[("http", "TCP", 80, 8080)],
                    internalTrafficPolicy="Local")
     with services(lab, body):
         assert who(lab, "pod1", "10.96.1.4", 80) == {"pod1", "pod2"}
         assert who(lab, "pod4", "10.96.1.4", 80) == {"pod3", "pod4"}
-    only_remote = service("local-remote", "10.96.1.5", [("http", "TCP", 80, 8080)],
+    only_remote = service("local-remote", vip="10.96.1.5", ports=[("http", "TCP", 80, 8080)],
                           selector={"app": "web", "node": "two"},
                           internalTrafficPolicy="Local")
     kubelet = lab.cluster.kubelet
@@ -121,7 +119,7 @@ def test_should_respect_internal_traffic_policy_local_pod_to_pod(lab):
 
 
 def test_should_allow_pods_to_hairpin_back_to_themselves_through_services(lab):
-    body = service("self", "10.96.1.6", [("http", "TCP", 80, 8080)],
+    body = service("self", vip="10.96.1.6", ports=[("http", "TCP", 80, 8080)],
                    selector={"app": "web", "kubernetes.io/hostname": "pod2"})
     kubelet = lab.cluster.kubelet
     try:
@@ -137,7 +135,7 @@ def test_should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoi
     """KEP-1669, for internalTrafficPolicy Cluster and Local; a connection to
     the terminating pod is never cut by the proxy."""
     kubelet, core = lab.cluster.kubelet, lab.cluster.core
-    bodies = [service(f"term-{p.lower()}", vip, [("http", "TCP", 80, 8080)],
+    bodies = [service(f"term-{p.lower()}", vip=vip, ports=[("http", "TCP", 80, 8080)],
                       selector={"app": "web", "term": "yes"}, internalTrafficPolicy=p)
               for p, vip in (("Cluster", "10.96.1.7"), ("Local", "10.96.1.8"))]
     held = None
@@ -203,10 +201,10 @@ def test_should_drop_invalid_conntrack_entries(lab):
 
 
 def test_should_work_after_the_service_has_been_recreated_and_ports_or_selector_changed(lab):
-    first = service("again", "10.96.1.9", [("http", "TCP", 80, 8080)])
+    first = service("again", vip="10.96.1.9", ports=[("http", "TCP", 80, 8080)])
     with services(lab, first):
         assert curl(lab, "pod1", "http://10.96.1.9/")[0] == 0
-        moved = service("again", "10.96.1.9", [("http", "TCP", 8081, 8080),
+        moved = service("again", vip="10.96.1.9", ports=[("http", "TCP", 8081, 8080),
                                                ("dns", "UDP", 53, 5353)])
         lab.cluster.apply_service(moved)                      # port changed in place
         converge(lab)
@@ -230,7 +228,7 @@ def test_should_work_after_the_service_has_been_recreated_and_ports_or_selector_
 
 def test_should_create_endpoints_for_unready_pods(lab):
     """publishNotReadyAddresses: a pod whose readiness fails still serves."""
-    body = service("unready", "10.96.1.11", [("http", "TCP", 80, 8080)],
+    body = service("unready", vip="10.96.1.11", ports=[("http", "TCP", 80, 8080)],
                    selector={"app": "web", "unready": "yes"}, publishNotReadyAddresses=True)
     kubelet = lab.cluster.kubelet
     try:
@@ -277,7 +275,7 @@ def test_should_have_session_affinity_work_and_switch_for_service_with_type_clus
     """ClientIP affinity sticks each client to one endpoint, for TCP and UDP;
     it can be switched off and on at runtime; when the sticky endpoint goes
     away the client gets a new one and sticks to that."""
-    sticky = service("sticky", "10.96.1.20", [("http", "TCP", 80, 8080),
+    sticky = service("sticky", vip="10.96.1.20", ports=[("http", "TCP", 80, 8080),
                                               ("dns", "UDP", 53, 5353)],
                      sessionAffinity="ClientIP",
                      sessionAffinityConfig={"clientIP": {"timeoutSeconds": 300}})
@@ -313,19 +311,19 @@ def test_should_have_session_affinity_work_and_switch_for_service_with_type_clus
 def test_should_keep_traffic_in_the_clients_zone_with_topology_aware_routing(lab):
     """Each lab node is a zone; with topology-mode Auto the slices carry zone
     hints and a client only reaches endpoints hinted for its own zone."""
-    body = service("zonal", "10.96.1.21", [("http", "TCP", 80, 8080)])
+    body = service("zonal", vip="10.96.1.21", ports=[("http", "TCP", 80, 8080)])
     body["metadata"]["annotations"] = {"service.kubernetes.io/topology-mode": "Auto"}
     with services(lab, body):
         assert who(lab, "pod1", "10.96.1.21", 80) == {"pod1", "pod2"}
         assert who(lab, "pod4", "10.96.1.21", 80) == {"pod3", "pod4"}
-    with services(lab, service("spread", "10.96.1.22", [("http", "TCP", 80, 8080)])):
+    with services(lab, service("spread", vip="10.96.1.22", ports=[("http", "TCP", 80, 8080)])):
         assert who(lab, "pod1", "10.96.1.22", 80, n=20) == {p.name for p in lab.pods}
 
 
 def test_a_flood_of_refused_connections_is_metered_before_the_controller(lab):
     """Rejections go to the controller through meter 1; a burst beyond its
     rate is dropped in OVS (the meter's band counts it)."""
-    with services(lab, service("flood", "10.96.1.23", [("http", "TCP", 80, 8080)],
+    with services(lab, service("flood", vip="10.96.1.23", ports=[("http", "TCP", 80, 8080)],
                                selector={"app": "nobody"})):
         lab.net.get("pod1").cmd(f"python3 {HERE}/synflood.py {lab.pods[0].ip} "
                                 "10.96.1.23 80 3000")

@@ -1,16 +1,16 @@
 """Translation of API objects into the model: every field, and every kind of bad object."""
+import functools
 import logging
 
 import pytest
 
+from kube_helpers import service
 from nsx_proxy import model, translate, validate
 from nsx_proxy.validate import Invalid
 
 
-def svc(name="web", **spec):
-    spec.setdefault("clusterIP", "10.96.0.10")
-    spec.setdefault("ports", [{"name": "http", "port": 80, "targetPort": "http"}])
-    return {"metadata": {"namespace": "default", "name": name}, "spec": spec}
+svc = functools.partial(service, "web", vip="10.96.0.10",
+                        ports=[{"name": "http", "port": 80, "targetPort": "http"}])
 
 
 def eps(*endpoints, ports=(("http", 8080),), name="web-1", family="IPv4", service="web"):

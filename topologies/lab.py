@@ -34,7 +34,7 @@ from typing import Dict, List
 
 from controller import bridges as B
 from controller.bridges import ip_mac
-from controller.compiler import serving_nodes
+from controller.gateway_fragments import serving_nodes
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess

@@ -1,0 +1,126 @@
+"""The raw API objects the proxy watches, as the watches last reported them.
+
+Five resources: Services, EndpointSlices (indexed by their service), Nodes,
+Pods (only those that ask for a floating IP: all pods would be a lot) and
+Namespaces (their pool annotations).  Each event or relist marks what it
+may have changed, so the state builder translates only that; ``take_dirty``
+hands the marks over.  Pure data and dict updates: no I/O, no threads.
+"""
+from nsx_proxy import model, translate
+
+
+def _key(obj):
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace"), meta.get("name")
+
+
+def _rv(obj):
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+class KubeCache:
+    def __init__(self):
+        self.services = {}                   # ServiceKey -> raw Service
+        self.slices = {}                     # (ns, name) -> raw EndpointSlice
+        self.slices_by_service = {}          # ServiceKey -> {(ns, name): raw slice}
+        self.nodes = {}                      # name -> raw Node
+        self.pods = {}                       # (ns, name) -> raw Pod with a floating IP
+        self.namespaces = {}                 # name -> raw Namespace
+        self._dirty = set()                  # ServiceKeys to translate again
+        self._nodes_dirty = True
+        self._pods_dirty = True
+
+    def take_dirty(self):
+        """(service keys, nodes changed, floating-IP pods changed) since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        dirty.discard(None)
+        out = (dirty, self._nodes_dirty, self._pods_dirty)
+        self._nodes_dirty = self._pods_dirty = False
+        return out
+
+    # --- services ----------------------------------------------------------------
+    def service_event(self, etype, obj):
+        key = model.ServiceKey(*_key(obj))
+        if etype == "DELETED":
+            self.services.pop(key, None)
+        else:
+            self.services[key] = obj
+        self._dirty.add(key)
+
+    def replace_services(self, items):
+        fresh = {model.ServiceKey(*_key(o)): o for o in items}
+        for key in self.services.keys() | fresh.keys():
+            old, new = self.services.get(key), fresh.get(key)
+            if old is None or new is None or _rv(old) != _rv(new):
+                self._dirty.add(key)
+        self.services = fresh
+
+    # --- endpoint slices ------------------------------------------------------------
+    def _index_slice(self, key, obj):
+        old = self.slices.pop(key, None)
+        if old is not None:
+            owner = translate.slice_service(old)
+            self.slices_by_service.get(owner, {}).pop(key, None)
+            self._dirty.add(owner)
+        if obj is not None:
+            self.slices[key] = obj
+            owner = translate.slice_service(obj)
+            if owner is not None:
+                self.slices_by_service.setdefault(owner, {})[key] = obj
+                self._dirty.add(owner)
+
+    def slice_event(self, etype, obj):
+        self._index_slice(_key(obj), None if etype == "DELETED" else obj)
+
+    def replace_slices(self, items):
+        fresh = {_key(o): o for o in items}
+        for key in list(self.slices):
+            if key not in fresh:
+                self._index_slice(key, None)
+        for key, obj in fresh.items():
+            if key not in self.slices or _rv(self.slices[key]) != _rv(obj):
+                self._index_slice(key, obj)
+
+    # --- nodes -------------------------------------------------------------------------
+    def node_event(self, etype, obj):
+        name = _key(obj)[1]
+        if etype == "DELETED":
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = obj
+        self._nodes_dirty = True
+
+    def replace_nodes(self, items):
+        self.nodes = {_key(o)[1]: o for o in items}
+        self._nodes_dirty = True
+
+    # --- pods with a floating IP ----------------------------------------------------------
+    def pod_event(self, etype, obj) -> bool:
+        """False when the event cannot matter (a pod without a floating IP)."""
+        key = _key(obj)
+        wanted = ((obj.get("metadata") or {}).get("annotations") or {}).get(
+            translate.FLOATING_IP_ANNOTATION)
+        if etype == "DELETED" or not wanted:
+            if self.pods.pop(key, None) is None:
+                return False
+        else:
+            self.pods[key] = obj
+        self._pods_dirty = True
+        return True
+
+    def replace_pods(self, items):
+        self.pods = {}
+        for obj in items:
+            self.pod_event("ADDED", obj)
+        self._pods_dirty = True
+
+    # --- namespaces ----------------------------------------------------------------------
+    def namespace_event(self, etype, obj):
+        name = _key(obj)[1]
+        if etype == "DELETED":
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = obj
+
+    def replace_namespaces(self, items):
+        self.namespaces = {_key(o)[1]: o for o in items}

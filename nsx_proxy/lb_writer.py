@@ -1,0 +1,50 @@
+"""Writes load-balancer IPs from the floating-IP pools into Service status.
+
+The proxy's only writes to the API.  ``lb_ipam`` decides (pure); this
+module writes what it decided, one write in flight per service: a write
+that has not come back through the watch yet keeps its IP reserved, so two
+services can never be handed one IP, and a failed write is retried on the
+next sync.
+"""
+import logging
+
+from nsx_proxy import lb_ipam
+
+LOG = logging.getLogger("nsx_proxy.kube_source")
+
+
+class LbStatusWriter:
+    def __init__(self, ipam: lb_ipam.Ipam, core, spawn, reject, on_written):
+        self.ipam = ipam
+        self._core = core                    # kubernetes CoreV1Api
+        self._spawn = spawn
+        self._reject = reject
+        self._on_written = on_written        # called after every write (ask for a sync)
+        self.pending = {}                    # ServiceKey -> IP being written (None: release)
+
+    def sync(self, services, namespaces):
+        """Write LB IPs from the pools to services that need one (or release)."""
+        for key, ip in list(self.pending.items()):    # written and seen back?
+            svc = services.get(key)
+            seen = lb_ipam.ingress_ips(svc) if svc else ()
+            if svc is None or (ip in seen if ip else not seen):
+                del self.pending[key]
+        plan = self.ipam.plan(services, namespaces, self._reject,
+                              reserved={ip for ip in self.pending.values() if ip})
+        for key, ip in plan.items():
+            if key in self.pending:
+                continue                     # being written; wait to see it back
+            self.pending[key] = ip
+            self._spawn(self._write, key, ip)
+
+    def _write(self, key, ip):
+        ingress = [{"ip": ip}] if ip else None
+        try:
+            self._core.patch_namespaced_service_status(
+                key.name, key.namespace, {"status": {"loadBalancer": {"ingress": ingress}}})
+            LOG.info("service %s: load-balancer IP %s", key,
+                     f"{ip} allocated" if ip else "released")
+        except Exception as exc:  # retried on the next sync
+            LOG.warning("service %s: cannot write load-balancer status: %s", key, exc)
+            self.pending.pop(key, None)
+        self._on_written()
