@@ -27,6 +27,14 @@ PORT = 16670
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_T0 = time.monotonic()
+
+
+def progress(what):
+    """A progress line on stderr (the result table goes to stdout)."""
+    print(f"[{time.monotonic() - _T0:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+
 def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
 
@@ -104,9 +112,12 @@ def main(argv=None):
         try:
             for n in args.sizes:
                 apps, floors, lat, rss, msgs = [], [], [], [], 0
-                for _ in range(args.rounds):
+                for r in range(args.rounds):
+                    progress(f"bench.core: {n} services, round {r + 1}/{args.rounds}: "
+                             f"cold sync and {args.changes} changes")
                     make_bridge()
                     res = run_app(n, args.changes, workdir)
+                    progress(f"bench.core: {n} services: the ovs-ofctl floor")
                     floor, msgs = ofctl_floor(workdir)
                     apps.append(res["cold_sync_s"])
                     floors.append(floor)

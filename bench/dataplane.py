@@ -28,7 +28,7 @@ import time
 
 import yaml
 
-from bench.core import sh
+from bench.core import progress, sh
 from controller.bridges import default_zone, ip_mac
 from topologies.controller_proc import RyuProcess
 from topologies.waiting import wait_for
@@ -176,6 +176,7 @@ def run_size(n, rounds, seconds):
         ctl = None
         servers = []
         try:
+            progress(f"bench.dataplane: {n} services: programming OVS and the iptables chain")
             ctl = build_ovs(workdir, n)
             build_iptables(workdir, n)
             for ns in (NS["server"], NS["iserver"]):
@@ -191,6 +192,7 @@ def run_size(n, rounds, seconds):
                      "iptables vip": (NS["iclient"], target_vip, low),
                      "iptables pod": (NS["iclient"], "10.8.2.2", high)}
             for name, (ns, target, ports) in cases.items():
+                progress(f"bench.dataplane: {n} services: {name}, {rounds} x {seconds} s")
                 measure(ns, target, 0.5, ports, target_vip)  # warm up (ARP, caches)
                 runs = [measure(ns, target, seconds, ports, target_vip)
                         for _ in range(rounds)]

@@ -3,7 +3,8 @@
 Loaded next to ``controller.app`` by bench/core.py.  It hands the proxy a
 generated state of N services (as a watch cache would: unchanged objects are
 reused), waits for the bundle to commit, then changes one endpoint at a time
-and records model-change -> bundle-committed for each.  Results go to the
+(with the change set, as the Kubernetes source hands it over) and records
+model-change -> bundle-committed for each.  Results go to the
 JSON file named by $BENCH_OUT, then the process exits.
 """
 import json
@@ -13,7 +14,7 @@ import time
 from ryu.base import app_manager
 from ryu.lib import hub
 
-from nsx_proxy import model
+from nsx_proxy import changes as change_sets, model
 
 
 def make_services(n, endpoints=5):
@@ -36,7 +37,15 @@ NODES = (model.Node("node1", "192.168.100.1", "10.1.0.0/16"),
 class BenchDriver(app_manager.RyuApp):
     def start(self):
         super().start()
-        return hub.spawn(self._run)
+        return hub.spawn(self._run_or_exit)
+
+    def _run_or_exit(self):
+        """A failure must end ryu-manager, or the benchmark waits for ever."""
+        try:
+            self._run()
+        except Exception:
+            self.logger.exception("benchmark driver failed")
+            os._exit(1)
 
     def _run(self):
         n = int(os.environ["BENCH_SERVICES"])
@@ -49,7 +58,8 @@ class BenchDriver(app_manager.RyuApp):
         proxy.commit_listeners.append(lambda dpid, plan, secs: commits.put(len(plan)))
         services = make_services(n)
         t0 = time.monotonic()
-        proxy.set_state(model.ClusterState.build(services, NODES))
+        state = model.ClusterState.build(services, NODES)
+        proxy.set_state(state)
         commits.get()
         cold = time.monotonic() - t0
         latencies = []
@@ -67,7 +77,9 @@ class BenchDriver(app_manager.RyuApp):
                                                            flipped),))
             new_state = model.ClusterState.build(services, NODES)
             t1 = time.monotonic()
-            proxy.set_state(new_state)
+            # with the change set a Kubernetes source delivers: this one service
+            proxy.set_state(new_state, change_sets.compute(state, new_state, [svc.key]))
+            state = new_state
             commits.get()
             latencies.append(time.monotonic() - t1)
         with open(f"/proc/{os.getpid()}/status") as fh:

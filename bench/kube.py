@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.core import BR, PORT, REPO, make_bridge, pct, sh
+from bench.core import BR, PORT, REPO, make_bridge, pct, progress, sh
 from topologies.apiserver import ApiServer
 from topologies.apiserver.kinds import RESOURCES
 
@@ -82,7 +82,8 @@ def main(argv=None):
         try:
             for n in args.sizes:
                 lat, syncs, burst, cold = [], [], [], []
-                for _ in range(args.rounds):
+                for r in range(args.rounds):
+                    progress(f"bench.kube: {n} services, round {r + 1}/{args.rounds}")
                     res = run_once(n, args.changes, workdir)
                     lat += res["write_to_live_s"]
                     syncs.append(res["burst_syncs"])

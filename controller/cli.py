@@ -6,14 +6,21 @@
     nsx-proxy flows (--service NS/NAME | --node NAME | --floating-ip IP)
 
 Every subcommand takes ``--json`` for scripts.  It reads the controller's
-read-only endpoint (``--controller``, default http://127.0.0.1:9910: the
-state it implements, with group ids, frontends, each cookie's owner and the
-table names) and OVS on this host (``ovs-ofctl`` / ``ovs-appctl``): group
-stats, conntrack, ofproto/trace.  It imports nothing of the controller: the
-endpoint's view is its whole contract, so it can run on any host.
+read-only endpoint (the state it implements, with group ids, frontends, each
+cookie's owner and the table names) and OVS on this host (``ovs-ofctl`` /
+``ovs-appctl``): group stats, conntrack, ofproto/trace.  It imports nothing of
+the controller: the endpoint's view is its whole contract.
+
+Which endpoint, the way the controller itself is configured: ``--controller
+URL``; else ``status_port`` from ``--config-file FILE`` (the file given to
+ryu-manager); else from the config of a lab that is running
+(/tmp/nsx-proxy-lab, /tmp/nsx-proxy-seed); else from
+/etc/nsx-proxy/nsx-proxy.conf; else http://127.0.0.1:9910.
 """
 import argparse
+import configparser
 import ipaddress
+import os
 import json
 import re
 import subprocess
@@ -28,6 +35,37 @@ def _run(cmd):
     if proc.returncode:
         raise SystemExit(f"nsx-proxy: {' '.join(cmd[:3])} failed: {proc.stderr.strip()}")
     return proc.stdout
+
+
+DEFAULT_PORT = 9910
+# Config files looked at, in order, when neither --controller nor
+# --config-file is given: a running lab's controller, then an installed one.
+KNOWN_CONFIGS = ("/tmp/nsx-proxy-lab/nsx-proxy.conf", "/tmp/nsx-proxy-seed/nsx-proxy.conf",
+                 "/etc/nsx-proxy/nsx-proxy.conf")
+
+
+def status_url(config_path):
+    """The status endpoint a controller started with this config serves."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",))
+    if not parser.read(config_path):
+        raise SystemExit(f"nsx-proxy: cannot read the config file {config_path}")
+    port = parser.getint("nsx_proxy", "status_port", fallback=DEFAULT_PORT)
+    if port == 0:
+        raise SystemExit(f"nsx-proxy: {config_path} turns the status endpoint off "
+                         f"(status_port = 0)")
+    return f"http://127.0.0.1:{port}"
+
+
+def find_controller(args):
+    """(URL, where it came from) of the controller's status endpoint."""
+    if args.controller:
+        return args.controller, "--controller"
+    if args.config_file:
+        return status_url(args.config_file), f"--config-file {args.config_file}"
+    for path in KNOWN_CONFIGS:
+        if os.path.exists(path):
+            return status_url(path), f"the config {path}"
+    return f"http://127.0.0.1:{DEFAULT_PORT}", "the default"
 
 
 def fetch_state(url):
@@ -253,8 +291,10 @@ def cmd_flows(args, state):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="nsx-proxy", description=__doc__.splitlines()[0])
-    parser.add_argument("--controller", default="http://127.0.0.1:9910",
-                        help="the controller's status endpoint (default %(default)s)")
+    parser.add_argument("--controller", metavar="URL",
+                        help="the controller's status endpoint, e.g. http://127.0.0.1:9910")
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="the controller's config file (its status_port is used)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, fn, help_text):
@@ -285,10 +325,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    url, source = find_controller(args)
     try:
-        state = fetch_state(args.controller)
+        state = fetch_state(url)
     except OSError as exc:
-        print(f"nsx-proxy: cannot reach the controller at {args.controller}: {exc}",
+        print(f"nsx-proxy: cannot reach the controller at {url} (from {source}): {exc}",
               file=sys.stderr)
         return 2
     result = args.fn(args, state)

@@ -6,6 +6,12 @@ from kube_helpers import start_server
 from topologies import lab as L
 
 
+def pytest_collection_modifyitems(items):
+    """The interactive lab tests build labs with the shared lab's bridge names:
+    run them before the shared lab is created (it is created on first use)."""
+    items.sort(key=lambda item: item.get_closest_marker("interactive") is None)
+
+
 @pytest.fixture(scope="session")
 def lab():
     the_lab = L.Lab(nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-e2e", of_port=16654,

@@ -69,6 +69,13 @@ def test_conntrack_shows_original_and_translated_tuples(lab):
         held.close()
 
 
+def test_the_controllers_config_file_is_enough_to_find_it(lab):
+    conf = os.path.join(lab.run_dir, "nsx-proxy.conf")
+    out = subprocess.run([CLI, "--config-file", conf, "services", "default/web", "--json"],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    assert json.loads(out)[0]["service"] == "default/web"
+
+
 def test_trace_annotates_each_step_with_table_and_object(lab):
     trace = cli("trace", "--from-pod", "default/pod1", "--dst", L.DEMO_VIP, "--dport", "80")
     names = [s["table_name"] for s in trace["steps"]]

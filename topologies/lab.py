@@ -38,6 +38,7 @@ from controller.gateway_fragments import serving_nodes
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
+from topologies.progress import QUIET, Progress
 from topologies.waiting import wait_for
 
 LOG = logging.getLogger("lab")
@@ -109,7 +110,7 @@ class Lab:
 
     def __init__(self, nodes=2, pods_per_node=2, controller=None,
                  run_dir="/tmp/nsx-proxy-lab", of_port=6653, kubeconfig=None,
-                 manifests=(), status_port=9910):
+                 manifests=(), status_port=9910, progress=QUIET):
         self.nodes = plan_nodes(nodes, pods_per_node)
         self.external_controller = controller        # "host:port" or None
         self.run_dir = run_dir
@@ -117,6 +118,7 @@ class Lab:
         self.kubeconfig = kubeconfig                 # None: the embedded API server
         self.manifests = list(manifests)
         self.status_port = status_port               # the controller's /state, /metrics
+        self.progress = progress                     # start-up steps, for people
         self.controller_log = os.path.join(run_dir, "controller.log")
         self.controller = None
         self.cluster = None
@@ -134,13 +136,16 @@ class Lab:
         from mininet.net import Mininet
         from mininet.node import OVSBridge, OVSSwitch, RemoteController
 
+        step = self.progress.step
         services, labels = load_manifests(self.manifests)
         unknown = set(labels) - {p.name for p in self.pods}
         if unknown:
             raise ValueError(f"manifests label pods the lab does not have: {sorted(unknown)}")
         self._clean_leftovers()
         os.makedirs(self.run_dir, exist_ok=True)
-        self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET)
+        with step("API server and kubelet" if not self.kubeconfig else
+                  f"kubelet for the cluster in {self.kubeconfig}"):
+            self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET)
         self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, {
             "source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
             "min_sync_period": 0.1, "fip_pools": FIP_POOLS, "default_fip_pool": "default",
@@ -150,7 +155,9 @@ class Lab:
             ctl_ip, ctl_port = host, int(port or 6653)
         else:
             ctl_ip, ctl_port = "127.0.0.1", self.of_port
-            self.start_controller()
+            with step(f"controller (ryu-manager on port {ctl_port}, log "
+                      f"{self.controller_log})"):
+                self.start_controller()
 
         net = Mininet(controller=None, autoSetMacs=False, autoStaticArp=False,
                       build=False, waitConnected=False)
@@ -171,21 +178,25 @@ class Lab:
         inet = net.addHost("inet", ip=INET_IP + "/24", mac=ip_mac(INET_IP),
                            defaultRoute=f"via {INET_GW}")
         net.addLink(inet, gw)
-        net.build()
-        net.start()
-        self.net = net
-        self._label_ovsdb()
-        self._tune_interfaces()
-        for pod in self.pods:
-            self.start_pod_server(pod.name)
-        self.start_pod_server("inet")          # the Internet host answers /ip too
-        kubelet = self.cluster.kubelet
-        kubelet.register_nodes(self.nodes)
-        kubelet.start(self.pods, lambda name: self.net.get(name).pid)
-        for body in services or [demo_service(DEMO_VIP, TCP_TARGET, UDP_TARGET)]:
-            self.cluster.apply_service(body)
-        for pod in self.pods:
-            kubelet.schedule(pod.name, labels.get(pod.name))
+        with step(f"topology: {len(self.nodes)} node bridges, br-gw, fabric, "
+                  f"{len(self.pods)} pods and inet"):
+            net.build()
+            net.start()
+            self.net = net
+            self._label_ovsdb()
+            self._tune_interfaces()
+        with step("pod servers"):
+            for pod in self.pods:
+                self.start_pod_server(pod.name)
+            self.start_pod_server("inet")          # the Internet host answers /ip too
+        with step("nodes, pods and services in the API server"):
+            kubelet = self.cluster.kubelet
+            kubelet.register_nodes(self.nodes)
+            kubelet.start(self.pods, lambda name: self.net.get(name).pid)
+            for body in services or [demo_service(DEMO_VIP, TCP_TARGET, UDP_TARGET)]:
+                self.cluster.apply_service(body)
+            for pod in self.pods:
+                kubelet.schedule(pod.name, labels.get(pod.name))
 
     def stop(self):
         if self.cluster is not None:
@@ -356,6 +367,35 @@ def scripted_check(lab: Lab) -> bool:
     return ok
 
 
+def console(run_dir):
+    """Logging for a person at a terminal: our INFO lines go to lab.log in the
+    run directory, warnings to the terminal; Mininet at its ``output`` level,
+    the one its CLI prints host commands' output with (``warning`` would
+    swallow ``pod1 curl ...``)."""
+    from mininet.log import setLogLevel
+    os.makedirs(run_dir, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    to_file = logging.FileHandler(os.path.join(run_dir, "lab.log"))
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    to_terminal = logging.StreamHandler()
+    to_terminal.setLevel(logging.WARNING)
+    root.addHandler(to_file)
+    root.addHandler(to_terminal)
+    setLogLevel("output")
+
+
+def interact(lab, hint):
+    """Wait for the bridges, then the lab's CLI until ``exit``."""
+    from topologies.labcli import LabCLI
+    with lab.progress.step("waiting for every bridge to be programmed"):
+        wait_for(lab.programmed, 30, what="flows on every node bridge")
+    lab.progress.done("lab ready")
+    print(f"\nKubeconfig: {lab.cluster.kubeconfig}   Controller log: "
+          f"{lab.controller_log}   Lab log: {lab.run_dir}/lab.log\n{hint}\n")
+    LabCLI(lab.net, lab=lab)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="nsx-proxy Mininet lab")
     parser.add_argument("--nodes", type=int, default=2, help="compute nodes (default 2)")
@@ -374,22 +414,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 250 or not 1 <= args.pods_per_node <= 250:
         parser.error("--nodes and --pods-per-node must be 1-250")
-    logging.basicConfig(level=logging.INFO)
-    from mininet.log import setLogLevel
-    setLogLevel("warning")
+    console(args.run_dir)
+    print("starting the lab")
     lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir,
-              kubeconfig=args.kubeconfig, manifests=args.manifest)
+              kubeconfig=args.kubeconfig, manifests=args.manifest, progress=Progress())
     try:
         lab.start()
         if args.check:
             return 0 if scripted_check(lab) else 1
-        from topologies.labcli import LabCLI
-        wait_for(lab.programmed, 30, what="flows on every node bridge")
-        print(f"\nKubeconfig: {lab.cluster.kubeconfig}   Controller log: "
-              f"{lab.controller_log}\nTry: services | pod1 curl -s {DEMO_VIP} | "
-              f"kubectl get svc,pods | sh ovs-ofctl -O OpenFlow13 dump-groups br-node1 "
-              f"| help\n")
-        LabCLI(lab.net, lab=lab)
+        interact(lab, f"Try: pod1 curl -s {DEMO_VIP} | services | kubectl get svc,pods | "
+                      f"sh ovs-ofctl -O OpenFlow13 dump-groups br-node1 | help")
         return 0
     finally:
         lab.stop()

@@ -7,13 +7,13 @@ lab stays up in its CLI, with the seed loaded, for ``dump-flows`` /
 ``dump-groups`` (the README walks through them).
 """
 import argparse
-import logging
 import os
 import shutil
 import sys
 
 from topologies import lab as L
 from topologies.cluster import load_manifests
+from topologies.progress import Progress
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = {"001": "contrail-001.yaml", "002": "nodeport-002.yaml", "004": "externalip-004.yaml"}
@@ -73,6 +73,13 @@ def check_004(lab):
 
 
 CHECKS = {"001": check_001, "002": check_002, "004": check_004}
+HINTS = {
+    "001": "Try: sh ovs-ofctl -O OpenFlow13 dump-flows br-gw table=60 | "
+           "inet curl -s 101.101.101.252:8888 | pod2 curl -s 10.105.139.153:8888",
+    "002": "Try: inet curl -s 192.168.100.1:31155 | "
+           "sh ovs-ofctl -O OpenFlow13 dump-flows br-node1 table=30",
+    "004": "Try: inet curl -s 169.10.10.1 | sh ovs-ofctl -O OpenFlow13 dump-groups br-gw",
+}
 
 
 def apply(lab, seed):
@@ -103,19 +110,19 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="run the check and exit")
     parser.add_argument("--run-dir", default="/tmp/nsx-proxy-seed")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    from mininet.log import setLogLevel
-    setLogLevel("warning")
-    lab = L.Lab(2, 2, run_dir=args.run_dir, manifests=[manifest(args.seed)])
+    L.console(args.run_dir)
+    print(f"starting seed lab {args.seed}")
+    lab = L.Lab(2, 2, run_dir=args.run_dir, manifests=[manifest(args.seed)],
+                progress=Progress())
     try:
         lab.start()
         procs = start_alt_servers(lab, ["pod1", "pod3"]) if args.seed == "001" else []
-        L.wait_for(lab.programmed, 30, what="flows on every bridge")
+        with lab.progress.step("waiting for every bridge to be programmed"):
+            L.wait_for(lab.programmed, 30, what="flows on every bridge")
         ok = CHECKS[args.seed](lab)
         print("OK" if ok else "FAILED")
         if not args.check:
-            from topologies.labcli import LabCLI
-            LabCLI(lab.net, lab=lab)
+            L.interact(lab, HINTS[args.seed])
         for proc in procs:
             proc.kill()
         return 0 if ok else 1

@@ -1,0 +1,57 @@
+"""How the nsx-proxy CLI finds the controller, and what it says when it cannot."""
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from controller import cli
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "controller.cli", *args, "services"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_config_file_the_controller_uses_names_the_endpoint(tmp_path):
+    conf = tmp_path / "nsx-proxy.conf"
+    port = free_port()
+    conf.write_text(f"[nsx_proxy]\nsource = kubernetes\nstatus_port = {port}   # ours\n")
+    args = cli.build_parser().parse_args(["--config-file", str(conf), "services"])
+    assert cli.find_controller(args) == (f"http://127.0.0.1:{port}",
+                                         f"--config-file {conf}")
+    done = run("--config-file", str(conf))          # nothing listens there
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"nsx-proxy: cannot reach the controller at "
+                                  f"http://127.0.0.1:{port} (from --config-file {conf}):")
+
+
+def test_controller_flag_wins_and_is_named_when_unreachable():
+    port = free_port()
+    done = run("--controller", f"http://127.0.0.1:{port}")
+    assert done.returncode == 2 and "(from --controller)" in done.stderr
+
+
+def test_a_config_without_the_endpoint_or_a_missing_file_is_a_clear_error(tmp_path):
+    off = tmp_path / "off.conf"
+    off.write_text("[nsx_proxy]\nstatus_port = 0\n")
+    with pytest.raises(SystemExit, match="turns the status endpoint off"):
+        cli.status_url(str(off))
+    with pytest.raises(SystemExit, match="cannot read the config file"):
+        cli.status_url(str(tmp_path / "nope.conf"))
+
+
+def test_without_flags_a_running_labs_config_then_the_default(tmp_path, monkeypatch):
+    lab_conf = tmp_path / "lab.conf"
+    lab_conf.write_text("[nsx_proxy]\nstatus_port = 19999\n")
+    args = cli.build_parser().parse_args(["services"])
+    monkeypatch.setattr(cli, "KNOWN_CONFIGS", (str(tmp_path / "absent"), str(lab_conf)))
+    assert cli.find_controller(args) == ("http://127.0.0.1:19999", f"the config {lab_conf}")
+    monkeypatch.setattr(cli, "KNOWN_CONFIGS", ())
+    assert cli.find_controller(args) == ("http://127.0.0.1:9910", "the default")
