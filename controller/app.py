@@ -33,7 +33,7 @@ from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from controller import cookies, names, status
+from controller import cookies, names, pipeline, status
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
 from nsx_proxy import changes, kube_source, lb_ipam, model
@@ -97,6 +97,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.source = None
         self.switch_connects = collections.Counter()     # dpid -> connections
         self.bundle_failures = collections.Counter()     # dpid -> refused/unconfirmed
+        self.quarantines = collections.Counter()         # (dpid, reason) -> objects skipped
         self._event_at = None                # first API event behind the current state
         self._event_observed = set()         # dpids that reported it already
         self.metrics = status.Metrics(self)
@@ -140,7 +141,8 @@ class ServiceProxy(app_manager.RyuApp):
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
-        names.release_group_ids(self.group_ids, previous, state, change)
+        names.release_group_ids(self.group_ids, previous, state, change,
+                                pipeline.MAX_BUCKETS_PER_GROUP)
         for switch in self.switches.values():
             switch.note(change)
 
@@ -158,7 +160,8 @@ class ServiceProxy(app_manager.RyuApp):
         LOG.info("switch %016x connected from %s", dp.id, dp.address)
         self.switch_connects[dp.id] += 1
         switch = self.switches[dp.id] = Switch(
-            dp, self.group_ids, hub.Event, self._bundle_ids, self.conf.reject_rate)
+            dp, self.group_ids, hub.Event, self._bundle_ids, self.conf.reject_rate,
+            quarantines=self.quarantines)
         if dp.id in self.contexts:
             switch.set_context(self.contexts[dp.id])
         self._send(dp, switch.hello())
@@ -191,7 +194,10 @@ class ServiceProxy(app_manager.RyuApp):
     @staticmethod
     def _send(dp, msgs):
         for msg in msgs:
-            dp.send_msg(msg)
+            if msg.buf is not None:
+                dp.send(msg.buf)         # encoded (and checked) by the Switch already
+            else:
+                dp.send_msg(msg)
 
     # --- syncing ----------------------------------------------------------------
     def _sync_loop(self, switch):

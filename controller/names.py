@@ -29,18 +29,40 @@ def gateway_group_name(ip: str) -> str:
     return f"gateway/{ip}"
 
 
-def group_names(svc: model.Service):
-    """Every group name the service may use (to keep their ids allocated)."""
+def part_name(group_name: str, part: int) -> str:
+    """The group of part ``part`` (> 0) of a pool split over several groups."""
+    return f"{group_name}#{part}"
+
+
+def parts_for(count: int, max_buckets: int) -> int:
+    """How many groups a pool of ``count`` endpoints needs: a power of two
+    (the split is on source-port bits) with at most ``max_buckets`` each."""
+    parts = 1
+    while -(-count // parts) > max_buckets:
+        parts *= 2
+    return parts
+
+
+def group_names(svc: model.Service, max_buckets: int):
+    """Every group name the service may use (to keep their ids allocated):
+    per port its pool's group, its external pool's, and the extra parts of a
+    pool too large for one group (sized for all of the port's endpoints,
+    which no node's choice exceeds)."""
     for port in svc.ports:
-        yield service_port_name(svc, port)
+        parts = parts_for(len(port.endpoints), max_buckets)
+        names = [service_port_name(svc, port)]
         if svc.outside_ips or svc.node_ports:
-            yield external_group_name(svc, port)
+            names.append(external_group_name(svc, port))
+        for name in names:
+            yield name
+            for part in range(1, parts):
+                yield part_name(name, part)
     for ip in svc.outside_ips:
         yield gateway_group_name(ip)
 
 
 def release_group_ids(group_ids, old: model.ClusterState, new: model.ClusterState,
-                      change) -> None:
+                      change, max_buckets: int) -> None:
     """Free the group ids of service ports (and gateway IPs) that are gone.
 
     Only the services the change set names are looked at; a gateway IP may
@@ -55,12 +77,12 @@ def release_group_ids(group_ids, old: model.ClusterState, new: model.ClusterStat
         for key in change.services:
             before, after = old.services.get(key), new.services.get(key)
             if before is not None:
-                candidates.update(set(group_names(before)) - set(
-                    group_names(after) if after is not None else ()))
+                candidates.update(set(group_names(before, max_buckets)) - set(
+                    group_names(after, max_buckets) if after is not None else ()))
         if not candidates:
             return
     if candidates is None or any(n.startswith("gateway/") for n in candidates):
         group_ids.release_unused({n for svc in new.services.values()
-                                  for n in group_names(svc)})
+                                  for n in group_names(svc, max_buckets)})
     else:
         group_ids.release(candidates)

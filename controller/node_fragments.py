@@ -12,7 +12,7 @@ from controller import flows as F
 from controller import pipeline as P
 from controller.bridges import BridgeContext, Pod, ROLE_NODE, ip_mac, router_mac
 from controller.fragments import Fragment
-from controller.names import external_group_name, service_port_name
+from controller.names import external_group_name, part_name, parts_for, service_port_name
 from nsx_proxy import endpoint_selection, model
 
 REJECT = (F.Meter(P.REJECT_METER), F.Controller(128))
@@ -157,36 +157,64 @@ def _ip_int(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
-def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie, mark=None,
+def split_pool(endpoints, max_buckets=P.MAX_BUCKETS_PER_GROUP):
+    """The pool in parts of at most ``max_buckets`` endpoints, one group each.
+
+    A power of two of parts, chosen by the low bits of the client's source
+    port (uniform for ephemeral ports); part i takes every P-th endpoint
+    from the i-th, so parts differ in size by at most one and every endpoint
+    is (within 1/size) as likely as any other.  Pools that fit one group are
+    one part, exactly as before the split existed.
+    """
+    parts = parts_for(len(endpoints), max_buckets)
+    return [tuple(endpoints[i::parts]) for i in range(parts)]
+
+
+def _part_match(proto, part, parts) -> dict:
+    if parts == 1:
+        return {}
+    return {F.L4_SRC_FIELD[proto]: (part, parts - 1)}
+
+
+def _group_ids(group_ids, name, parts):
+    return [group_ids.get(name)] + [group_ids.get(part_name(name, i))
+                                    for i in range(1, parts)]
+
+
+def _affinity_pool(ctx, svc, port, frontends, parts, gids, cookie, mark=None,
                    refuse=REJECT):
-    """Flows and the group of one pool with sessionAffinity ClientIP.
+    """Flows and groups of one pool with sessionAffinity ClientIP.
 
     ServiceLB writes the frontend into reg2/reg3 and looks the client up in
     SessionAffinity (a hit loads the remembered endpoint into reg0/reg1);
     EndpointDNAT then DNATs to that endpoint, or - no hit, or the endpoint is
-    gone - hands over to the group, whose bucket loads a fresh pick and
-    comes back.  After the DNAT, AffinityLearn remembers a fresh pick.  The
-    ct sits in a table, not in the bucket: buckets run as action sets.
+    gone - hands over to the group (of the client's part), whose bucket loads
+    a fresh pick and comes back.  After the DNAT, AffinityLearn remembers a
+    fresh pick.  The ct sits in a table, not in the bucket: buckets run as
+    action sets.
     """
     proto = F.IP_PROTO[port.protocol]
-    learned_cookie = cookies.make(cookies.KIND_AFFINITY, group_id)   # generation 0:
-    # A bucket loads the endpoint with the "fresh pick" bit in one 32-bit load.
-    buckets = tuple(P.ENDPOINT_DNAT.bucket((                        # kept on restart
+    endpoints = [ep for part in parts for ep in part]
+    learned_cookie = cookies.make(cookies.KIND_AFFINITY, gids[0])   # generation 0:
+    groups = [F.SelectGroup(gid, tuple(P.ENDPOINT_DNAT.bucket((    # kept on restart
+        # the endpoint and the "fresh pick" bit in one 32-bit load
         F.Load(P.ENDPOINT_IP.field, _ip_int(ep.ip)),
         F.Load(P.ENDPOINT_PORT.field, ep.port | P.AFFINITY_LEARN_BIT),
-        F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in endpoints)
+        F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in part)) for gid, part in zip(gids, parts)]
     flows = []
     for ip, dport, ranges in frontends:
         # ServiceLB loads the whole of reg2 and reg3, so they match whole too.
         fe = dict(eth_type=F.ETH_IP, ip_proto=proto, **{
             P.FRONTEND_IP.field: _ip_int(ip), P.FRONTEND_PORT.field: dport})
-        flows += _frontend_flows(port, [(ip, dport, ranges)], (
+        flows += _frontend_flows(port, [(ip, dport, ranges)], [({}, (
             F.Load(P.FRONTEND_IP.field, _ip_int(ip)), F.Load(P.FRONTEND_PORT.field, dport),
             F.Resubmit(P.SESSION_AFFINITY.id), F.GotoTable(P.ENDPOINT_DNAT.id))
-            if endpoints else refuse, cookie)
+            if endpoints else refuse)], cookie)
         if not endpoints:
             continue
-        flows.append(P.ENDPOINT_DNAT.flow(P.PRIO_LOW, (F.Group(group_id),), cookie, **fe))
+        for i, gid in enumerate(gids):
+            flows.append(P.ENDPOINT_DNAT.flow(P.PRIO_LOW, (F.Group(gid),), cookie,
+                                              **fe, **_part_match(proto, i, len(gids))))
         for ep in endpoints:
             flows.append(P.ENDPOINT_DNAT.flow(
                 P.PRIO_HIGH,
@@ -198,7 +226,7 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, group_id, cookie, mark=
             P.affinity_learn(proto, svc.affinity_timeout, learned_cookie),
             F.GotoTable(P.SERVICE_MASQUERADE.id)), cookie,
             **fe, **P.AFFINITY_FRESH.match(1)))
-    return flows, F.SelectGroup(group_id, buckets)
+    return flows, groups
 
 
 def _external_frontends(svc, port, node):
@@ -212,21 +240,26 @@ def _external_frontends(svc, port, node):
     return out
 
 
-def _frontend_flows(port, frontends, action, cookie):
-    """ServiceLB flows of (ip, port, ranges) frontends; with source ranges,
-    only those sources get ``action`` and every other source is dropped."""
+def _frontend_flows(port, frontends, actions, cookie):
+    """ServiceLB flows of (ip, port, ranges) frontends.  ``actions`` is
+    [(extra match, actions)]: one entry, or one per part of a split pool.
+    With source ranges, only those sources get the actions and every other
+    source is dropped."""
     proto = F.IP_PROTO[port.protocol]
     flows = []
     for ip, dport, ranges in frontends:
         match = dict(eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
                      **{F.L4_DST_FIELD[proto]: dport})
-        flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH, () if ranges else action, cookie,
-                            **match))
-        for cidr in ranges:
-            net = ipaddress.IPv4Network(cidr)
-            flows.append(P.SERVICE_LB.flow(P.PRIO_SOURCE_RANGE, action, cookie,
-                                ipv4_src=(str(net.network_address), str(net.netmask)),
-                                **match))
+        if ranges:
+            flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH, (), cookie, **match))
+        for extra, action in actions:
+            if not ranges:
+                flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH, action, cookie, **match, **extra))
+            for cidr in ranges:
+                net = ipaddress.IPv4Network(cidr)
+                flows.append(P.SERVICE_LB.flow(
+                    P.PRIO_SOURCE_RANGE, action, cookie,
+                    ipv4_src=(str(net.network_address), str(net.netmask)), **match, **extra))
     return flows
 
 
@@ -249,26 +282,30 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
     for port in svc.ports:
         if port in skipped:
             continue
-        gid = group_ids.get(service_port_name(svc, port))
-        cookie = cookies.make(cookies.KIND_SERVICE_PORT, gid)
+        name = service_port_name(svc, port)
+        cookie = cookies.make(cookies.KIND_SERVICE_PORT, group_ids.get(name))
+        proto = F.IP_PROTO[port.protocol]
         chosen = endpoint_selection.select(svc, port, ctx.node, node)
-        pools = [([(svc.cluster_ip, port.port, ())], chosen.internal, gid, None, REJECT)]
+        pools = [([(svc.cluster_ip, port.port, ())], chosen.internal, name, None, REJECT)]
         external = _external_frontends(svc, port, node)
         if external:
-            pools.append((external, chosen.external,
-                          group_ids.get(external_group_name(svc, port)),
+            pools.append((external, chosen.external, external_group_name(svc, port),
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))
-        for frontends, endpoints, group_id, mark, refuse in pools:
+        for frontends, endpoints, group_name, mark, refuse in pools:
+            parts = split_pool(endpoints)
+            gids = _group_ids(group_ids, group_name, len(parts))
             if svc.affinity_timeout:
-                pool_flows, group = _affinity_pool(ctx, svc, port, frontends, endpoints,
-                                                   group_id, cookie, mark, refuse)
+                pool_flows, pool_groups = _affinity_pool(ctx, svc, port, frontends, parts,
+                                                         gids, cookie, mark, refuse)
             else:
-                group = F.SelectGroup(group_id, _buckets(ctx, endpoints, mark))
-                pool_flows = _frontend_flows(
-                    port, frontends, (F.Group(group_id),) if endpoints else refuse, cookie)
+                pool_groups = [F.SelectGroup(gid, _buckets(ctx, part, mark))
+                               for gid, part in zip(gids, parts)]
+                actions = [(_part_match(proto, i, len(gids)), (F.Group(gid),))
+                           for i, gid in enumerate(gids)] if endpoints else [({}, refuse)]
+                pool_flows = _frontend_flows(port, frontends, actions, cookie)
             flows += pool_flows
-            groups.append(group)
+            groups += pool_groups
     return Fragment(flows=frozenset(flows), groups=frozenset(groups))
 
 

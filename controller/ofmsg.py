@@ -228,6 +228,25 @@ def ct_flush(dp, zone, proto, orig_dst=None, reply_src=None):
                                   data=body)
 
 
+OFP_MAX_LEN = 0xFFFF       # a message's length is a 16-bit field
+
+
+def encode(msg):
+    """Serialize ``msg`` now (``msg.buf``); None, or why it cannot be encoded.
+
+    Ryu raises struct.error for a value out of its field's range, e.g. a
+    message longer than 64 KiB; any exception is reported, not raised, so
+    the caller can pin it on the object the message belongs to.
+    """
+    try:
+        msg.serialize()
+    except Exception as exc:   # noqa: BLE001 - whatever it is, it costs one object
+        return f"{type(exc).__name__}: {exc}"
+    if len(msg.buf) > OFP_MAX_LEN:
+        return f"{len(msg.buf)} bytes, over OpenFlow's {OFP_MAX_LEN}"
+    return None
+
+
 def bundle(dp, bundle_id, messages):
     """Open, add every message, commit: the list of messages to send."""
     out = [parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST,

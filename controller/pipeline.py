@@ -93,7 +93,8 @@ PRIO_HAIRPIN = PRIO_HIGH + 20        # a pod reaching itself through a service
 
 # --- tables ----------------------------------------------------------------------
 _IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst"})
-_L4 = frozenset(F.L4_DST_FIELD.values())
+# L4 source ports too: a pool too large for one group is split on their low bits
+_L4 = frozenset(F.L4_DST_FIELD.values()) | frozenset(F.L4_SRC_FIELD.values())
 
 CLASSIFIER = Table(0, "Classifier",
                    "admit traffic by ingress port: a pod's port only with its own "
@@ -137,7 +138,8 @@ ENDPOINT_DNAT = Table(35, "EndpointDNAT",
                       "service port's group picks one",
                       frozenset({"eth_type", "ip_proto", ENDPOINT_IP.field,
                                  ENDPOINT_PORT.field, FRONTEND_IP.field,
-                                 FRONTEND_PORT.field}), (35, 36))
+                                 FRONTEND_PORT.field}) | frozenset(F.L4_SRC_FIELD.values()),
+                      (35, 36))
 AFFINITY_LEARN = Table(36, "AffinityLearn",
                        "after the DNAT: a freshly picked endpoint (reg1[17]) is "
                        "learned into SessionAffinity for the service's timeout",
@@ -182,6 +184,13 @@ BY_ID = {t.id: t for t in TABLES}
 # flood cannot overload the controller.
 REJECT_METER = 1
 MASQUERADE_MARK = 1        # ct_mark of connections ServiceMasquerade SNATs
+
+# One OpenFlow message is at most 64 KiB, so one group mod holds at most
+# ~740 of our largest buckets (88 bytes: ct with nat(dst=IP:PORT) and a
+# ct_mark; the affinity form is 80).  A pool with more endpoints than this is
+# split into 2**k groups of at most this many, chosen by the low k bits of
+# the client's source port (see node_fragments.split_pool).
+MAX_BUCKETS_PER_GROUP = 512
 
 
 def affinity_learn(ip_proto: int, idle_timeout: int, cookie: int) -> F.Learn:

@@ -104,7 +104,24 @@ class SwitchSession:
         LOG.info("switch %016x: committed %s in %.1f ms", self.dpid,
                  plan.summary(), (time.monotonic() - started) * 1000)
 
-    def failed(self, want, plan: Plan, failed_items, reason: str) -> None:
+    def unencodable(self, want, plan: Plan, bad) -> Set[Hashable]:
+        """Messages that could not be encoded ({plan item: why}): their
+        objects are quarantined before anything is sent, so the bundle
+        carries everything else.  An item no object owns (a delete) raises."""
+        owners = dict(plan.owners)
+        blamed = {}
+        for item, why in bad.items():
+            key = owners.get(item)
+            if key is None:
+                raise ValueError(f"cannot encode {item!r}: {why}")
+            blamed.setdefault(key, why)
+        for key, why in sorted(blamed.items(), key=lambda kv: str(kv[0])):
+            LOG.error("switch %016x: %s cannot be encoded (%s); skipped until it changes",
+                      self.dpid, key, why)
+            self.quarantined[key] = want[key]
+        return set(blamed)
+
+    def failed(self, want, plan: Plan, failed_items, reason: str) -> Set[Hashable]:
         """The bundle was refused: nothing was applied (bundles are atomic).
 
         The objects whose messages OVS named are quarantined, so the next
@@ -118,3 +135,4 @@ class SwitchSession:
             self.quarantined[key] = want[key]
         if not keys:
             self.needs_resync = True   # start over from a clean round
+        return keys

@@ -75,6 +75,14 @@ class _AppCollector:
             for dpid, count in getattr(app, attr).items():
                 family.add_metric([bridge_name(app, dpid)], count)
             yield family
+        skipped = CounterMetricFamily(
+            "nsx_proxy_quarantined_objects",
+            "objects left out of a switch's bundles until they change (reason: encode = "
+            "a message could not be encoded, refused = the switch refused it)",
+            labels=["bridge", "reason"])
+        for (dpid, reason), count in sorted(app.quarantines.items()):
+            skipped.add_metric([bridge_name(app, dpid), reason], count)
+        yield skipped
         source = app.source
         if source is not None and hasattr(source, "reflectors"):
             restarts = CounterMetricFamily("nsx_proxy_watch_restarts",

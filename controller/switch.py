@@ -21,6 +21,7 @@ Lifecycle, each step a method::
 No Ryu event machinery here (the messages are built with Ryu's parser, in
 ``ofmsg``), so a test drives it with a fake datapath.
 """
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,8 +57,11 @@ class _Pending:
 
 class Switch:
     def __init__(self, dp, group_ids: cookies.GroupIds, make_event, bundle_ids,
-                 reject_rate=100, clock=time.monotonic):
+                 reject_rate=100, clock=time.monotonic, quarantines=None):
         self.dp = dp
+        # (dpid, reason) -> objects skipped; shared with the app, so the
+        # counts outlive one connection
+        self.quarantines = quarantines if quarantines is not None else collections.Counter()
         self.dpid = dp.id
         self.session: Optional[SwitchSession] = None   # once the handshake is done
         self.context = None
@@ -138,25 +142,49 @@ class Switch:
             return None
         started = self._clock()
         session = self.session
-        want, plan, stale = session.plan(state)
-        if not len(plan) and not stale:
-            if session.needs_resync:
-                session.committed(want, plan, started)
-            return None
+        for _ in range(3):        # each pass quarantines what it could not encode
+            want, plan, stale = session.plan(state)
+            if not len(plan) and not stale:
+                if session.needs_resync:
+                    session.committed(want, plan, started)
+                return None
+            pairs, msgs = self._encode(plan, stale)
+            bad = {item: why for item, why in pairs if why is not None}
+            if not bad:
+                break
+            self.quarantines[(self.dpid, "encode")] += len(
+                session.unencodable(want, plan, bad))
+        else:
+            raise RuntimeError("objects kept failing to encode")
         dp = self.dp
-        pairs = ofmsg.plan_messages(dp, plan, session.generation, stale)
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        msgs = ofmsg.bundle(dp, bundle_id, [m for m, _ in pairs])
-        for msg in msgs:
-            dp.set_xid(msg)
-        items = {add.xid: item for add, (_, item) in zip(msgs[1:-1], pairs)}
+        items = {add.xid: item for add, (item, _) in zip(msgs[1:-1], pairs)}
         barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
         dp.set_xid(barrier)
         self.pending = _Pending(items, barrier.xid, self._make_event(), want, plan,
                                 started, len(pairs))
-        LOG.debug("switch %016x: bundle %d with %d messages", self.dpid, bundle_id,
+        LOG.debug("switch %016x: bundle %d with %d messages", self.dpid, msgs[0].bundle_id,
                   len(pairs))
         return msgs + [barrier]
+
+    def _encode(self, plan, stale):
+        """The bundle's messages, each serialized here, one by one, so a
+        message that cannot be encoded (a value out of range, a bug) is
+        pinned on its object before anything is sent.  Returns ([(plan item,
+        why it failed or None)], messages); Ryu sends the bytes as they are."""
+        dp = self.dp
+        pairs = ofmsg.plan_messages(dp, plan, self.session.generation, stale)
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        msgs = ofmsg.bundle(dp, bundle_id, [m for m, _ in pairs])
+        out = []
+        for msg in msgs:
+            dp.set_xid(msg)
+        for add, (_, item) in zip(msgs[1:-1], pairs):
+            out.append((item, ofmsg.encode(add)))
+        for msg in (msgs[0], msgs[-1]):
+            why = ofmsg.encode(msg)
+            if why is not None:
+                raise ValueError(f"bundle control message: {why}")
+        return out, msgs
 
     def barrier_reply(self, xid) -> None:
         if self.pending is not None and xid == self.pending.barrier_xid:
@@ -185,8 +213,9 @@ class Switch:
             failed = [pending.items_by_xid[xid] for xid, _ in errors
                       if pending.items_by_xid.get(xid) is not None]
             if session is not None:
-                session.failed(pending.want, pending.plan, failed,
-                               "; ".join(why for _, why in errors))
+                blamed = session.failed(pending.want, pending.plan, failed,
+                                        "; ".join(why for _, why in errors))
+                self.quarantines[(self.dpid, "refused")] += len(blamed)
                 self.kick.set()            # retry at once without what failed
             return SyncResult(False, pending.plan, elapsed, pending.count)
         session.committed(pending.want, pending.plan, pending.started)

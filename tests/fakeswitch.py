@@ -120,8 +120,10 @@ class Outcome:
 
 def _field_matches(pkt, name, want) -> bool:
     if name in _L4_FIELDS:
-        return pkt.get("ip_proto") == _L4_FIELDS[name] and \
-            pkt.get("tp_dst" if name.endswith("dst") else "tp_src") == want
+        have = pkt.get("tp_dst" if name.endswith("dst") else "tp_src")
+        value, mask = want if isinstance(want, tuple) else (want, 0xFFFF)
+        return pkt.get("ip_proto") == _L4_FIELDS[name] and have is not None and \
+            (have & mask) == (value & mask)
     if name.startswith("reg") or name == "ct_mark":   # these start out as zero
         have = pkt.get(name, 0)
         value, mask = want if isinstance(want, tuple) else (want, 0xFFFFFFFF)

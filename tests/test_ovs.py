@@ -53,9 +53,11 @@ def controller(bridge, tmp_path_factory):
     ctl = Controller(tmp_path_factory.mktemp("ovs"), 16653)
     ctl.write_state(STATE)
     ctl.start()
-    wait_for(lambda: len(group_lines(bridge)) == 1, 20, what="the service group")
-    yield ctl
-    ctl.stop()
+    try:
+        wait_for(lambda: len(group_lines(bridge)) == 1, 20, what="the service group")
+        yield ctl
+    finally:
+        ctl.stop()
 
 
 def trace(bridge, flow):

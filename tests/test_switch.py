@@ -180,3 +180,50 @@ def test_udp_flushes_wait_for_a_committed_bundle():
     _, result = run_bundle(sw, world.state(world.web()))
     want = ofmsg.ct_flush(sw.dp, world.NODE1.ct_zone, 17, (world.VIP, 53), ("10.1.2.2", 5353))
     assert [m.data for m in result.after] == [want.data]
+
+
+def test_a_message_that_cannot_be_encoded_costs_only_its_object(monkeypatch, caplog):
+    """An encoding failure (here: a priority out of its 16-bit field, like the
+    64 KiB group that used to break every bridge) is pinned on its object
+    before anything is sent; the others install and keep being updated."""
+    real = ofmsg.flow_mod
+
+    def broken(dp, f, command, generation):
+        msg = real(dp, f, command, generation)
+        if ("ipv4_dst", "10.96.0.66") in f.match and "tcp_dst" in dict(f.match):
+            msg.priority = 70000
+        return msg
+    monkeypatch.setattr(ofmsg, "flow_mod", broken)
+    sw = connected()
+    good, bad = world.web(), world.web(name="bad", vip="10.96.0.66")
+    st = world.state(good, bad)
+    msgs, result = run_bundle(sw, st)
+    assert result.ok and "service/default/bad" in sw.session.quarantined
+    assert sw.quarantines[(sw.dpid, "encode")] == 1
+    lines = [r.getMessage() for r in caplog.records if "cannot be encoded" in r.getMessage()]
+    assert len(lines) == 1 and "service/default/bad" in lines[0] and "error" in lines[0]
+    inner = [m for m in adds(msgs) if isinstance(m, parser.OFPFlowMod) and "tcp_dst" in m.match]
+    assert {m.match["ipv4_dst"] for m in inner} == {world.VIP}
+    # the good service keeps changing; the bad one stays out until it changes
+    good2 = world.web(endpoints=("pod1",))
+    st2 = world.state(good2, bad)
+    sw.note(changes.between(st, st2))
+    msgs, result = run_bundle(sw, st2)
+    assert result.ok and all(isinstance(m, parser.OFPGroupMod) for m in adds(msgs))
+    bad2 = world.web(name="bad", vip="10.96.0.66", endpoints=("pod2",))
+    st3 = world.state(good2, bad2)
+    sw.note(changes.between(st2, st3))
+    assert sw.begin_sync(st3) is None       # retried, still broken: nothing else to send
+    assert sw.quarantines[(sw.dpid, "encode")] == 2
+
+
+def test_a_refused_bundle_is_counted_per_object():
+    sw = connected()
+    st = world.state(world.web(), world.web(name="bad", vip="10.96.0.66"))
+    msgs = sw.begin_sync(st)
+    culprit = next(m for m in msgs if isinstance(m, parser.ONFBundleAddMsg)
+                   and isinstance(m.message, parser.OFPGroupMod))
+    sw.error(culprit.xid, 6, 0)
+    sw.barrier_reply(msgs[-1].xid)
+    assert not sw.end_sync(True).ok
+    assert sw.quarantines[(sw.dpid, "refused")] == 1

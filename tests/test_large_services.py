@@ -1,0 +1,116 @@
+"""Services with thousands of endpoints: split into groups that each fit one
+OpenFlow message, with every endpoint reachable and equally likely."""
+import collections
+import dataclasses
+
+import pytest
+
+from controller import fragments, names, ofmsg, pipeline
+from controller import flows as F
+from controller.fragments import Plan
+from controller.node_fragments import split_pool
+from nsx_proxy import model
+import world
+from test_switch import FakeDatapath
+
+OF_MAX = 65535
+
+
+# node2's pod CIDR holds the big pools' endpoints (node1 routes it over the uplink)
+NODES = (model.Node("node1", "192.168.100.1", "10.1.1.0/24"),
+         model.Node("node2", "192.168.100.2", "10.2.0.0/16"))
+
+
+def state(*services):
+    return model.ClusterState.build(services, NODES)
+
+
+def big_service(n, affinity=None, name="big", vip="10.96.5.5"):
+    eps = tuple(model.Endpoint(ip=f"10.2.{i // 250}.{i % 250 + 2}", port=8080, node="node2")
+                for i in range(n))
+    return model.Service(namespace="default", name=name, cluster_ip=vip,
+                         ports=(model.ServicePort("http", model.TCP, 80, 8080, eps),),
+                         affinity_timeout=affinity)
+
+
+def test_parts_are_a_power_of_two_balanced_and_cover_every_endpoint():
+    assert names.parts_for(512, 512) == 1 and names.parts_for(513, 512) == 2
+    assert names.parts_for(5000, 512) == 16
+    endpoints = list(range(5000))
+    parts = split_pool(endpoints)
+    assert len(parts) == 16 and sorted(x for p in parts for x in p) == endpoints
+    assert {len(p) for p in parts} == {312, 313}
+    assert split_pool(list(range(3))) == [(0, 1, 2)]            # small pools: one group
+
+
+@pytest.mark.parametrize("n,affinity", [(1000, None), (5000, None), (1200, 600)])
+def test_every_message_fits_and_every_endpoint_is_reachable(n, affinity):
+    st = state(big_service(n, affinity))
+    want = world.compile_for(world.NODE1, st)
+    flows, groups = fragments.flatten(want)
+    big = [g for g in groups.values() if g.buckets]
+    assert sum(len(g.buckets) for g in big) == n
+    assert all(len(g.buckets) <= pipeline.MAX_BUCKETS_PER_GROUP for g in big)
+    dp = FakeDatapath()
+    plan = Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
+    sizes = []
+    for msg, _ in ofmsg.plan_messages(dp, plan, 1):
+        msg.serialize()
+        sizes.append(len(msg.buf))
+    assert max(sizes) <= OF_MAX
+    # Source ports pick the part (their low bits); every part's group, and so
+    # every endpoint, is reachable - and each part is reached by 1/P of ports.
+    import fakeswitch
+    sw = fakeswitch.FakeSwitch("br-node1")
+    sw.apply(plan)
+    reached, per_part = set(), collections.Counter()
+    parts = len(big)
+    for sport in range(40000, 40000 + 4 * parts):
+        # a new client each time: forget what session affinity learned
+        sw.flows = {k: f for k, f in sw.flows.items()
+                    if f.table != pipeline.SESSION_AFFINITY.id}
+        outs = sw.send(fakeswitch.tcp("10.1.1.2", "10.96.5.5", 80, sport=sport,
+                                      eth_src=world.PODS["pod1"].mac), in_port=1)
+        got = {o.packet["ipv4_dst"] for o in outs}
+        per_part[frozenset(got)] += 1
+        reached |= got
+    assert len(reached) == n
+    assert len(per_part) == parts and set(per_part.values()) == {4}
+
+
+def test_one_endpoint_change_touches_one_or_all_parts_never_more_groups():
+    svc = big_service(5000)
+    st = state(svc)
+    ids = world.cookies.GroupIds()
+    from controller.compiler import Compiler
+    from controller import diff
+    comp = Compiler(world.NODE1, ids)
+    before = comp.compile(st)
+    port = svc.ports[0]
+    fewer = dataclasses.replace(svc, ports=(dataclasses.replace(
+        port, endpoints=port.endpoints[:-1]),))          # the last endpoint goes
+    plan = diff.diff(before, comp.compile(state(fewer)))
+    assert not plan.flow_adds and not plan.flow_deletes and not plan.group_adds
+    assert 1 <= len(plan.group_modifies) <= 16
+
+
+def test_a_pool_that_shrinks_below_the_split_frees_its_extra_groups():
+    from controller.compiler import Compiler
+    from controller import diff
+    ids = world.cookies.GroupIds()
+    comp = Compiler(world.NODE1, ids)
+    before = comp.compile(state(big_service(1000)))
+    plan = diff.diff(before, comp.compile(state(big_service(10))))
+    assert len(plan.group_deletes) == 1 and len(plan.group_modifies) == 1
+    text = [F.flow_text(f) for f in plan.flow_adds + plan.flow_modifies]
+    assert all("tp_src" not in t for t in text)
+
+
+def test_affinity_pools_of_5000_fit_too():
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1,
+                                                        state(big_service(5000, 600))))
+    plan = Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
+    for msg, _ in ofmsg.plan_messages(FakeDatapath(), plan, 1):
+        msg.serialize()
+        assert len(msg.buf) <= OF_MAX
+    assert max(len(g.buckets) for g in groups.values()) <= pipeline.MAX_BUCKETS_PER_GROUP
