@@ -53,13 +53,13 @@ def make_bridge():
         sh("ovs-vsctl", "set", "controller", uuid, "max_backoff=1000")
 
 
-def run_app(n, changes, workdir):
+def run_app(n, changes, workdir, endpoints=5):
     out = os.path.join(workdir, f"app-{n}.json")
     conf = os.path.join(workdir, "bench.conf")
     with open(conf, "w") as fh:
         fh.write("[nsx_proxy]\nsource = none\nstatus_port = 0\n")
     env = dict(os.environ, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
-               BENCH_OUT=out)
+               BENCH_ENDPOINTS=str(endpoints), BENCH_OUT=out)
     ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
     with open(os.path.join(workdir, "controller.log"), "w") as log:
         proc = subprocess.Popen([ryu, "--config-file", conf, "--ofp-tcp-listen-port",
@@ -96,6 +96,32 @@ def ofctl_floor(workdir):
     return elapsed, count
 
 
+def message_sizes(n, endpoints):
+    """Bytes of every message of the cold-sync bundle for this benchmark's state
+    (compiled and encoded in this process, as the app does)."""
+    from bench.driver import NODES, make_services
+    from controller import cookies, fragments, ofmsg
+    from controller.bridges import BridgeContext
+    from controller.compiler import Compiler
+    from nsx_proxy import model
+    from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+    class Datapath:
+        ofproto, ofproto_parser, id = ofproto_v1_3, ofproto_v1_3_parser, 1
+
+    ctx = BridgeContext(name=BR, dpid=1, role="node", ct_zone=100, node="node1",
+                        pod_cidr="10.1.0.0/16", uplink=1)
+    want = Compiler(ctx, cookies.GroupIds()).compile(
+        model.ClusterState.build(make_services(n, endpoints), NODES))
+    flows, groups = fragments.flatten(want)
+    plan = fragments.Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
+    sizes = []
+    for msg, _ in ofmsg.plan_messages(Datapath(), plan, 1):
+        msg.serialize()
+        sizes.append(len(msg.buf))
+    return sizes
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -106,6 +132,9 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--endpoints", type=int, default=5,
+                        help="endpoints per service (e.g. --sizes 1 --endpoints 5000 "
+                             "for one large service)")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -116,7 +145,7 @@ def main(argv=None):
                     progress(f"bench.core: {n} services, round {r + 1}/{args.rounds}: "
                              f"cold sync and {args.changes} changes")
                     make_bridge()
-                    res = run_app(n, args.changes, workdir)
+                    res = run_app(n, args.changes, workdir, args.endpoints)
                     progress(f"bench.core: {n} services: the ovs-ofctl floor")
                     floor, msgs = ofctl_floor(workdir)
                     apps.append(res["cold_sync_s"])
@@ -130,8 +159,12 @@ def main(argv=None):
             sh("ovs-vsctl", "--if-exists", "del-br", BR)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"{sh('ovs-vsctl', '--version').splitlines()[0]}, Python {platform.python_version()}")
-    print(f"medians of {args.rounds} rounds; change latency over "
-          f"{args.rounds * args.changes} endpoint changes")
+    print(f"medians of {args.rounds} rounds; {args.endpoints} endpoints per service; "
+          f"change latency over {args.rounds * args.changes} endpoint changes")
+    for n in args.sizes:
+        sizes = message_sizes(n, args.endpoints)
+        print(f"{n} services: {len(sizes)} messages, largest {max(sizes)} bytes, "
+              f"median {statistics.median(sizes):.0f} bytes (OpenFlow's limit: 65535)")
     head = ("services", "msgs", "cold sync app s", "ovs-ofctl floor s", "ratio",
             "change p50 ms", "change p99 ms", "RSS MB")
     print(" | ".join(head))

@@ -56,7 +56,7 @@ class BenchDriver(app_manager.RyuApp):
             hub.sleep(0.01)
         commits = hub.Queue()
         proxy.commit_listeners.append(lambda dpid, plan, secs: commits.put(len(plan)))
-        services = make_services(n)
+        services = make_services(n, int(os.environ.get("BENCH_ENDPOINTS", "5")))
         t0 = time.monotonic()
         state = model.ClusterState.build(services, NODES)
         proxy.set_state(state)

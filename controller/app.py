@@ -16,6 +16,7 @@ Configuration (``[nsx_proxy]`` section of the config file)::
     ovsdb = unix:/var/run/openvswitch/db.sock
     bundle_timeout = 30
     reject_rate = 100              # RST / ICMP answers per second and bridge
+    affinity_sweep_period = 60     # expiry of affinity entries over 65535 s
     fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
     default_fip_pool = default
     status_port = 9910             # http://127.0.0.1:9910/state and /metrics; 0: off
@@ -70,6 +71,9 @@ CONF.register_opts([
                     "(annotation nsx-proxy.io/fip-pool)"),
     cfg.IntOpt("status_port", default=9910,
                help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
+    cfg.FloatOpt("affinity_sweep_period", default=60.0,
+                 help="seconds between reads of session-affinity entries whose "
+                      "timeoutSeconds is over 65535 (the controller expires those)"),
     cfg.IntOpt("reject_rate", default=100,
                help="refused connections answered (RST / ICMP) per second and bridge; "
                     "the bridge's meter drops the rest before they reach us"),
@@ -168,7 +172,12 @@ class ServiceProxy(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
-        self._stats_reply(ev, cookies_seen=[s.cookie for s in ev.msg.body])
+        switch, msg = self._switch(ev.msg.datapath), ev.msg
+        if switch is not None and switch.is_sweep_reply(msg.xid):
+            more = bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+            self._send(msg.datapath, switch.sweep_reply(msg.xid, msg.body, more))
+        else:
+            self._stats_reply(ev, cookies_seen=[s.cookie for s in msg.body])
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
@@ -179,6 +188,7 @@ class ServiceProxy(app_manager.RyuApp):
         more = bool(ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
         if switch is not None and switch.stats_reply(more=more, **seen):
             hub.spawn(self._sync_loop, switch)
+            hub.spawn(self._sweep_loop, switch)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _switch_gone(self, ev):
@@ -219,6 +229,13 @@ class ServiceProxy(app_manager.RyuApp):
                 switch.sync_failed()
                 hub.sleep(1)
                 switch.kick.set()
+
+    def _sweep_loop(self, switch):
+        """Expire long session-affinity entries (see controller/affinity_sweeper.py)."""
+        while switch.alive:
+            hub.sleep(self.conf.affinity_sweep_period)
+            if switch.alive and self.state_received:
+                self._send(switch.dp, switch.sweep_requests(self.state))
 
     def _synced(self, switch, result):
         """Metrics and listeners after a bundle; the UDP flushes it asks for."""

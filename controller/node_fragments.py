@@ -160,8 +160,8 @@ def _ip_int(ip: str) -> int:
 def split_pool(endpoints, max_buckets=P.MAX_BUCKETS_PER_GROUP):
     """The pool in parts of at most ``max_buckets`` endpoints, one group each.
 
-    A power of two of parts, chosen by the low bits of the client's source
-    port (uniform for ephemeral ports); part i takes every P-th endpoint
+    A power of two of parts, chosen by low bits of the client's source port
+    (see PART_SHIFT; uniform for ephemeral ports); part i takes every P-th endpoint
     from the i-th, so parts differ in size by at most one and every endpoint
     is (within 1/size) as likely as any other.  Pools that fit one group are
     one part, exactly as before the split existed.
@@ -170,10 +170,16 @@ def split_pool(endpoints, max_buckets=P.MAX_BUCKETS_PER_GROUP):
     return [tuple(endpoints[i::parts]) for i in range(parts)]
 
 
+# The part is read from source-port bits 1..k, not 0..k-1: Linux's connect()
+# picks even ephemeral ports (bit 0 is always 0), while bits above it are
+# uniform for Linux, for sequential allocators and for random ones alike.
+PART_SHIFT = 1
+
+
 def _part_match(proto, part, parts) -> dict:
     if parts == 1:
         return {}
-    return {F.L4_SRC_FIELD[proto]: (part, parts - 1)}
+    return {F.L4_SRC_FIELD[proto]: (part << PART_SHIFT, (parts - 1) << PART_SHIFT)}
 
 
 def _group_ids(group_ids, name, parts):
@@ -223,7 +229,8 @@ def _affinity_pool(ctx, svc, port, frontends, parts, gids, cookie, mark=None,
                 **P.ENDPOINT_IP.match(_ip_int(ep.ip)), **P.ENDPOINT_PORT.match(ep.port),
                 **fe))
         flows.append(P.AFFINITY_LEARN.flow(P.PRIO_HIGH, (
-            P.affinity_learn(proto, svc.affinity_timeout, learned_cookie),
+            P.affinity_learn(proto, P.learn_idle_timeout(svc.affinity_timeout),
+                             learned_cookie),
             F.GotoTable(P.SERVICE_MASQUERADE.id)), cookie,
             **fe, **P.AFFINITY_FRESH.match(1)))
     return flows, groups

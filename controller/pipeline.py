@@ -188,9 +188,20 @@ MASQUERADE_MARK = 1        # ct_mark of connections ServiceMasquerade SNATs
 # One OpenFlow message is at most 64 KiB, so one group mod holds at most
 # ~740 of our largest buckets (88 bytes: ct with nat(dst=IP:PORT) and a
 # ct_mark; the affinity form is 80).  A pool with more endpoints than this is
-# split into 2**k groups of at most this many, chosen by the low k bits of
-# the client's source port (see node_fragments.split_pool).
+# split into 2**k groups of at most this many, chosen by k bits of the
+# client's source port (see node_fragments.split_pool).
 MAX_BUCKETS_PER_GROUP = 512
+
+
+# A learn action's idle_timeout is 16 bits.  Session affinity accepts up to
+# 86,400 s: longer timeouts learn entries without one (0: never idle out) and
+# the controller expires them itself (controller/affinity_sweeper.py).
+LEARN_TIMEOUT_MAX = 0xFFFF
+
+
+def learn_idle_timeout(timeout: int) -> int:
+    """The learned entry's idle_timeout for a session-affinity timeout."""
+    return timeout if timeout <= LEARN_TIMEOUT_MAX else 0
 
 
 def affinity_learn(ip_proto: int, idle_timeout: int, cookie: int) -> F.Learn:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from controller import cookies, ofmsg, pipeline, reject
+from controller.affinity_sweeper import AffinitySweeper, long_timeouts
 from controller.fragments import Plan
 from controller.session import SwitchSession
 from nsx_proxy import changes
@@ -77,6 +78,8 @@ class Switch:
         self._reject_bucket = reject.TokenBucket(self._rate, self._rate, clock)
         self._udp_flushes: List[changes.StaleUdp] = []
         self.pending: Optional[_Pending] = None
+        self.sweeper = AffinitySweeper()
+        self._sweeps = {}                 # xid of a flow stats request -> entries so far
 
     @property
     def ready(self) -> bool:
@@ -245,6 +248,50 @@ class Switch:
                                       (entry.endpoint_ip, entry.endpoint_port)))
         return out
 
+    # --- session affinity longer than a learn action's timeout ------------------------
+    def sweep_requests(self, state) -> list:
+        """Flow stats requests for the learned entries the sweeper expires."""
+        if not self.ready or state is None:
+            return []
+        dp = self.dp
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        out = []
+        for cookie in self.sweeper.track(long_timeouts(state, self._group_ids)):
+            req = parser.OFPFlowStatsRequest(
+                dp, 0, pipeline.SESSION_AFFINITY.id, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie,
+                cookies.GEN_MASK | cookies.OBJECT_MASK, parser.OFPMatch())
+            dp.set_xid(req)
+            self._sweeps[req.xid] = []
+            out.append(req)
+        return out
+
+    def is_sweep_reply(self, xid) -> bool:
+        return xid in self._sweeps
+
+    def sweep_reply(self, xid, stats, more=False) -> list:
+        """One part of a sweep's flow stats; the deletes of expired entries."""
+        entries = self._sweeps[xid]
+        entries += [(s.cookie, s.priority, _match_key(s.match), s.packet_count, s.match)
+                    for s in stats]
+        if more:
+            return []
+        del self._sweeps[xid]
+        matches = {(c, p, k): m for c, p, k, _, m in entries}
+        expired = self.sweeper.observe([(c, p, k, n) for c, p, k, n, _ in entries],
+                                       self._clock())
+        for cookie in {c for c, _, _ in matches}:
+            self.sweeper.forget_missing(cookie, set(matches))
+        if expired:
+            LOG.info("switch %016x: %d session-affinity entries idle for their "
+                     "timeout, deleted", self.dpid, len(expired))
+        dp = self.dp
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        return [parser.OFPFlowMod(
+            dp, cookie=cookie, cookie_mask=cookies.GEN_MASK | cookies.OBJECT_MASK,
+            table_id=pipeline.SESSION_AFFINITY.id, command=ofp.OFPFC_DELETE_STRICT,
+            priority=priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+            match=matches[(cookie, priority, key)]) for cookie, priority, key in expired]
+
     # --- refused connections ----------------------------------------------------------
     def packet_in(self, cookie, in_port, data) -> list:
         """A refused new connection: answer with a TCP RST or ICMP unreachable."""
@@ -269,3 +316,9 @@ class Switch:
         if self.pending is not None:
             self.pending.errors.append((None, "switch disconnected"))
             self.pending.done.set()
+
+
+def _match_key(match) -> tuple:
+    """A hashable identity of an OFPMatch (a learned entry's match)."""
+    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
+                        for k, v in match.items()))

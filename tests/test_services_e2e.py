@@ -4,7 +4,9 @@ Test names follow the Kubernetes end-to-end "[sig-network] Services" tests
 they correspond to, so the coverage reads like that suite.  Services are
 created through the lab's API server; every test removes what it made.
 """
+import ipaddress
 import random
+import re
 import subprocess
 import time
 
@@ -269,6 +271,26 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles(lab):
     finally:
         lab.start_pod_server(first)
         converge(lab)
+
+
+@pytest.mark.parametrize("timeout,vip", [(65535, "10.96.1.24"), (65536, "10.96.1.25"),
+                                         (86400, "10.96.1.26")])
+def test_session_affinity_honours_every_timeout_the_api_accepts(lab, timeout, vip):
+    """Up to 65,535 s the learned entry idles out in OVS; above (to the API's
+    86,400) it is learned without an idle timeout and the controller expires
+    it.  Either way OVS takes it, the client sticks, and - the old failure -
+    every other service keeps answering."""
+    sticky = service(f"sticky-{timeout}", vip=vip, ports=[("http", "TCP", 80, 8080)],
+                     sessionAffinity="ClientIP",
+                     sessionAffinityConfig={"clientIP": {"timeoutSeconds": timeout}})
+    with services(lab, sticky):
+        assert len(who(lab, "pod2", vip, 80, n=10)) == 1
+        reg2 = f"reg2={int(ipaddress.IPv4Address(vip)):#x}"
+        learned = [f for f in lab.dump_flows("br-node1") if "table=31" in f and reg2 in f]
+        assert learned, f"an affinity entry was learned for {vip}"
+        idle = re.search(r"idle_timeout=(\d+)", learned[0])
+        assert (int(idle.group(1)) if idle else 0) == (timeout if timeout <= 65535 else 0)
+        assert all(lab.curl("pod1", f"http://{L.DEMO_VIP}/") for _ in range(8))
 
 
 def test_should_have_session_affinity_work_and_switch_for_service_with_type_cluster_ip(lab):

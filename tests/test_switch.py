@@ -8,6 +8,7 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto import ofproto_v1_3_parser as parser
 
 from controller import cookies, ofmsg
+from controller import flows as F
 from controller.switch import Switch
 from nsx_proxy import changes
 import world
@@ -227,3 +228,58 @@ def test_a_refused_bundle_is_counted_per_object():
     sw.barrier_reply(msgs[-1].xid)
     assert not sw.end_sync(True).ok
     assert sw.quarantines[(sw.dpid, "refused")] == 1
+
+
+def _learned(sw, st):
+    """The learn action the bridge would run for the sticky service."""
+    from controller import fragments
+    flows, _ = fragments.flatten(world.compile_for(world.NODE1, st, sw._group_ids))
+    return next(a for f in flows.values() for a in f.actions if isinstance(a, F.Learn))
+
+
+def test_every_affinity_timeout_the_api_accepts_is_honoured():
+    """1..65535 is the learn action's own idle_timeout; above it (up to the
+    API's 86,400) entries are learned without one and the sweeper expires them."""
+    import dataclasses
+    for timeout, idle in ((1, 1), (65535, 65535), (65536, 0), (86400, 0)):
+        svc = dataclasses.replace(world.web(), affinity_timeout=timeout)
+        sw = connected()
+        assert _learned(sw, world.state(svc)).idle_timeout == idle, timeout
+
+
+def test_the_sweeper_deletes_entries_idle_for_their_whole_timeout():
+    import dataclasses
+    now = [1000.0]
+    sw = connected(clock=lambda: now[0])
+    svc = dataclasses.replace(world.web(), affinity_timeout=86400)
+    st = world.state(svc)
+    run_bundle(sw, st)
+    short = world.state(dataclasses.replace(world.web(), affinity_timeout=600))
+    assert connected().sweep_requests(short) == []        # OVS times those out itself
+    reqs = sw.sweep_requests(st)
+    assert len(reqs) == 2 and {r.table_id for r in reqs} == {31}    # TCP and UDP ports
+    learned_cookie = reqs[0].cookie
+    assert cookies.kind_of(learned_cookie) == cookies.KIND_AFFINITY
+
+    def entry(client, packets):
+        return parser.OFPFlowStats(
+            table_id=31, duration_sec=0, duration_nsec=0, priority=200, idle_timeout=0,
+            hard_timeout=0, flags=0, cookie=learned_cookie, packet_count=packets,
+            byte_count=0, match=parser.OFPMatch(eth_type=0x800, ip_proto=6,
+                                                ipv4_src=client, reg2=1, reg3=80),
+            instructions=[])
+
+    def sweep(*entries):
+        req = sw.sweep_requests(st)[0]
+        return sw.sweep_reply(req.xid, list(entries))
+
+    assert sweep(entry("10.1.1.2", 3), entry("10.1.1.3", 1)) == []       # first seen
+    now[0] += 86399
+    assert sweep(entry("10.1.1.2", 3), entry("10.1.1.3", 2)) == []       # .3 was used
+    now[0] += 1
+    gone = sweep(entry("10.1.1.2", 3), entry("10.1.1.3", 2))
+    assert len(gone) == 1 and gone[0].command == ofp.OFPFC_DELETE_STRICT
+    assert gone[0].match["ipv4_src"] == "10.1.1.2" and gone[0].table_id == 31
+    gone[0].serialize()
+    now[0] += 86400
+    assert len(sweep(entry("10.1.1.3", 2))) == 1                          # .3's turn

@@ -35,6 +35,8 @@ from typing import Dict, List
 from controller import bridges as B
 from controller.bridges import ip_mac
 from controller.gateway_fragments import serving_nodes
+from controller.names import parts_for
+from controller.pipeline import MAX_BUCKETS_PER_GROUP
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
@@ -329,7 +331,8 @@ class Lab:
                     pools = [chosen.internal]
                     if svc.outside_ips or svc.node_ports:
                         pools.append(chosen.external)
-                    groups += len(pools)
+                    # a pool too large for one group is split over several
+                    groups += sum(parts_for(len(p), MAX_BUCKETS_PER_GROUP) for p in pools)
                     buckets += sum(len(p) for p in pools)
             have = self.dump_groups(node.bridge)
             if len(have) != groups or sum(g.count("bucket=") for g in have) != buckets:

@@ -1,7 +1,9 @@
 """The lab's pod workload: say who you are, over TCP and UDP.
 
 TCP: an HTTP GET gets ``<pod name>`` as the body (so ``curl`` shows which
-backend answered), ``GET /ip`` the client address the server sees; any other line gets ``<pod name> <line>`` back, line by
+backend answered), ``GET /ip`` the client address the server sees, ``GET
+/local`` the server address the client reached; any other line gets
+``<pod name> <line>`` back, line by
 line, for as long as the client keeps the connection (tests use this to
 hold an established connection across changes).  UDP: every datagram is
 answered with ``<pod name>``.
@@ -22,9 +24,12 @@ def make_tcp_handler(name: str):
             if first.startswith(b"GET ") or first.startswith(b"HEAD "):
                 while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                     pass
-                # GET /ip: the client address this server sees (source NAT checks)
+                # GET /ip: the client address this server sees (source NAT checks);
+                # GET /local: the address the client reached (which of a host's
+                # many addresses - the endpoints of a selectorless service)
                 path = first.split()[1] if len(first.split()) > 1 else b"/"
                 body = (f"{self.client_address[0]}\n" if path == b"/ip"
+                        else f"{self.connection.getsockname()[0]}\n" if path == b"/local"
                         else f"{name}\n").encode()
                 self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
                                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
