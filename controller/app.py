@@ -17,6 +17,7 @@ Configuration (``[nsx_proxy]`` section of the config file)::
     bundle_timeout = 30
     reject_rate = 100              # RST / ICMP answers per second and bridge
     affinity_sweep_period = 60     # expiry of affinity entries over 65535 s
+    audit_period = 10              # drift check per switch (flows, groups, meter); 0: off
     fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
     default_fip_pool = default
     status_port = 9910             # http://127.0.0.1:9910/state and /metrics; 0: off
@@ -71,6 +72,10 @@ CONF.register_opts([
                     "(annotation nsx-proxy.io/fip-pool)"),
     cfg.IntOpt("status_port", default=9910,
                help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
+    cfg.FloatOpt("audit_period", default=10.0,
+                 help="seconds between checks that each switch still holds what was "
+                      "installed (flow count, groups and their buckets, the reject "
+                      "meter); drift is reinstalled at once; 0: off"),
     cfg.FloatOpt("affinity_sweep_period", default=60.0,
                  help="seconds between reads of session-affinity entries whose "
                       "timeoutSeconds is over 65535 (the controller expires those)"),
@@ -101,7 +106,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.source = None
         self.switch_connects = collections.Counter()     # dpid -> connections
         self.bundle_failures = collections.Counter()     # dpid -> refused/unconfirmed
-        self.quarantines = collections.Counter()         # (dpid, reason) -> objects skipped
+        self.counters = collections.Counter()            # (dpid, what): see Switch
         self._event_at = None                # first API event behind the current state
         self._event_observed = set()         # dpids that reported it already
         self.metrics = status.Metrics(self)
@@ -165,7 +170,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.switch_connects[dp.id] += 1
         switch = self.switches[dp.id] = Switch(
             dp, self.group_ids, hub.Event, self._bundle_ids, self.conf.reject_rate,
-            quarantines=self.quarantines)
+            counters=self.counters)
         if dp.id in self.contexts:
             switch.set_context(self.contexts[dp.id])
         self._send(dp, switch.hello())
@@ -181,7 +186,28 @@ class ServiceProxy(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
-        self._stats_reply(ev, groups_seen=[g.group_id for g in ev.msg.body])
+        switch, msg = self._switch(ev.msg.datapath), ev.msg
+        if switch is not None and switch.is_audit_reply(msg.xid):
+            self._send(msg.datapath, switch.audit_reply(
+                msg.xid, groups=[(g.group_id, len(g.buckets)) for g in msg.body],
+                more=bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)))
+        else:
+            self._stats_reply(ev, groups_seen=[g.group_id for g in msg.body])
+
+    @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)
+    def _aggregate(self, ev):
+        switch = self._switch(ev.msg.datapath)
+        if switch is not None and switch.is_audit_reply(ev.msg.xid):
+            self._send(ev.msg.datapath,
+                       switch.audit_reply(ev.msg.xid, flows=ev.msg.body.flow_count))
+
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    def _meters(self, ev):
+        switch, msg = self._switch(ev.msg.datapath), ev.msg
+        if switch is not None and switch.is_audit_reply(msg.xid):
+            self._send(msg.datapath, switch.audit_reply(
+                msg.xid, meters=[m.meter_id for m in msg.body],
+                more=bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)))
 
     def _stats_reply(self, ev, **seen):
         switch = self._switch(ev.msg.datapath)
@@ -189,6 +215,7 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None and switch.stats_reply(more=more, **seen):
             hub.spawn(self._sync_loop, switch)
             hub.spawn(self._sweep_loop, switch)
+            hub.spawn(self._audit_loop, switch)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _switch_gone(self, ev):
@@ -229,6 +256,13 @@ class ServiceProxy(app_manager.RyuApp):
                 switch.sync_failed()
                 hub.sleep(1)
                 switch.kick.set()
+
+    def _audit_loop(self, switch):
+        """Compare the switch with what was committed; repair drift."""
+        while switch.alive and self.conf.audit_period > 0:
+            hub.sleep(self.conf.audit_period)
+            if switch.alive:
+                self._send(switch.dp, switch.audit_requests())
 
     def _sweep_loop(self, switch):
         """Expire long session-affinity entries (see controller/affinity_sweeper.py)."""

@@ -94,6 +94,15 @@ class SwitchSession:
         keys = None if self._dirty is None else self._dirty | quarantined
         return want, diff(self.installed, want, keys), set()
 
+    def redo(self, groups_on_switch) -> None:
+        """The switch lost or changed what was installed (drift): write all of
+        it again in the same round - an ADD over an identical flow changes
+        nothing, a missing one comes back - modifying the groups it still
+        has and adding the ones it lost."""
+        self.needs_resync = True
+        self.groups_on_switch = set(groups_on_switch)
+        self.stale_generations = set()
+
     # --- results -------------------------------------------------------------
     def committed(self, want, plan: Plan, started: float) -> None:
         self.installed = want

@@ -75,13 +75,21 @@ class _AppCollector:
             for dpid, count in getattr(app, attr).items():
                 family.add_metric([bridge_name(app, dpid)], count)
             yield family
+        drift = CounterMetricFamily("nsx_proxy_drift_repairs",
+                                    "times a switch was found not to hold what was "
+                                    "installed and was reinstalled", labels=["bridge"])
+        for (dpid, what), count in sorted(app.counters.items()):
+            if what == "drift":
+                drift.add_metric([bridge_name(app, dpid)], count)
+        yield drift
         skipped = CounterMetricFamily(
             "nsx_proxy_quarantined_objects",
             "objects left out of a switch's bundles until they change (reason: encode = "
             "a message could not be encoded, refused = the switch refused it)",
             labels=["bridge", "reason"])
-        for (dpid, reason), count in sorted(app.quarantines.items()):
-            skipped.add_metric([bridge_name(app, dpid), reason], count)
+        for (dpid, what), count in sorted(app.counters.items()):
+            if what.startswith("quarantined "):
+                skipped.add_metric([bridge_name(app, dpid), what.split()[1]], count)
         yield skipped
         source = app.source
         if source is not None and hasattr(source, "reflectors"):

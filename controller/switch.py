@@ -29,7 +29,7 @@ from typing import List, Optional
 
 from controller import cookies, ofmsg, pipeline, reject
 from controller.affinity_sweeper import AffinitySweeper, long_timeouts
-from controller.fragments import Plan
+from controller.fragments import Plan, flatten
 from controller.session import SwitchSession
 from nsx_proxy import changes
 
@@ -58,11 +58,12 @@ class _Pending:
 
 class Switch:
     def __init__(self, dp, group_ids: cookies.GroupIds, make_event, bundle_ids,
-                 reject_rate=100, clock=time.monotonic, quarantines=None):
+                 reject_rate=100, clock=time.monotonic, counters=None):
         self.dp = dp
-        # (dpid, reason) -> objects skipped; shared with the app, so the
+        # (dpid, what) -> count: "quarantined encode" / "quarantined refused"
+        # (objects skipped), "drift" (repairs); shared with the app, so the
         # counts outlive one connection
-        self.quarantines = quarantines if quarantines is not None else collections.Counter()
+        self.counters = counters if counters is not None else collections.Counter()
         self.dpid = dp.id
         self.session: Optional[SwitchSession] = None   # once the handshake is done
         self.context = None
@@ -80,6 +81,8 @@ class Switch:
         self.pending: Optional[_Pending] = None
         self.sweeper = AffinitySweeper()
         self._sweeps = {}                 # xid of a flow stats request -> entries so far
+        self._audit = None                # the audit in flight (see audit_requests)
+        self._commits = 0                 # bundles committed on this connection
 
     @property
     def ready(self) -> bool:
@@ -155,7 +158,7 @@ class Switch:
             bad = {item: why for item, why in pairs if why is not None}
             if not bad:
                 break
-            self.quarantines[(self.dpid, "encode")] += len(
+            self.counters[(self.dpid, "quarantined encode")] += len(
                 session.unencodable(want, plan, bad))
         else:
             raise RuntimeError("objects kept failing to encode")
@@ -218,10 +221,11 @@ class Switch:
             if session is not None:
                 blamed = session.failed(pending.want, pending.plan, failed,
                                         "; ".join(why for _, why in errors))
-                self.quarantines[(self.dpid, "refused")] += len(blamed)
+                self.counters[(self.dpid, "quarantined refused")] += len(blamed)
                 self.kick.set()            # retry at once without what failed
             return SyncResult(False, pending.plan, elapsed, pending.count)
         session.committed(pending.want, pending.plan, pending.started)
+        self._commits += 1
         LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
                   self.dpid, pending.count, elapsed * 1000)
         return SyncResult(True, pending.plan, elapsed, pending.count, self._flushes())
@@ -291,6 +295,69 @@ class Switch:
             table_id=pipeline.SESSION_AFFINITY.id, command=ofp.OFPFC_DELETE_STRICT,
             priority=priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
             match=matches[(cookie, priority, key)]) for cookie, priority, key in expired]
+
+    # --- drift: what someone changed behind our back ----------------------------------
+    def audit_requests(self) -> list:
+        """Ask the switch what it holds: how many flows of this round (one
+        aggregate reply), which groups, and the reject meter.  Skipped while
+        a bundle is in flight or before the first commit."""
+        if not self.ready or self.pending is not None or self._audit is not None \
+                or self.session.needs_resync:
+            return []
+        dp = self.dp
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        ours = cookies.with_generation(0, self.session.generation)
+        msgs = [parser.OFPAggregateStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY,
+                                                ofp.OFPG_ANY, ours, cookies.GEN_MASK,
+                                                parser.OFPMatch()),
+                parser.OFPGroupDescStatsRequest(dp, 0),
+                parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)]
+        for msg in msgs:
+            dp.set_xid(msg)
+        self._audit = {"xids": {m.xid for m in msgs}, "commits": self._commits,
+                       "flows": None, "groups": [], "meters": None, "open": 3}
+        return msgs
+
+    def is_audit_reply(self, xid) -> bool:
+        return self._audit is not None and xid in self._audit["xids"]
+
+    def audit_reply(self, xid, flows=None, groups=(), meters=None, more=False) -> list:
+        """One reply of the audit; once all are in, what to send: the meter
+        if it is gone, and the whole state again (a resync) if flows or groups
+        are not what was committed."""
+        audit = self._audit
+        if flows is not None:
+            audit["flows"] = flows
+        audit["groups"] += list(groups)
+        if meters is not None:
+            audit["meters"] = (audit["meters"] or []) + list(meters)
+        if more:
+            return []
+        audit["open"] -= 1
+        if audit["open"]:
+            return []
+        self._audit = None
+        out = []
+        if pipeline.REJECT_METER not in (audit["meters"] or ()):
+            LOG.warning("switch %016x: drift: the reject meter is gone; adding it again",
+                        self.dpid)
+            out.append(ofmsg.meter_add(self.dp, pipeline.REJECT_METER, self._rate,
+                                       self._rate))
+        if audit["commits"] != self._commits or self.session is None:
+            return out                    # a bundle landed meanwhile: ask again later
+        want_flows, want_groups = flatten(self.session.installed)
+        have = dict(audit["groups"])                 # group id -> number of buckets
+        wrong = [gid for gid, g in want_groups.items() if have.get(gid) != len(g.buckets)]
+        if audit["flows"] != len(want_flows) or wrong:
+            self.counters[(self.dpid, "drift")] += 1
+            LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
+                        "installed; %d of %d groups missing or with other buckets; "
+                        "reinstalling everything", self.dpid, audit["flows"],
+                        self.session.generation, len(want_flows), len(wrong),
+                        len(want_groups))
+            self.session.redo(set(have))
+            self.kick.set()
+        return out
 
     # --- refused connections ----------------------------------------------------------
     def packet_in(self, cookie, in_port, data) -> list:

@@ -1,7 +1,9 @@
 """Traffic and state helpers shared by the Mininet end-to-end modules."""
 import contextlib
 import os
+import re
 import subprocess
+import urllib.request
 
 from nsx_proxy import model
 from topologies import lab as L
@@ -70,3 +72,23 @@ def services(lab, *bodies):
         for body in bodies:
             lab.cluster.delete_service(body["metadata"]["name"])
         converge(lab)
+
+
+STATUS = "http://127.0.0.1:19910"       # the shared lab controller's status endpoint
+
+
+def metric(name, labels=""):
+    """The sum of a Prometheus metric's samples (with these labels) from the lab."""
+    with urllib.request.urlopen(STATUS + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + (labels or "")) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def normal(lines):
+    """Flows without cookies and counters: what is installed, not when."""
+    return sorted(re.sub(r"(cookie|duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?",
+                         "", line) for line in lines)

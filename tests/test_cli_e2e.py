@@ -3,16 +3,14 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
 from kube_helpers import service
-from lab_helpers import HeldConnection, converge
+from lab_helpers import STATUS, HeldConnection, converge, metric
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
-STATUS = "http://127.0.0.1:19910"
 CLI = os.path.join(os.path.dirname(sys.executable), "nsx-proxy")
 
 
@@ -20,16 +18,6 @@ def cli(*args):
     out = subprocess.run([CLI, "--controller", STATUS] + list(args) + ["--json"],
                          check=True, capture_output=True, text=True, timeout=30).stdout
     return json.loads(out)
-
-
-def metric(name, labels=""):
-    with urllib.request.urlopen(STATUS + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + (labels or "")) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_services_lists_load_balancer_listeners_pools_members_with_bucket_stats(lab):

@@ -3,7 +3,6 @@
 The shared lab (conftest.py): two nodes with two pods each, all labelled
 app=web, and the demo service web.  Every test leaves the lab as it found it.
 """
-import re
 import signal
 import time
 
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from kube_helpers import kubectl as run_kubectl, service
-from lab_helpers import HeldConnection, answers, converge
+from lab_helpers import HeldConnection, answers, converge, normal
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -164,12 +163,6 @@ def _log_count(lab, word):
         return fh.read().count(word)
 
 
-def _normal(lines):
-    """Flows without cookies and counters: what is installed, not when."""
-    return sorted(re.sub(r"(cookie|duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?",
-                         "", line) for line in lines)
-
-
 def test_controller_restarted_while_services_change_ends_with_exactly_the_desired_flows(
         lab, tmp_path):
     from topologies.cluster import demo_service
@@ -186,7 +179,7 @@ def test_controller_restarted_while_services_change_ends_with_exactly_the_desire
         converge(lab, "the restarted controller to converge")
         assert not flows_mentioning(lab, "10.96.0.30")
         assert lab.curl("pod1", "http://10.96.0.34/")
-        first = {n.bridge: _normal(lab.dump_flows(n.bridge)) for n in lab.nodes}
+        first = {n.bridge: normal(lab.dump_flows(n.bridge)) for n in lab.nodes}
         for bridge in first:
             rounds = {line.split(",")[0][:len("cookie=0x") + 2]
                       for line in lab.dump_flows(bridge)}
@@ -198,7 +191,7 @@ def test_controller_restarted_while_services_change_ends_with_exactly_the_desire
         L.wait_for(lambda: all(lab.dump_flows(b)[0].split(",")[0] != g
                                and len({x.split(",")[0][:11] for x in lab.dump_flows(b)}) == 1
                                for b, g in gens.items()), 30, what="a fresh round")
-        assert {n.bridge: _normal(lab.dump_flows(n.bridge)) for n in lab.nodes} == first
+        assert {n.bridge: normal(lab.dump_flows(n.bridge)) for n in lab.nodes} == first
     finally:
         for i in range(5):
             lab.cluster.delete_service(f"churn{i}")

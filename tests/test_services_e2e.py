@@ -179,21 +179,32 @@ def test_should_drop_invalid_conntrack_entries(lab):
     try:
         sport = lab.net.get("pod1").cmd(
             f"ss -Htn state established dst {L.DEMO_VIP}:80").split()[2].rsplit(":", 1)[1]
+        # The stray segment's sequence number: half the number space away from
+        # where the connection is, so it is out of window whatever its ISN and
+        # window scale (a fixed number was, now and then, inside the window).
+        mine = lab.net.get("pod1").popen(
+            ["timeout", "4", "tcpdump", "-l", "-n", "-S", "-c", "1", "-i", "pod1-eth0",
+             f"tcp src port {sport} and tcp[13] & 8 != 0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(1)                       # tcpdump needs a moment to attach
+        assert held.ping("where") == f"{owner} where"
+        now = int(re.search(r"seq (\d+):", mine.communicate(timeout=10)[0]).group(1))
+        stray = f"{(now + 0x80000000) & 0xFFFFFFFF:#010x}"
         owner_if = f"{owner}-eth0"
         sniff = lab.net.get(owner).popen(
             ["timeout", "4", "tcpdump", "-l", "-n", "-S", "-i", owner_if,
-             "tcp[4:4] = 0x12345678"],
+             f"tcp[4:4] = {stray}"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         time.sleep(1)                       # tcpdump needs a moment to attach
         lab.net.get("pod1").cmd(f"python3 {HERE}/strayack.py {lab.pods[0].ip} "
-                                f"{L.DEMO_VIP} 80 {sport} 0x12345678")
+                                f"{L.DEMO_VIP} 80 {sport} {stray}")
         # Control: the same segment straight to the pod on a fresh port opens
         # a connection midstream (OVS conntrack allows it) and is seen.
         # (A fresh source port each run: conntrack remembers the last one.)
         owner_ip = next(p.ip for p in lab.pods if p.name == owner)
         control = random.randint(30000, 60000)
         lab.net.get("pod1").cmd(f"python3 {HERE}/strayack.py {lab.pods[0].ip} "
-                                f"{owner_ip} 8080 {control} 0x12345678")
+                                f"{owner_ip} 8080 {control} {stray}")
         out = sniff.communicate(timeout=10)[0]
         assert f".{control} > {owner_ip}.8080" in out, "the sniffer must see the control"
         assert f".{sport} >" not in out, out

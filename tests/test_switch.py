@@ -200,7 +200,7 @@ def test_a_message_that_cannot_be_encoded_costs_only_its_object(monkeypatch, cap
     st = world.state(good, bad)
     msgs, result = run_bundle(sw, st)
     assert result.ok and "service/default/bad" in sw.session.quarantined
-    assert sw.quarantines[(sw.dpid, "encode")] == 1
+    assert sw.counters[(sw.dpid, "quarantined encode")] == 1
     lines = [r.getMessage() for r in caplog.records if "cannot be encoded" in r.getMessage()]
     assert len(lines) == 1 and "service/default/bad" in lines[0] and "error" in lines[0]
     inner = [m for m in adds(msgs) if isinstance(m, parser.OFPFlowMod) and "tcp_dst" in m.match]
@@ -215,7 +215,7 @@ def test_a_message_that_cannot_be_encoded_costs_only_its_object(monkeypatch, cap
     st3 = world.state(good2, bad2)
     sw.note(changes.between(st2, st3))
     assert sw.begin_sync(st3) is None       # retried, still broken: nothing else to send
-    assert sw.quarantines[(sw.dpid, "encode")] == 2
+    assert sw.counters[(sw.dpid, "quarantined encode")] == 2
 
 
 def test_a_refused_bundle_is_counted_per_object():
@@ -227,7 +227,7 @@ def test_a_refused_bundle_is_counted_per_object():
     sw.error(culprit.xid, 6, 0)
     sw.barrier_reply(msgs[-1].xid)
     assert not sw.end_sync(True).ok
-    assert sw.quarantines[(sw.dpid, "refused")] == 1
+    assert sw.counters[(sw.dpid, "quarantined refused")] == 1
 
 
 def _learned(sw, st):
@@ -283,3 +283,60 @@ def test_the_sweeper_deletes_entries_idle_for_their_whole_timeout():
     gone[0].serialize()
     now[0] += 86400
     assert len(sweep(entry("10.1.1.3", 2))) == 1                          # .3's turn
+
+
+def test_drift_is_found_and_everything_is_written_again_in_the_same_round():
+    sw = connected()
+    st = world.state(world.web())
+    msgs, _ = run_bundle(sw, st)
+    flows, groups = fragments_of(sw)
+
+    def audit(flow_count, group_list, meters=(1,)):
+        reqs = sw.audit_requests()
+        assert [type(r) for r in reqs] == [parser.OFPAggregateStatsRequest,
+                                           parser.OFPGroupDescStatsRequest,
+                                           parser.OFPMeterConfigStatsRequest]
+        assert reqs[0].cookie_mask == cookies.GEN_MASK
+        assert sw.audit_reply(reqs[0].xid, flows=flow_count) == []
+        assert sw.audit_reply(reqs[1].xid, groups=group_list) == []
+        return sw.audit_reply(reqs[2].xid, meters=list(meters))
+
+    whole = [(gid, len(g.buckets)) for gid, g in groups.items()]
+    assert audit(len(flows), whole) == [] and not sw.session.needs_resync   # all there
+    assert sw.counters[(sw.dpid, "drift")] == 0
+    # someone deleted a flow and emptied a group: reinstall in the same round
+    (gid, _), rest = whole[0], whole[1:]
+    assert audit(len(flows) - 1, [(gid, 0)] + rest) == []
+    assert sw.session.needs_resync and sw.counters[(sw.dpid, "drift")] == 1
+    msgs, result = run_bundle(sw, st)
+    inner = adds(msgs)
+    assert result.ok and sw.session.generation == 1
+    assert not any(isinstance(m, parser.OFPFlowMod) and m.command == ofp.OFPFC_DELETE
+                   for m in inner)                           # no round to delete
+    assert sum(isinstance(m, parser.OFPFlowMod) for m in inner) == len(flows)
+    assert {(m.command, m.group_id) for m in inner if isinstance(m, parser.OFPGroupMod)} \
+        == {(ofp.OFPGC_MODIFY, g) for g, _ in whole}
+    # the meter deleted: added again, nothing else
+    again = audit(len(flows), whole, meters=())
+    assert [type(m) for m in again] == [parser.OFPMeterMod] and not sw.session.needs_resync
+
+
+def test_no_audit_while_a_bundle_is_in_flight_or_when_one_landed_meanwhile():
+    sw = connected()
+    st = world.state(world.web())
+    assert sw.audit_requests() == []                 # nothing committed yet (resync due)
+    run_bundle(sw, st)
+    reqs = sw.audit_requests()
+    sw.note(changes.between(st, world.state(world.web(endpoints=("pod1",)))))
+    run_bundle(sw, world.state(world.web(endpoints=("pod1",))))     # lands meanwhile
+    sw.audit_reply(reqs[0].xid, flows=0)
+    sw.audit_reply(reqs[1].xid, groups=[])
+    assert sw.audit_reply(reqs[2].xid, meters=[1]) == []
+    assert not sw.session.needs_resync               # stale answers prove nothing
+    sw.begin_sync(world.state(world.web(endpoints=("pod2",))))
+    assert sw.audit_requests() == []                 # a bundle is in flight
+
+
+def fragments_of(sw):
+    from controller import fragments
+    return fragments.flatten(sw.session.installed)

@@ -56,6 +56,7 @@ GATEWAY_FABRIC_IP = "192.168.100.254"    # br-gw's address on the fabric
 # Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
 # "default" for every namespace, "blue" for namespaces or services that ask.
 FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25;seed=101.101.101.0/24"
+AUDIT_PERIOD = 2      # the lab checks its bridges for drift often (default 10 s)
 
 
 def run(cmd, check=True) -> str:
@@ -151,7 +152,7 @@ class Lab:
         self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, {
             "source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
             "min_sync_period": 0.1, "fip_pools": FIP_POOLS, "default_fip_pool": "default",
-            "status_port": self.status_port})
+            "status_port": self.status_port, "audit_period": AUDIT_PERIOD})
         if self.external_controller:
             host, _, port = self.external_controller.partition(":")
             ctl_ip, ctl_port = host, int(port or 6653)
