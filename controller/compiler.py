@@ -74,9 +74,22 @@ class Compiler:
         hit = self._memo.get(key)
         if hit is not None and (hit[0] is source or hit[0] == source):
             return hit[1]
-        frag = build()
-        self._memo[key] = (source, frag)
-        return frag
+        try:
+            frag = build()
+        except Exception as exc:   # noqa: BLE001 - a bug costs this object only
+            LOG.error("bridge %s: cannot compile %s (%s: %s); %s", self.ctx.name, key,
+                      type(exc).__name__, exc, "keeping its last flows" if hit
+                      else "skipped until it changes")
+            frag = hit[1] if hit is not None else None   # None: skip it (remembered,
+        self._memo[key] = (source, frag)                # so it is not retried and
+        return frag                                     # logged until it changes)
+
+    def _put(self, out, key, source, build) -> None:
+        frag = self._cached(key, source, build)
+        if frag is not None:
+            out[key] = frag
+        else:
+            out.pop(key, None)
 
     def _build_service(self, svc, node) -> Fragment:
         for port in skipped_ports(self.ctx, svc):
@@ -88,8 +101,8 @@ class Compiler:
     def _service(self, out, key, svc, node) -> None:
         ctx = self.ctx
         skey, vkey = service_key(key), vip_key(svc.cluster_ip)
-        out[skey] = self._cached(skey, (svc, node), lambda: self._build_service(svc, node))
-        out[vkey] = self._cached(vkey, svc.cluster_ip,
+        self._put(out, skey, (svc, node), lambda: self._build_service(svc, node))
+        self._put(out, vkey, svc.cluster_ip,
                                  lambda: vip_fragment(ctx, svc.cluster_ip))
 
     def _patch(self, last_state, last_out, state, change) -> Optional[tuple]:
@@ -116,32 +129,31 @@ class Compiler:
 
     def _full(self, state):
         ctx = self.ctx
-        out: Dict[Hashable, Fragment] = {"pipeline": self._cached(
-            "pipeline", ctx, lambda: pipeline_fragment(ctx))}
+        out: Dict[Hashable, Fragment] = {}
+        self._put(out, "pipeline", ctx, lambda: pipeline_fragment(ctx))
         if ctx.role != ROLE_NODE:
             return self._gateway(out, state)
         for pod in ctx.pods:
             key = f"pod/{pod.full_name}"
-            out[key] = self._cached(key, pod, lambda: pod_fragment(ctx, pod))
+            self._put(out, key, pod, lambda: pod_fragment(ctx, pod))
         if ctx.uplink is not None:
             for node in state.nodes.values():
                 if node.name != ctx.node:
                     key = f"node/{node.name}"
-                    out[key] = self._cached(key, node, lambda: node_fragment(ctx, node))
+                    self._put(out, key, node, lambda: node_fragment(ctx, node))
         shared_vips = set()
         node = state.nodes.get(ctx.node)
         if node is not None:
-            out["local-node"] = self._cached("local-node", node,
-                                             lambda: local_node_fragment(ctx, node))
+            self._put(out, "local-node", node, lambda: local_node_fragment(ctx, node))
         for fip in state.floating_ips.values():
             if fip.node == ctx.node:
                 key = f"fip/{fip.ip}"
-                out[key] = self._cached(key, fip, lambda: floating_ip_fragment(ctx, fip))
+                self._put(out, key, fip, lambda: floating_ip_fragment(ctx, fip))
         for skey, svc in state.services.items():
             self._service(out, skey, svc, node)
             shared_vips.update(svc.outside_ips)
         for ip in shared_vips - {s.cluster_ip for s in state.services.values()}:
-            out[vip_key(ip)] = self._cached(vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
+            self._put(out, vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
         return self._forget_stale(out)
 
     def _forget_stale(self, out):
@@ -154,21 +166,21 @@ class Compiler:
         ctx = self.ctx
         if ctx.uplink is None or not ctx.fabric_ip:
             return out                       # not wired up (yet): skeleton only
-        out["gateway"] = self._cached("gateway", ctx, lambda: gateway_fragment(ctx))
+        self._put(out, "gateway", ctx, lambda: gateway_fragment(ctx))
         for node in state.nodes.values():
             key = f"gw-node/{node.name}"
-            out[key] = self._cached(key, node, lambda: gateway_node_fragment(ctx, node))
+            self._put(out, key, node, lambda: gateway_node_fragment(ctx, node))
         ips = {ip for s in state.services.values()
                for ip in s.outside_ips}
         for ip in sorted(ips):
             nodes = tuple(serving_nodes(state, ip))
             key = f"gw-vip/{ip}"
-            out[key] = self._cached(key, nodes, lambda: gateway_vip_fragment(
+            self._put(out, key, nodes, lambda: gateway_vip_fragment(
                 ctx, ip, nodes, self._group_ids))
         for fip in state.floating_ips.values():
             node = state.nodes.get(fip.node)
             if node is not None:
                 key = f"gw-fip/{fip.ip}"
-                out[key] = self._cached(key, (fip, node),
+                self._put(out, key, (fip, node),
                                         lambda: gateway_fip_fragment(ctx, fip, node))
         return self._forget_stale(out)

@@ -20,8 +20,8 @@ LOG = logging.getLogger("nsx_proxy.kube_source")
 def _frontends(svc):
     if svc is None:
         return None
-    return (svc.cluster_ip, svc.external_ips, svc.load_balancer_ips,
-            tuple((p.protocol, p.port) for p in svc.ports))
+    return (svc.cluster_ip, svc.external_ips, svc.load_balancer_ips, svc.type,
+            tuple((p.protocol, p.port, p.node_port) for p in svc.ports))
 
 
 def floating_ips(pods, services, reject):
@@ -35,6 +35,9 @@ def floating_ips(pods, services, reject):
             fip = translate.floating_ip(pods[key])
         except Invalid as exc:
             reject("pod", name, str(exc))
+            continue
+        except Exception as exc:   # noqa: BLE001 - a bug costs this object only
+            reject("pod", name, f"internal error translating it: {type(exc).__name__}: {exc}")
             continue
         if fip is None:
             continue
@@ -91,6 +94,11 @@ class StateBuilder:
             self.rejects.reject("service", str(key), str(exc))
             self._translated.pop(key, None)
             return
+        except Exception as exc:   # noqa: BLE001 - a bug costs this object only
+            self.rejects.reject("service", str(key), f"internal error translating it: "
+                                f"{type(exc).__name__}: {exc}")
+            self._translated.pop(key, None)
+            return
         if self._translated.get(key) != svc:
             self._translated[key] = svc
 
@@ -101,6 +109,10 @@ class StateBuilder:
                 node = translate.node(raw)
             except Invalid as exc:
                 self.rejects.reject("node", name, str(exc))
+                continue
+            except Exception as exc:   # noqa: BLE001 - a bug costs this object only
+                self.rejects.reject("node", name, f"internal error translating it: "
+                                    f"{type(exc).__name__}: {exc}")
                 continue
             old = self._nodes.get(name)
             nodes[name] = old if old == node else node
@@ -122,10 +134,13 @@ class StateBuilder:
                     continue                 # gone, or rejected by the rules before
                 if prev is before[key]:
                     claimed[key] = new
-                else:                        # the rules dropped some of its IPs
+                else:                        # the rules dropped IPs or nodePorts
                     claimed[key] = dataclasses.replace(
                         new, external_ips=prev.external_ips,
-                        load_balancer_ips=prev.load_balancer_ips)
+                        load_balancer_ips=prev.load_balancer_ips,
+                        ports=tuple(n if n.node_port == o.node_port else
+                                    dataclasses.replace(n, node_port=o.node_port)
+                                    for n, o in zip(new.ports, prev.ports)))
         else:
             claimed = {svc.key: svc for svc in
                        validate.claim_frontends(self._translated.values(), self.rejects)}

@@ -65,7 +65,12 @@ def service_ports(name, raw_ports, reject: Reject) -> List[model.ServicePort]:
     """A service's listeners (without endpoints); bad or repeated ports are
     reported one by one and skipped.  Shared by every state source."""
     ports, seen = [], set()
+    if raw_ports is not None and not isinstance(raw_ports, list):
+        raise Invalid(f"ports is not a list: {raw_ports!r:.40}")
     for raw in raw_ports or ():
+        if not isinstance(raw, dict):
+            reject("service", name, f"a port is not an object: {raw!r:.40}; skipped")
+            continue
         label = f"{name} port {raw.get('name') or raw.get('port')}"
         try:
             sport = model.ServicePort(

@@ -114,11 +114,35 @@ def claim_frontends(services, rejects: "RejectLog"):
             svc = dataclasses.replace(  # the compiler recognises it by identity
                 svc, external_ips=tuple(ip for ip in svc.external_ips if keep[ip]),
                 load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if keep[ip]))
+        svc = _claim_node_ports(svc, claimed, rejects)
         for ip in svc.frontend_ips:
             for p in svc.ports:
                 claimed[(ip, p.protocol, p.port)] = svc.key
         out.append(svc)
     return out
+
+
+def _claim_node_ports(svc, claimed, rejects):
+    """A nodePort answers on every node IP: the first service (in name order)
+    keeps it, a later one loses it (its other frontends keep working).  The
+    API server allocates them uniquely; a source that does not (a file, a
+    lab server) must not make two services answer on one."""
+    if not svc.node_ports:
+        return svc
+    ports = []
+    for p in svc.ports:
+        key = ("nodePort", p.protocol, p.node_port)
+        if p.node_port and key in claimed:     # another service's, or another port's
+            rejects.reject("service", str(svc.key),
+                           f"nodePort {p.protocol}/{p.node_port} is already used by "
+                           f"{claimed[key]}; ignoring it for this port")
+            p = dataclasses.replace(p, node_port=None)
+        elif p.node_port:
+            claimed[key] = svc.key
+        ports.append(p)
+    if all(a is b for a, b in zip(ports, svc.ports)):
+        return svc
+    return dataclasses.replace(svc, ports=tuple(ports))
 
 
 class RejectLog:

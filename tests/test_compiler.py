@@ -134,3 +134,26 @@ def test_the_affinity_learn_layout_is_written_once_and_reads_like_ovs_ofctl():
         "eth_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_NX_REG2[],NXM_NX_REG3[0..15],"
         "load:NXM_NX_REG0[]->NXM_NX_REG0[],load:NXM_NX_REG1[0..15]->NXM_NX_REG1[0..15],"
         "load:0x1->NXM_NX_REG1[16])")
+
+
+def test_a_bug_compiling_one_service_costs_only_that_service(monkeypatch, caplog):
+    """Isolation in the compiler: an exception building one object's fragment
+    is logged once, naming it; that object keeps its last flows (or is left
+    out), everything else compiles."""
+    from controller import compiler as C
+    real = C.service_fragment
+
+    def buggy(ctx, svc, group_ids, node=None):
+        if svc.name == "bad":
+            raise KeyError("a bug")
+        return real(ctx, svc, group_ids, node)
+    monkeypatch.setattr(C, "service_fragment", buggy)
+    good, bad = world.web(), world.web(name="bad", vip="10.96.0.66")
+    comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
+    out = comp.compile(world.state(good, bad))
+    assert names.service_key(good.key) in out and names.service_key(bad.key) not in out
+    assert "vip/10.96.0.66" in out                     # its VIP (ARP, reject) is fine
+    lines = [r.getMessage() for r in caplog.records if "cannot compile" in r.getMessage()]
+    assert len(lines) == 1 and "service/default/bad" in lines[0] and "KeyError" in lines[0]
+    comp.compile(world.state(world.web(endpoints=("pod2",)), bad))   # others change
+    assert len([r for r in caplog.records if "cannot compile" in r.getMessage()]) == 1
