@@ -90,17 +90,33 @@ class OvsdbMonitor:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30)
 
+    def _say_connection(self, idl, was_up):
+        """The IDL reconnects by itself, silently; say when OVSDB goes away and
+        comes back (python-ovs has no public "connected" call).  ``was_up``
+        is None until the first connection."""
+        up = idl._session.is_connected()
+        if was_up and not up:
+            LOG.warning("OVSDB %s: connection lost; reconnecting (the bridges keep "
+                        "their flows meanwhile)", self.remote)
+        elif was_up is False and up:
+            LOG.info("OVSDB %s: connected again", self.remote)
+        return up if (was_up is not None or up) else None
+
     def _run(self):
         helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(self.remote))
         for table, columns in _COLUMNS.items():
             helper.register_columns(table, columns)
         idl = ovs.db.idl.Idl(self.remote, helper)
-        seqno, last = None, None
+        seqno, last, up = None, None, None     # up: None until the first connect
         LOG.info("following OVSDB at %s", self.remote)
         try:
             while True:
                 idl.run()
-                if idl.change_seqno != seqno:
+                up = self._say_connection(idl, up)
+                # Between a reconnect and the monitor's first reply the IDL's
+                # tables are empty: a snapshot then would say "no bridges".
+                if idl.change_seqno != seqno and up and \
+                        getattr(idl, "state", idl.IDL_S_MONITORING) == idl.IDL_S_MONITORING:
                     seqno = idl.change_seqno
                     contexts = snapshot(idl, self._rejected)
                     if contexts != last:

@@ -214,3 +214,30 @@ def test_collision_rules_still_hold_when_only_endpoints_change():
 def api_client_for_tests():
     from kubernetes import client
     return client.ApiClient()
+
+
+def test_a_failed_load_balancer_status_write_is_logged_and_retried(server, caplog):
+    from kubernetes import client
+    from nsx_proxy import lb_ipam
+    populate(server.api)
+    ipam = lb_ipam.Ipam(lb_ipam.parse_pools("default=198.51.100.0/30"), "default")
+    src, rec = make_source(server, ipam=ipam)
+    real = src.lb_writer._core.patch_namespaced_service_status
+    calls = []
+
+    def flaky(name, namespace, body):          # the API refuses the first write
+        calls.append(name)
+        if len(calls) == 1:
+            raise client.ApiException(status=500, reason="etcd is unhappy")
+        return real(name, namespace, body)
+    src.lb_writer._core.patch_namespaced_service_status = flaky
+    src.start()
+    server.api.create(SVC, "default", service("lb", {"app": "web"}, type_="LoadBalancer"))
+    key = model.ServiceKey("default", "lb")
+    wait_for(lambda: rec.last and key in rec.last.services
+             and rec.last.services[key].load_balancer_ips == ("198.51.100.1",), 10,
+             what="the IP written on the second try")
+    lines = [r.getMessage() for r in caplog.records
+             if "cannot write load-balancer status" in r.getMessage()]
+    assert len(lines) == 1 and "default/lb" in lines[0] and "etcd is unhappy" in lines[0]
+    assert calls == ["lb", "lb"]

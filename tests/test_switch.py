@@ -340,3 +340,11 @@ def test_no_audit_while_a_bundle_is_in_flight_or_when_one_landed_meanwhile():
 def fragments_of(sw):
     from controller import fragments
     return fragments.flatten(sw.session.installed)
+
+
+def test_an_error_for_no_message_of_ours_is_logged_and_changes_nothing(caplog):
+    sw = connected()
+    run_bundle(sw, world.state(world.web()))
+    sw.error(0, 1, 1)                               # xid 0: no message we sent
+    assert any("error type=1 code=1 for xid 0" in r.getMessage() for r in caplog.records)
+    assert sw.pending is None and not sw.session.needs_resync and not sw.session.quarantined
