@@ -11,9 +11,10 @@ Side by side, in network namespaces this benchmark creates:
   not bridged, because br_netfilter is not available on this kernel.
 
 The client opens TCP connections back to back for a few seconds (connect,
-read the server's one byte, close with RST so no TIME_WAIT piles up and a
-reused port never meets an old connection) and reports connections/s and
-the median connect() time.  Medians over rounds.  Run as root with OVS up:
+read the server's one byte, close with RST so no TIME_WAIT piles up in the
+client) and reports connections/s, the median and p99 connect() time, stalls
+(connects over 0.5 s) and failures; medians over rounds, with the spread.
+Run as root with OVS up:
 
     .venv/bin/python -m bench.dataplane [--sizes 1 1000 10000] [--rounds 3]
 """
@@ -53,20 +54,26 @@ CLIENT = r"""
 import json, socket, struct, sys, time
 ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 count, failed, times, end = 0, 0, [], time.monotonic() + seconds
+stalled = []                        # source ports of connects over 0.5 s
 abort = struct.pack("ii", 1, 0)     # close with RST: no TIME_WAIT on either side,
 while time.monotonic() < end:       # so reused ports never meet an old connection
     s = socket.socket(); s.settimeout(2)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, abort)
     try:
         t = time.perf_counter(); s.connect((ip, port))
-        times.append(time.perf_counter() - t); s.recv(1); count += 1
+        took = time.perf_counter() - t
+        times.append(took); s.recv(1); count += 1
+        if took > 0.5:
+            stalled.append(s.getsockname()[1])
     except OSError:
         failed += 1
     finally:
         s.close()
 times.sort()
-print(json.dumps({"cps": count / seconds, "failed": failed,
-                  "connect_ms": times[len(times) // 2] * 1000 if times else None}))
+print(json.dumps({"cps": count / seconds, "failed": failed, "stalls": len(stalled),
+                  "stalled_ports": stalled[:20], "connections": count,
+                  "connect_ms": times[len(times) // 2] * 1000 if times else None,
+                  "p99_ms": times[int(len(times) * 0.99)] * 1000 if times else None}))
 """
 
 
@@ -197,8 +204,11 @@ def run_size(n, rounds, seconds):
                 runs = [measure(ns, target, seconds, ports, target_vip)
                         for _ in range(rounds)]
                 results[name] = {k: statistics.median(r[k] for r in runs)
-                                 for k in ("cps", "connect_ms")}
+                                 for k in ("cps", "connect_ms", "p99_ms")}
                 results[name]["failed"] = sum(r["failed"] for r in runs)
+                results[name]["stalls"] = sum(r["stalls"] for r in runs)
+                results[name]["spread"] = (min(r["cps"] for r in runs),
+                                           max(r["cps"] for r in runs))
         finally:
             for proc in servers:
                 proc.kill()
@@ -227,9 +237,10 @@ def main(argv=None):
               f"{r['ovs vip']['cps'] / r['iptables vip']['cps']:>18.2f} | "
               f"{r['ovs vip']['connect_ms']:>18.3f} | {r['iptables vip']['connect_ms']:>23.3f}",
               flush=True)
-        failed = {k: v["failed"] for k, v in r.items() if v["failed"]}
-        if failed:
-            print(f"         connections that failed (2 s timeout): {failed}", flush=True)
+        for name, v in r.items():
+            print(f"         {name}: conn/s min-max {v['spread'][0]:.0f}-{v['spread'][1]:.0f}, "
+                  f"connect p99 {v['p99_ms']:.2f} ms, stalls (connect > 0.5 s) "
+                  f"{v['stalls']}, failed (2 s timeout) {v['failed']}", flush=True)
     return rows
 
 
