@@ -20,6 +20,7 @@ Configuration (``[nsx_proxy]`` section of the config file)::
     audit_period = 10              # drift check per switch (flows, groups, meter); 0: off
     fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
     default_fip_pool = default
+    load_balancer_class =          # besides class-less LoadBalancers, this class is ours
     status_port = 9910             # http://127.0.0.1:9910/state and /metrics; 0: off
 """
 import collections
@@ -67,6 +68,9 @@ CONF.register_opts([
     cfg.StrOpt("fip_pools", default="",
                help="floating-IP pools for LoadBalancer services without an ingress IP: "
                     "NAME=CIDR[,CIDR];NAME2=CIDR (empty: no allocation)"),
+    cfg.StrOpt("load_balancer_class", default="",
+               help="spec.loadBalancerClass whose LoadBalancer Services get IPs from "
+                    "fip_pools, besides those without a class (empty: only those)"),
     cfg.StrOpt("default_fip_pool", default="",
                help="the pool used when neither the service nor its namespace names one "
                     "(annotation nsx-proxy.io/fip-pool)"),
@@ -136,7 +140,8 @@ class ServiceProxy(app_manager.RyuApp):
         pools = lb_ipam.parse_pools(self.conf.fip_pools)
         if not pools:
             return None
-        return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None)
+        return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None,
+                            self.conf.load_balancer_class or None)
 
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState, change: changes.ChangeSet = None) -> None:

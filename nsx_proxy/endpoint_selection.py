@@ -5,10 +5,13 @@ model and the client's node:
 
 * cluster endpoints: the ready ones; with none ready, the serving-but-
   terminating ones (KEP-1669), so a rolling update never blackholes;
-* topology-aware routing (hints): if the service asks for it, the node has
-  a zone, every ready endpoint carries zone hints and at least one is
-  hinted for the node's zone, only those are used; otherwise all of them
-  (the same fallbacks as kube-proxy);
+* topology-aware routing (hints): if the service asks for it
+  (trafficDistribution PreferClose / PreferSameZone / PreferSameNode, or the
+  topology-mode annotation), node hints come first: every ready endpoint
+  carries node hints and one is hinted for this node -> only those; else
+  zone hints: the node has a zone, every ready endpoint carries zone hints
+  and one is hinted for it -> only those; otherwise all of them (kube-proxy's
+  topologyModeFromHints, with its fallbacks);
 * internalTrafficPolicy Local: traffic to the cluster IP uses only this
   node's endpoints (ready, else serving-but-terminating); none means the
   connection is rejected, never sent to another node.
@@ -47,10 +50,14 @@ def _usable(endpoints) -> Endpoints:
 def cluster_endpoints(svc: model.Service, port: model.ServicePort,
                       node: Optional[model.Node]) -> Endpoints:
     usable = _usable(port.endpoints)
-    if not (svc.topology_aware and node is not None and node.zone):
+    if not (svc.topology_aware and node is not None):
         return usable
     ready = [e for e in port.endpoints if e.ready]
-    if not ready or any(not e.zones for e in ready):
+    if ready and all(e.node_hints for e in ready):
+        here = [e for e in ready if node.name in e.node_hints]
+        if here:
+            return _sorted(here)
+    if not node.zone or not ready or any(not e.zones for e in ready):
         return usable                       # hints missing somewhere: ignore them all
     in_zone = [e for e in ready if node.zone in e.zones]
     return _sorted(in_zone) if in_zone else usable

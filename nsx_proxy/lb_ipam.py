@@ -64,9 +64,16 @@ def ingress_ips(svc) -> Tuple[str, ...]:
 
 
 class Ipam:
-    def __init__(self, pools: Dict[str, List[ipaddress.IPv4Network]], default_pool=None):
+    """``lb_class``: besides Services without ``spec.loadBalancerClass`` (the
+    default implementation's), those of this class are ours; Services of any
+    other class belong to another controller and get no IP from our pools
+    (they are still proxied once that controller writes their IP)."""
+
+    def __init__(self, pools: Dict[str, List[ipaddress.IPv4Network]], default_pool=None,
+                 lb_class=None):
         self.pools = pools
         self.default_pool = default_pool
+        self.lb_class = lb_class or None
         if default_pool and default_pool not in pools:
             raise PoolConfigError(f"default pool {default_pool!r} is not defined")
 
@@ -98,6 +105,8 @@ class Ipam:
                 if ours:
                     changes[key] = None          # no longer a LoadBalancer: release
                 continue
+            if spec.get("loadBalancerClass") not in (None, self.lb_class):
+                continue                         # another controller's
             if ingress_ips(svc) or not self.pools:
                 continue                         # has an address (ours or not)
             ip = self._choose(key, svc, namespaces, used, reject)

@@ -49,6 +49,7 @@ class Endpoint:
     serving: bool = True
     terminating: bool = False
     zones: Tuple[str, ...] = ()        # topology hints: zones this endpoint serves
+    node_hints: Tuple[str, ...] = ()   # hints.forNodes (trafficDistribution PreferSameNode)
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,17 @@ def object_name(obj) -> str:
     return f"{ns}/{meta.get('name', '?')}" if ns else meta.get("name", "?")
 
 
+# A Service labelled with this belongs to another service proxy (kube-proxy
+# watches Services with the selector "!service.kubernetes.io/service-proxy-name").
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+
+
 def ignored_reason(svc) -> Optional[str]:
     """Why a Service legitimately has no proxy rules, or None."""
     spec = svc.get("spec") or {}
+    labels = (svc.get("metadata") or {}).get("labels") or {}
+    if isinstance(labels, dict) and SERVICE_PROXY_NAME_LABEL in labels:
+        return "another service proxy's"
     if spec.get("type") == "ExternalName":
         return "ExternalName"
     if spec.get("clusterIP") in ("None", ""):
@@ -91,11 +99,21 @@ def service_ports(name, raw_ports, reject: Reject) -> List[model.ServicePort]:
 
 
 def _ingress_ips(name, svc, reject: Reject) -> Tuple[str, ...]:
+    """The load-balancer IPs the proxy answers on itself.
+
+    Like kube-proxy, not those with ``ipMode: Proxy``: that load balancer
+    proxies to the nodes itself, so traffic to its IP - from inside the
+    cluster too - must go out to it, not be short-circuited to the endpoints.
+    """
     ips = []
     for ingress in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ():
+        if not isinstance(ingress, dict):
+            continue
         ip = ingress.get("ip")
         if not ip:
             continue                       # hostname-only ingress: nothing to NAT
+        if ingress.get("ipMode") == "Proxy":
+            continue
         try:
             ips.append(validate.ipv4(ip, "load-balancer ingress IP"))
         except Invalid as exc:
@@ -186,10 +204,25 @@ def _policy(name, spec, field, reject: Reject) -> str:
     return value
 
 
+# trafficDistribution values that ask for hints: PreferClose (1.31) and its
+# newer name PreferSameZone, and PreferSameNode (1.33; node hints first).
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
+
+
 def _topology_aware(meta, spec) -> bool:
     annotations = meta.get("annotations") or {}
-    return spec.get("trafficDistribution") == "PreferClose" or any(
-        annotations.get(a, "").lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
+    return spec.get("trafficDistribution") in TRAFFIC_DISTRIBUTIONS or any(
+        str(annotations.get(a, "")).lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
+
+
+def _hint_names(raw, key) -> Tuple[str, ...]:
+    """Names in an endpoint's hints.forZones / hints.forNodes (junk ignored)."""
+    hints = raw.get("hints")
+    items = hints.get(key) if isinstance(hints, dict) else None
+    if not isinstance(items, list):
+        return ()
+    return tuple(sorted(i["name"] for i in items
+                        if isinstance(i, dict) and isinstance(i.get("name"), str)))
 
 
 def _condition(conditions, key, default) -> bool:
@@ -198,15 +231,15 @@ def _condition(conditions, key, default) -> bool:
 
 
 def _slice_endpoints(slice_name, raw_slice, reject: Reject):
-    """(ip, node, pod, ready, serving, terminating, zones) of a slice's valid endpoints."""
+    """(ip, node, pod, ready, serving, terminating, zone hints, node hints) of a
+    slice's valid endpoints."""
     out = []
     for raw in raw_slice.get("endpoints") or ():
         conditions = raw.get("conditions") or {}
         ready = _condition(conditions, "ready", True)
         ref = raw.get("targetRef") or {}
-        zones = tuple(sorted(z.get("name") for z in
-                             ((raw.get("hints") or {}).get("forZones") or ())
-                             if z.get("name")))
+        zones = _hint_names(raw, "forZones")
+        node_hints = _hint_names(raw, "forNodes")
         pod = (f"{ref.get('namespace')}/{ref.get('name')}"
                if ref.get("kind", "Pod") == "Pod" and ref.get("name") else None)
         for ip in raw.get("addresses") or ():
@@ -217,7 +250,7 @@ def _slice_endpoints(slice_name, raw_slice, reject: Reject):
                 continue
             out.append((ip, raw.get("nodeName"), pod, ready,
                         _condition(conditions, "serving", ready),
-                        _condition(conditions, "terminating", False), zones))
+                        _condition(conditions, "terminating", False), zones, node_hints))
     return out
 
 
@@ -250,13 +283,14 @@ def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
                 if sport.name != pname or sport.protocol != proto:
                     continue
                 pool = merged[sport]
-                for ip, node, pod, ready, serving, terminating, zones in endpoints:
+                for ip, node, pod, ready, serving, terminating, zones, hints in endpoints:
                     old = pool.get((ip, number))
                     if old is not None and old.ready and not ready:
                         continue
                     pool[(ip, number)] = model.Endpoint(
                         ip=ip, port=number, node=node, pod=pod, ready=ready,
-                        serving=serving, terminating=terminating, zones=zones)
+                        serving=serving, terminating=terminating, zones=zones,
+                        node_hints=hints)
     return {p: tuple(pool[k] for k in sorted(pool)) for p, pool in merged.items()}
 
 

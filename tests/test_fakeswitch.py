@@ -184,6 +184,31 @@ def test_topology_hints_keep_traffic_in_the_clients_zone_with_fallbacks():
     assert reach(plain) == everyone
 
 
+def test_prefer_same_node_uses_node_hints_before_zone_hints():
+    """trafficDistribution PreferSameNode: both nodes in one zone, so zone hints
+    alone would pick everyone; node hints keep a client on its own node, with
+    kube-proxy's fallbacks when they do not apply."""
+    def hinted(node_hints):
+        eps = tuple(world.endpoint(name, zones=("a",), node_hints=hints)
+                    for name, hints in node_hints.items())
+        return dataclasses.replace(world.web(), topology_aware=True, ports=(
+            model.ServicePort("http", model.TCP, 80, 8080, eps),))
+    nodes = tuple(dataclasses.replace(n, zone="a") for n in world.NODES)
+
+    def reach(svc, client="pod1"):
+        net = build(model.ClusterState.build([svc], nodes))
+        return {o.packet["ipv4_dst"] for o in
+                send(net, client, tcp(P[client].ip, world.VIP, 80))}
+    both = {"pod2": ("node1",), "pod3": ("node2",), "pod4": ("node2",)}
+    assert reach(hinted(both)) == {P["pod2"].ip}
+    assert reach(hinted(both), "pod4") == {P["pod3"].ip, P["pod4"].ip}
+    everyone = {P[n].ip for n in ("pod2", "pod3", "pod4")}
+    # no endpoint for this node, or one without node hints: zone hints (all "a")
+    assert reach(hinted({"pod2": ("node2",), "pod3": ("node2",), "pod4": ("node2",)})) \
+        == everyone
+    assert reach(hinted({"pod2": ("node1",), "pod3": ("node2",), "pod4": ()})) == everyone
+
+
 def test_sctp_is_skipped_on_the_userspace_datapath_only():
     svc = dataclasses.replace(world.web(), ports=(model.ServicePort(
         "sctp", model.SCTP, 9000, 9000, (world.endpoint("pod3", port=9000),)),))

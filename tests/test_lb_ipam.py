@@ -58,3 +58,15 @@ def test_pool_config_errors():
         lb_ipam.parse_pools("public=10.0.0.300/24")
     with pytest.raises(lb_ipam.PoolConfigError):
         lb_ipam.Ipam(POOLS, "missing")
+
+
+def test_a_load_balancer_class_that_is_not_ours_gets_no_ip():
+    other = svc("other", loadBalancerClass="example.com/other")
+    mine = svc("mine", loadBalancerClass="nsx-proxy.io/fip")
+    got, _ = plan(other, mine, svc("plain"))
+    assert "default/other" not in got and "default/mine" not in got
+    assert "default/plain" in got
+    ipam = lb_ipam.Ipam(POOLS, "public", lb_class="nsx-proxy.io/fip")
+    claimed = ipam.plan({model.ServiceKey("default", s["metadata"]["name"]): s
+                         for s in (other, mine)}, {}, lambda *a: None)
+    assert list(claimed) == [model.ServiceKey("default", "mine")]

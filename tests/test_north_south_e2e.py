@@ -37,12 +37,13 @@ def node2_only(lab):
         converge(lab)
 
 
-def lb_ip(lab, name):
+def lb_ip(lab, name, timeout=10):
     def read():
         svc = lab.cluster.core.read_namespaced_service(name, "default")
-        ingress = (svc.status.load_balancer.ingress or []) if svc.status.load_balancer else []
+        lb = svc.status.load_balancer if svc.status else None
+        ingress = (lb.ingress or []) if lb else []
         return ingress[0].ip if ingress else None
-    return L.wait_for(read, 10, what=f"{name}'s load-balancer IP")
+    return L.wait_for(read, timeout, what=f"{name}'s load-balancer IP")
 
 
 def test_node_port_cluster_answers_on_every_node_ip_with_masquerade(lab):
@@ -93,6 +94,32 @@ def test_load_balancer_gets_a_pool_ip_reached_from_the_internet_with_ecmp(lab):
             "cluster IPs are not reachable from the Internet"
         assert lab.curl("inet", f"http://{lab.pods[0].ip}:8080/", timeout=1) == ""
         assert lab.curl("pod1", f"http://{ip}/") in EVERYONE          # from inside too
+
+
+def test_another_controllers_load_balancer_class_and_ip_mode_proxy(lab):
+    """loadBalancerClass not ours: no IP from our pools, yet proxied once the
+    other controller writes one.  ipMode Proxy: that IP is the load balancer's
+    to answer, so traffic from inside the cluster goes out to it rather than
+    being short-circuited to the endpoints (as kube-proxy does)."""
+    body = service("lbc", type_="LoadBalancer", loadBalancerClass="example.com/other")
+    core = lab.cluster.core
+    with services(lab, body):
+        with pytest.raises(TimeoutError):
+            lb_ip(lab, "lbc", timeout=2)                 # nobody of ours writes one
+        core.patch_namespaced_service_status("lbc", "default", {"status": {"loadBalancer": {
+            "ingress": [{"ip": "198.51.100.60"}]}}})     # the other controller does
+        converge(lab)
+        assert L.wait_for(lambda: who(lab, "inet", "http://198.51.100.60/", 12), 20,
+                          what="the other controller's IP proxied")
+        assert lab.curl("pod1", "http://198.51.100.60/") in EVERYONE
+        core.patch_namespaced_service_status("lbc", "default", {"status": {"loadBalancer": {
+            "ingress": [{"ip": "198.51.100.60", "ipMode": "Proxy"}]}}})
+        L.wait_for(lambda: not any("198.51.100.60" in f for f in lab.dump_flows("br-node1")),
+                   20, what="no flows for a Proxy-mode IP")
+        # from a pod it now leaves the cluster for the load balancer (which the
+        # lab does not have): no answer, where it was short-circuited before
+        assert lab.curl("pod1", "http://198.51.100.60/", timeout=1) == ""
+        assert lab.curl("pod1", f"http://{L.DEMO_VIP}/")      # the rest is untouched
 
 
 def test_load_balancer_local_sends_only_to_nodes_with_endpoints_and_keeps_the_source(lab):

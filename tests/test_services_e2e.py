@@ -5,6 +5,7 @@ they correspond to, so the coverage reads like that suite.  Services are
 created through the lab's API server; every test removes what it made.
 """
 import ipaddress
+import json
 import random
 import re
 import subprocess
@@ -351,6 +352,26 @@ def test_should_keep_traffic_in_the_clients_zone_with_topology_aware_routing(lab
         assert who(lab, "pod4", "10.96.1.21", 80) == {"pod3", "pod4"}
     with services(lab, service("spread", vip="10.96.1.22", ports=[("http", "TCP", 80, 8080)])):
         assert who(lab, "pod1", "10.96.1.22", 80, n=20) == {p.name for p in lab.pods}
+
+
+@pytest.mark.parametrize("distribution", ["PreferClose", "PreferSameZone", "PreferSameNode"])
+def test_traffic_distribution_keeps_traffic_close(lab, distribution):
+    """spec.trafficDistribution, every value kube-proxy knows: the lab's
+    slice controller hints each endpoint for its zone (each lab node is a
+    zone) and, for PreferSameNode, for its node; clients stay close."""
+    body = service(f"close-{distribution.lower()}", vip="10.96.1.27",
+                   ports=[("http", "TCP", 80, 8080)], trafficDistribution=distribution)
+    with services(lab, body):
+        raw = lab.cluster.discovery.list_namespaced_endpoint_slice(
+            "default", label_selector=f"kubernetes.io/service-name={body['metadata']['name']}",
+            _preload_content=False)          # forNodes is newer than this client's models
+        hints = [ep.get("hints") or {} for sl in json.loads(raw.data)["items"]
+                 for ep in sl["endpoints"]]
+        assert hints and all(h.get("forZones") for h in hints)
+        assert all(bool(h.get("forNodes")) == (distribution == "PreferSameNode")
+                   for h in hints)
+        assert who(lab, "pod1", "10.96.1.27", 80) == {"pod1", "pod2"}
+        assert who(lab, "pod4", "10.96.1.27", 80) == {"pod3", "pod4"}
 
 
 def test_a_flood_of_refused_connections_is_metered_before_the_controller(lab):

@@ -148,3 +148,33 @@ def test_reject_log_logs_once_and_counts(caplog):
         log.reject("service", "default/bad", "clusterIP '10.96.0.300' is not an IP address")
     assert len(caplog.records) == 1
     assert "default/bad" in caplog.text and log.counts == {"clusterIP": 1}
+
+
+def test_node_and_zone_hints_are_read_and_junk_hints_ignored():
+    raw_eps = eps(ep("10.1.1.2"), ep("10.1.1.3"))
+    raw_eps["endpoints"][0]["hints"] = {"forZones": [{"name": "z1"}],
+                                        "forNodes": [{"name": "node1"}]}
+    raw_eps["endpoints"][1]["hints"] = {"forZones": "z1", "forNodes": [None, {"name": 3}]}
+    out = translate.service(svc(trafficDistribution="PreferSameNode"), [raw_eps], Rejects())
+    assert out.topology_aware
+    first, second = out.ports[0].endpoints
+    assert (first.zones, first.node_hints) == (("z1",), ("node1",))
+    assert (second.zones, second.node_hints) == ((), ())
+    for value in ("PreferClose", "PreferSameZone"):
+        assert translate.service(svc(trafficDistribution=value), [], Rejects()).topology_aware
+    assert not translate.service(svc(trafficDistribution="Anywhere"), [], Rejects()).topology_aware
+
+
+def test_load_balancer_ips_in_proxy_mode_are_not_ours_to_answer():
+    raw = svc(type="LoadBalancer")
+    raw["status"] = {"loadBalancer": {"ingress": [
+        {"ip": "198.51.100.8"}, {"ip": "198.51.100.9", "ipMode": "VIP"},
+        {"ip": "198.51.100.10", "ipMode": "Proxy"}, {"hostname": "lb.example.com"}, "junk"]}}
+    out = translate.service(raw, [], Rejects())
+    assert out.load_balancer_ips == ("198.51.100.8", "198.51.100.9")
+
+
+def test_services_of_another_service_proxy_are_left_alone():
+    raw = svc()
+    raw["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "other-proxy"}
+    assert translate.ignored_reason(raw) == "another service proxy's"

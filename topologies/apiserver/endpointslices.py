@@ -75,10 +75,11 @@ def selected_pods(svc, pods):
 
 
 def wants_hints(svc) -> bool:
-    """Topology-aware routing asked for (annotation Auto, or PreferClose)."""
+    """Topology-aware routing asked for (annotation Auto, or a trafficDistribution)."""
     meta, spec = svc["metadata"], svc.get("spec") or {}
     annotations = meta.get("annotations") or {}
-    return spec.get("trafficDistribution") == "PreferClose" or any(
+    return spec.get("trafficDistribution") in ("PreferClose", "PreferSameZone",
+                                               "PreferSameNode") or any(
         annotations.get(a, "").lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
 
 
@@ -105,6 +106,8 @@ def desired_slices(svc, pods, node_zones=None):
             ep["zone"] = zone
             if hint:
                 ep["hints"] = {"forZones": [{"name": zone}]}
+                if spec.get("trafficDistribution") == "PreferSameNode":
+                    ep["hints"]["forNodes"] = [{"name": ep["nodeName"]}]
         groups.setdefault(resolved, []).append(ep)
     slices = {}
     for ports, endpoints in sorted(groups.items()):
