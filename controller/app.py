@@ -26,6 +26,7 @@ Configuration (``[nsx_proxy]`` section of the config file)::
 import collections
 import itertools
 import logging
+import os
 import time
 
 from ryu import cfg
@@ -48,6 +49,13 @@ LOG = logging.getLogger("nsx_proxy")
 
 CONF = cfg.CONF
 CONF.register_opts([
+    cfg.StrOpt("node_name", default="",
+               help="agent mode: program only the bridges OVSDB labels for this "
+                    "Kubernetes node (default: $NODE_NAME; empty: every bridge, the "
+                    "central mode of the lab)"),
+    cfg.BoolOpt("gateway", default=False,
+                help="agent mode: also program the gateway bridge on this host, and "
+                     "write LoadBalancer IPs from fip_pools (run one gateway agent)"),
     cfg.StrOpt("source", default="kubernetes", choices=("kubernetes", "file", "none"),
                help="where the desired state comes from (none: another app in the "
                     "same ryu-manager calls set_state, as the benchmarks do)"),
@@ -114,6 +122,8 @@ class ServiceProxy(app_manager.RyuApp):
         self._event_at = None                # first API event behind the current state
         self._event_observed = set()         # dpids that reported it already
         self.metrics = status.Metrics(self)
+        self.node_name = self.conf.node_name or os.environ.get("NODE_NAME", "")
+        self._foreign = set()                # dpids of bridges another agent programs
 
     def start(self):
         super().start()
@@ -124,6 +134,9 @@ class ServiceProxy(app_manager.RyuApp):
             except OSError as exc:   # the proxy itself must keep working
                 LOG.error("status endpoint on port %d unavailable: %s",
                           self.conf.status_port, exc)
+        if self.node_name:
+            LOG.info("agent for node %s%s: programming only its bridges", self.node_name,
+                     " and the gateway" if self.conf.gateway else "")
         if self.conf.source == "file":
             YamlFileSource(self.conf.state_file, self.set_state,
                            hub.spawn, hub.sleep).start()
@@ -133,13 +146,14 @@ class ServiceProxy(app_manager.RyuApp):
                 Hub(hub.spawn, hub.sleep, hub.Event),
                 min_interval=self.conf.min_sync_period,
                 max_interval=self.conf.max_sync_period,
-                relist_period=self.conf.relist_period, ipam=self._ipam())
+                relist_period=self.conf.relist_period, ipam=self._ipam(),
+                node_name=None if self.conf.gateway else (self.node_name or None))
             self.source.start()
 
     def _ipam(self):
         pools = lb_ipam.parse_pools(self.conf.fip_pools)
-        if not pools:
-            return None
+        if not pools or (self.node_name and not self.conf.gateway):
+            return None                      # one writer per cluster: the gateway agent
         return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None,
                             self.conf.load_balancer_class or None)
 
@@ -161,7 +175,18 @@ class ServiceProxy(app_manager.RyuApp):
             switch.note(change)
 
     def set_contexts(self, contexts) -> None:
-        """A new {dpid: BridgeContext} snapshot from OVSDB."""
+        """A new {dpid: BridgeContext} snapshot from OVSDB (in agent mode, only
+        this node's bridges, and the gateway's where this agent is it)."""
+        if self.node_name:
+            mine = {d: c for d, c in contexts.items() if status.is_mine(
+                c, self.node_name, self.conf.gateway)}
+            for dpid, ctx in contexts.items():
+                if dpid not in mine and dpid not in self._foreign:
+                    self._foreign.add(dpid)
+                    LOG.warning("bridge %s (%s %s) is not this agent's (node %s); "
+                                "left alone", ctx.name, ctx.role, ctx.node or "",
+                                self.node_name)
+            contexts = mine
         self.contexts = contexts
         for dpid, switch in self.switches.items():
             if dpid in contexts:

@@ -5,6 +5,10 @@
                  service's frontends and groups, each cookie's owner, the
                  table names (JSON; the ``nsx-proxy`` CLI needs nothing else);
 ``GET /metrics`` Prometheus metrics.
+``GET /healthz`` 200 while the event loop answers and syncs keep running;
+``GET /readyz``  200 once every initial list arrived and every local bridge
+                 is programmed; otherwise 503 with the reasons, one a line
+                 (the DaemonSet's probes).
 
 It binds to 127.0.0.1 only: it is for the node's operator, not the network.
 The metrics are collected at scrape time from the app's own bookkeeping
@@ -116,6 +120,46 @@ class _AppCollector:
         yield rejects
 
 
+def is_mine(ctx, node_name, gateway) -> bool:
+    """In agent mode: this node's bridges, and the gateway's if told to be it."""
+    return (ctx.role == "node" and ctx.node == node_name) or \
+        (ctx.role == "gateway" and gateway)
+
+
+def readiness(app):
+    """(ready, reasons not to be): every initial list arrived and every local
+    bridge is connected and programmed."""
+    reasons = []
+    source = app.source
+    if source is not None and not source.synced:
+        waiting = [r.name for r in source.reflectors if not r.synced]
+        reasons.append(f"waiting for the initial lists of {', '.join(waiting)} "
+                       "(is the API server reachable?)")
+    elif app.state_received is None:
+        reasons.append("no cluster state yet")
+    if not app.contexts:
+        reasons.append(f"no bridge in OVSDB is labelled for node {app.node_name}"
+                       if app.node_name else "no bridge in OVSDB has nsx-proxy-role")
+    for dpid, ctx in sorted(app.contexts.items()):
+        switch = app.switches.get(dpid)
+        if switch is None:
+            reasons.append(f"bridge {ctx.name} is not connected")
+        elif not switch.ready or switch.session.needs_resync:
+            reasons.append(f"bridge {ctx.name} is not programmed yet")
+    return not reasons, reasons
+
+
+def health(app, now):
+    """(healthy, reasons): answering at all proves the event loop runs; the
+    sync runner must have run within twice its longest period."""
+    runner = getattr(app.source, "runner", None)
+    if runner is not None and runner.last_run is not None:
+        late = now - runner.last_run - 2 * runner.max_interval
+        if late > 0:
+            return False, [f"no sync for {now - runner.last_run:.0f} s"]
+    return True, []
+
+
 def bridge_name(app, dpid):
     ctx = app.contexts.get(dpid)
     return ctx.name if ctx is not None else f"{dpid:016x}"
@@ -209,16 +253,30 @@ def state_view(app) -> dict:
             "tables": {str(t.id): t.name for t in pipeline.TABLES}}
 
 
-def wsgi_app(app, metrics):
+def wsgi_app(app, metrics, clock=None):
+    import time
+    clock = clock or time.monotonic
+
+    def probe(start_response, result, bad_status):
+        ok, reasons = result
+        body = ("ok\n" if ok else "".join(r + "\n" for r in reasons)).encode()
+        start_response("200 OK" if ok else bad_status,
+                       [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
     def handle(environ, start_response):
         path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return probe(start_response, health(app, clock()), "500 Internal Server Error")
+        if path == "/readyz":
+            return probe(start_response, readiness(app), "503 Service Unavailable")
         if path == "/metrics":
             body, ctype = metrics.scrape(), "text/plain; version=0.0.4"
         elif path == "/state":
             body, ctype = json.dumps(state_view(app), indent=1).encode(), "application/json"
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"try /state or /metrics\n"]
+            return [b"try /state, /metrics, /healthz or /readyz\n"]
         start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))])
         return [body]
     return handle

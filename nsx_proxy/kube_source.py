@@ -14,6 +14,7 @@ its change set and hands both on (``on_change(state, change)``):
 Config: the kubeconfig is found the way kubectl finds it (an explicit path,
 else in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
 """
+import functools
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ def api_client(kubeconfig=None) -> client.ApiClient:
 
 class KubeSource:
     def __init__(self, api, on_change, hub, min_interval=0.5, max_interval=60.0,
-                 relist_period=600.0, rejects=None, ipam=None):
+                 relist_period=600.0, rejects=None, ipam=None, node_name=None):
         self._on_change = on_change
         self.rejects = rejects or validate.RejectLog(LOG)
         self.cache = KubeCache()
@@ -56,6 +57,11 @@ class KubeSource:
             ipam, core, hub.spawn, self.rejects.reject, self._changed)
         cache = self.cache
         common = dict(hub=hub, relist_period=relist_period, listed=self._changed)
+        # A node agent needs only its own node's pods (their floating IPs):
+        # the API server filters, so a 100-node cluster's pods are not all read.
+        list_pods = core.list_pod_for_all_namespaces if node_name is None else \
+            functools.partial(core.list_pod_for_all_namespaces,
+                              field_selector=f"spec.nodeName={node_name}")
         self.reflectors = [
             Reflector(name, list_fn, self._then_sync(replace), self._then_sync(event),
                       **common)
@@ -65,8 +71,7 @@ class KubeSource:
                 ("endpointslices", discovery.list_endpoint_slice_for_all_namespaces,
                  cache.replace_slices, cache.slice_event),
                 ("nodes", core.list_node, cache.replace_nodes, cache.node_event),
-                ("pods", core.list_pod_for_all_namespaces, cache.replace_pods,
-                 cache.pod_event),
+                ("pods", list_pods, cache.replace_pods, cache.pod_event),
                 ("namespaces", core.list_namespace, cache.replace_namespaces,
                  cache.namespace_event))]
         self.runner = BoundedFrequencyRunner("kubernetes sync", self.sync, hub,

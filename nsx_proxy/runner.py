@@ -38,6 +38,7 @@ class BoundedFrequencyRunner:
         self._clock = clock
         self._wanted = hub.event()
         self._last = None
+        self.last_run = None             # when a run last started (health checks)
         self._stopped = False
         self.runs = 0
 
@@ -62,6 +63,7 @@ class BoundedFrequencyRunner:
                     self._hub.sleep(wait)        # let more events pile up
             self._wanted.clear()
             self._last = self._clock()
+            self.last_run = self._last
             self.runs += 1
             try:
                 self._fn()

@@ -40,11 +40,7 @@ stamp=.venv/.nsx-proxy-stamp
 want=$(cat setup.cfg setup.py | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup.sh: building .venv"
-  /usr/bin/python3 -m venv --system-site-packages .venv
-  # Ryu 4.34's setup uses setuptools APIs removed in 67, so build without
-  # isolation against an older setuptools.
-  .venv/bin/pip install -q --disable-pip-version-check 'setuptools<67' wheel
-  .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+  bash scripts/install-venv.sh .venv '-e .[test]'
   echo "$want" > "$stamp"
 fi
 

@@ -10,12 +10,12 @@ from topologies.lab import run
 class Controller(RyuProcess):
     """The lab's controller process, plus the state file and log for tests."""
 
-    def __init__(self, workdir, of_port):
+    def __init__(self, workdir, of_port, **options):
         workdir = str(workdir)
         self.state_file = os.path.join(workdir, "state.yaml")
         super().__init__(workdir, of_port, os.path.join(workdir, "controller.log"),
-                         {"source": "file", "state_file": self.state_file,
-                          "status_port": 0})
+                         dict({"source": "file", "state_file": self.state_file,
+                               "status_port": 0}, **options))
 
     def write_state(self, doc):
         tmp = self.state_file + ".tmp"

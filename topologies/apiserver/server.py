@@ -221,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, "NotFound", "the server could not find the requested "
                                "resource")
             res, ns, name, sub = target
+            self.server.owner.record(method, query, res, ns, name, sub)
             if method == "GET" and name is None:
                 if _flag(query.get("watch")):
                     self._watch(api, res, ns, query)
@@ -348,6 +349,9 @@ class ApiServer:
         self.host, self.port = host, port
         self.bookmark_interval = bookmark_interval
         self.stopping = False
+        # (verb, API group, resource, subresource, namespaced) of every request
+        # served: what a client really needs, to check an RBAC role against
+        self.audit = set()
         self._httpd = None
         self._conns = set()
         self._lock = threading.Lock()
@@ -355,6 +359,16 @@ class ApiServer:
     @property
     def url(self):
         return f"http://{self.host}:{self.port}"
+
+    _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+    def record(self, method, query, res, ns, name, sub):
+        if method == "GET":
+            verb = "get" if name else "watch" if _flag(query.get("watch")) \
+                else "list"
+        else:
+            verb = self._VERBS.get(method, method.lower())
+        self.audit.add((verb, res.group, res.name, sub or "", ns is not None))
 
     def track(self, conn, alive):
         with self._lock:

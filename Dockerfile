@@ -1,0 +1,20 @@
+# The agent image: Debian 12's Python and Open vSwitch tools, and this
+# package in a venv built by the same script the README's setup uses.
+#   docker build -t nsx-proxy:0.1.0 .     (or: buildah bud -t nsx-proxy:0.1.0 .)
+FROM debian:12-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+      openvswitch-common ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/nsx-proxy
+COPY setup.cfg setup.py README.md ./
+COPY scripts/install-venv.sh scripts/
+COPY controller controller
+COPY nsx_proxy nsx_proxy
+COPY topologies topologies
+RUN bash scripts/install-venv.sh /opt/nsx-proxy/venv . \
+ && apt-get purge -y gcc python3-dev && apt-get autoremove -y
+ENV PATH=/opt/nsx-proxy/venv/bin:$PATH
+ENTRYPOINT []
+CMD ["ryu-manager", "--ofp-listen-host", "127.0.0.1", \
+     "--config-file", "/etc/nsx-proxy/nsx-proxy.conf", "controller.app"]
