@@ -261,8 +261,10 @@ class ServiceProxy(app_manager.RyuApp):
     @staticmethod
     def _send(dp, msgs):
         for msg in msgs:
-            if msg.buf is not None:
-                dp.send(msg.buf)         # encoded (and checked) by the Switch already
+            if isinstance(msg, bytes):
+                dp.send(msg)             # encoded (and checked) by the Switch already
+            elif msg.buf is not None:
+                dp.send(msg.buf)
             else:
                 dp.send_msg(msg)
 

@@ -158,23 +158,43 @@ def delete_generations(dp, generations):
         for gen in sorted(generations)]
 
 
-def plan_messages(dp, plan: Plan, generation: int, stale_generations=()):
-    """The plan as an ordered list of (message, plan item) pairs.
+def plan_steps(plan: Plan, stale_generations=()):
+    """The plan in the order it goes out: (kind, object, command) with kind
+    "group", "flow" or "round" (delete a stale generation by cookie).
 
     Modifies are MODIFY_STRICT, which keeps the flow's counters (the diff
     already turned cookie changes into ADDs).  ``stale_generations`` are
     deleted by cookie right after the new round's flows are in.
     """
-    out = [(group_mod(dp, g, ofp.OFPGC_ADD), g) for g in plan.group_adds]
-    out += [(flow_mod(dp, f, ofp.OFPFC_ADD, generation), f) for f in plan.flow_adds]
-    out += [(flow_mod(dp, f, ofp.OFPFC_MODIFY_STRICT, generation), f)
-            for f in plan.flow_modifies]
-    out += [(flow_mod(dp, f, ofp.OFPFC_DELETE_STRICT, generation), f)
-            for f in plan.flow_deletes]
-    out += [(msg, None) for msg in delete_generations(dp, stale_generations)]
-    out += [(group_mod(dp, g, ofp.OFPGC_MODIFY), g) for g in plan.group_modifies]
-    out += [(group_mod(dp, g, ofp.OFPGC_DELETE), g) for g in plan.group_deletes]
+    out = [("group", g, ofp.OFPGC_ADD) for g in plan.group_adds]
+    out += [("flow", f, ofp.OFPFC_ADD) for f in plan.flow_adds]
+    out += [("flow", f, ofp.OFPFC_MODIFY_STRICT) for f in plan.flow_modifies]
+    out += [("flow", f, ofp.OFPFC_DELETE_STRICT) for f in plan.flow_deletes]
+    out += [("round", gen, ofp.OFPFC_DELETE) for gen in sorted(stale_generations)]
+    out += [("group", g, ofp.OFPGC_MODIFY) for g in plan.group_modifies]
+    out += [("group", g, ofp.OFPGC_DELETE) for g in plan.group_deletes]
     return out
+
+
+def step_message(dp, step, generation):
+    """One step as a Ryu message (the slow path; controller/wire.py is the fast one)."""
+    kind, obj, command = step
+    if kind == "group":
+        return group_mod(dp, obj, command)
+    if kind == "flow":
+        return flow_mod(dp, obj, command, generation)
+    return delete_generations(dp, [obj])[0]
+
+
+def plan_messages(dp, plan: Plan, generation: int, stale_generations=()):
+    """The plan as an ordered list of (Ryu message, plan item) pairs."""
+    return [(step_message(dp, step, generation), None if step[0] == "round" else step[1])
+            for step in plan_steps(plan, stale_generations)]
+
+
+def bundle_control(dp, bundle_id, ctrl_type):
+    """The bundle's open or commit request."""
+    return parser.ONFBundleCtrlMsg(dp, bundle_id, ctrl_type, BUNDLE_FLAGS, [])
 
 
 def meter_add(dp, meter_id, rate_pps, burst):

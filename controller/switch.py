@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from controller import cookies, ofmsg, pipeline, reject
+from controller import cookies, ofmsg, pipeline, reject, wire
 from controller.affinity_sweeper import AffinitySweeper, long_timeouts
 from controller.fragments import Plan, flatten
 from controller.session import SwitchSession
@@ -155,7 +155,7 @@ class Switch:
                     session.committed(want, plan, started)
                 return None
             pairs, msgs = self._encode(plan, stale)
-            bad = {item: why for item, why in pairs if why is not None}
+            bad = {item: why for item, _, why in pairs if why is not None}
             if not bad:
                 break
             self.counters[(self.dpid, "quarantined encode")] += len(
@@ -163,7 +163,7 @@ class Switch:
         else:
             raise RuntimeError("objects kept failing to encode")
         dp = self.dp
-        items = {add.xid: item for add, (item, _) in zip(msgs[1:-1], pairs)}
+        items = {xid: item for item, xid, _ in pairs}
         barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
         dp.set_xid(barrier)
         self.pending = _Pending(items, barrier.xid, self._make_event(), want, plan,
@@ -173,24 +173,36 @@ class Switch:
         return msgs + [barrier]
 
     def _encode(self, plan, stale):
-        """The bundle's messages, each serialized here, one by one, so a
-        message that cannot be encoded (a value out of range, a bug) is
-        pinned on its object before anything is sent.  Returns ([(plan item,
-        why it failed or None)], messages); Ryu sends the bytes as they are."""
+        """The bundle, each message encoded here, one by one, so a message
+        that cannot be encoded (a value out of range, a bug) is pinned on its
+        object before anything is sent.  Flow and group mods come from the
+        fast encoder (controller/wire.py), anything it does not know from
+        Ryu.  Returns ([(plan item, xid, why it failed or None)], [open,
+        bundle-add bytes..., commit])."""
         dp = self.dp
-        pairs = ofmsg.plan_messages(dp, plan, self.session.generation, stale)
+        generation = self.session.generation
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        msgs = ofmsg.bundle(dp, bundle_id, [m for m, _ in pairs])
-        out = []
-        for msg in msgs:
-            dp.set_xid(msg)
-        for add, (_, item) in zip(msgs[1:-1], pairs):
-            out.append((item, ofmsg.encode(add)))
-        for msg in (msgs[0], msgs[-1]):
+        opening = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
+        commit = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
+        dp.set_xid(opening)
+        out, adds = [], []
+        for step in ofmsg.plan_steps(plan, stale):
+            xid = _next_xid(dp)
+            item = None if step[0] == "round" else step[1]
+            try:
+                raw = _step_bytes(dp, step, generation, bundle_id, xid)
+                why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \
+                    f"{len(raw)} bytes, over OpenFlow's {ofmsg.OFP_MAX_LEN}"
+            except Exception as exc:   # noqa: BLE001 - it costs one object, not all
+                raw, why = b"", f"{type(exc).__name__}: {exc}"
+            out.append((item, xid, why))
+            adds.append(raw)
+        dp.set_xid(commit)
+        for msg in (opening, commit):
             why = ofmsg.encode(msg)
             if why is not None:
                 raise ValueError(f"bundle control message: {why}")
-        return out, msgs
+        return out, [opening] + adds + [commit]
 
     def barrier_reply(self, xid) -> None:
         if self.pending is not None and xid == self.pending.barrier_xid:
@@ -389,3 +401,31 @@ def _match_key(match) -> tuple:
     """A hashable identity of an OFPMatch (a learned entry's match)."""
     return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
                         for k, v in match.items()))
+
+
+class _Xid:
+    """Takes the xid Ryu's Datapath.set_xid hands out (for raw messages)."""
+    xid = None
+
+    def set_xid(self, xid):
+        self.xid = xid
+
+
+def _next_xid(dp) -> int:
+    box = _Xid()
+    dp.set_xid(box)
+    return box.xid
+
+
+def _step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
+    """One plan step as a bundle-add message: the fast encoder's bytes, or
+    Ryu's for what it does not encode (the learn action, a stale round)."""
+    kind, obj, command = step
+    inner = wire.flow_mod(obj, command, generation, 0) if kind == "flow" else \
+        wire.group_mod(obj, command, 0) if kind == "group" else None
+    if inner is None:
+        msg = ofmsg.step_message(dp, step, generation)
+        msg.set_xid(0)
+        msg.serialize()
+        inner = bytes(msg.buf)
+    return wire.bundle_add(bundle_id, ofmsg.BUNDLE_FLAGS, inner, xid)

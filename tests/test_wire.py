@@ -1,0 +1,75 @@
+"""The fast encoder is byte for byte Ryu's, for every flow and group we make."""
+import dataclasses
+import random
+
+import pytest
+from ryu.ofproto import ofproto_v1_3 as ofp
+
+from controller import cookies, fragments, ofmsg, wire
+from controller import flows as F
+from controller.compiler import Compiler
+from nsx_proxy import model
+import world
+from test_fuzz import GATEWAY, endpoint_slice, node, pod, service
+from test_large_services import big_service, state as big_state
+from test_switch import FakeDatapath
+
+
+def ryu_bytes(msg, xid):
+    msg.set_xid(xid)
+    msg.serialize()
+    return bytes(msg.buf)
+
+
+def states():
+    yield "node1", world.NODE1, world.state(world.web())
+    yield "affinity", world.NODE1, world.state(dataclasses.replace(
+        world.web(), affinity_timeout=600, external_ips=("198.51.100.7",)))
+    yield "large", world.NODE1, big_state(big_service(1000))
+    from nsx_proxy.kube_cache import KubeCache
+    from nsx_proxy.state_builder import StateBuilder
+    from nsx_proxy import validate
+    import logging
+    rnd = random.Random(7)
+    services = [service(rnd, i) for i in range(300)]
+    cache = KubeCache()
+    cache.replace_services(services)
+    cache.replace_slices([endpoint_slice(rnd, i, services) for i in range(300)])
+    cache.replace_nodes([node(rnd, i) for i in range(1, 20)])
+    cache.replace_pods([pod(rnd, i) for i in range(50)])
+    st, _ = StateBuilder(validate.RejectLog(logging.getLogger("wire-fuzz"))).build(cache)
+    yield "fuzz node", world.NODE1, st
+    yield "fuzz gateway", GATEWAY, st
+
+
+@pytest.mark.parametrize("name,ctx,st", list(states()), ids=lambda v: v if isinstance(v, str)
+                         else "")
+def test_flow_and_group_mods_are_ryus_bytes(name, ctx, st):
+    dp = FakeDatapath()
+    flows, groups = fragments.flatten(Compiler(ctx, cookies.GroupIds()).compile(st))
+    checked = 0
+    for f in flows.values():
+        for command in (ofp.OFPFC_ADD, ofp.OFPFC_MODIFY_STRICT, ofp.OFPFC_DELETE_STRICT):
+            mine = wire.flow_mod(f, command, 3, 77)
+            if mine is None:
+                assert any(isinstance(a, F.Learn) for a in f.actions), F.flow_text(f)
+                continue
+            assert mine == ryu_bytes(ofmsg.flow_mod(dp, f, command, 3), 77), F.flow_text(f)
+            checked += 1
+    for g in groups.values():
+        for command in (ofp.OFPGC_ADD, ofp.OFPGC_MODIFY, ofp.OFPGC_DELETE):
+            assert wire.group_mod(g, command, 78) == \
+                ryu_bytes(ofmsg.group_mod(dp, g, command), 78), F.group_text(g)
+    assert checked > 10
+
+
+def test_bundle_add_wraps_like_ryu():
+    dp = FakeDatapath()
+    f = next(iter(fragments.flatten(world.compile_for(world.NODE1,
+                                                      world.state(world.web())))[0].values()))
+    inner = ofmsg.flow_mod(dp, f, ofp.OFPFC_ADD, 1)
+    add = ofmsg.bundle(dp, 9, [inner])[1]
+    add.set_xid(55)
+    add.serialize()
+    assert wire.bundle_add(9, ofmsg.BUNDLE_FLAGS, wire.flow_mod(f, ofp.OFPFC_ADD, 1, 0), 55) \
+        == bytes(add.buf)
