@@ -46,12 +46,14 @@ class Compiler:
 
     def compile(self, state: model.ClusterState, change: changes.ChangeSet = None
                 ) -> Dict[Hashable, Fragment]:
-        """The bridge's desired fragments; the caller owns the returned dict."""
-        return self.compile_changes(state, change)[0]
+        """The bridge's desired fragments (a dict the caller owns)."""
+        return dict(self.compile_changes(state, change)[0])
 
     def compile_changes(self, state: model.ClusterState, change: changes.ChangeSet = None):
         """(desired fragments, fragment keys that may differ from the last
-        call's output, or None for "any of them").
+        call's output, or None for "any of them").  The dict is the
+        compiler's own (the next patch starts from it): read it, copy it to
+        change it.
 
         ``change`` is what changed since the state of the last call (all the
         change sets since then, merged); without one it is worked out by
@@ -68,7 +70,7 @@ class Compiler:
         else:
             out, touched = patched
         self._last = (state, out)
-        return dict(out), touched
+        return out, touched                 # the caller must not change it
 
     def _cached(self, key, source, build) -> Fragment:
         hit = self._memo.get(key)

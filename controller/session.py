@@ -75,6 +75,8 @@ class SwitchSession:
             self._dirty = None
         elif self._dirty is not None:
             self._dirty |= touched
+        if self.quarantined:
+            want = dict(want)                    # the compiler's own dict: copy to change
         for key, bad in list(self.quarantined.items()):
             current = want.get(key)
             if current is None or (current is not bad and current != bad):
