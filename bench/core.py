@@ -166,11 +166,13 @@ def main(argv=None):
         print(f"{n} services: {len(sizes)} messages, largest {max(sizes)} bytes, "
               f"median {statistics.median(sizes):.0f} bytes (OpenFlow's limit: 65535)")
     head = ("services", "msgs", "cold sync app s", "ovs-ofctl floor s", "ratio",
-            "change p50 ms", "change p99 ms", "RSS MB")
+            "change p50 ms", "change p99 ms", "RSS MB", "per service: sync us, RSS KB")
     print(" | ".join(head))
     for r in rows:
+        # the cost per service: linear growth keeps these flat across sizes
         print(f"{r[0]:>8} | {r[1]:>5} | {r[2]:>15.3f} | {r[3]:>17.3f} | {r[4]:>5.2f}x | "
-              f"{r[5]:>13.2f} | {r[6]:>13.2f} | {r[7]:>6.0f}")
+              f"{r[5]:>13.2f} | {r[6]:>13.2f} | {r[7]:>6.0f} | "
+              f"{r[2] / r[0] * 1e6:>8.0f} us, {r[7] * 1024 / r[0]:>6.1f} KB")
     return rows
 
 
