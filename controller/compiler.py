@@ -52,8 +52,8 @@ class Compiler:
     def compile_changes(self, state: model.ClusterState, change: changes.ChangeSet = None):
         """(desired fragments, fragment keys that may differ from the last
         call's output, or None for "any of them").  The dict is the
-        compiler's own (the next patch starts from it): read it, copy it to
-        change it.
+        compiler's own and the next patch changes it in place: read it, copy
+        what must outlive the next call.
 
         ``change`` is what changed since the state of the last call (all the
         change sets since then, merged); without one it is worked out by
@@ -115,7 +115,7 @@ class Compiler:
         after = [new[k] for k in change.services if k in new]
         if any(s.outside_ips for s in before + after):
             return None                      # shared VIPs: take the full path
-        out = dict(last_out)
+        out = last_out                       # patched in place: no O(services) copy
         touched: Set[Hashable] = set()
         for svc in before:                   # drop old versions first: a VIP may move
             for key in (service_key(svc.key), vip_key(svc.cluster_ip)):

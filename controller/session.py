@@ -40,6 +40,7 @@ class SwitchSession:
         self._change: Optional[changes.ChangeSet] = changes.EVERYTHING
         # fragment keys that may differ from what is installed (None: any)
         self._dirty: Optional[Set[Hashable]] = None
+        self._planned: Optional[Set[Hashable]] = None   # the keys the last diff covered
 
     # --- handshake -------------------------------------------------------
     def learn_switch(self, table0_cookies, group_ids) -> None:
@@ -94,6 +95,7 @@ class SwitchSession:
         if self.needs_resync:
             return want, resync(want, self.groups_on_switch), set(self.stale_generations)
         keys = None if self._dirty is None else self._dirty | quarantined
+        self._planned = keys
         return want, diff(self.installed, want, keys), set()
 
     def redo(self, groups_on_switch) -> None:
@@ -107,7 +109,18 @@ class SwitchSession:
 
     # --- results -------------------------------------------------------------
     def committed(self, want, plan: Plan, started: float) -> None:
-        self.installed = want
+        """The plan is on the switch.  ``installed`` is the session's own copy
+        (the compiler patches its dict in place): a full plan copies it whole,
+        an incremental one updates just the keys it covered."""
+        if self.needs_resync or self._planned is None:
+            self.installed = dict(want)
+        else:
+            for key in self._planned:
+                frag = want.get(key)
+                if frag is None:
+                    self.installed.pop(key, None)
+                else:
+                    self.installed[key] = frag
         self._dirty = set()
         self.needs_resync = False
         self.stale_generations = set()

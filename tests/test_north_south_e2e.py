@@ -111,7 +111,8 @@ def test_another_controllers_load_balancer_class_and_ip_mode_proxy(lab):
         converge(lab)
         assert L.wait_for(lambda: who(lab, "inet", "http://198.51.100.60/", 12), 20,
                           what="the other controller's IP proxied")
-        assert lab.curl("pod1", "http://198.51.100.60/") in EVERYONE
+        assert L.wait_for(lambda: lab.curl("pod1", "http://198.51.100.60/") in EVERYONE, 10,
+                          what="the LB IP short-circuited from a pod")
         core.patch_namespaced_service_status("lbc", "default", {"status": {"loadBalancer": {
             "ingress": [{"ip": "198.51.100.60", "ipMode": "Proxy"}]}}})
         L.wait_for(lambda: not any("198.51.100.60" in f for f in lab.dump_flows("br-node1")),
@@ -119,7 +120,8 @@ def test_another_controllers_load_balancer_class_and_ip_mode_proxy(lab):
         # from a pod it now leaves the cluster for the load balancer (which the
         # lab does not have): no answer, where it was short-circuited before
         assert lab.curl("pod1", "http://198.51.100.60/", timeout=1) == ""
-        assert lab.curl("pod1", f"http://{L.DEMO_VIP}/")      # the rest is untouched
+        assert L.wait_for(lambda: lab.curl("pod1", f"http://{L.DEMO_VIP}/"), 10,
+                          what="the demo service, untouched")
 
 
 def test_load_balancer_local_sends_only_to_nodes_with_endpoints_and_keeps_the_source(lab):
