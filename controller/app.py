@@ -1,27 +1,12 @@
-"""The Ryu application: a thin shell around the compiler, diff and sessions.
+"""The Ryu application: a thin shell around the per-switch objects.
 
 Events in (switch connects, OVSDB changes, a new cluster state, replies),
-messages out.  This is the only module that calls ``send_msg``.  Run it as::
+messages out; each handler hands its event to the datapath's Switch.  This
+is the only module that sends.  Run it as::
 
     ryu-manager --config-file nsx-proxy.conf controller.app
 
-Configuration (``[nsx_proxy]`` section of the config file)::
-
-    source = kubernetes            # or: file (a YAML state file, for demos), none
-    kubeconfig =                   # empty: in-cluster, else KUBECONFIG / ~/.kube/config
-    min_sync_period = 0.5          # coalesce API events: at most one sync per period
-    max_sync_period = 60           # and at least one per period
-    relist_period = 600            # full relist of every watched resource
-    state_file = /path/to/state.yaml   # with source = file
-    ovsdb = unix:/var/run/openvswitch/db.sock
-    bundle_timeout = 30
-    reject_rate = 100              # RST / ICMP answers per second and bridge
-    affinity_sweep_period = 60     # expiry of affinity entries over 65535 s
-    audit_period = 10              # drift check per switch (flows, groups, meter); 0: off
-    fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
-    default_fip_pool = default
-    load_balancer_class =          # besides class-less LoadBalancers, this class is ours
-    status_port = 9910             # http://127.0.0.1:9910/state and /metrics; 0: off
+The ``[nsx_proxy]`` options are declared in controller/config.py.
 """
 import collections
 import itertools
@@ -29,7 +14,6 @@ import logging
 import os
 import time
 
-from ryu import cfg
 from ryu.base import app_manager
 from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER
@@ -37,7 +21,7 @@ from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from controller import cookies, names, pipeline, status
+from controller import config, cookies, names, pipeline, status
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
 from nsx_proxy import changes, kube_source, lb_ipam, model
@@ -47,54 +31,7 @@ from nsx_proxy.yaml_source import YamlFileSource
 
 LOG = logging.getLogger("nsx_proxy")
 
-CONF = cfg.CONF
-CONF.register_opts([
-    cfg.StrOpt("node_name", default="",
-               help="agent mode: program only the bridges OVSDB labels for this "
-                    "Kubernetes node (default: $NODE_NAME; empty: every bridge, the "
-                    "central mode of the lab)"),
-    cfg.BoolOpt("gateway", default=False,
-                help="agent mode: also program the gateway bridge on this host, and "
-                     "write LoadBalancer IPs from fip_pools (run one gateway agent)"),
-    cfg.StrOpt("source", default="kubernetes", choices=("kubernetes", "file", "none"),
-               help="where the desired state comes from (none: another app in the "
-                    "same ryu-manager calls set_state, as the benchmarks do)"),
-    cfg.StrOpt("kubeconfig", default="",
-               help="kubeconfig path; empty: in-cluster, else KUBECONFIG or ~/.kube/config"),
-    cfg.FloatOpt("min_sync_period", default=0.5,
-                 help="seconds: at most one sync per period, however many API events"),
-    cfg.FloatOpt("max_sync_period", default=60.0,
-                 help="seconds: at least one sync per period"),
-    cfg.FloatOpt("relist_period", default=600.0,
-                 help="seconds between full relists of each watched resource"),
-    cfg.StrOpt("state_file", default="/var/lib/nsx-proxy/state.yaml",
-               help="YAML file with nodes and services (the lab's state source)"),
-    cfg.StrOpt("ovsdb", default="unix:/var/run/openvswitch/db.sock",
-               help="OVSDB remote to read bridge and pod labels from"),
-    cfg.FloatOpt("bundle_timeout", default=30.0,
-                 help="seconds to wait for a bundle's commit before giving up"),
-    cfg.StrOpt("fip_pools", default="",
-               help="floating-IP pools for LoadBalancer services without an ingress IP: "
-                    "NAME=CIDR[,CIDR];NAME2=CIDR (empty: no allocation)"),
-    cfg.StrOpt("load_balancer_class", default="",
-               help="spec.loadBalancerClass whose LoadBalancer Services get IPs from "
-                    "fip_pools, besides those without a class (empty: only those)"),
-    cfg.StrOpt("default_fip_pool", default="",
-               help="the pool used when neither the service nor its namespace names one "
-                    "(annotation nsx-proxy.io/fip-pool)"),
-    cfg.IntOpt("status_port", default=9910,
-               help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
-    cfg.FloatOpt("audit_period", default=10.0,
-                 help="seconds between checks that each switch still holds what was "
-                      "installed (flow count, groups and their buckets, the reject "
-                      "meter); drift is reinstalled at once; 0: off"),
-    cfg.FloatOpt("affinity_sweep_period", default=60.0,
-                 help="seconds between reads of session-affinity entries whose "
-                      "timeoutSeconds is over 65535 (the controller expires those)"),
-    cfg.IntOpt("reject_rate", default=100,
-               help="refused connections answered (RST / ICMP) per second and bridge; "
-                    "the bridge's meter drops the rest before they reach us"),
-], group="nsx_proxy")
+CONF = config.CONF
 
 
 class ServiceProxy(app_manager.RyuApp):
