@@ -37,7 +37,8 @@ from topologies.waiting import wait_for
 BR = "nsxb-br"
 OF_PORT = 16671
 NS = {"client": "nsxb-c", "server": "nsxb-s", "router": "nsxb-r",
-      "iclient": "nsxb-ic", "iserver": "nsxb-is"}
+      "iclient": "nsxb-ic", "iserver": "nsxb-is",
+      "nrouter": "nsxb-nr", "nclient": "nsxb-nc", "nserver": "nsxb-ns"}
 POD_CIDR = "10.9.1.0/24"
 CLIENT_IP, SERVER_IP, GATEWAY = "10.9.1.2", "10.9.1.3", "10.9.1.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,7 +91,7 @@ def cleanup():
                        capture_output=True)
     for ns in NS.values():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    for dev in ("nsxb-c1", "nsxb-s1", "nsxb-rc", "nsxb-rs"):
+    for dev in ("nsxb-c1", "nsxb-s1", "nsxb-rc", "nsxb-rs", "nsxb-nc", "nsxb-ns"):
         subprocess.run(["ip", "link", "del", dev], capture_output=True)
 
 
@@ -141,15 +142,21 @@ def build_ovs(workdir, n):
     return ctl
 
 
+def routed_pair(router, client, server, net, devs):
+    """A client and a server namespace routed through ``router`` (10.N.1.2 and
+    10.N.2.2), the way a kube-proxy node routes pod traffic."""
+    sh("ip", "netns", "add", router)
+    for ns, dev, sub in ((client, devs[0], 1), (server, devs[1], 2)):
+        veth_pod(ns, dev, f"{net}.{sub}.2", 24, f"{net}.{sub}.1")
+        sh("ip", "link", "set", dev, "netns", router)
+        in_ns(router, "ip", "addr", "add", f"{net}.{sub}.1/24", "dev", dev)
+        in_ns(router, "ip", "link", "set", dev, "up")
+    in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+
 def build_iptables(workdir, n):
-    sh("ip", "netns", "add", NS["router"])
-    for ns, dev, ip, gw, rip in ((NS["iclient"], "nsxb-rc", "10.8.1.2", "10.8.1.1", "10.8.1.1"),
-                                 (NS["iserver"], "nsxb-rs", "10.8.2.2", "10.8.2.1", "10.8.2.1")):
-        veth_pod(ns, dev, ip, 24, gw)
-        sh("ip", "link", "set", dev, "netns", NS["router"])
-        in_ns(NS["router"], "ip", "addr", "add", f"{rip}/24", "dev", dev)
-        in_ns(NS["router"], "ip", "link", "set", dev, "up")
-    in_ns(NS["router"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    """kube-proxy's iptables mode for N services; returns the restore time."""
+    routed_pair(NS["router"], NS["iclient"], NS["iserver"], "10.8", ("nsxb-rc", "nsxb-rs"))
     lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]",
              "-A PREROUTING -j KUBE-SERVICES"]
     for i in range(n):
@@ -161,9 +168,44 @@ def build_iptables(workdir, n):
     rules = os.path.join(workdir, "rules")
     with open(rules, "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    t0 = time.monotonic()
     with open(rules) as fh:
         subprocess.run(["ip", "netns", "exec", NS["router"], "iptables-restore"], stdin=fh,
                        check=True)
+    return time.monotonic() - t0
+
+
+def build_nftables(workdir, n):
+    """kube-proxy's nftables mode (GA in 1.33) for N services: one verdict
+    map keyed on (address, protocol, port), a chain per service choosing an
+    endpoint with numgen, a chain per endpoint that DNATs.  Returns the time
+    ``nft -f`` took to load the whole ruleset."""
+    routed_pair(NS["nrouter"], NS["nclient"], NS["nserver"], "10.7", ("nsxb-nc", "nsxb-ns"))
+    lines = ["table ip kube-proxy {",
+             "  map service-ips {",
+             "    type ipv4_addr . inet_proto . inet_service : verdict",
+             "  }",
+             "  chain services {",
+             "    ip daddr . meta l4proto . th dport vmap @service-ips",
+             "  }",
+             "  chain nat-prerouting {",
+             "    type nat hook prerouting priority dstnat; policy accept;",
+             "    jump services",
+             "  }"]
+    for i in range(n):
+        lines += [f"  chain service-{i} {{",
+                  f"    numgen random mod 1 vmap {{ 0 : goto endpoint-{i} }}", "  }",
+                  f"  chain endpoint-{i} {{",
+                  "    meta l4proto tcp dnat to 10.7.2.2:8080", "  }"]
+    lines.append("}")
+    elements = ", ".join(f"{vip(i)} . tcp . 80 : goto service-{i}" for i in range(n))
+    lines.append(f"add element ip kube-proxy service-ips {{ {elements} }}")
+    rules = os.path.join(workdir, "nft-rules")
+    with open(rules, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    t0 = time.monotonic()
+    in_ns(NS["nrouter"], "nft", "-f", rules)
+    return time.monotonic() - t0
 
 
 def measure(client_ns, target, seconds, ports, vip_ip):
@@ -185,8 +227,9 @@ def run_size(n, rounds, seconds):
         try:
             progress(f"bench.dataplane: {n} services: programming OVS and the iptables chain")
             ctl = build_ovs(workdir, n)
-            build_iptables(workdir, n)
-            for ns in (NS["server"], NS["iserver"]):
+            results["loads"] = {"iptables": build_iptables(workdir, n),
+                                "nftables": build_nftables(workdir, n)}
+            for ns in (NS["server"], NS["iserver"], NS["nserver"]):
                 servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
                                                  "-c", SERVER]))
             time.sleep(0.5)
@@ -197,7 +240,9 @@ def run_size(n, rounds, seconds):
             cases = {"ovs vip": (NS["client"], target_vip, low),
                      "ovs pod": (NS["client"], SERVER_IP, high),
                      "iptables vip": (NS["iclient"], target_vip, low),
-                     "iptables pod": (NS["iclient"], "10.8.2.2", high)}
+                     "iptables pod": (NS["iclient"], "10.8.2.2", high),
+                     "nftables vip": (NS["nclient"], target_vip, low),
+                     "nftables pod": (NS["nclient"], "10.7.2.2", high)}
             for name, (ns, target, ports) in cases.items():
                 progress(f"bench.dataplane: {n} services: {name}, {rounds} x {seconds} s")
                 measure(ns, target, 0.5, ports, target_vip)  # warm up (ARP, caches)
@@ -224,23 +269,24 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
-    print("services | ovs vip conn/s | ovs pod conn/s | vip/pod | iptables vip conn/s | "
-          "iptables pod conn/s | vip/pod | ovs/iptables (vip) | connect ms ovs vip | "
-          "connect ms iptables vip")
+    print(f"medians of {args.rounds} rounds x {args.seconds} s; the VIP is the last service")
+    print("services | case          | conn/s | min-max conn/s | VIP/pod | connect p50 ms | "
+          "p99 ms | stalls | failed")
     rows = {}
     for n in args.sizes:
         r = rows[n] = run_size(n, args.rounds, args.seconds)
-        print(f"{n:>8} | {r['ovs vip']['cps']:>14.0f} | {r['ovs pod']['cps']:>14.0f} | "
-              f"{r['ovs vip']['cps'] / r['ovs pod']['cps']:>7.2f} | "
-              f"{r['iptables vip']['cps']:>19.0f} | {r['iptables pod']['cps']:>19.0f} | "
-              f"{r['iptables vip']['cps'] / r['iptables pod']['cps']:>7.2f} | "
-              f"{r['ovs vip']['cps'] / r['iptables vip']['cps']:>18.2f} | "
-              f"{r['ovs vip']['connect_ms']:>18.3f} | {r['iptables vip']['connect_ms']:>23.3f}",
-              flush=True)
-        for name, v in r.items():
-            print(f"         {name}: conn/s min-max {v['spread'][0]:.0f}-{v['spread'][1]:.0f}, "
-                  f"connect p99 {v['p99_ms']:.2f} ms, stalls (connect > 0.5 s) "
-                  f"{v['stalls']}, failed (2 s timeout) {v['failed']}", flush=True)
+        for mode in ("ovs", "iptables", "nftables"):
+            for what in ("vip", "pod"):
+                v = r[f"{mode} {what}"]
+                ratio = (f"{r[f'{mode} vip']['cps'] / r[f'{mode} pod']['cps']:7.2f}"
+                         if what == "vip" else " " * 7)
+                print(f"{n:>8} | {mode + ' ' + what:<13} | {v['cps']:>6.0f} | "
+                      f"{v['spread'][0]:>6.0f}-{v['spread'][1]:<7.0f} | {ratio} | "
+                      f"{v['connect_ms']:>14.3f} | {v['p99_ms']:>6.2f} | {v['stalls']:>6} | "
+                      f"{v['failed']:>6}", flush=True)
+        print(f"{n:>8} | ruleset load: iptables-restore {r['loads']['iptables']:.3f} s, "
+              f"nft -f {r['loads']['nftables']:.3f} s (this proxy's cold sync: "
+              f"python -m bench.core)", flush=True)
     return rows
 
 
