@@ -48,7 +48,13 @@ def main(argv=None):
                   r["iptables vip"]["cps"] / r["iptables pod"]["cps"], ""),
                  ("connect() median, ms (vs iptables)", n, r["ovs vip"]["connect_ms"],
                   r["iptables vip"]["connect_ms"],
-                  r["ovs vip"]["connect_ms"] / r["iptables vip"]["connect_ms"])]
+                  r["ovs vip"]["connect_ms"] / r["iptables vip"]["connect_ms"]),
+                 ("conn/s via VIP (vs nftables)", n, r["ovs vip"]["cps"],
+                  r["nftables vip"]["cps"], r["ovs vip"]["cps"] / r["nftables vip"]["cps"]),
+                 ("full ruleset load, s: iptables (vs nftables)", n,
+                  r["loads"]["iptables"], r["loads"]["nftables"], ""),
+                 ("VIP connects over 0.5 s (vs nftables)", n, r["ovs vip"]["stalls"],
+                  r["nftables vip"]["stalls"], "")]
     ovs = subprocess.run(["ovs-vsctl", "--version"], capture_output=True,
                          text=True).stdout.splitlines()[0]
     print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
