@@ -26,12 +26,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--charts", default="docs/bench", metavar="DIR",
+                        help="where the PNG charts go (default %(default)s; needs the "
+                             "bench extra: .venv/bin/pip install -e '.[bench]')")
     args = parser.parse_args(argv)
     sizes = [1000] if args.quick else [1000, 10000]
     rounds = 1 if args.quick else args.rounds
     rows = []
-    for n, msgs, app, floor, ratio, p50, p99, rss in core.main(
-            ["--sizes", *map(str, sizes), "--rounds", str(rounds)]):
+    core_rows = core.main(["--sizes", *map(str, sizes), "--rounds", str(rounds)])
+    for n, msgs, app, floor, ratio, p50, p99, rss in core_rows:
         rows += [("cold sync, s (vs ovs-ofctl bundle)", n, app, floor, ratio),
                  ("one endpoint change p50 / p99, ms", n, f"{p50:.1f} / {p99:.1f}", "", ""),
                  ("controller RSS, MB", n, rss, "", "")]
@@ -63,6 +66,12 @@ def main(argv=None):
     print(f"{'measure':<44} | {'services':>8} | {'ours':>14} | {'baseline':>10} | ratio")
     for name, n, ours, base, ratio in rows:
         print(f"{name:<44} | {n:>8} | {fmt(ours):>14} | {fmt(base):>10} | {fmt(ratio)}")
+    try:
+        from bench import charts
+        for path in charts.write(core_rows, dp, args.charts):
+            print(f"chart: {path}")
+    except ImportError:
+        print("charts skipped: .venv/bin/pip install -e '.[bench]' adds matplotlib")
 
 
 if __name__ == "__main__":
