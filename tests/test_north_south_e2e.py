@@ -12,6 +12,7 @@ import pytest
 
 from kube_helpers import service as raw_service
 from lab_helpers import HERE, converge, services, who
+from nsx_proxy import model
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -218,3 +219,54 @@ def test_pod_floating_ip_in_both_directions_and_node_snat_without_one(lab):
         converge(lab)
     L.wait_for(lambda: lab.curl("inet", "http://198.51.100.77:8080/", 1) == "", 20,
                what="the floating IP to go")
+
+
+def test_endpoints_kube_proxy_ignores_are_ignored_on_every_path(lab):
+    """A pod that cannot serve is no endpoint, on the cluster IP, the
+    nodePort, the load-balancer IP and the external IP alike: not ready;
+    terminating and not serving (no KEP-1669 fallback for it).  Terminating
+    but serving again, it is the fallback on every path (kube-proxy's
+    CategorizeEndpoints)."""
+    kubelet, core = lab.cluster.kubelet, lab.cluster.core
+    body = service("gone", type_="LoadBalancer", selector={"app": "web", "last": "one"},
+                   externalIPs=["198.51.100.210"],
+                   ports=[{"name": "http", "port": 80, "targetPort": "http",
+                           "nodePort": 30090}])
+    body["spec"]["clusterIP"] = "10.96.1.30"
+
+    def paths(lb):
+        """(client, URL) of every frontend: cluster IP, nodePort, LB IP, external IP."""
+        return [("pod1", "http://10.96.1.30/"), ("inet", f"http://{NODE1}:30090/"),
+                ("inet", f"http://{lb}/"), ("inet", "http://198.51.100.210/")]
+
+    def endpoint():
+        svc = lab.cluster.desired_state().services.get(model.ServiceKey("default", "gone"))
+        return svc.ports[0].endpoints[0] if svc and svc.ports[0].endpoints else None
+    try:
+        kubelet.relabel("pod2", {"app": "web", "last": "one"})
+        with services(lab, body):
+            ip = lb_ip(lab, "gone")
+            converge(lab)
+            for client, url in paths(ip):
+                assert L.wait_for(lambda: lab.curl(client, url) == "pod2", 10, what=url)
+            lab.stop_pod_server("pod2")                         # not ready
+            L.wait_for(lambda: endpoint() and not endpoint().ready, 10, what="not ready")
+            converge(lab)
+            for client, url in paths(ip):
+                assert lab.curl(client, url, timeout=1) == "", url
+            core.delete_namespaced_pod("pod2", "default", grace_period_seconds=60)
+            L.wait_for(lambda: endpoint() and endpoint().terminating, 10,
+                       what="terminating, not serving")
+            assert not endpoint().serving
+            converge(lab)
+            for client, url in paths(ip):
+                assert lab.curl(client, url, timeout=1) == "", url
+            lab.start_pod_server("pod2")                        # serving again
+            L.wait_for(lambda: endpoint() and endpoint().serving, 10, what="serving")
+            converge(lab)
+            for client, url in paths(ip):
+                assert L.wait_for(lambda: lab.curl(client, url) == "pod2", 10, what=url)
+    finally:
+        lab.start_pod_server("pod2")
+        kubelet.schedule("pod2", {"app": "web"})
+        converge(lab)
