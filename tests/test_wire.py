@@ -8,7 +8,6 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 from controller import cookies, fragments, ofmsg, wire
 from controller import flows as F
 from controller.compiler import Compiler
-from nsx_proxy import model
 import world
 from test_fuzz import GATEWAY, endpoint_slice, node, pod, service
 from test_large_services import big_service, state as big_state
