@@ -9,6 +9,7 @@ import contextlib
 import functools
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from kube_helpers import service as raw_service
 from lab_helpers import HERE, converge, services, who
@@ -268,5 +269,12 @@ def test_endpoints_kube_proxy_ignores_are_ignored_on_every_path(lab):
                 assert L.wait_for(lambda: lab.curl(client, url) == "pod2", 10, what=url)
     finally:
         lab.start_pod_server("pod2")
+        # finish the deletion now: left to its 60 s grace, it would take pod2
+        # away in the middle of a later test
+        try:
+            core.delete_namespaced_pod("pod2", "default", grace_period_seconds=0)
+        except ApiException as exc:      # gone already: fine
+            if exc.status != 404:
+                raise
         kubelet.schedule("pod2", {"app": "web"})
         converge(lab)
