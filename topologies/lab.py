@@ -285,6 +285,14 @@ class Lab:
 
     # --- pods -----------------------------------------------------------------------
     def start_pod_server(self, name):
+        """Start the pod's server, unless it runs already (a second one could
+        not bind, yet its pid would replace the running one's)."""
+        pidfile = f"{self.run_dir}/{name}.pid"
+        if os.path.exists(pidfile):
+            with open(pidfile) as fh:
+                pid = fh.read().strip()
+            if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+                return
         host = self.net.get(name)
         host.cmd(f"python3 {HERE}/podserver.py --name {name} --tcp {TCP_TARGET} "
                  f"--udp {UDP_TARGET} > /tmp/podserver-{name}.log 2>&1 & "
