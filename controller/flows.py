@@ -157,6 +157,21 @@ class Meter:
     meter_id: int
 
 
+def instruction_parts(actions):
+    """(meter id or None, apply actions, goto table or None): how a flow's
+    actions map onto OpenFlow 1.3 instructions (meter first, then the apply
+    actions, then the goto); both encoders use it."""
+    apply, goto, meter = [], None, None
+    for action in actions:
+        if isinstance(action, GotoTable):
+            goto = action.table
+        elif isinstance(action, Meter):
+            meter = action.meter_id
+        else:
+            apply.append(action)
+    return meter, apply, goto
+
+
 # --- flows and groups ------------------------------------------------------
 
 FlowKey = Tuple[int, int, tuple]       # (table, priority, match)

@@ -113,14 +113,8 @@ def encode_action(action):
 
 
 def instructions(actions):
-    apply, goto, meter = [], None, None
-    for action in actions:
-        if isinstance(action, F.GotoTable):
-            goto = action.table
-        elif isinstance(action, F.Meter):
-            meter = action.meter_id
-        else:
-            apply.append(encode_action(action))
+    meter, apply, goto = F.instruction_parts(actions)
+    apply = [encode_action(a) for a in apply]
     out = [] if meter is None else [parser.OFPInstructionMeter(meter, ofp.OFPIT_METER)]
     if apply:
         out.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply))

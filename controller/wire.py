@@ -165,17 +165,10 @@ def action(a) -> Optional[bytes]:
 
 
 def _instructions(actions) -> Optional[bytes]:
-    apply, goto, meter = [], None, None
-    for a in actions:
-        if isinstance(a, F.GotoTable):
-            goto = a.table
-        elif isinstance(a, F.Meter):
-            meter = a.meter_id
-        else:
-            encoded = action(a)
-            if encoded is None:
-                return None
-            apply.append(encoded)
+    meter, actions, goto = F.instruction_parts(actions)
+    apply = [action(a) for a in actions]
+    if any(a is None for a in apply):
+        return None
     out = b"" if meter is None else struct.pack("!HHI", ofp.OFPIT_METER, 8, meter)
     if apply:
         body = b"".join(apply)
