@@ -82,7 +82,7 @@ class Switch:
         self._udp_flushes: List[changes.StaleUdp] = []
         self.pending: Optional[_Pending] = None
         self.sweeper = AffinitySweeper()
-        self._sweeps = {}                 # xid of a flow stats request -> entries so far
+        self._sweeps = {}                 # xid of a flow stats request -> (cookie, entries)
         self._audit = None                # the audit in flight (see audit_requests)
         self._commits = 0                 # bundles committed on this connection
 
@@ -219,6 +219,16 @@ class Switch:
             LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
                       self.dpid, err_type, code)
             return
+        if xid in self._sweeps or self.is_audit_reply(xid):
+            # a statistics request of ours failed: that read ends (the next
+            # period asks again); it is no reason to fail a bundle in flight
+            LOG.warning("switch %016x: error type=%d code=%d for a %s request; "
+                        "asking again next period", self.dpid, err_type, code,
+                        "sweep" if xid in self._sweeps else "drift audit")
+            self._sweeps.pop(xid, None)
+            if self.is_audit_reply(xid):
+                self._audit = None
+            return
         LOG.error("switch %016x: error type=%d code=%d for xid %d",
                   self.dpid, err_type, code, xid)
         if self.pending is not None:
@@ -289,7 +299,7 @@ class Switch:
                 dp, 0, pipeline.SESSION_AFFINITY.id, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie,
                 cookies.GEN_MASK | cookies.OBJECT_MASK, parser.OFPMatch())
             dp.set_xid(req)
-            self._sweeps[req.xid] = []
+            self._sweeps[req.xid] = (cookie, [])
             out.append(req)
         return out
 
@@ -298,7 +308,7 @@ class Switch:
 
     def sweep_reply(self, xid, stats, more=False) -> list:
         """One part of a sweep's flow stats; the deletes of expired entries."""
-        entries = self._sweeps[xid]
+        cookie, entries = self._sweeps[xid]
         entries += [(s.cookie, s.priority, _match_key(s.match), s.packet_count, s.match)
                     for s in stats]
         if more:
@@ -307,8 +317,8 @@ class Switch:
         matches = {(c, p, k): m for c, p, k, _, m in entries}
         expired = self.sweeper.observe([(c, p, k, n) for c, p, k, n, _ in entries],
                                        self._clock())
-        for cookie in {c for c, _, _ in matches}:
-            self.sweeper.forget_missing(cookie, set(matches))
+        # entries of this cookie the switch no longer has (also when it has none)
+        self.sweeper.forget_missing(cookie, set(matches))
         if expired:
             LOG.info("switch %016x: %d session-affinity entries idle for their "
                      "timeout, deleted", self.dpid, len(expired))

@@ -371,3 +371,37 @@ def test_an_error_for_no_message_of_ours_is_logged_and_changes_nothing(caplog):
     sw.error(0, 1, 1)                               # xid 0: no message we sent
     assert any("error type=1 code=1 for xid 0" in r.getMessage() for r in caplog.records)
     assert sw.pending is None and not sw.session.needs_resync and not sw.session.quarantined
+
+
+def test_a_failed_audit_or_sweep_request_ends_that_read_and_blames_no_bundle():
+    import dataclasses
+    sw = connected()
+    st = world.state(dataclasses.replace(world.web(), affinity_timeout=86400))
+    run_bundle(sw, st)
+    audit = sw.audit_requests()
+    sweep = sw.sweep_requests(st)
+    msgs = sw.begin_sync(world.state(world.web()))         # a bundle in flight
+    sw.error(audit[2].xid, 1, 1)
+    sw.error(sweep[0].xid, 1, 1)
+    sw.barrier_reply(msgs[-1].xid)
+    assert sw.end_sync(True).ok                            # not blamed on the bundle
+    assert not sw.is_audit_reply(audit[0].xid) and not sw.is_sweep_reply(sweep[0].xid)
+    assert sw.audit_requests()                              # the next audit can start
+
+
+def test_the_sweeper_forgets_entries_gone_from_the_switch_even_when_none_are_left():
+    import dataclasses
+    now = [0.0]
+    sw = connected(clock=lambda: now[0])
+    st = world.state(dataclasses.replace(world.web(), affinity_timeout=86400))
+    run_bundle(sw, st)
+    req = sw.sweep_requests(st)[0]
+    entry = parser.OFPFlowStats(
+        table_id=31, duration_sec=0, duration_nsec=0, priority=200, idle_timeout=0,
+        hard_timeout=0, flags=0, cookie=req.cookie, packet_count=1, byte_count=0,
+        match=parser.OFPMatch(eth_type=0x800, ipv4_src="10.1.1.2"), instructions=[])
+    sw.sweep_reply(req.xid, [entry])
+    assert sw.sweeper._seen
+    req = sw.sweep_requests(st)[0]
+    sw.sweep_reply(req.xid, [])                              # deleted behind our back
+    assert not sw.sweeper._seen
