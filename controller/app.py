@@ -146,8 +146,7 @@ class ServiceProxy(app_manager.RyuApp):
     def _flow_stats(self, ev):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
         if switch is not None and switch.is_sweep_reply(msg.xid):
-            more = bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)
-            self._send(msg.datapath, switch.sweep_reply(msg.xid, msg.body, more))
+            self._send(msg.datapath, switch.sweep_reply(msg.xid, msg.body, _more(msg)))
         else:
             self._stats_reply(ev, cookies_seen=[s.cookie for s in msg.body])
 
@@ -157,7 +156,7 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None and switch.is_audit_reply(msg.xid):
             self._send(msg.datapath, switch.audit_reply(
                 msg.xid, groups=[(g.group_id, len(g.buckets)) for g in msg.body],
-                more=bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)))
+                more=_more(msg)))
         else:
             self._stats_reply(ev, groups_seen=[g.group_id for g in msg.body])
 
@@ -174,12 +173,11 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None and switch.is_audit_reply(msg.xid):
             self._send(msg.datapath, switch.audit_reply(
                 msg.xid, meters=[m.meter_id for m in msg.body],
-                more=bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)))
+                more=_more(msg)))
 
     def _stats_reply(self, ev, **seen):
         switch = self._switch(ev.msg.datapath)
-        more = bool(ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
-        if switch is not None and switch.stats_reply(more=more, **seen):
+        if switch is not None and switch.stats_reply(more=_more(ev.msg), **seen):
             hub.spawn(self._sync_loop, switch)
             hub.spawn(self._sweep_loop, switch)
             hub.spawn(self._audit_loop, switch)
@@ -274,3 +272,8 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None:
             self._send(msg.datapath, switch.packet_in(msg.cookie, msg.match["in_port"],
                                                       msg.data))
+
+
+def _more(msg) -> bool:
+    """A multipart reply that more parts follow."""
+    return bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)

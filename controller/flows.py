@@ -113,8 +113,10 @@ class Bits:
         return {self.field: (value << self.start, mask)}
 
 
-# widths of the fields a learn action may copy; registers are 32 bits
-FIELD_BITS = {"eth_type": 16, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32}
+# widths of the fields a learn action copies or a move moves; registers are 32 bits
+FIELD_BITS = {"eth_type": 16, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32,
+              "eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
+              "arp_spa": 32, "arp_tpa": 32}
 
 
 @dataclass(frozen=True)

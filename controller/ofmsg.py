@@ -34,10 +34,6 @@ class NXActionNATPadded(parser.NXActionNAT):
         return data + bytes(pad)
 
 
-_MOVE_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
-              "arp_spa": 32, "arp_tpa": 32}
-
-
 def _ct(action: F.Ct):
     nat_actions = []
     if action.nat is not None:
@@ -95,7 +91,7 @@ def encode_action(action):
         return parser.OFPActionSetField(**{action.field: action.value})
     if isinstance(action, F.Move):
         return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst,
-                                      n_bits=_MOVE_BITS[action.src])
+                                      n_bits=F.FIELD_BITS[action.src])
     if isinstance(action, F.Ct):
         return _ct(action)
     if isinstance(action, F.Controller):

@@ -24,6 +24,7 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 
 from controller import cookies
 from controller import flows as F
+from controller.ofmsg import NX_NAT_F_DST, NX_NAT_F_SRC
 
 _NX_VENDOR = 0x00002320
 _ONF_VENDOR = 0x4F4E4600
@@ -107,15 +108,19 @@ def _set_field(name, value) -> bytes:
     return struct.pack("!HH", ofp.OFPAT_SET_FIELD, 4 + len(tlv) + pad) + tlv + bytes(pad)
 
 
+_IPV4_RANGE = (nicira_ext.NX_NAT_RANGE_IPV4_MIN, nicira_ext.NX_NAT_RANGE_IPV4_MAX)
+_PORT_RANGE = (nicira_ext.NX_NAT_RANGE_PROTO_MIN, nicira_ext.NX_NAT_RANGE_PROTO_MAX)
+
+
 def _nat(nat: F.Nat) -> bytes:
     if nat.src_ip is not None:
-        flags, ranges = 1, [(1, "!I", nat.src_ip), (2, "!I", nat.src_ip)]
+        flags, ranges = NX_NAT_F_SRC, [(bit, "!I", nat.src_ip) for bit in _IPV4_RANGE]
     elif nat.dst_ip is None:
         flags, ranges = 0, []
     else:
-        flags, ranges = 2, [(1, "!I", nat.dst_ip), (2, "!I", nat.dst_ip)]
+        flags, ranges = NX_NAT_F_DST, [(bit, "!I", nat.dst_ip) for bit in _IPV4_RANGE]
         if nat.dst_port:
-            ranges += [(16, "!H", nat.dst_port), (32, "!H", nat.dst_port)]
+            ranges += [(bit, "!H", nat.dst_port) for bit in _PORT_RANGE]
     present = sum(bit for bit, _, _ in ranges)
     body = struct.pack("!2xHH", flags, present)
     for _, fmt, value in ranges:
@@ -133,10 +138,6 @@ def _ct(ct: F.Ct) -> bytes:
     body = struct.pack("!HIHB3xH", nicira_ext.NX_CT_F_COMMIT if ct.commit else 0, 0,
                        ct.zone, table, 0)
     return _nx(nicira_ext.NXAST_CT, body + nested)
-
-
-_MOVE_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
-              "arp_spa": 32, "arp_tpa": 32}
 
 
 def action(a) -> Optional[bytes]:
@@ -159,7 +160,7 @@ def action(a) -> Optional[bytes]:
     if isinstance(a, F.Resubmit):
         return _nx(nicira_ext.NXAST_RESUBMIT_TABLE, struct.pack("!HB3x", 0xfff8, a.table))
     if isinstance(a, F.Move):
-        return _nx(nicira_ext.NXAST_REG_MOVE, struct.pack("!HHH", _MOVE_BITS[a.src], 0, 0)
+        return _nx(nicira_ext.NXAST_REG_MOVE, struct.pack("!HHH", F.FIELD_BITS[a.src], 0, 0)
                    + _OXM[a.src][1] + _OXM[a.dst][1])
     return None
 

@@ -14,6 +14,14 @@ def _key(obj):
     return meta.get("namespace"), meta.get("name")
 
 
+def _apply(table, key, etype, obj):
+    """One watch event on a cache keyed by ``key``."""
+    if etype == "DELETED":
+        table.pop(key, None)
+    else:
+        table[key] = obj
+
+
 def _rv(obj):
     return (obj.get("metadata") or {}).get("resourceVersion")
 
@@ -41,10 +49,7 @@ class KubeCache:
     # --- services ----------------------------------------------------------------
     def service_event(self, etype, obj):
         key = model.ServiceKey(*_key(obj))
-        if etype == "DELETED":
-            self.services.pop(key, None)
-        else:
-            self.services[key] = obj
+        _apply(self.services, key, etype, obj)
         self._dirty.add(key)
 
     def replace_services(self, items):
@@ -83,11 +88,7 @@ class KubeCache:
 
     # --- nodes -------------------------------------------------------------------------
     def node_event(self, etype, obj):
-        name = _key(obj)[1]
-        if etype == "DELETED":
-            self.nodes.pop(name, None)
-        else:
-            self.nodes[name] = obj
+        _apply(self.nodes, _key(obj)[1], etype, obj)
         self._nodes_dirty = True
 
     def replace_nodes(self, items):
@@ -116,11 +117,7 @@ class KubeCache:
 
     # --- namespaces ----------------------------------------------------------------------
     def namespace_event(self, etype, obj):
-        name = _key(obj)[1]
-        if etype == "DELETED":
-            self.namespaces.pop(name, None)
-        else:
-            self.namespaces[name] = obj
+        _apply(self.namespaces, _key(obj)[1], etype, obj)
 
     def replace_namespaces(self, items):
         self.namespaces = {_key(o)[1]: o for o in items}
