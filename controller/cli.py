@@ -177,22 +177,24 @@ def cmd_services(args, state):
         listeners = []
         for p in s["ports"]:
             pools = []
-            for label, gid in (("cluster IP", p["group_id"]),
-                               ("external", p["external_group_id"])):
-                if gid is None:
+            for label, gids in (("cluster IP", p["group_ids"]),
+                                ("external", p["external_group_ids"])):
+                if not gids:
                     continue
-                counted = {}
+                counted = {}                 # every part of a split pool counts
                 for b in bridges:
-                    for (ip, port), (pk, by) in zip(layout[b["name"]].get(gid, ()),
-                                                    stats[b["name"]].get(gid, ())):
-                        c = counted.setdefault((ip, port), [0, 0])
-                        c[0] += pk
-                        c[1] += by
+                    for gid in gids:
+                        for (ip, port), (pk, by) in zip(layout[b["name"]].get(gid, ()),
+                                                        stats[b["name"]].get(gid, ())):
+                            c = counted.setdefault((ip, port), [0, 0])
+                            c[0] += pk
+                            c[1] += by
                 members = []
                 for e in p["endpoints"]:
                     pk, by = counted.get((e["ip"], e["port"]), (0, 0))
                     members.append(dict(e, packets=pk, bytes=by))
-                pools.append({"pool": label, "group_id": gid, "members": members})
+                pools.append({"pool": label, "group_id": gids[0], "group_ids": gids,
+                              "members": members})
             listeners.append({"protocol": p["protocol"], "port": p["port"], "name": p["name"],
                               "node_port": p["node_port"], "cookie": p["cookie"],
                               "pools": pools})
@@ -208,7 +210,8 @@ def cmd_services(args, state):
             print(f"  listener {li['protocol']}/{li['port']} {li['name'] or ''}{np}"
                   f"  cookie {li['cookie']}")
             for pool in li["pools"]:
-                print(f"    pool {pool['pool']}  group {pool['group_id']}")
+                print(f"    pool {pool['pool']}  group "
+                      f"{', '.join(map(str, pool['group_ids']))}")
                 for m in pool["members"] or [{"ip": "(no members)", "port": ""}]:
                     cond = ("ready" if m.get("ready") else "terminating"
                             if m.get("terminating") else "not ready") if "ready" in m else ""

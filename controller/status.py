@@ -23,7 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controller import cookies, pipeline
 from controller.fragments import flatten
-from controller.names import external_group_name, gateway_group_name, service_port_name
+from controller.names import (
+    external_group_name, gateway_group_name, part_name, parts_for, service_port_name)
 
 LOG = logging.getLogger(__name__)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -165,6 +166,14 @@ def bridge_name(app, dpid):
     return ctx.name if ctx is not None else f"{dpid:016x}"
 
 
+def _parts(ids, name, first, parts):
+    """The group ids of a pool's parts (the first is the pool's own), as allocated."""
+    if first is None:
+        return []
+    rest = (ids.peek(part_name(name, i)) for i in range(1, parts))
+    return [first] + [gid for gid in rest if gid is not None]
+
+
 def _cookie(kind, object_id) -> str:
     return f"{cookies.make(kind, object_id):#018x}"
 
@@ -215,6 +224,7 @@ def state_view(app) -> dict:
         for port in svc.ports:
             gid = ids.peek(service_port_name(svc, port))
             ext = ids.peek(external_group_name(svc, port))
+            parts = parts_for(len(port.endpoints), pipeline.MAX_BUCKETS_PER_GROUP)
             what = f"service {svc.key} {port.protocol}/{port.port}"
             for group in (gid, ext):
                 if group is not None:
@@ -229,6 +239,10 @@ def state_view(app) -> dict:
                 "name": port.name, "protocol": port.protocol, "port": port.port,
                 "node_port": port.node_port, "target_port": port.target_port,
                 "group_id": gid, "external_group_id": ext,
+                # a pool too large for one group is split: every part's group
+                "group_ids": _parts(ids, service_port_name(svc, port), gid, parts),
+                "external_group_ids": _parts(ids, external_group_name(svc, port), ext,
+                                             parts),
                 "cookie": _cookie(cookies.KIND_SERVICE_PORT, gid or 0),
                 "endpoints": [{"ip": e.ip, "port": e.port, "node": e.node, "pod": e.pod,
                                "ready": e.ready, "serving": e.serving,

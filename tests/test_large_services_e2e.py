@@ -8,11 +8,14 @@ pointing outside the cluster): node1 DNATs, source-NATs to its node IP and
 sends them out through the gateway, as for any external endpoint.
 """
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from lab_helpers import HERE, converge
+from lab_helpers import HERE, STATUS, converge
 from controller.names import parts_for
 from controller.pipeline import MAX_BUCKETS_PER_GROUP
 from topologies import lab as L
@@ -60,6 +63,17 @@ class Watchdog(threading.Thread):
         self.join()
 
 
+def counted(lab):
+    """Endpoints of the big service with packets, as ``nsx-proxy services`` says."""
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nsx-proxy"),
+                          "--controller", STATUS, "services", "default/big", "--json"],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    (svc,) = json.loads(out)
+    (pool,) = svc["listeners"][0]["pools"]
+    assert len(pool["group_ids"]) == parts_for(len(pool["members"]), MAX_BUCKETS_PER_GROUP)
+    return {m["ip"] for m in pool["members"] if m["packets"]}
+
+
 def spread(lab, count):
     out = lab.net.get("pod1").cmd(f"python3 {HERE}/spread.py {VIP} 80 {count} /local")
     return json.loads(out.strip().splitlines()[-1])
@@ -97,6 +111,10 @@ def test_a_service_with_thousands_of_endpoints_spreads_over_all_of_them(lab, n):
         distinct = len(got["answers"])
         expected = n * (1 - (1 - 1 / n) ** 3000)        # if picks were uniform
         assert distinct >= 0.85 * expected, (distinct, expected)
+        # nsx-proxy services counts every part's buckets: exactly the
+        # endpoints that answered carried packets
+        L.wait_for(lambda: counted(lab) == set(got["answers"]), 10,
+                   what="bucket counters of every part in nsx-proxy services")
         # One endpoint goes: only it stops answering.
         gone = order[0]
         first = next(slices(ips))
