@@ -115,8 +115,8 @@ class ServiceProxy(app_manager.RyuApp):
         """A new {dpid: BridgeContext} snapshot from OVSDB (in agent mode, only
         this node's bridges, and the gateway's where this agent is it)."""
         if self.node_name:
-            mine = {d: c for d, c in contexts.items() if status.is_mine(
-                c, self.node_name, self.conf.gateway)}
+            mine = {d: c for d, c in contexts.items()
+                    if c.programmed_by(self.node_name, self.conf.gateway)}
             for dpid, ctx in contexts.items():
                 if dpid not in mine and dpid not in self._foreign:
                     self._foreign.add(dpid)

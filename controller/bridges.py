@@ -109,6 +109,12 @@ class BridgeContext:
     fabric_ip: Optional[str] = None    # gateway: its address on the fabric
     external: Optional["ExternalPort"] = None   # gateway: the Internet-facing port
 
+    def programmed_by(self, node_name: str, gateway: bool) -> bool:
+        """In agent mode: the agent of ``node_name`` programs its node's
+        bridges, and the gateway bridge if it is told to be the gateway."""
+        return (self.role == ROLE_NODE and self.node == node_name) or \
+            (self.role == ROLE_GATEWAY and gateway)
+
     @property
     def nats_sctp(self) -> bool:
         """Kernel conntrack NATs SCTP ports; OVS 3.1's userspace conntrack does not."""

@@ -256,13 +256,3 @@ def encode(msg):
         return f"{len(msg.buf)} bytes, over OpenFlow's {OFP_MAX_LEN}"
     return None
 
-
-def bundle(dp, bundle_id, messages):
-    """Open, add every message, commit: the list of messages to send."""
-    out = [parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST,
-                                   BUNDLE_FLAGS, [])]
-    for msg in messages:
-        out.append(parser.ONFBundleAddMsg(dp, bundle_id, BUNDLE_FLAGS, msg, []))
-    out.append(parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST,
-                                       BUNDLE_FLAGS, []))
-    return out

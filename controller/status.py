@@ -121,12 +121,6 @@ class _AppCollector:
         yield rejects
 
 
-def is_mine(ctx, node_name, gateway) -> bool:
-    """In agent mode: this node's bridges, and the gateway's if told to be it."""
-    return (ctx.role == "node" and ctx.node == node_name) or \
-        (ctx.role == "gateway" and gateway)
-
-
 def readiness(app):
     """(ready, reasons not to be): every initial list arrived and every local
     bridge is connected and programmed."""
@@ -174,8 +168,12 @@ def _parts(ids, name, first, parts):
     return [first] + [gid for gid in rest if gid is not None]
 
 
+def _hex(cookie) -> str:
+    return f"{cookie:#018x}"
+
+
 def _cookie(kind, object_id) -> str:
-    return f"{cookies.make(kind, object_id):#018x}"
+    return _hex(cookies.make(kind, object_id))
 
 
 def state_view(app) -> dict:
@@ -196,7 +194,7 @@ def state_view(app) -> dict:
         session = switch.session if switch else None
         pods = []
         for p in ctx.pods:
-            cookie = f"{cookies.for_name(cookies.KIND_POD, p.full_name):#018x}"
+            cookie = _hex(cookies.for_name(cookies.KIND_POD, p.full_name))
             owners[cookie] = f"pod {p.full_name}"
             pods.append({"name": p.full_name, "ip": p.ip, "mac": p.mac, "ofport": p.ofport,
                          "cookie": cookie})
@@ -208,7 +206,7 @@ def state_view(app) -> dict:
             "uplink": ctx.uplink, "router_mac": ctx.router_mac if ctx.pod_cidr else None})
     nodes = []
     for n in app.state.nodes.values():
-        cookie = f"{cookies.for_name(cookies.KIND_NODE, n.name):#018x}"
+        cookie = _hex(cookies.for_name(cookies.KIND_NODE, n.name))
         owners[cookie] = f"node {n.name}"
         nodes.append({"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr,
                       "zone": n.zone, "cookie": cookie})
@@ -216,7 +214,7 @@ def state_view(app) -> dict:
     for svc in sorted(app.state.services.values(), key=lambda s: s.key):
         ports, frontends = [], []
         for ip in svc.frontend_ips:
-            owners[f"{cookies.for_ip(cookies.KIND_VIP, ip):#018x}"] = f"service IP {ip}"
+            owners[_hex(cookies.for_ip(cookies.KIND_VIP, ip))] = f"service IP {ip}"
         for ip in svc.outside_ips:
             gid = ids.peek(gateway_group_name(ip))
             if gid is not None:
@@ -257,13 +255,13 @@ def state_view(app) -> dict:
             "session_affinity_timeout": svc.affinity_timeout, "ports": ports})
     fips = []
     for f in app.state.floating_ips.values():
-        cookie = f"{cookies.for_ip(cookies.KIND_FLOATING_IP, f.ip):#018x}"
+        cookie = _hex(cookies.for_ip(cookies.KIND_FLOATING_IP, f.ip))
         owners[cookie] = f"floating IP {f.ip} of {f.pod}"
         fips.append({"ip": f.ip, "pod": f.pod, "pod_ip": f.pod_ip, "node": f.node,
                      "cookie": cookie})
     return {"bridges": bridges, "services": services, "nodes": nodes,
             "floating_ips": fips, "cookies": owners,
-            "cookie_mask": f"{cookies.OBJECT_MASK:#018x}",
+            "cookie_mask": _hex(cookies.OBJECT_MASK),
             "tables": {str(t.id): t.name for t in pipeline.TABLES}}
 
 

@@ -67,7 +67,8 @@ def test_bundle_add_wraps_like_ryu():
     f = next(iter(fragments.flatten(world.compile_for(world.NODE1,
                                                       world.state(world.web())))[0].values()))
     inner = ofmsg.flow_mod(dp, f, ofp.OFPFC_ADD, 1)
-    add = ofmsg.bundle(dp, 9, [inner])[1]
+    from ryu.ofproto import ofproto_v1_3_parser as parser
+    add = parser.ONFBundleAddMsg(dp, 9, ofmsg.BUNDLE_FLAGS, inner, [])   # Ryu's own
     add.set_xid(55)
     add.serialize()
     assert wire.bundle_add(9, ofmsg.BUNDLE_FLAGS, wire.flow_mod(f, ofp.OFPFC_ADD, 1, 0), 55) \
