@@ -97,12 +97,14 @@ def ofctl_floor(workdir):
 
 
 def message_sizes(n, endpoints):
-    """Bytes of every message of the cold-sync bundle for this benchmark's state
-    (compiled and encoded in this process, as the app does)."""
+    """Bytes of every bundle-add message of the cold sync for this benchmark's
+    state, as the switch object encodes and sends them (compiled and encoded
+    in this process)."""
     from bench.driver import NODES, make_services
     from controller import cookies, fragments, ofmsg
     from controller.bridges import BridgeContext
     from controller.compiler import Compiler
+    from controller.switch import step_bytes
     from nsx_proxy import model
     from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
@@ -115,11 +117,7 @@ def message_sizes(n, endpoints):
         model.ClusterState.build(make_services(n, endpoints), NODES))
     flows, groups = fragments.flatten(want)
     plan = fragments.Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
-    sizes = []
-    for msg, _ in ofmsg.plan_messages(Datapath(), plan, 1):
-        msg.serialize()
-        sizes.append(len(msg.buf))
-    return sizes
+    return [len(step_bytes(Datapath(), step, 1, 1, 0)) for step in ofmsg.plan_steps(plan)]
 
 
 def pct(values, q):

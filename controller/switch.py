@@ -196,7 +196,7 @@ class Switch:
             xid = _next_xid(dp)
             item = None if step[0] == "round" else step[1]
             try:
-                raw = _step_bytes(dp, step, generation, bundle_id, xid)
+                raw = step_bytes(dp, step, generation, bundle_id, xid)
                 why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \
                     f"{len(raw)} bytes, over OpenFlow's {ofmsg.OFP_MAX_LEN}"
             except Exception as exc:   # noqa: BLE001 - it costs one object, not all
@@ -439,7 +439,7 @@ def _next_xid(dp) -> int:
     return box.xid
 
 
-def _step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
+def step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
     """One plan step as a bundle-add message: the fast encoder's bytes, or
     Ryu's for what it does not encode (the learn action, a stale round)."""
     kind, obj, command = step
