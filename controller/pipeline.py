@@ -59,9 +59,8 @@ class Table:
 
 
 def _target(action):
-    if isinstance(action, (F.GotoTable, F.Resubmit, F.Learn)):
-        return action.table
-    if isinstance(action, F.Ct):
+    """The table an action hands packets to (or learns into), if any."""
+    if isinstance(action, (F.GotoTable, F.Resubmit, F.Learn, F.Ct)):
         return action.table
     return None
 
