@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import time
+import uuid
 
 from ryu.base import app_manager
 from ryu.controller import ofp_event
@@ -84,15 +85,29 @@ class ServiceProxy(app_manager.RyuApp):
                 min_interval=self.conf.min_sync_period,
                 max_interval=self.conf.max_sync_period,
                 relist_period=self.conf.relist_period, ipam=self._ipam(),
-                node_name=None if self.conf.gateway else (self.node_name or None))
+                node_name=None if self.conf.gateway else (self.node_name or None),
+                election=self._election())
             self.source.start()
 
     def _ipam(self):
         pools = lb_ipam.parse_pools(self.conf.fip_pools)
-        if not pools or (self.node_name and not self.conf.gateway):
-            return None                      # one writer per cluster: the gateway agent
+        if not pools:
+            return None
         return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None,
                             self.conf.load_balancer_class or None)
+
+    def _election(self):
+        """Agents elect the one that writes to the API; the central controller
+        (no node name) is the only process, and writes without a lease."""
+        if not self.node_name or not self.conf.leader_elect:
+            return None
+        return dict(namespace=(self.conf.leader_election_namespace
+                               or os.environ.get("POD_NAMESPACE") or "nsx-proxy"),
+                    name=self.conf.leader_election_lease,
+                    identity=f"{self.node_name}_{uuid.uuid4().hex[:8]}",
+                    lease_duration=self.conf.leader_election_lease_duration,
+                    renew_deadline=self.conf.leader_election_renew_deadline,
+                    retry_period=self.conf.leader_election_retry_period)
 
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState, change: changes.ChangeSet = None) -> None:

@@ -21,6 +21,12 @@ reads them and ``ryu-manager --help`` lists them.
     fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
     default_fip_pool = default
     load_balancer_class =          # besides class-less LoadBalancers, this class is ours
+    leader_elect = true            # agent mode: a Lease elects the one agent that writes
+    leader_election_namespace =    # default $POD_NAMESPACE, else nsx-proxy
+    leader_election_lease = nsx-proxy-lb-writer
+    leader_election_lease_duration = 15
+    leader_election_renew_deadline = 10
+    leader_election_retry_period = 2
     status_port = 9910             # 127.0.0.1: /state /metrics /healthz /readyz; 0: off
 """
 from ryu import cfg
@@ -60,6 +66,21 @@ CONF.register_opts([
     cfg.StrOpt("default_fip_pool", default="",
                help="the pool used when neither the service nor its namespace names one "
                     "(annotation nsx-proxy.io/fip-pool)"),
+    cfg.BoolOpt("leader_elect", default=True,
+                help="agent mode: the agents elect, with a coordination.k8s.io Lease, the "
+                     "one that writes LoadBalancer IPs from fip_pools (false: this agent "
+                     "writes whenever it has fip_pools; run only one such agent)"),
+    cfg.StrOpt("leader_election_namespace", default="",
+               help="namespace of the Lease (default: $POD_NAMESPACE, else nsx-proxy)"),
+    cfg.StrOpt("leader_election_lease", default="nsx-proxy-lb-writer",
+               help="name of the Lease the agents elect the API writer with"),
+    cfg.IntOpt("leader_election_lease_duration", default=15,
+               help="seconds a follower waits after the leader's last renewal "
+                    "before it takes over (kube-controller-manager's default)"),
+    cfg.IntOpt("leader_election_renew_deadline", default=10,
+               help="seconds the leader keeps trying to renew before it stops writing"),
+    cfg.IntOpt("leader_election_retry_period", default=2,
+               help="seconds between tries to acquire or renew the Lease"),
     cfg.IntOpt("status_port", default=9910,
                help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
     cfg.FloatOpt("audit_period", default=10.0,

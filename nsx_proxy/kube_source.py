@@ -9,7 +9,8 @@ its change set and hands both on (``on_change(state, change)``):
   restarting controller never compiles "no services" and blackholes
   working VIPs;
 * only what changed is translated again (see state_builder);
-* LoadBalancer IPs from the pools are written by the LbStatusWriter.
+* LoadBalancer IPs from the pools are written by the LbStatusWriter, in an
+  agent only while it holds the writer Lease (nsx_proxy.leader).
 
 Config: the kubeconfig is found the way kubectl finds it (an explicit path,
 else in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
@@ -24,6 +25,7 @@ from kubernetes import client, config
 from nsx_proxy import validate
 from nsx_proxy.kube_cache import KubeCache
 from nsx_proxy.lb_writer import LbStatusWriter
+from nsx_proxy.leader import Elector
 from nsx_proxy.reflector import Reflector
 from nsx_proxy.runner import BoundedFrequencyRunner
 from nsx_proxy.state_builder import StateBuilder
@@ -44,7 +46,8 @@ def api_client(kubeconfig=None) -> client.ApiClient:
 
 class KubeSource:
     def __init__(self, api, on_change, hub, min_interval=0.5, max_interval=60.0,
-                 relist_period=600.0, rejects=None, ipam=None, node_name=None):
+                 relist_period=600.0, rejects=None, ipam=None, node_name=None,
+                 election=None):
         self._on_change = on_change
         self.rejects = rejects or validate.RejectLog(LOG)
         self.cache = KubeCache()
@@ -55,6 +58,11 @@ class KubeSource:
         core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
         self.lb_writer = None if ipam is None else LbStatusWriter(
             ipam, core, hub.spawn, self.rejects.reject, self._changed)
+        # With ``election`` (namespace, lease name, identity and timings), the
+        # writer writes only while this agent holds the lease; without it,
+        # this process is the one writer (the lab's central controller).
+        self.elector = None if ipam is None or election is None else Elector(
+            api, on_change=self._leadership, hub=hub, **election)
         cache = self.cache
         common = dict(hub=hub, relist_period=relist_period, listed=self._changed)
         # A node agent needs only its own node's pods (their floating IPs):
@@ -81,11 +89,26 @@ class KubeSource:
         for reflector in self.reflectors:
             reflector.start()
         self.runner.start()
+        if self.elector is not None:
+            self.elector.start()
 
     def stop(self):
+        if self.elector is not None:
+            self.elector.stop()
         for reflector in self.reflectors:
             reflector.stop()
         self.runner.stop()
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes LoadBalancer IPs now."""
+        return self.lb_writer is not None and (self.elector is None or self.elector.leading)
+
+    def _leadership(self, leading):
+        # A new leader plans from what the API shows now, not from writes it
+        # planned in an earlier term.
+        self.lb_writer.pending.clear()
+        self._changed()
 
     @property
     def synced(self) -> bool:
@@ -109,7 +132,7 @@ class KubeSource:
         if not self.synced:
             return None
         state, change = self.builder.build(self.cache)
-        if self.lb_writer is not None:
+        if self.writes:
             self.lb_writer.sync(self.cache.services, self.cache.namespaces)
         self.syncs += 1
         self.last_event_at, self._pending_since = self._pending_since, None

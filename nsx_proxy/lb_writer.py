@@ -1,12 +1,16 @@
 """Writes load-balancer IPs from the floating-IP pools into Service status.
 
 The proxy's only writes to the API.  ``lb_ipam`` decides (pure); this
-module writes what it decided, one write in flight per service: a write
+module writes what it decided, one write in flight per service, conditional on the Service's
+resourceVersion, and only while this agent holds the writer lease
+(nsx_proxy.leader): a write
 that has not come back through the watch yet keeps its IP reserved, so two
 services can never be handed one IP, and a failed write is retried on the
 next sync.
 """
 import logging
+
+from kubernetes.client.exceptions import ApiException
 
 from nsx_proxy import lb_ipam
 
@@ -35,15 +39,29 @@ class LbStatusWriter:
             if key in self.pending:
                 continue                     # being written; wait to see it back
             self.pending[key] = ip
-            self._spawn(self._write, key, ip)
+            version = (services[key].get("metadata") or {}).get("resourceVersion")
+            self._spawn(self._write, key, ip, version)
 
-    def _write(self, key, ip):
+    def _write(self, key, ip, version):
         ingress = [{"ip": ip}] if ip else None
+        body = {"status": {"loadBalancer": {"ingress": ingress}}}
+        if version:
+            # A precondition: the write lands only on the Service as this agent
+            # last saw it.  Whatever moved it on since (another writer, a
+            # former leader's late write, the user) wins; we re-plan next sync.
+            body["metadata"] = {"resourceVersion": version}
         try:
-            self._core.patch_namespaced_service_status(
-                key.name, key.namespace, {"status": {"loadBalancer": {"ingress": ingress}}})
+            self._core.patch_namespaced_service_status(key.name, key.namespace, body)
             LOG.info("service %s: load-balancer IP %s", key,
                      f"{ip} allocated" if ip else "released")
+        except ApiException as exc:
+            if exc.status == 409:
+                LOG.info("service %s: changed before its load-balancer IP was written; "
+                         "planning again", key)
+            else:
+                LOG.warning("service %s: cannot write load-balancer status: %s %s", key,
+                            exc.status, exc.reason)
+            self.pending.pop(key, None)
         except Exception as exc:  # retried on the next sync
             LOG.warning("service %s: cannot write load-balancer status: %s", key, exc)
             self.pending.pop(key, None)

@@ -2,6 +2,7 @@
 manifests that hang together."""
 import configparser
 import os
+import time
 
 import yaml
 
@@ -21,16 +22,29 @@ def documents(name):
         return [d for d in yaml.safe_load_all(fh) if d]
 
 
+def _rules(kind):
+    return [(d["metadata"].get("namespace"), rule) for d in documents("rbac.yaml")
+            if d["kind"] == kind for rule in d["rules"]]
+
+
 def granted():
-    (role,) = [d for d in documents("rbac.yaml") if d["kind"] == "ClusterRole"]
-    return {(group, resource, verb) for rule in role["rules"]
+    """(group, resource, verb, namespace): None for the ClusterRole's
+    cluster-wide rules, the Role's namespace for its rules."""
+    return {(group, resource, verb, ns if kind == "Role" else None)
+            for kind in ("ClusterRole", "Role") for ns, rule in _rules(kind)
             for group in rule["apiGroups"] for resource in rule["resources"]
             for verb in rule["verbs"]}
 
 
 def used(server):
-    return {(group, resource + (f"/{sub}" if sub else ""), verb)
-            for verb, group, resource, sub, _ in server.audit}
+    """What the agents asked for; a namespaced request is covered by the
+    ClusterRole if it grants the verb cluster-wide, else it must be the Role's."""
+    cluster = {g[:3] for g in granted() if g[3] is None}
+    out = set()
+    for verb, group, resource, sub, ns in server.audit:
+        what = (group, resource + (f"/{sub}" if sub else ""), verb)
+        out.add(what + (None if what in cluster else ns,))
+    return out
 
 
 def run_agent(server, **kw):
@@ -41,22 +55,32 @@ def run_agent(server, **kw):
     return src, rec
 
 
-def test_the_cluster_role_grants_exactly_what_the_agents_use(server):
+def test_the_roles_grant_exactly_what_the_agents_use(server):
+    """A node agent, and two agents that elect the one writing LB IPs (the
+    Lease lives in the deployment's namespace, nsx-proxy)."""
     add_node(server.api, "node1", "192.168.100.1", "10.1.1.0/24")
     add_pod(server.api, "a", "10.1.1.2")
+    server.api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "nsx-proxy"}})
     server.api.create(RESOURCES["services"], "default",
                       service("lb", {"app": "web"}, type_="LoadBalancer"))
     server.audit.clear()                 # from here on: only the agents' requests
-    ipam = lb_ipam.Ipam(lb_ipam.parse_pools("default=198.51.100.0/30"), "default")
-    gateway, rec = run_agent(server, ipam=ipam)        # the gateway agent writes
-    node, rec2 = run_agent(server, node_name="node1")   # a node agent only reads
+    election = dict(namespace="nsx-proxy", name="nsx-proxy-lb-writer",
+                    lease_duration=3, renew_deadline=2, retry_period=1)
+    agents = []
+    for name in ("gw", "node1"):
+        ipam = lb_ipam.Ipam(lb_ipam.parse_pools("default=198.51.100.0/30"), "default")
+        agents.append(run_agent(server, ipam=ipam, election=dict(election, identity=name)))
+    node, rec2 = run_agent(server, node_name="node1")   # pods of its node only
     try:
         key = model.ServiceKey("default", "lb")
-        wait_for(lambda: rec.last and key in rec.last.services
-                 and rec.last.services[key].load_balancer_ips, 10, what="an LB IP")
+        wait_for(lambda: any(rec.last and key in rec.last.services
+                             and rec.last.services[key].load_balancer_ips
+                             for _, rec in agents), 10, what="an LB IP")
         wait_for(lambda: rec2.last is not None, 10, what="the node agent synced")
+        time.sleep(1.5)                  # the follower reads, the leader renews
     finally:
-        gateway.stop()
+        for src, _ in agents:
+            src.stop()
         node.stop()
     assert used(server) == granted(), (
         f"used, not granted: {sorted(used(server) - granted())}; "

@@ -163,8 +163,9 @@ class Api:
                                       f"accepted media types include: application/json-patch+json, "
                                       f"application/merge-patch+json, "
                                       f"application/strategic-merge-patch+json")
-            merged.setdefault("metadata", {})["resourceVersion"] = \
-                current["metadata"]["resourceVersion"]
+            # The merge keeps the current resourceVersion unless the patch
+            # names one: then, as in the real API server, it is a precondition
+            # (409 Conflict if the object moved on), which update() checks.
             return self.update(res, ns, name, merged, subresource)
 
     def delete(self, res, ns, name, grace=None):

@@ -43,6 +43,7 @@ RESOURCES = {r.name: r for r in (
     Resource("services", "Service", short=("svc",), status=True),
     Resource("events", "Event", short=("ev",)),
     Resource("endpointslices", "EndpointSlice", group="discovery.k8s.io"),
+    Resource("leases", "Lease", group="coordination.k8s.io"),
 )}
 
 

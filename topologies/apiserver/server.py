@@ -349,7 +349,7 @@ class ApiServer:
         self.host, self.port = host, port
         self.bookmark_interval = bookmark_interval
         self.stopping = False
-        # (verb, API group, resource, subresource, namespaced) of every request
+        # (verb, API group, resource, subresource, namespace or None) of every request
         # served: what a client really needs, to check an RBAC role against
         self.audit = set()
         self._httpd = None
@@ -368,7 +368,7 @@ class ApiServer:
                 else "list"
         else:
             verb = self._VERBS.get(method, method.lower())
-        self.audit.add((verb, res.group, res.name, sub or "", ns is not None))
+        self.audit.add((verb, res.group, res.name, sub or "", ns))
 
     def track(self, conn, alive):
         with self._lock:

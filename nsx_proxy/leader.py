@@ -1,0 +1,191 @@
+"""Which agent writes to the API: the holder of one coordination.k8s.io Lease.
+
+Every agent runs the same code, but what must happen once per cluster (today:
+writing LoadBalancer IPs from the floating-IP pools into Service status)
+must be done by one agent at a time.  They elect it the way kube-controller-
+manager's replicas do: the official client's ``kubernetes.leaderelection``
+(acquire, renew every ``retry_period``, give up after ``renew_deadline``, a
+follower takes over once the holder has not renewed for ``lease_duration``).
+
+Why a lock class of our own: the client we pin (31, the last before its
+rewrite on pydantic) ships only a ConfigMap lock; a ConfigMap would need
+write access to ConfigMaps, where a Lease is the object Kubernetes made for
+this.  ``LeaseLock`` implements the same three-method lock interface
+(``get``/``create``/``update``) over ``CoordinationV1Api``; the election
+algorithm itself stays the client's.
+"""
+import datetime
+import logging
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.leaderelection import electionconfig, leaderelection
+from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
+
+LOG = logging.getLogger(__name__)
+
+
+def _to_utc(record_time: str) -> datetime.datetime:
+    """The election record's times are ``str(datetime)`` in local time (that is
+    how the client's algorithm makes them); a Lease holds real instants."""
+    return datetime.datetime.fromisoformat(record_time).astimezone(datetime.timezone.utc)
+
+
+def _from_utc(value: datetime.datetime) -> str:
+    return str(value.astimezone().replace(tzinfo=None))
+
+
+class _Stopped(Exception):
+    """Raised inside the client's election loops to end them."""
+
+
+class LeaseLock:
+    """The lock interface ``kubernetes.leaderelection`` drives, over a Lease."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str):
+        self.leases = client.CoordinationV1Api(api)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self._lease = None                   # the last one read: its resourceVersion
+        self._failing = None                 # the error logged last (log each once)
+        self.stopping = False
+
+    def _failed(self, what, exc) -> bool:
+        reason = f"{what} lease {self.namespace}/{self.name}: {getattr(exc, 'status', '')} " \
+                 f"{getattr(exc, 'reason', exc)}".rstrip()
+        if reason != self._failing:
+            LOG.warning("leader election: cannot %s", reason)
+            self._failing = reason
+        return False
+
+    def get(self, name, namespace):
+        if self.stopping:
+            raise _Stopped()                 # the client's loops know no other exit
+        try:
+            self._lease = self.leases.read_namespaced_lease(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                self._failed("read", exc)
+            return False, exc
+        except Exception as exc:  # API server unreachable: the algorithm retries
+            self._failed("read", exc)
+            unreachable = ApiException(status=0, reason=str(exc))
+            unreachable.body = '{"code": 0}'  # what the algorithm parses: not a 404
+            return False, unreachable
+        self._failing = None
+        spec = self._lease.spec or client.V1LeaseSpec()
+        if not (spec.holder_identity and spec.lease_duration_seconds and
+                spec.acquire_time and spec.renew_time):
+            return True, None                 # taken over like an empty lock
+        return True, LeaderElectionRecord(
+            spec.holder_identity, str(spec.lease_duration_seconds),
+            _from_utc(spec.acquire_time), _from_utc(spec.renew_time))
+
+    @staticmethod
+    def _spec(record) -> client.V1LeaseSpec:
+        return client.V1LeaseSpec(
+            holder_identity=record.holder_identity,
+            lease_duration_seconds=int(float(record.lease_duration)),
+            acquire_time=_to_utc(record.acquire_time),
+            renew_time=_to_utc(record.renew_time))
+
+    def create(self, name, namespace, election_record) -> bool:
+        body = client.V1Lease(metadata=client.V1ObjectMeta(name=name),
+                              spec=self._spec(election_record))
+        try:
+            self._lease = self.leases.create_namespaced_lease(namespace, body)
+        except ApiException as exc:
+            return self._failed("create", exc) if exc.status != 409 else False
+        except Exception as exc:
+            return self._failed("create", exc)
+        return True
+
+    def update(self, name, namespace, updated_record) -> bool:
+        if self._lease is None:
+            return False
+        self._lease.spec = self._spec(updated_record)
+        try:
+            # replace carries the resourceVersion read last: if another agent
+            # renewed or took the lease since, the API server answers 409 and
+            # this agent stays a follower (no two leaders).
+            self._lease = self.leases.replace_namespaced_lease(name, namespace, self._lease)
+        except ApiException as exc:
+            return self._failed("update", exc) if exc.status != 409 else False
+        except Exception as exc:
+            return self._failed("update", exc)
+        return True
+
+    def release(self):
+        """Hand the lease back (holder cleared): a follower takes it at its
+        next retry instead of waiting out the lease duration."""
+        if self._lease is None or (self._lease.spec and
+                                   self._lease.spec.holder_identity != self.identity):
+            return
+        self._lease.spec.holder_identity = None
+        try:
+            self.leases.replace_namespaced_lease(self.name, self.namespace, self._lease)
+        except Exception as exc:
+            self._failed("release", exc)
+
+
+class Elector:
+    """Runs the election forever in a green thread; ``leading`` says whether
+    this agent holds the lease now.  ``on_change(leading)`` is called on
+    every transition (the caller wakes its writer up, or stops it)."""
+
+    def __init__(self, api, namespace, name, identity, on_change, hub,
+                 lease_duration=15, renew_deadline=10, retry_period=2):
+        self.lock = LeaseLock(api, namespace, name, identity)
+        self.identity = identity
+        self.leading = False
+        self._on_change = on_change
+        self._hub = hub
+        self._thread = None
+        # The client's Config exits the process on bad timings; say why first.
+        if not lease_duration > renew_deadline > 1.2 * retry_period >= 1.2:
+            raise ValueError("leader election needs lease_duration > renew_deadline > "
+                             "1.2 x retry_period and retry_period >= 1 s; got "
+                             f"{lease_duration}, {renew_deadline}, {retry_period}")
+        self._config = electionconfig.Config(
+            self.lock, lease_duration=lease_duration, renew_deadline=renew_deadline,
+            retry_period=retry_period, onstarted_leading=self._started,
+            onstopped_leading=self._stopped)
+
+    def start(self):
+        self._thread = self._hub.spawn(self._run)
+
+    def stop(self, release=True):
+        """End the election; a leader hands the lease back first (unless
+        ``release`` is false: then it is as if the process died, and the
+        others wait out the lease duration)."""
+        self.lock.stopping = True
+        if self.leading:
+            self.leading = False
+            if release:
+                self.lock.release()
+            self._on_change(False)
+
+    def _run(self):
+        while not self.lock.stopping:
+            try:
+                # run() returns when this agent could not renew: stand again.
+                leaderelection.LeaderElection(self._config).run()
+            except _Stopped:
+                return
+            except Exception:  # a bug in one round must not end the elections
+                LOG.exception("leader election: round failed; standing again")
+            self._stopped()
+            self._hub.sleep(self._config.retry_period)
+
+    def _started(self):
+        LOG.info("leader election: %s holds lease %s/%s: this agent writes to the API",
+                 self.identity, self.lock.namespace, self.lock.name)
+        self.leading = True
+        self._on_change(True)
+
+    def _stopped(self):
+        if not self.leading:
+            return
+        LOG.warning("leader election: %s lost lease %s/%s: no more API writes from here",
+                    self.identity, self.lock.namespace, self.lock.name)
+        self.leading = False
+        self._on_change(False)

@@ -1,0 +1,154 @@
+"""Leader election over a Lease, against the lab's API server: one writer at a
+time, a takeover within the lease duration, no write on a moved-on Service."""
+import time
+
+import pytest
+
+from kube_helpers import service
+from nsx_proxy import lb_ipam, model
+from nsx_proxy.kube_source import KubeSource, api_client
+from nsx_proxy.leader import Elector
+from nsx_proxy.runner import thread_hub
+from topologies.apiserver.kinds import RESOURCES
+from topologies.waiting import wait_for
+
+SVC = RESOURCES["services"]
+LEASE = RESOURCES["leases"]
+TIMINGS = dict(lease_duration=3, renew_deadline=2, retry_period=1)
+RUNNING = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_all(request):
+    request.getfixturevalue("server")       # stop ours before the API server
+    yield
+    while RUNNING:
+        RUNNING.pop().stop(release=False)
+
+
+def elector(server, identity, on_change=lambda leading: None, **kw):
+    e = Elector(api_client(server.kubeconfig_path), "default", "writer", identity,
+                on_change, thread_hub(), **dict(TIMINGS, **kw))
+    e.start()
+    RUNNING.append(e)
+    return e
+
+
+def holder(server):
+    return server.api.get(LEASE, "default", "writer")["spec"].get("holderIdentity")
+
+
+def test_one_agent_leads_and_another_takes_over_within_the_lease_when_it_dies(server):
+    a, b = elector(server, "node1_a"), elector(server, "node2_b")
+    wait_for(lambda: a.leading or b.leading, 10, what="a leader")
+    time.sleep(2.5)                          # several renewals: still exactly one
+    assert a.leading != b.leading
+    leader, follower = (a, b) if a.leading else (b, a)
+    assert holder(server) == leader.identity
+    died = time.monotonic()
+    leader.stop(release=False)               # as if the process were killed
+    wait_for(lambda: follower.leading, 10, what="the follower to take the lease")
+    took = time.monotonic() - died
+    assert holder(server) == follower.identity
+    # not before the dead leader's lease ran out, and within its duration
+    # plus the retry period and one renewal's worth of observation
+    assert 1.5 <= took <= TIMINGS["lease_duration"] + 2 * TIMINGS["retry_period"] + 1
+
+
+def test_a_leader_that_stops_hands_the_lease_back_at_once(server):
+    a = elector(server, "node1_a")
+    wait_for(lambda: a.leading, 10, what="a to lead")
+    b = elector(server, "node2_b", lease_duration=30, renew_deadline=20)
+    time.sleep(1.5)
+    assert not b.leading
+    stopped = time.monotonic()
+    a.stop()                                 # graceful: the lease is released
+    wait_for(lambda: b.leading, 10, what="b to take the released lease")
+    assert time.monotonic() - stopped < 3    # a retry period, not a lease duration
+
+
+def test_an_unreachable_api_server_is_one_log_line_and_no_leadership(server, caplog):
+    from kubernetes import client
+    cfg = client.Configuration()
+    cfg.host, cfg.retries = "http://127.0.0.1:9", 0          # nothing listens there
+    e = Elector(client.ApiClient(cfg), "default", "writer", "lost", lambda leading: None,
+                thread_hub(), **TIMINGS)
+    e.start()
+    RUNNING.append(e)
+    time.sleep(3.5)
+    assert not e.leading
+    lines = [r.getMessage() for r in caplog.records if r.name == "nsx_proxy.leader"]
+    assert len(lines) == 1 and "cannot read lease default/writer" in lines[0], lines
+
+
+def test_bad_timings_are_refused_with_the_rule():
+    with pytest.raises(ValueError, match="lease_duration > renew_deadline"):
+        Elector(None, "default", "writer", "x", lambda leading: None, thread_hub(),
+                lease_duration=10, renew_deadline=10, retry_period=2)
+
+
+class Agent:
+    """A KubeSource as an agent runs it: LB IPs from a pool, under election."""
+
+    def __init__(self, server, name):
+        ipam = lb_ipam.Ipam(lb_ipam.parse_pools("default=198.51.100.0/29"), "default")
+        self.source = KubeSource(
+            api_client(server.kubeconfig_path), lambda state, change: None, thread_hub(),
+            min_interval=0.05, ipam=ipam,
+            election=dict(namespace="default", name="writer", identity=name, **TIMINGS))
+        self.patched = []
+        real = self.source.lb_writer._core.patch_namespaced_service_status
+
+        def counted(name, namespace, body):
+            self.patched.append(name)
+            return real(name, namespace, body)
+        self.source.lb_writer._core.patch_namespaced_service_status = counted
+        self.source.start()
+        RUNNING.append(self)
+
+    def stop(self, release=True):
+        self.source.elector.stop(release)
+        self.source.stop()
+
+
+def _ingress(server, name):
+    status = server.api.get(SVC, "default", name).get("status") or {}
+    return [i["ip"] for i in (status.get("loadBalancer") or {}).get("ingress") or ()]
+
+
+def test_only_the_elected_agent_writes_and_its_successor_hands_out_no_ip_twice(server):
+    agents = [Agent(server, "node1"), Agent(server, "node2"), Agent(server, "gw")]
+    wait_for(lambda: sum(a.source.writes for a in agents) == 1, 10, what="one writer")
+    for name in ("lb1", "lb2"):
+        server.api.create(SVC, "default", service(name, {"app": "web"},
+                                                  type_="LoadBalancer"))
+    wait_for(lambda: all(_ingress(server, n) for n in ("lb1", "lb2")), 10,
+             what="IPs for lb1 and lb2")
+    leader = next(a for a in agents if a.source.writes)
+    assert sorted(leader.patched) == ["lb1", "lb2"]        # once each, by the leader
+    assert all(not a.patched for a in agents if a is not leader)
+    leader.stop(release=False)                            # killed, lease not handed back
+    wait_for(lambda: any(a.source.writes for a in agents if a is not leader), 15,
+             what="another agent to take over")
+    server.api.create(SVC, "default", service("lb3", {"app": "web"}, type_="LoadBalancer"))
+    wait_for(lambda: _ingress(server, "lb3"), 10, what="an IP for lb3")
+    time.sleep(0.5)
+    successor = next(a for a in agents if a is not leader and a.source.writes)
+    assert successor.patched == ["lb3"]                    # lb1 and lb2 left as they were
+    ips = [ip for n in ("lb1", "lb2", "lb3") for ip in _ingress(server, n)]
+    assert len(ips) == 3 and len(set(ips)) == 3           # one each, never shared
+
+
+def test_a_write_planned_on_an_old_version_of_the_service_does_not_land(server, caplog):
+    server.api.create(SVC, "default", service("lb", {"app": "web"}, type_="LoadBalancer"))
+    agent = Agent(server, "node1")
+    wait_for(lambda: _ingress(server, "lb"), 10, what="the first IP")
+    old = server.api.get(SVC, "default", "lb")["metadata"]["resourceVersion"]
+    server.api.patch(SVC, "default", "lb", "application/merge-patch+json",
+                     b'{"metadata": {"labels": {"moved": "on"}}}')
+    key = model.ServiceKey("default", "lb")
+    before = _ingress(server, "lb")
+    agent.source.lb_writer._write(key, "198.51.100.6", old)      # a late, stale write
+    assert _ingress(server, "lb") == before
+    assert any("changed before its load-balancer IP was written" in r.getMessage()
+               for r in caplog.records)
