@@ -259,11 +259,14 @@ class ServiceProxy(app_manager.RyuApp):
             self.bundle_failures[switch.dpid] += 1
             return
         self._send(switch.dp, result.after)
-        self.metrics.sync_seconds.labels(status.bridge_name(self, switch.dpid)).observe(
-            result.seconds)
+        bridge = status.bridge_name(self, switch.dpid)
+        self.metrics.sync_seconds.labels(bridge).observe(result.seconds)
+        self.metrics.last_programmed.labels(bridge).set(time.time())
         if self._event_at is not None and switch.dpid not in self._event_observed:
             self._event_observed.add(switch.dpid)
-            self.metrics.event_to_programmed.observe(time.monotonic() - self._event_at)
+            age = time.monotonic() - self._event_at
+            self.metrics.event_to_programmed.observe(age)
+            self.metrics.programmed_event.labels(bridge).set(time.time() - age)
         for listener in self.commit_listeners:
             listener(switch.dpid, result.plan, result.seconds)
 

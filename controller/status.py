@@ -18,7 +18,7 @@ app observes (sync duration, event to programmed).
 import json
 import logging
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controller import cookies, pipeline
@@ -41,6 +41,17 @@ class Metrics:
             "nsx_proxy_event_to_programmed_seconds",
             "first Kubernetes event of a change to its bundle committed on a switch",
             buckets=BUCKETS, registry=self.registry)
+        # kube-proxy's sync_proxy_rules_last_timestamp_seconds, per bridge; with
+        # the time of the first API event behind what was committed, a change
+        # written at T is live on that bridge once the event time is >= T.
+        self.last_programmed = Gauge(
+            "nsx_proxy_last_programmed_timestamp_seconds",
+            "wall-clock time of the last bundle committed on a switch", ["bridge"],
+            registry=self.registry)
+        self.programmed_event = Gauge(
+            "nsx_proxy_programmed_event_timestamp_seconds",
+            "wall-clock time of the first Kubernetes event behind the state last "
+            "committed on a switch", ["bridge"], registry=self.registry)
         self.registry.register(_AppCollector(app))
 
     def scrape(self) -> bytes:
@@ -119,6 +130,11 @@ class _AppCollector:
             for reason, count in sorted(source.rejects.counts.items()):
                 rejects.add_metric([reason], count)
         yield rejects
+        elector = getattr(source, "elector", None)
+        if elector is not None:
+            yield GaugeMetricFamily("nsx_proxy_leader", "1 while this agent holds the "
+                                    "Lease that elects the one writing to the API",
+                                    value=int(elector.leading))
 
 
 def readiness(app):

@@ -19,10 +19,38 @@ import logging
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.leaderelection import electionconfig, leaderelection
-from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
 
+
+def _import_quietly():
+    """The client's leaderelection modules call ``logging.basicConfig(level=
+    INFO)`` when imported, which would give every program importing us a
+    stderr handler at INFO; with a handler in place that call does nothing."""
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        from kubernetes.leaderelection import electionconfig, leaderelection
+        from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
+    finally:
+        root.removeHandler(placeholder)
+    return electionconfig, leaderelection, LeaderElectionRecord
+
+
+electionconfig, leaderelection, LeaderElectionRecord = _import_quietly()
 LOG = logging.getLogger(__name__)
+
+
+class _QuietElection(logging.Filter):
+    """The client's algorithm logs every try at INFO on the root logger ("yet
+    to finish lease_duration" every retry period, from every follower); we
+    log the transitions ourselves, so only its warnings and errors pass."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or \
+            not record.pathname.endswith(("leaderelection/leaderelection.py",
+                                          "leaderelection/electionconfig.py"))
+
+
+_QUIET = _QuietElection()
 
 
 def _to_utc(record_time: str) -> datetime.datetime:
@@ -151,6 +179,8 @@ class Elector:
             onstopped_leading=self._stopped)
 
     def start(self):
+        if _QUIET not in logging.getLogger().filters:
+            logging.getLogger().addFilter(_QUIET)
         self._thread = self._hub.spawn(self._run)
 
     def stop(self, release=True):

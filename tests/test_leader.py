@@ -1,5 +1,6 @@
 """Leader election over a Lease, against the lab's API server: one writer at a
 time, a takeover within the lease duration, no write on a moved-on Service."""
+import logging
 import time
 
 import pytest
@@ -140,6 +141,7 @@ def test_only_the_elected_agent_writes_and_its_successor_hands_out_no_ip_twice(s
 
 
 def test_a_write_planned_on_an_old_version_of_the_service_does_not_land(server, caplog):
+    caplog.set_level(logging.INFO, logger="nsx_proxy.kube_source")
     server.api.create(SVC, "default", service("lb", {"app": "web"}, type_="LoadBalancer"))
     agent = Agent(server, "node1")
     wait_for(lambda: _ingress(server, "lb"), 10, what="the first IP")

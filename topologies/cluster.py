@@ -56,11 +56,12 @@ def load_manifests(paths):
 
 
 class Cluster:
-    def __init__(self, run_dir, kubeconfig=None, tcp_port=8080, udp_port=5353):
+    def __init__(self, run_dir, kubeconfig=None, tcp_port=8080, udp_port=5353,
+                 api_host="127.0.0.1"):
         self.run_dir = run_dir
         self.server = None
         if kubeconfig is None:
-            self.server = ApiServer(bookmark_interval=5.0).start()
+            self.server = ApiServer(host=api_host, bookmark_interval=5.0).start()
             kubeconfig = self.server.kubeconfig(f"{run_dir}/kubeconfig")
         self.kubeconfig = kubeconfig
         self.api = api_client(kubeconfig)

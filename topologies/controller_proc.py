@@ -15,11 +15,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RyuProcess:
-    def __init__(self, workdir, of_port, log_path, options):
+    """``netns_pid``: run inside the network namespace of that process (a
+    lab host), listening for OpenFlow on that namespace's 127.0.0.1 only,
+    as a node agent does."""
+
+    def __init__(self, workdir, of_port, log_path, options, netns_pid=None):
         self.workdir = workdir
         self.options = dict(options)        # the [nsx_proxy] section of the config
         self.of_port = of_port
         self.log_path = log_path
+        self.netns_pid = netns_pid
         self.proc = None
 
     def start(self):
@@ -29,16 +34,25 @@ class RyuProcess:
             for key, value in sorted(self.options.items()):
                 fh.write(f"{key} = {value}\n")
         ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
+        cmd = [ryu, "--config-file", conf, "--ofp-tcp-listen-port", str(self.of_port)]
+        if self.netns_pid is not None:
+            cmd = self._in_netns(cmd + ["--ofp-listen-host", "127.0.0.1"])
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [ryu, "--config-file", conf, "--ofp-tcp-listen-port", str(self.of_port),
-                 "controller.app"],
+                cmd + ["controller.app"],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._listening, 20, what="ryu-manager to listen")
+
+    def _in_netns(self, cmd):
+        return ["nsenter", f"--net=/proc/{self.netns_pid}/ns/net"] + cmd
 
     def _listening(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"ryu-manager exited; see {self.log_path}")
+        if self.netns_pid is not None:
+            out = subprocess.run(self._in_netns(["ss", "-Hltn", f"sport = :{self.of_port}"]),
+                                 capture_output=True, text=True).stdout
+            return bool(out.strip())
         with socket.socket() as sock:
             return sock.connect_ex(("127.0.0.1", self.of_port)) == 0
 

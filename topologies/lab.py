@@ -108,6 +108,37 @@ def plan_nodes(node_count: int, pods_per_node: int) -> List[NodeSpec]:
     return nodes
 
 
+def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
+    """ovs-vsctl arguments labelling a node's bridge, its uplink and its pods'
+    ports (``pods``: [(interface name, PodSpec)]), as the README's "OVSDB
+    conventions" say a CNI plugin would."""
+    cmds = ["--", "set", "bridge", node.bridge,
+            f"external_ids:{B.ROLE}={B.ROLE_NODE}",
+            f"external_ids:{B.NODE}={node.name}",
+            f"external_ids:{B.POD_CIDR}={node.pod_cidr}",
+            f"external_ids:{B.FABRIC_GATEWAY}={GATEWAY_FABRIC_IP}",
+            "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
+    for ifname, pod in pods:
+        cmds += ["--", "set", "interface", ifname,
+                 f"external_ids:{B.ROLE}={B.ROLE_POD}",
+                 f"external_ids:{B.POD_NAMESPACE}=default",
+                 f"external_ids:{B.POD_NAME}={pod.name}",
+                 f"external_ids:{B.POD_IP}={pod.ip}",
+                 f"external_ids:{B.POD_MAC}={pod.mac}"]
+    return cmds
+
+
+def gateway_labels(bridge: str, uplink: str, external: str) -> List[str]:
+    """ovs-vsctl arguments labelling the gateway router bridge and its ports."""
+    return ["--", "set", "bridge", bridge, f"external_ids:{B.ROLE}={B.ROLE_GATEWAY}",
+            f"external_ids:{B.FABRIC_IP}={GATEWAY_FABRIC_IP}",
+            "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}",
+            "--", "set", "interface", external,
+            f"external_ids:{B.ROLE}={B.ROLE_EXTERNAL}",
+            f"external_ids:{B.POD_IP}={INET_GW}/24",
+            f"external_ids:{B.NEXT_HOP_MAC}={ip_mac(INET_IP)}"]
+
+
 class Lab:
     """Build, run and tear down one lab; tests share one instance."""
 
@@ -137,7 +168,6 @@ class Lab:
 
     def start(self):
         from mininet.net import Mininet
-        from mininet.node import OVSBridge, OVSSwitch, RemoteController
 
         step = self.progress.step
         services, labels = load_manifests(self.manifests)
@@ -148,45 +178,17 @@ class Lab:
         os.makedirs(self.run_dir, exist_ok=True)
         with step("API server and kubelet" if not self.kubeconfig else
                   f"kubelet for the cluster in {self.kubeconfig}"):
-            self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET)
-        self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, {
-            "source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
-            "min_sync_period": 0.1, "fip_pools": FIP_POOLS, "default_fip_pool": "default",
-            "status_port": self.status_port, "audit_period": AUDIT_PERIOD})
-        if self.external_controller:
-            host, _, port = self.external_controller.partition(":")
-            ctl_ip, ctl_port = host, int(port or 6653)
-        else:
-            ctl_ip, ctl_port = "127.0.0.1", self.of_port
-            with step(f"controller (ryu-manager on port {ctl_port}, log "
-                      f"{self.controller_log})"):
-                self.start_controller()
-
+            self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET,
+                                   api_host=self.api_host)
+        self._start_controllers(step)
         net = Mininet(controller=None, autoSetMacs=False, autoStaticArp=False,
                       build=False, waitConnected=False)
-        net.addController(RemoteController("c0", ip=ctl_ip, port=ctl_port))
-        sw = dict(cls=OVSSwitch, datapath="user", failMode="secure",
-                  protocols="OpenFlow13")
-        fabric = net.addSwitch("fabric", cls=OVSBridge, datapath="user",
-                               dpid="%016x" % 0x3000)
-        for node in self.nodes:
-            br = net.addSwitch(node.bridge, dpid="%016x" % (0x1000 + node.index), **sw)
-            for pod in node.pods:
-                host = net.addHost(pod.name, ip=pod.ip + "/24", mac=pod.mac,
-                                   defaultRoute=f"via {node.gateway_ip}")
-                net.addLink(host, br)
-            net.addLink(br, fabric)
-        gw = net.addSwitch("br-gw", dpid="%016x" % 0x2000, **sw)
-        net.addLink(gw, fabric)
-        inet = net.addHost("inet", ip=INET_IP + "/24", mac=ip_mac(INET_IP),
-                           defaultRoute=f"via {INET_GW}")
-        net.addLink(inet, gw)
-        with step(f"topology: {len(self.nodes)} node bridges, br-gw, fabric, "
-                  f"{len(self.pods)} pods and inet"):
+        self._add_topology(net)
+        with step(self._topology_summary()):
             net.build()
             net.start()
             self.net = net
-            self._label_ovsdb()
+            self._set_up_bridges(step)
             self._tune_interfaces()
         with step("pod servers"):
             for pod in self.pods:
@@ -200,6 +202,65 @@ class Lab:
                 self.cluster.apply_service(body)
             for pod in self.pods:
                 kubelet.schedule(pod.name, labels.get(pod.name))
+
+    api_host = "127.0.0.1"           # where the embedded API server listens
+
+    def _controller_options(self):
+        return {"source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
+                "min_sync_period": 0.1, "fip_pools": FIP_POOLS,
+                "default_fip_pool": "default", "audit_period": AUDIT_PERIOD}
+
+    def _start_controllers(self, step):
+        """The central controller: one ryu-manager for every bridge."""
+        self.controller = RyuProcess(self.run_dir, self.of_port, self.controller_log, dict(
+            self._controller_options(), status_port=self.status_port))
+        if not self.external_controller:
+            with step(f"controller (ryu-manager on port {self.of_port}, log "
+                      f"{self.controller_log})"):
+                self.start_controller()
+
+    def _topology_summary(self):
+        return (f"topology: {len(self.nodes)} node bridges, br-gw, fabric, "
+                f"{len(self.pods)} pods and inet")
+
+    def _add_topology(self, net):
+        """Every bridge in this host's Open vSwitch, each a remote controller's."""
+        from mininet.node import OVSBridge, OVSSwitch, RemoteController
+        if self.external_controller:
+            host, _, port = self.external_controller.partition(":")
+            ctl_ip, ctl_port = host, int(port or 6653)
+        else:
+            ctl_ip, ctl_port = "127.0.0.1", self.of_port
+        net.addController(RemoteController("c0", ip=ctl_ip, port=ctl_port))
+        sw = dict(cls=OVSSwitch, datapath="user", failMode="secure",
+                  protocols="OpenFlow13")
+        fabric = net.addSwitch("fabric", cls=OVSBridge, datapath="user",
+                               dpid="%016x" % 0x3000)
+        for node in self.nodes:
+            br = net.addSwitch(node.bridge, dpid="%016x" % (0x1000 + node.index), **sw)
+            self._add_pods(net, node, br)
+            net.addLink(br, fabric)
+        gw = net.addSwitch("br-gw", dpid="%016x" % 0x2000, **sw)
+        net.addLink(gw, fabric)
+        self._add_inet(net, gw)
+
+    def _add_pods(self, net, node, attach_to):
+        for pod in node.pods:
+            host = net.addHost(pod.name, ip=pod.ip + "/24", mac=pod.mac,
+                               defaultRoute=f"via {node.gateway_ip}")
+            net.addLink(host, attach_to)
+
+    @staticmethod
+    def _add_inet(net, attach_to):
+        inet = net.addHost("inet", ip=INET_IP + "/24", mac=ip_mac(INET_IP),
+                           defaultRoute=f"via {INET_GW}")
+        net.addLink(inet, attach_to)
+
+    def _set_up_bridges(self, step):
+        self._label_ovsdb()
+
+    def logs_hint(self):
+        return f"Controller log: {self.controller_log}"
 
     def stop(self):
         if self.cluster is not None:
@@ -226,35 +287,14 @@ class Lab:
     def _label_ovsdb(self):
         cmds = []
         for node in self.nodes:
-            cmds += ["--", "set", "bridge", node.bridge,
-                     f"external_ids:{B.ROLE}={B.ROLE_NODE}",
-                     f"external_ids:{B.NODE}={node.name}",
-                     f"external_ids:{B.POD_CIDR}={node.pod_cidr}",
-                     f"external_ids:{B.FABRIC_GATEWAY}={GATEWAY_FABRIC_IP}"]
             br = self.net.get(node.bridge)
-            for pod in node.pods:
-                host = self.net.get(pod.name)
-                ifname = host.defaultIntf().link.intf2.name
-                cmds += ["--", "set", "interface", ifname,
-                         f"external_ids:{B.ROLE}={B.ROLE_POD}",
-                         f"external_ids:{B.POD_NAMESPACE}=default",
-                         f"external_ids:{B.POD_NAME}={pod.name}",
-                         f"external_ids:{B.POD_IP}={pod.ip}",
-                         f"external_ids:{B.POD_MAC}={pod.mac}"]
+            pods = [(self.net.get(pod.name).defaultIntf().link.intf2.name, pod)
+                    for pod in node.pods]
             uplink = br.connectionsTo(self.net.get("fabric"))[0][0].name
-            cmds += ["--", "set", "interface", uplink,
-                     f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
+            cmds += node_labels(node, uplink, pods)
         gw = self.net.get("br-gw")
-        cmds += ["--", "set", "bridge", "br-gw", f"external_ids:{B.ROLE}={B.ROLE_GATEWAY}",
-                 f"external_ids:{B.FABRIC_IP}={GATEWAY_FABRIC_IP}",
-                 "--", "set", "interface",
-                 gw.connectionsTo(self.net.get("fabric"))[0][0].name,
-                 f"external_ids:{B.ROLE}={B.ROLE_UPLINK}",
-                 "--", "set", "interface",
-                 gw.connectionsTo(self.net.get("inet"))[0][0].name,
-                 f"external_ids:{B.ROLE}={B.ROLE_EXTERNAL}",
-                 f"external_ids:{B.POD_IP}={INET_GW}/24",
-                 f"external_ids:{B.NEXT_HOP_MAC}={ip_mac(INET_IP)}"]
+        cmds += gateway_labels("br-gw", gw.connectionsTo(self.net.get("fabric"))[0][0].name,
+                               gw.connectionsTo(self.net.get("inet"))[0][0].name)
         run(["ovs-vsctl"] + cmds)
         # Reconnect fast after a controller restart (the default backs off to 8 s).
         for uuid in run(["ovs-vsctl", "--bare", "--columns=_uuid", "find",
@@ -313,12 +353,17 @@ class Lab:
             os.remove(pidfile)
 
     # --- observing ----------------------------------------------------------------
+    def ofctl(self, command, bridge, *args, check=True) -> str:
+        """``ovs-ofctl -O OpenFlow13 COMMAND BRIDGE ARGS`` on the OVS that has
+        the bridge (one for the whole lab here)."""
+        return run(["ovs-ofctl", "-O", "OpenFlow13", command, bridge, *args], check=check)
+
     def dump_flows(self, bridge) -> List[str]:
-        out = run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge])
+        out = self.ofctl("dump-flows", bridge)
         return [line.strip() for line in out.splitlines() if "cookie=" in line]
 
     def dump_groups(self, bridge) -> List[str]:
-        out = run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", bridge])
+        out = self.ofctl("dump-groups", bridge)
         return [line.strip() for line in out.splitlines() if "group_id=" in line]
 
     def curl(self, pod, url, timeout=2) -> str:
@@ -403,8 +448,8 @@ def interact(lab, hint):
     with lab.progress.step("waiting for every bridge to be programmed"):
         wait_for(lab.programmed, 30, what="flows on every node bridge")
     lab.progress.done("lab ready")
-    print(f"\nKubeconfig: {lab.cluster.kubeconfig}   Controller log: "
-          f"{lab.controller_log}   Lab log: {lab.run_dir}/lab.log\n{hint}\n")
+    print(f"\nKubeconfig: {lab.cluster.kubeconfig}   {lab.logs_hint()}   "
+          f"Lab log: {lab.run_dir}/lab.log\n{hint}\n")
     LabCLI(lab.net, lab=lab)
 
 
@@ -422,20 +467,37 @@ def main(argv=None):
                              "name); may be repeated; default: the demo service web")
     parser.add_argument("--check", action="store_true",
                         help="run the scripted check and exit with its status")
-    parser.add_argument("--run-dir", default="/tmp/nsx-proxy-lab")
+    parser.add_argument("--hosts", action="store_true",
+                        help="every node and the gateway a host of its own: own network "
+                             "namespace, own Open vSwitch, own agent (node_name), as on "
+                             "a real cluster")
+    parser.add_argument("--run-dir", default=None,
+                        help="default /tmp/nsx-proxy-lab (/tmp/nsx-proxy-hosts with --hosts)")
     args = parser.parse_args(argv)
-    if not 1 <= args.nodes <= 250 or not 1 <= args.pods_per_node <= 250:
-        parser.error("--nodes and --pods-per-node must be 1-250")
+    if not 1 <= args.nodes <= 248 or not 1 <= args.pods_per_node <= 250:
+        parser.error("--nodes must be 1-248 and --pods-per-node 1-250")
+    if args.hosts and args.controller:
+        parser.error("--hosts starts an agent per host; --controller is for the central mode")
+    args.run_dir = args.run_dir or ("/tmp/nsx-proxy-hosts" if args.hosts
+                                    else "/tmp/nsx-proxy-lab")
     console(args.run_dir)
     print("starting the lab")
-    lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir,
-              kubeconfig=args.kubeconfig, manifests=args.manifest, progress=Progress())
+    if args.hosts:
+        from topologies.hosts import HostsLab
+        lab = HostsLab(args.nodes, args.pods_per_node, run_dir=args.run_dir,
+                       kubeconfig=args.kubeconfig, manifests=args.manifest,
+                       progress=Progress())
+    else:
+        lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir,
+                  kubeconfig=args.kubeconfig, manifests=args.manifest, progress=Progress())
     try:
         lab.start()
         if args.check:
             return 0 if scripted_check(lab) else 1
         interact(lab, f"Try: pod1 curl -s {DEMO_VIP} | services | kubectl get svc,pods | "
-                      f"sh ovs-ofctl -O OpenFlow13 dump-groups br-node1 | help")
+                      + ("node1 ovs-ofctl -O OpenFlow13 dump-groups br-node1"
+                         if args.hosts else
+                         "sh ovs-ofctl -O OpenFlow13 dump-groups br-node1") + " | help")
         return 0
     finally:
         lab.stop()

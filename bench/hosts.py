@@ -1,0 +1,210 @@
+"""Per-agent figures on the multi-host lab: what each node pays.
+
+The multi-host lab (topologies/hosts.py: an OVS and an agent per host) with
+N ClusterIP services x 5 endpoints spread over the two nodes, in the
+embedded API server.  For every agent:
+
+* start -> ready: a restart of the agent (SIGTERM, start) until its /readyz
+  says ok: lists, translation, compile and the bundle on its own bridge;
+* RSS after convergence (VmRSS of the agent process);
+* CPU seconds (user + system) the agent spends on --changes endpoint
+  changes (each one EndpointSlice write that replaces one endpoint, spaced
+  beyond the sync period, nothing scraping the agents meanwhile);
+* API write -> live on its bridge, p50 / p99: for each change, written at
+  T, the agent's ``nsx_proxy_programmed_event_timestamp_seconds`` shows the
+  first commit whose triggering event came at or after T, and
+  ``nsx_proxy_last_programmed_timestamp_seconds`` when it was committed
+  (the agent's clock and ours are the same machine's); "every host" is the
+  slowest node of each change.
+
+The gateway agent programs no ClusterIP service (it has no node bridge),
+so it pays the watch and translation only.  Run as root with OVS up::
+
+    .venv/bin/python -m bench.hosts [--services 10000] [--changes 1000]
+"""
+import argparse
+import os
+import signal
+import statistics
+import time
+
+from bench.core import pct, progress
+from topologies.apiserver.kinds import RESOURCES
+from topologies.hosts import GATEWAY_HOST, HostsLab
+from topologies.waiting import wait_for
+
+ENDPOINTS = 5
+GAP = 0.25          # between changes: over the lab agents' min_sync_period (0.1 s)
+
+
+def _slice(i, generation=0):
+    """svc{i}'s slice: 5 endpoints, alternately on node1 and node2; a change
+    moves the last one to another address."""
+    eps = []
+    for j in range(ENDPOINTS):
+        node = 1 + (i + j) % 2
+        host = 10 + (i * ENDPOINTS + j + (generation if j == ENDPOINTS - 1 else 0)) % 240
+        eps.append({"addresses": [f"10.1.{node}.{host}"], "nodeName": f"node{node}",
+                    "conditions": {"ready": True}})
+    return {"metadata": {"name": f"svc{i}-1",
+                         "labels": {"kubernetes.io/service-name": f"svc{i}"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": eps}
+
+
+def populate(api, n):
+    api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
+    for i in range(n):
+        api.create(RESOURCES["services"], "bench", {
+            "metadata": {"name": f"svc{i}"},
+            "spec": {"clusterIP": f"10.{97 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        api.create(RESOURCES["endpointslices"], "bench", _slice(i))
+
+
+def metrics(lab, host):
+    out = {}
+    for line in lab.status(host, "/metrics").splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bridge_of(host):
+    return "br-gw" if host == GATEWAY_HOST else f"br-{host}"
+
+
+def live_at(lab, host, written):
+    """When the first commit behind an event at or after ``written`` landed on
+    this host's bridge (None: not yet)."""
+    m = metrics(lab, host)
+    label = f'{{bridge="{bridge_of(host)}"}}'
+    event = m.get(f"nsx_proxy_programmed_event_timestamp_seconds{label}", 0)
+    done = m.get(f"nsx_proxy_last_programmed_timestamp_seconds{label}", 0)
+    return done if event >= written else None
+
+
+def run(n, changes, latency_changes, rounds):
+    lab = HostsLab(nodes=2, pods_per_node=1, run_dir="/tmp/nsx-proxy-bench-hosts")
+    nodes = [node.name for node in lab.nodes]
+    try:
+        progress(f"multi-host lab, {n} services x {ENDPOINTS} endpoints")
+        lab.start()
+        populate(lab.cluster.server.api, n)
+        for host, _, _ in lab.hosts:
+            wait_for(lambda: metrics(lab, host).get("nsx_proxy_services") == n + 1, 600,
+                     what=f"{host}'s agent to take the services")
+            lab.wait_ready(host, 600)
+        starts = {host: [] for host, _, _ in lab.hosts}
+        for _ in range(rounds):
+            for host in starts:
+                lab.stop_agent(host, signal.SIGTERM)
+                began = time.monotonic()
+                lab.start_agent(host)
+                lab.wait_ready(host, 600)
+                starts[host].append(time.monotonic() - began)
+        pids = {host: lab.agents[host].proc.pid for host in starts}
+        rss = {host: rss_mb(pid) for host, pid in pids.items()}
+        api = lab.cluster.server.api
+
+        def change(k):
+            i = (k * 7919) % n                   # spread over the services
+            written = time.time()
+            api.update(RESOURCES["endpointslices"], "bench", f"svc{i}-1",
+                       _slice(i, generation=k + 1))
+            return written
+
+        # CPU: the changes alone, spaced beyond the agents' min_sync_period
+        # (each its own sync), nothing scraping the agents meanwhile.
+        progress(f"idle for {changes * GAP:.0f} s, CPU per agent")
+        cpu0 = {host: cpu_seconds(pid) for host, pid in pids.items()}
+        time.sleep(changes * GAP)
+        idle = {host: cpu_seconds(pid) - cpu0[host] for host, pid in pids.items()}
+        progress(f"{changes} endpoint changes, CPU per agent")
+        cpu0 = {host: cpu_seconds(pid) for host, pid in pids.items()}
+        for k in range(changes):
+            written = change(k)
+            time.sleep(GAP)
+        for host in nodes:
+            wait_for(lambda: live_at(lab, host, written) is not None, 30,
+                     what=f"the last change on {host}")
+        cpu = {host: cpu_seconds(pid) - cpu0[host] for host, pid in pids.items()}
+        # Latency: the agents' own commit times against the write's.
+        progress(f"{latency_changes} endpoint changes, write -> live")
+        per_host = {host: [] for host in nodes}
+        every = []
+        for k in range(changes, changes + latency_changes):
+            written = change(k)
+            done = {}
+            deadline = time.monotonic() + 30
+            while len(done) < len(nodes) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                for host in nodes:
+                    if host not in done:
+                        at = live_at(lab, host, written)
+                        if at is not None:
+                            done[host] = at - written
+            if len(done) < len(nodes):
+                raise TimeoutError(f"change {k} not live on {set(nodes) - set(done)}")
+            for host, seconds in done.items():
+                per_host[host].append(seconds * 1000)
+            every.append(max(done.values()) * 1000)
+            time.sleep(GAP)
+        return starts, rss, idle, cpu, per_host, every
+    finally:
+        lab.stop()
+
+
+def spread(values):
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=10000)
+    parser.add_argument("--changes", type=int, default=1000,
+                        help="endpoint changes for the CPU figure")
+    parser.add_argument("--latency-changes", type=int, default=300,
+                        help="endpoint changes timed write -> live")
+    parser.add_argument("--rounds", type=int, default=3, help="agent restarts per host")
+    args = parser.parse_args(argv)
+    starts, rss, idle, cpu, per_host, every = run(args.services, args.changes,
+                                           args.latency_changes, args.rounds)
+    per_1000 = 1000 / args.changes
+    print(f"\n{args.services} services x {ENDPOINTS} endpoints, {args.changes} endpoint "
+          f"changes; start -> ready: median (min-max) of {args.rounds} restarts")
+    print("CPU: seconds per 1,000 changes (the same time idle: background work such as "
+          "drift audits, lease renewals, bookmarks)")
+    print(f"{'agent':8} {'start->ready s':>20} {'RSS MB':>8} {'CPU s/1k (idle)':>17} "
+          f"{'write->live p50 ms':>19} {'p99 ms':>8}")
+    for host in starts:
+        lat = per_host.get(host)
+        cpu_text = f"{cpu[host] * per_1000:.2f} ({idle[host] * per_1000:.2f})"
+        print(f"{host:8} {spread(starts[host]):>20} {rss[host]:8.0f} {cpu_text:>17} "
+              f"{(f'{pct(lat, 0.5):.1f}' if lat else '-'):>19} "
+              f"{(f'{pct(lat, 0.99):.1f}' if lat else '-'):>8}")
+    print(f"{'every node':8} {'':>20} {'':>8} {'':>17} {pct(every, 0.5):19.1f} "
+          f"{pct(every, 0.99):8.1f}")
+
+
+if __name__ == "__main__":
+    main()

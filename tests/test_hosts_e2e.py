@@ -1,0 +1,211 @@
+"""The multi-host lab (topologies/hosts.py): each node and the gateway a host
+with its own Open vSwitch and its own agent, as on a real cluster.  Real
+TCP and UDP between hosts; agents killed, a leader killed, one host's OVS
+restarted.  Every test leaves the lab as it found it."""
+import functools
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from kube_helpers import service as raw_service
+from controller.cookies import GEN_SHIFT
+from lab_helpers import HERE, normal
+from topologies import lab as L
+
+pytestmark = [pytest.mark.mininet, pytest.mark.hosts]
+NODE1, NODE2 = "192.168.100.1", "192.168.100.2"
+EVERYONE = {"pod1", "pod2", "pod3", "pod4"}
+HOSTS = ("node1", "node2", "gw")
+
+service = functools.partial(raw_service, selector={"app": "web"},
+                            ports=[{"name": "http", "port": 80, "targetPort": "http"},
+                                   {"name": "dns", "port": 53, "protocol": "UDP",
+                                    "targetPort": "dns"}])
+
+
+def who(lab, client, url, want, timeout=20):
+    """Curl until every pod in ``want`` answered (or the time is up)."""
+    seen = set()
+    deadline = time.monotonic() + timeout
+    while not want <= seen and time.monotonic() < deadline:
+        seen.add(lab.curl(client, url, timeout=1))
+    return seen - {""}
+
+
+def udp(lab, client, ip, port):
+    return lab.net.get(client).cmd(f"python3 {HERE}/udpask.py {ip} {port}").strip()
+
+
+def metric(lab, host, name):
+    total = 0.0
+    for line in lab.status(host, "/metrics").splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def lb_ips(lab, name):
+    svc = lab.cluster.core.read_namespaced_service(name, "default")
+    lb = svc.status.load_balancer if svc.status else None
+    return [i.ip for i in (lb.ingress or [])] if lb else []
+
+
+def installed(lines):
+    """Flows with their cookies, without counters and ages."""
+    return sorted(re.sub(r"(duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?", "",
+                         line) for line in lines)
+
+
+def generations(lines):
+    """The cookie generations (bits 63..56: one per agent start) among flows."""
+    return {int(re.search(r"cookie=(0x[0-9a-f]+)", line).group(1), 16) >> GEN_SHIFT
+            for line in lines}
+
+
+def youngest(lines):
+    """Seconds since the newest of these flows was installed."""
+    return min(float(re.search(r"duration=([0-9.]+)s", line).group(1)) for line in lines)
+
+
+def converged(lab, timeout=30):
+    L.wait_for(lab.programmed, timeout, what="every host's bridge to match the API server")
+
+
+def allocations(lab, name):
+    """Lines in every agent's log saying it wrote ``name``'s LB IP."""
+    out = []
+    for host in HOSTS:
+        with open(lab.agent_log(host)) as fh:
+            out += [f"{host}: {line.strip()}" for line in fh
+                    if f"service default/{name}: load-balancer IP" in line
+                    and "allocated" in line]
+    return out
+
+
+def test_each_host_has_its_own_ovs_and_agent_and_programs_only_its_bridge(hosts_lab):
+    lab = hosts_lab
+    pids = {h: lab.ovs[h].pid("ovs-vswitchd") for h in HOSTS}
+    assert len(set(pids.values())) == 3                      # three instances
+    for host in HOSTS:
+        ns = os.readlink(f"/proc/{pids[host]}/ns/net")
+        assert ns == os.readlink(f"/proc/{lab.agents[host].proc.pid}/ns/net")
+        assert lab.status(host, "/readyz").strip() == "ok"
+        assert lab.ovs[host].vsctl("list-br").split() == \
+            [{"node1": "br-node1", "node2": "br-node2", "gw": "br-gw"}[host]]
+    # agents listen for OpenFlow on their host's 127.0.0.1 only
+    assert "127.0.0.1:6653" in lab.net.get("node1").cmd("ss -Hltn 'sport = :6653'")
+
+
+def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(hosts_lab):
+    lab = hosts_lab
+    for client in ("pod1", "pod3"):                          # one per node host
+        assert who(lab, client, f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+        # UDP too (OVS hashes a UDP flow on its addresses only, so one
+        # client's datagrams all reach one endpoint: README, Known limits)
+        answers = {udp(lab, client, L.DEMO_VIP, 53) for _ in range(4)}
+        assert len(answers) == 1 and answers <= EVERYONE
+
+
+def test_node_port_load_balancer_and_floating_ip_from_the_internet(hosts_lab):
+    lab = hosts_lab
+    body = service("edge", type_="LoadBalancer", ports=[
+        {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30180}])
+    core = lab.cluster.core
+    try:
+        lab.cluster.apply_service(body)
+        (ip,) = L.wait_for(lambda: lb_ips(lab, "edge"), 20, what="an LB IP")
+        converged(lab)
+        assert who(lab, "inet", f"http://{ip}/", EVERYONE) == EVERYONE
+        for node_ip in (NODE1, NODE2):
+            assert who(lab, "inet", f"http://{node_ip}:30180/", EVERYONE) == EVERYONE
+        assert len(allocations(lab, "edge")) == 1           # one agent wrote it, once
+        # pod2 lives on node1: its floating IP is NATed there and routed by gw
+        core.patch_namespaced_pod("pod2", "default", {"metadata": {"annotations": {
+            "nsx-proxy.io/floating-ip": "198.51.100.77"}}})
+        L.wait_for(lambda: lab.curl("inet", "http://198.51.100.77:8080/", 1) == "pod2",
+                   20, what="the floating IP to reach pod2 on node1")
+        assert lab.curl("pod2", f"http://{L.INET_IP}:8080/ip") == "198.51.100.77"
+        assert lab.curl("pod3", f"http://{L.INET_IP}:8080/ip") == NODE2
+    finally:
+        core.patch_namespaced_pod("pod2", "default", {"metadata": {"annotations": {
+            "nsx-proxy.io/floating-ip": None}}})
+        lab.cluster.delete_service("edge")
+        converged(lab)
+
+
+def test_a_killed_agent_leaves_its_host_forwarding_and_the_others_untouched(hosts_lab):
+    lab = hosts_lab
+    before = installed(lab.dump_flows("br-node1"))
+    normal_before = normal(before)
+    connects = {h: metric(lab, h, "nsx_proxy_switch_connects_total") for h in ("node2", "gw")}
+    lab.stop_agent("node1", signal.SIGKILL)
+    # secure fail mode: node1's flows stay; its pods still reach the VIP
+    assert who(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    assert installed(lab.dump_flows("br-node1")) == before
+    lab.start_agent("node1")
+    lab.wait_ready("node1")
+    converged(lab)
+    # the new agent's round replaced the old one's in place: the same flows,
+    # every one of the new generation (cookie bits 63..56), none stale
+    after = lab.dump_flows("br-node1")
+    assert normal(after) == normal_before
+    (old,), (new,) = generations(before), generations(after)
+    assert new != old
+    assert who(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    for host, count in connects.items():
+        assert metric(lab, host, "nsx_proxy_switch_connects_total") == count
+
+
+def test_killing_the_elected_agent_moves_the_lease_and_ips_are_still_written_once(hosts_lab):
+    lab = hosts_lab
+    leader = lab.wait_leader()
+    assert metric(lab, leader, "nsx_proxy_leader") == 1
+    assert sum(metric(lab, h, "nsx_proxy_leader") for h in HOSTS) == 1
+    killed = time.monotonic()
+    lab.stop_agent(leader, signal.SIGKILL)
+    try:
+        successor = L.wait_for(lambda: (lambda h: h if h and h != leader else None)(
+            lab.wait_leader()), 20, what="another agent to take the Lease")
+        took = time.monotonic() - killed
+        lease = lab.agent_options(leader)["leader_election_lease_duration"]
+        assert took <= lease + 4, f"takeover took {took:.1f} s"
+        L.wait_for(lambda: metric(lab, successor, "nsx_proxy_leader") == 1, 10,
+                   what="the successor to say it leads")
+        lab.cluster.apply_service(service("after", type_="LoadBalancer", ports=[
+            {"name": "http", "port": 80, "targetPort": "http"}]))
+        (ip,) = L.wait_for(lambda: lb_ips(lab, "after"), 20, what="after's IP")
+        time.sleep(1)
+        assert [line.split(":")[0] for line in allocations(lab, "after")] == [successor]
+        assert lb_ips(lab, "after") == [ip]
+        lab.start_agent(leader)                           # back, as a follower
+        lab.wait_ready(leader)
+        converged(lab)
+        assert who(lab, "inet", f"http://{ip}/", EVERYONE) == EVERYONE
+        assert lab.wait_leader() == successor and not lab.leading(leader)
+    finally:
+        lab.cluster.delete_service("after")
+        if lab.agents[leader].proc is None:
+            lab.start_agent(leader)
+            lab.wait_ready(leader)
+        converged(lab)
+
+
+def test_one_hosts_ovs_restarted_reconverges_alone(hosts_lab):
+    lab = hosts_lab
+    connects = {h: metric(lab, h, "nsx_proxy_switch_connects_total") for h in HOSTS}
+    node1_flows = installed(lab.dump_flows("br-node1"))
+    restarted = time.monotonic()
+    lab.restart_ovs("node2")
+    L.wait_for(lambda: metric(lab, "node2", "nsx_proxy_switch_connects_total")
+               > connects["node2"], 20, what="br-node2 to reconnect")
+    converged(lab)
+    assert who(lab, "pod3", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    assert who(lab, "pod1", f"http://{L.DEMO_VIP}/", {"pod3", "pod4"}) >= {"pod3", "pod4"}
+    for host in ("node1", "gw"):                 # no reconnect, nothing reinstalled
+        assert metric(lab, host, "nsx_proxy_switch_connects_total") == connects[host]
+    assert installed(lab.dump_flows("br-node1")) == node1_flows
+    assert youngest(lab.dump_flows("br-node1")) > time.monotonic() - restarted
+    assert youngest(lab.dump_flows("br-node2")) < time.monotonic() - restarted

@@ -1,0 +1,346 @@
+"""The multi-host lab: every compute node and the gateway is a host of its own.
+
+::
+
+      pod1 pod2            pod3 pod4
+        |   |                |   |
+    +---[br-node1]---+   +---[br-node2]---+   +---[br-gw]---+
+    | node1: own OVS |   | node2: own OVS |   | gw: own OVS |-- inet
+    | agent (node1)  |   | agent (node2)  |   | agent (gw)  |
+    +-------|--------+   +-------|--------+   +------|------+
+            +------------[ fabric ]------------------+     (the underlay)
+    mgmt0 of each host -- nsx-mgmt (172.31.0.1: the API server)
+
+Each host is a network namespace (a Mininet host) running its own
+``ovsdb-server`` and ``ovs-vswitchd`` (own run directory, database and
+sockets; userspace datapath: two userspace instances in one namespace clash
+over the ``ovs-netdev`` tap device) and its own agent, ``ryu-manager
+controller.app`` with ``node_name`` set, listening for OpenFlow on the
+host's own 127.0.0.1 like a DaemonSet pod with the host network.  The
+agents reach the API server over a management link; they elect the one
+that writes LoadBalancer IPs with a Lease.  Run it as root::
+
+    python -m topologies.lab --hosts
+"""
+import os
+import signal
+import subprocess
+import time
+
+from topologies.controller_proc import RyuProcess
+from topologies.lab import Lab, gateway_labels, node_labels, run
+from topologies.waiting import wait_for
+
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+MGMT_BRIDGE = "nsx-mgmt"                 # the management network, in the root namespace
+MGMT_PREFIX = "172.31.0."                # .1: the API server; .N: host N
+GATEWAY_HOST = "gw"
+LEASE_NAMESPACE = "nsx-proxy"
+# Short lease timings, so a test sees a takeover in seconds (defaults 15/10/2).
+LEASE = {"leader_election_lease_duration": 4, "leader_election_renew_deadline": 3,
+         "leader_election_retry_period": 1}
+
+
+class OvsInstance:
+    """One host's Open vSwitch: its daemons run in the host's network
+    namespace; the clients (ovs-vsctl, ovs-ofctl) reach them through the
+    sockets in the host's run directory from anywhere."""
+
+    def __init__(self, host, run_dir):
+        self.host = host                     # the Mininet host (its namespace)
+        self.dir = run_dir
+        self.db = f"unix:{run_dir}/db.sock"
+        self.env = dict(os.environ, OVS_RUNDIR=run_dir, OVS_DBDIR=run_dir,
+                        OVS_LOGDIR=run_dir)
+
+    def _daemon(self, *cmd):
+        subprocess.run(["nsenter", f"--net=/proc/{self.host.pid}/ns/net", *cmd],
+                       check=True, env=self.env, capture_output=True, text=True)
+
+    def start(self):
+        os.makedirs(self.dir, exist_ok=True)
+        conf = os.path.join(self.dir, "conf.db")
+        if not os.path.exists(conf):
+            subprocess.run(["ovsdb-tool", "create", conf, SCHEMA], check=True)
+        self._daemon("ovsdb-server", conf, f"--remote=punix:{self.dir}/db.sock",
+                     *self._files("ovsdb-server"), "--detach")
+        self.vsctl("--no-wait", "init")
+        self.start_vswitchd()
+
+    def start_vswitchd(self):
+        self._daemon("ovs-vswitchd", self.db, *self._files("ovs-vswitchd"), "--detach")
+
+    def _files(self, daemon):
+        return [f"--pidfile={self.dir}/{daemon}.pid", f"--unixctl={self.dir}/{daemon}.ctl",
+                f"--log-file={self.dir}/{daemon}.log"]
+
+    def pid(self, daemon):
+        try:
+            with open(f"{self.dir}/{daemon}.pid") as fh:
+                return int(fh.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop_daemon(self, daemon, sig=signal.SIGTERM):
+        pid = self.pid(daemon)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, what=f"{daemon} to exit")
+
+    def stop(self):
+        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+            self.stop_daemon(daemon)
+
+    def vsctl(self, *args) -> str:
+        return subprocess.run(["ovs-vsctl", f"--db={self.db}", "--timeout=10", *args],
+                              check=True, env=self.env, capture_output=True,
+                              text=True).stdout
+
+    def ofctl(self, *args, check=True) -> str:
+        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], check=check,
+                              env=self.env, capture_output=True, text=True).stdout
+
+
+class HostsLab(Lab):
+    """The lab with one Open vSwitch and one agent per host (see the module)."""
+
+    api_host = MGMT_PREFIX + "1"
+
+    def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts", **kw):
+        super().__init__(nodes, pods_per_node, run_dir=run_dir, **kw)
+        self.ovs = {}                        # host name -> OvsInstance
+        self.agents = {}                     # host name -> RyuProcess
+
+    # --- names ---------------------------------------------------------------
+    @property
+    def hosts(self):
+        """(host name, its bridge, its index on the management network)."""
+        return [(n.name, n.bridge, n.index + 1) for n in self.nodes] + \
+               [(GATEWAY_HOST, "br-gw", 250)]
+
+    def host_of(self, bridge):
+        return next(name for name, br, _ in self.hosts if br == bridge)
+
+    def logs_hint(self):
+        return f"Agent logs: {self.run_dir}/HOST/agent.log"
+
+    def agent_log(self, host):
+        return os.path.join(self.run_dir, host, "agent.log")
+
+    def _topology_summary(self):
+        return (f"hosts: {', '.join(h for h, _, _ in self.hosts)}, each with its own "
+                f"OVS and agent; fabric, {len(self.pods)} pods and inet")
+
+    # --- building --------------------------------------------------------------
+    def _clean_leftovers(self):
+        """Daemons and links a crashed earlier run left behind (ours only, by pid)."""
+        for name, _, _ in self.hosts:
+            for what in ("agent", "ovs-vswitchd", "ovsdb-server"):
+                try:
+                    with open(os.path.join(self.run_dir, name, f"{what}.pid")) as fh:
+                        os.kill(int(fh.read().strip()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+        run(["ip", "link", "del", MGMT_BRIDGE], check=False)
+        for name, _, _ in self.hosts:
+            run(["ip", "link", "del", f"mg-{name}"], check=False)
+        run(["rm", "-rf", *[os.path.join(self.run_dir, h) for h, _, _ in self.hosts]],
+            check=False)
+        super()._clean_leftovers()           # the fabric, in this host's OVS
+        # The API server binds the management address: the bridge comes first.
+        run(["ip", "link", "add", MGMT_BRIDGE, "type", "bridge"])
+        run(["ip", "addr", "add", self.api_host + "/24", "dev", MGMT_BRIDGE])
+        run(["ip", "link", "set", MGMT_BRIDGE, "up"])
+
+    def bridge_names(self):
+        return ["fabric"]                    # the only bridge in this host's OVS
+
+    def _start_controllers(self, step):
+        """The agents start once their hosts exist (_set_up_bridges)."""
+        from kubernetes.client.exceptions import ApiException
+        try:        # where the Lease lives, as deploy/namespace.yaml makes it
+            self.cluster.core.create_namespace({"metadata": {"name": LEASE_NAMESPACE}})
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def _add_topology(self, net):
+        from mininet.node import OVSBridge
+        fabric = net.addSwitch("fabric", cls=OVSBridge, datapath="user",
+                               dpid="%016x" % 0x3000)
+        for node in self.nodes:
+            host = net.addHost(node.name, ip=None)
+            self._add_pods(net, node, host)
+            net.addLink(host, fabric)
+        gw = net.addHost(GATEWAY_HOST, ip=None)
+        net.addLink(gw, fabric)
+        self._add_inet(net, gw)
+
+    def _set_up_bridges(self, step):
+        for name, bridge, index in self.hosts:
+            host = self.net.get(name)
+            self._mgmt_link(host, name, index)
+            ovs = self.ovs[name] = OvsInstance(host, os.path.join(self.run_dir, name))
+            ovs.start()
+            # In the lab's CLI, "node1 ovs-ofctl dump-flows br-node1" and
+            # "node1 ovs-vsctl show" then talk to that host's own OVS.
+            host.cmd(f"export OVS_RUNDIR={ovs.dir} OVS_DBDIR={ovs.dir} OVS_LOGDIR={ovs.dir}")
+            ports = [i.name for i in host.intfList() if i.name not in ("lo", "mgmt0")]
+            dpid = "%016x" % ((0x1000 + index - 1) if name != GATEWAY_HOST else 0x2000)
+            # The agent's controller is local: no in-band control.  Reconnect
+            # fast after an agent restart (the default backs off to 8 s).
+            cmds = ["add-br", bridge, "--", "set", "bridge", bridge,
+                    "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13",
+                    f"other-config:datapath-id={dpid}", "other-config:disable-in-band=true",
+                    "--", "set-controller", bridge, f"tcp:127.0.0.1:{self.of_port}",
+                    "--", "set", "controller", bridge, "max_backoff=1000",
+                    "inactivity_probe=5000"]
+            for port in ports:
+                cmds += ["--", "add-port", bridge, port]
+            ovs.vsctl(*cmds)
+            ovs.vsctl(*self._labels(name, bridge))
+        for name, _, _ in self.hosts:
+            self.start_agent(name)
+        for name, _, _ in self.hosts:
+            self.wait_ready(name)
+
+    def wait_ready(self, name, timeout=30):
+        """Until the agent's /readyz says ok (every list in, its bridges
+        connected and programmed), as a DaemonSet rollout waits for it."""
+        wait_for(lambda: self.status(name, "/readyz").strip() == "ok", timeout,
+                 what=f"{name}'s agent to be ready (see {self.agent_log(name)})")
+
+    def _mgmt_link(self, host, name, index):
+        run(["ip", "link", "add", f"mg-{name}", "type", "veth", "peer", "name", "mgmt0",
+             "netns", str(host.pid)])
+        run(["ip", "link", "set", f"mg-{name}", "master", MGMT_BRIDGE, "up"])
+        host.cmd(f"ip addr add {MGMT_PREFIX}{index}/24 dev mgmt0 && ip link set mgmt0 up")
+
+    def _uplink(self, name):
+        host = self.net.get(name)
+        return host.connectionsTo(self.net.get("fabric"))[0][0].name
+
+    def _labels(self, name, bridge):
+        """What a CNI plugin would write into this host's OVSDB."""
+        host = self.net.get(name)
+        if name == GATEWAY_HOST:
+            return gateway_labels(bridge, self._uplink(name),
+                                  host.connectionsTo(self.net.get("inet"))[0][0].name)
+        node = next(n for n in self.nodes if n.name == name)
+        pods = [(host.connectionsTo(self.net.get(pod.name))[0][0].name, pod)
+                for pod in node.pods]
+        return node_labels(node, self._uplink(name), pods)
+
+    def _tune_interfaces(self):
+        """veth TX checksum offload breaks userspace conntrack: off, on every host."""
+        for host in self.net.hosts:
+            for intf in host.intfList():
+                if intf.name != "lo":
+                    host.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
+        for intf in self.net.get("fabric").intfList():
+            if intf.name != "lo":
+                run(["ethtool", "-K", intf.name, "tx", "off"], check=False)
+
+    # --- agents ------------------------------------------------------------------
+    def agent_options(self, name):
+        ovs = self.ovs[name]
+        return dict(self._controller_options(), node_name=name,
+                    gateway=str(name == GATEWAY_HOST).lower(), ovsdb=ovs.db,
+                    status_port=self.status_port,
+                    leader_election_namespace=LEASE_NAMESPACE, **LEASE)
+
+    def start_agent(self, name):
+        agent = self.agents.get(name)
+        if agent is None:
+            agent = self.agents[name] = RyuProcess(
+                os.path.join(self.run_dir, name), self.of_port, self.agent_log(name),
+                self.agent_options(name), netns_pid=self.net.get(name).pid)
+        agent.start()
+        with open(os.path.join(self.run_dir, name, "agent.pid"), "w") as fh:
+            fh.write(str(agent.proc.pid))
+
+    def stop_agent(self, name, sig=signal.SIGTERM):
+        self.agents[name].stop(sig)
+
+    def start_controller(self):
+        for name, _, _ in self.hosts:
+            self.start_agent(name)
+
+    def stop_controller(self, sig=signal.SIGTERM):
+        for name in list(self.agents):
+            self.stop_agent(name, sig)
+
+    def restart_ovs(self, name):
+        """Stop this host's ovs-vswitchd and start it again: its datapath,
+        flows and groups are gone; the database (bridges, labels) stays."""
+        ovs = self.ovs[name]
+        ovs.stop_daemon("ovs-vswitchd")
+        ovs.start_vswitchd()
+        self._tune_host(name)
+
+    def _tune_host(self, name):
+        host = self.net.get(name)
+        for intf in host.intfList():
+            if intf.name != "lo":
+                host.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
+
+    def stop(self):
+        for name in list(self.agents):
+            self.stop_agent(name)
+        self.agents.clear()
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.net is not None:
+            for pod in self.pods:
+                self.stop_pod_server(pod.name)
+            self.stop_pod_server("inet")
+        # Daemons in a host's namespace keep it alive: they go before the hosts.
+        for ovs in self.ovs.values():
+            ovs.stop()
+        self.ovs.clear()
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        run(["ip", "link", "del", MGMT_BRIDGE], check=False)
+        self.cluster = None
+
+    # --- observing ----------------------------------------------------------------
+    def ofctl(self, command, bridge, *args, check=True) -> str:
+        return self.ovs[self.host_of(bridge)].ofctl(command, bridge, *args, check=check)
+
+    def status(self, name, path) -> str:
+        """GET an agent's status endpoint from inside its host (127.0.0.1 only)."""
+        return self.net.get(name).cmd(
+            f"curl -s --max-time 5 http://127.0.0.1:{self.status_port}{path}")
+
+    def lease_holder(self):
+        from kubernetes import client
+        try:
+            lease = client.CoordinationV1Api(self.cluster.api).read_namespaced_lease(
+                "nsx-proxy-lb-writer", LEASE_NAMESPACE)
+        except client.ApiException:
+            return None
+        return lease.spec.holder_identity
+
+    def leading(self, name) -> bool:
+        """Whether this host's agent says (in /metrics) it holds the Lease."""
+        return any(line.split()[-1] in ("1", "1.0") for line in
+                   self.status(name, "/metrics").splitlines()
+                   if line.startswith("nsx_proxy_leader "))
+
+    def wait_leader(self, timeout=20):
+        """The host whose running agent holds the writer Lease (the Lease may
+        still name a killed agent until it runs out)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            holder = self.lease_holder()
+            host = holder.rsplit("_", 1)[0] if holder else None
+            agent = self.agents.get(host)
+            if agent is not None and agent.proc is not None and self.leading(host):
+                return host
+            time.sleep(0.2)
+        raise TimeoutError("no running agent holds the writer Lease")
