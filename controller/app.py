@@ -9,6 +9,7 @@ is the only module that sends.  Run it as::
 The ``[nsx_proxy]`` options are declared in controller/config.py.
 """
 import collections
+import dataclasses
 import itertools
 import logging
 import os
@@ -22,10 +23,11 @@ from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from controller import config, cookies, names, pipeline, status
+from controller import bridges, config, cookies, names, pipeline, status
+from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
-from nsx_proxy import changes, kube_source, lb_ipam, model
+from nsx_proxy import changes, healthcheck, kube_source, lb_ipam, model
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
@@ -62,6 +64,13 @@ class ServiceProxy(app_manager.RyuApp):
         self.metrics = status.Metrics(self)
         self.node_name = self.conf.node_name or os.environ.get("NODE_NAME", "")
         self._foreign = set()                # dpids of bridges another agent programs
+        self.health = None                   # kube-proxy's health servers (agent mode)
+        try:
+            self.node_port_cidrs = bridges.parse_nodeport_addresses(
+                self.conf.nodeport_addresses)
+        except ValueError as exc:            # kube-proxy refuses to start; say why
+            raise SystemExit(f"nsx-proxy: {exc}") from None
+        self.last_programmed = time.time()   # wall time of the last committed bundle
 
     def start(self):
         super().start()
@@ -75,6 +84,8 @@ class ServiceProxy(app_manager.RyuApp):
         if self.node_name:
             LOG.info("agent for node %s%s: programming only its bridges", self.node_name,
                      " and the gateway" if self.conf.gateway else "")
+            self.health = HealthServer(hub.spawn, hub.kill, self._proxy_status)
+            self.health.serve_proxy(self.conf.healthz_bind_address)
         if self.conf.source == "file":
             YamlFileSource(self.conf.state_file, self.set_state,
                            hub.spawn, hub.sleep).start()
@@ -88,6 +99,11 @@ class ServiceProxy(app_manager.RyuApp):
                 node_name=None if self.conf.gateway else (self.node_name or None),
                 election=self._election())
             self.source.start()
+
+    def _proxy_status(self):
+        """(healthy, last programmed, now): for kube-proxy's /healthz."""
+        healthy, _ = status.health(self, time.monotonic())
+        return healthy and self.state_received is not None, self.last_programmed, time.time()
 
     def _ipam(self):
         pools = lb_ipam.parse_pools(self.conf.fip_pools)
@@ -123,12 +139,19 @@ class ServiceProxy(app_manager.RyuApp):
         self._event_observed = set()
         names.release_group_ids(self.group_ids, previous, state, change,
                                 pipeline.MAX_BUCKETS_PER_GROUP)
+        if self.health is not None:
+            rejects = getattr(self.source, "rejects", None)
+            self.health.update(healthcheck.service_checks(
+                state, self.node_name, rejects.reject if rejects else None))
         for switch in self.switches.values():
             switch.note(change)
 
     def set_contexts(self, contexts) -> None:
         """A new {dpid: BridgeContext} snapshot from OVSDB (in agent mode, only
         this node's bridges, and the gateway's where this agent is it)."""
+        if self.node_port_cidrs:
+            contexts = {d: dataclasses.replace(c, node_port_cidrs=self.node_port_cidrs)
+                        for d, c in contexts.items()}
         if self.node_name:
             mine = {d: c for d, c in contexts.items()
                     if c.programmed_by(self.node_name, self.conf.gateway)}
@@ -260,8 +283,9 @@ class ServiceProxy(app_manager.RyuApp):
             return
         self._send(switch.dp, result.after)
         bridge = status.bridge_name(self, switch.dpid)
+        self.last_programmed = time.time()
         self.metrics.sync_seconds.labels(bridge).observe(result.seconds)
-        self.metrics.last_programmed.labels(bridge).set(time.time())
+        self.metrics.last_programmed.labels(bridge).set(self.last_programmed)
         if self._event_at is not None and switch.dpid not in self._event_observed:
             self._event_observed.add(switch.dpid)
             age = time.monotonic() - self._event_at

@@ -4,6 +4,7 @@ Pure functions from OVSDB row contents to a frozen :class:`BridgeContext`;
 the python-ovs monitor (ovsdb_monitor.py) feeds them.  The README's "OVSDB
 conventions" section documents the keys.
 """
+import functools
 import ipaddress
 import logging
 import zlib
@@ -31,12 +32,15 @@ ROLE_GATEWAY = "gateway"
 ROLE_POD = "pod"
 ROLE_UPLINK = "uplink"
 ROLE_EXTERNAL = "external"         # gateway interface towards the Internet
+ROLE_HOST = "host"                 # the node's own network stack (an internal port)
+HOST_NAMESPACE = "host"            # such a port is addressed like a pod: host/IFNAME
 
 
 class BadBridge(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=4096)      # every flow of a bridge asks for it
 def router_mac(pod_cidr: str) -> str:
     """The MAC a node bridge routes with: 0a:58 + its gateway IP.
 
@@ -48,10 +52,12 @@ def router_mac(pod_cidr: str) -> str:
 
 
 def ip_mac(ip: str) -> str:
-    """0a:58 + an IPv4 address: the MAC our routers use for that address."""
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+    """0a:58 + an IPv4 address (validated upstream): the MAC our routers use
+    for that address."""
+    return "0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
 
 
+@functools.lru_cache(maxsize=4096)
 def gateway_ip(pod_cidr: str) -> str:
     return str(next(ipaddress.ip_network(pod_cidr).hosts()))
 
@@ -108,6 +114,14 @@ class BridgeContext:
     fabric_gateway: Optional[str] = None   # node: where non-cluster traffic is routed
     fabric_ip: Optional[str] = None    # gateway: its address on the fabric
     external: Optional["ExternalPort"] = None   # gateway: the Internet-facing port
+    # nodeport_addresses (kube-proxy's --nodeport-addresses): the CIDRs a
+    # node address must be in to serve nodePorts; empty: every address.
+    node_port_cidrs: Tuple[str, ...] = ()
+
+    def serves_node_ports(self, ip: str) -> bool:
+        return not self.node_port_cidrs or any(
+            ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c)
+            for c in self.node_port_cidrs)
 
     def programmed_by(self, node_name: str, gateway: bool) -> bool:
         """In agent mode: the agent of ``node_name`` programs its node's
@@ -189,7 +203,12 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
         elif if_role == ROLE_EXTERNAL and role == ROLE_GATEWAY and \
                 isinstance(ofport, int) and ofport > 0:
             external = parse_external(ifname, ofport, if_ids)
-        elif if_role == ROLE_POD and role == ROLE_NODE:
+        elif if_role in (ROLE_POD, ROLE_HOST) and role == ROLE_NODE:
+            if if_role == ROLE_HOST:
+                # The node's own stack is wired like a pod whose IP is the
+                # node's: health checks and anything else sent to the node
+                # IP that no Service claims reach it, and it reaches out.
+                if_ids = dict(if_ids, **{POD_NAMESPACE: HOST_NAMESPACE, POD_NAME: ifname})
             pod = parse_pod(ifname, ofport, if_ids)
             if pod is not None:
                 pods.append(pod)
@@ -199,6 +218,25 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
                          pods=tuple(pods), datapath_type=datapath_type or "",
                          fabric_gateway=_optional_ip(ids, FABRIC_GATEWAY),
                          fabric_ip=_optional_ip(ids, FABRIC_IP), external=external)
+
+
+def parse_nodeport_addresses(text: str) -> Tuple[str, ...]:
+    """kube-proxy's --nodeport-addresses: comma-separated CIDRs, and
+    ``primary`` for the node's primary IP.  The only node address nodePorts
+    are served on here is the InternalIP - the primary one - so ``primary``
+    (alone or with CIDRs) and an empty value both mean no restriction: ().
+    Raises ValueError naming a bad entry."""
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    out = []
+    for item in items:
+        if item == "primary":
+            continue
+        try:
+            out.append(str(ipaddress.IPv4Network(item)))
+        except ValueError:
+            raise ValueError(f"nodeport_addresses: {item!r} is not an IPv4 CIDR or "
+                             "'primary'") from None
+    return () if "primary" in items else tuple(out)
 
 
 def _optional_ip(ids, key) -> Optional[str]:

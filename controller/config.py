@@ -27,6 +27,8 @@ reads them and ``ryu-manager --help`` lists them.
     leader_election_lease_duration = 15
     leader_election_renew_deadline = 10
     leader_election_retry_period = 2
+    nodeport_addresses =           # CIDRs (or primary) whose node IPs serve nodePorts
+    healthz_bind_address = 0.0.0.0:10256   # agent mode: kube-proxy's node /healthz
     status_port = 9910             # 127.0.0.1: /state /metrics /healthz /readyz; 0: off
 """
 from ryu import cfg
@@ -81,6 +83,14 @@ CONF.register_opts([
                help="seconds the leader keeps trying to renew before it stops writing"),
     cfg.IntOpt("leader_election_retry_period", default=2,
                help="seconds between tries to acquire or renew the Lease"),
+    cfg.StrOpt("nodeport_addresses", default="",
+               help="kube-proxy's --nodeport-addresses: comma-separated CIDRs a node "
+                    "address must be in to serve nodePorts, or primary (the node's "
+                    "InternalIP); empty: every node address"),
+    cfg.StrOpt("healthz_bind_address", default="0.0.0.0:10256",
+               help="agent mode: HOST:PORT of kube-proxy's /healthz and /livez for "
+                    "this node (empty: off); services' healthCheckNodePorts are "
+                    "served on every address of the node"),
     cfg.IntOpt("status_port", default=9910,
                help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
     cfg.FloatOpt("audit_period", default=10.0,

@@ -236,13 +236,14 @@ def _affinity_pool(ctx, svc, port, frontends, parts, gids, cookie, mark=None,
     return flows, groups
 
 
-def _external_frontends(svc, port, node):
+def _external_frontends(ctx, svc, port, node):
     """(ip, port, source ranges) that reach the external pool: externalIPs,
     load-balancer IPs (with loadBalancerSourceRanges) and the nodePort on
-    this node's IP."""
+    this node's IP (if nodeport_addresses lets it serve there)."""
     out = [(ip, port.port, ()) for ip in svc.external_ips]
     out += [(ip, port.port, svc.source_ranges) for ip in svc.load_balancer_ips]
-    if port.node_port and svc.node_ports and node is not None:
+    if port.node_port and svc.node_ports and node is not None and \
+            ctx.serves_node_ports(node.internal_ip):
         out.append((node.internal_ip, port.node_port, ()))
     return out
 
@@ -294,7 +295,7 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
         proto = F.IP_PROTO[port.protocol]
         chosen = endpoint_selection.select(svc, port, ctx.node, node)
         pools = [([(svc.cluster_ip, port.port, ())], chosen.internal, name, None, REJECT)]
-        external = _external_frontends(svc, port, node)
+        external = _external_frontends(ctx, svc, port, node)
         if external:
             pools.append((external, chosen.external, external_group_name(svc, port),
                           P.MASQUERADE_MARK if cluster_policy else None,

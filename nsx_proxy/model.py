@@ -89,6 +89,7 @@ class Service:
     topology_aware: bool = False             # use endpoints' zone hints
     external_traffic_policy: str = CLUSTER   # NodePort, LB and external IPs
     source_ranges: Tuple[str, ...] = ()      # loadBalancerSourceRanges (CIDRs)
+    health_check_node_port: Optional[int] = None   # externalTrafficPolicy Local's
 
     @property
     def outside_ips(self) -> Tuple[str, ...]:

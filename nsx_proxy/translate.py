@@ -142,6 +142,7 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
         internal_traffic_policy=_policy(name, spec, "internalTrafficPolicy", reject),
         external_traffic_policy=_policy(name, spec, "externalTrafficPolicy", reject),
         source_ranges=_source_ranges(name, spec, reject),
+        health_check_node_port=_health_check_node_port(name, spec, stype, reject),
         topology_aware=_topology_aware(meta, spec),
         namespace=meta["namespace"], name=meta["name"], cluster_ip=cluster_ip,
         ports=tuple(model.ServicePort(
@@ -168,6 +169,21 @@ def _affinity(name, spec, reject: Reject) -> Optional[int]:
                "in 1-86400; using the default 10800")
         return DEFAULT_AFFINITY_TIMEOUT
     return timeout
+
+
+def _health_check_node_port(name, spec, stype, reject: Reject) -> Optional[int]:
+    """spec.healthCheckNodePort, served by each node's agent (as kube-proxy
+    does) for a NodePort or LoadBalancer service with externalTrafficPolicy
+    Local; ignored otherwise, like kube-proxy."""
+    port = spec.get("healthCheckNodePort")
+    if port in (None, 0) or stype not in (model.NODE_PORT, model.LOAD_BALANCER) or \
+            spec.get("externalTrafficPolicy") != model.LOCAL:
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        reject("service", name, f"healthCheckNodePort {port!r} is not a port (1-65535); "
+               "no health check served")
+        return None
+    return port
 
 
 def _source_ranges(name, spec, reject: Reject) -> Tuple[str, ...]:

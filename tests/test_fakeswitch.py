@@ -273,8 +273,9 @@ GW_FABRIC = "192.168.100.254"
 INET = "203.0.113.10"
 
 
-def ns_build(state_):
-    """Two nodes with a fabric gateway, plus the gateway bridge (uplink 1, external 2)."""
+def ns_build(state_, **node1):
+    """Two nodes with a fabric gateway, plus the gateway bridge (uplink 1,
+    external 2); ``node1``: changes to node1's bridge context."""
     from controller.bridges import ExternalPort
     net = FakeNetwork()
     ids = cookies.GroupIds()
@@ -282,7 +283,7 @@ def ns_build(state_):
                        fabric_ip=GW_FABRIC, external=ExternalPort(
                            ofport=2, ip="203.0.113.1", prefix=24,
                            next_hop_mac="0a:58:cb:00:71:0a"))
-    for ctx in (dataclasses.replace(world.NODE1, fabric_gateway=GW_FABRIC),
+    for ctx in (dataclasses.replace(world.NODE1, fabric_gateway=GW_FABRIC, **node1),
                 dataclasses.replace(world.NODE2, fabric_gateway=GW_FABRIC), gw):
         sw = net.add_switch(ctx.name)
         sw.apply(diff.diff({}, compiler.Compiler(ctx, ids).compile(state_)))
@@ -314,6 +315,31 @@ def test_node_port_local_keeps_the_source_and_drops_without_local_endpoints():
     (out,) = from_internet(net, gw, tcp(INET, "192.168.100.2", 30080))
     assert (out.port, out.packet["ipv4_src"]) == (1, INET)
     assert from_internet(net, gw, tcp(INET, "192.168.100.1", 30080)) == []
+
+
+def test_nodeport_addresses_keep_node_ports_off_node_ips_outside_them():
+    svc = dataclasses.replace(world.web(endpoints=("pod3",)), type=model.NODE_PORT, ports=(
+        model.ServicePort("http", model.TCP, 80, 8080, (world.endpoint("pod3"),),
+                          node_port=30080),))
+    net, gw = ns_build(world.state(svc), node_port_cidrs=("10.0.0.0/8",))
+    assert from_internet(net, gw, tcp(INET, "192.168.100.1", 30080)) == []
+    (out,) = from_internet(net, gw, tcp(INET, "192.168.100.2", 30080))   # node2: all
+    assert out.packet["ipv4_dst"] == P["pod3"].ip
+
+
+def test_the_node_ip_reaches_the_nodes_own_stack_unless_a_service_claims_it():
+    """A ``host`` port (the node's stack, wired like a pod with the node IP)."""
+    host = world.pod("host0", "192.168.100.1", 9)
+    host = dataclasses.replace(host, namespace="host")
+    svc = dataclasses.replace(world.web(endpoints=("pod3",)), type=model.NODE_PORT, ports=(
+        model.ServicePort("http", model.TCP, 80, 8080, (world.endpoint("pod3"),),
+                          node_port=30080),))
+    net, gw = ns_build(world.state(svc), pods=world.NODE1.pods + (host,))
+    (out,) = from_internet(net, gw, tcp(INET, "192.168.100.1", 10256))   # a health check
+    assert (out.bridge, out.port, out.packet["ipv4_dst"], out.packet["eth_dst"]) == \
+        ("br-node1", 9, "192.168.100.1", host.mac)
+    (out,) = from_internet(net, gw, tcp(INET, "192.168.100.1", 30080))   # the nodePort
+    assert out.packet["ipv4_dst"] == P["pod3"].ip
 
 
 def test_gateway_spreads_a_load_balancer_ip_over_serving_nodes():

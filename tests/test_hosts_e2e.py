@@ -209,3 +209,81 @@ def test_one_hosts_ovs_restarted_reconverges_alone(hosts_lab):
     assert installed(lab.dump_flows("br-node1")) == node1_flows
     assert youngest(lab.dump_flows("br-node1")) > time.monotonic() - restarted
     assert youngest(lab.dump_flows("br-node2")) < time.monotonic() - restarted
+
+
+def http(lab, client, url):
+    """(status code, body) of a GET from a lab host."""
+    out = lab.net.get(client).cmd(
+        f"curl -s --max-time 2 -w '\\n%{{http_code}}' {url}").rstrip()
+    body, _, code = out.rpartition("\n")
+    return int(code or 0), body
+
+
+def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hosts_lab):
+    """kube-proxy's health checks, from the Internet host to each node's own
+    network stack: 200 with the local endpoint count where the service has
+    ready local endpoints, 503 where it has none; the node's /healthz."""
+    import json
+    lab = hosts_lab
+    kubelet = lab.cluster.kubelet
+    body = service("hc", type_="LoadBalancer", externalTrafficPolicy="Local",
+                   selector={"app": "web", "side": "two"},
+                   ports=[{"name": "http", "port": 80, "targetPort": "http"}])
+    try:
+        for pod in ("pod3", "pod4"):                    # both on node2
+            kubelet.relabel(pod, {"app": "web", "side": "two"})
+        lab.cluster.apply_service(body)
+        port = lab.cluster.core.read_namespaced_service(
+            "hc", "default").spec.health_check_node_port
+        assert 30000 <= port <= 32767
+        converged(lab)
+        code, text = L.wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+            http(lab, "inet", f"http://{NODE2}:{port}/")), 20, what="node2's health check")
+        assert json.loads(text) == {"service": {"namespace": "default", "name": "hc"},
+                                    "localEndpoints": 2, "serviceProxyHealthy": True}
+        code, text = http(lab, "inet", f"http://{NODE1}:{port}/")
+        assert code == 503 and json.loads(text)["localEndpoints"] == 0
+        lab.stop_pod_server("pod4")                     # not ready: one local endpoint
+        L.wait_for(lambda: json.loads(http(lab, "inet", f"http://{NODE2}:{port}/")[1])
+                   ["localEndpoints"] == 1, 20, what="node2's count to drop")
+        for node_ip in (NODE1, NODE2):                  # the proxy's own health
+            code, text = http(lab, "inet", f"http://{node_ip}:10256/healthz")
+            assert code == 200 and json.loads(text)["nodeEligible"] is True
+        # from a pod too (the node IP is the node's own stack, not a Service)
+        assert http(lab, "pod1", f"http://{NODE2}:{port}/")[0] == 200
+    finally:
+        lab.start_pod_server("pod4")
+        lab.cluster.delete_service("hc")
+        for pod in ("pod3", "pod4"):
+            kubelet.relabel(pod, {"app": "web"})
+        converged(lab)
+    L.wait_for(lambda: http(lab, "inet", f"http://{NODE2}:{port}/")[0] == 0, 20,
+               what="the health check port to close with its service")
+
+
+def test_nodeport_addresses_keep_a_nodes_node_ports_off_its_ip(hosts_lab):
+    """kube-proxy's --nodeport-addresses: node1's agent restarted with a CIDR
+    its IP is not in serves no nodePorts (the port reaches node1's own
+    stack, which refuses it); node2 still serves."""
+    lab = hosts_lab
+    body = service("npa", type_="NodePort", ports=[
+        {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30190}])
+    agent = lab.agents["node1"]
+    try:
+        lab.cluster.apply_service(body)
+        converged(lab)
+        assert who(lab, "inet", f"http://{NODE1}:30190/", EVERYONE) == EVERYONE
+        agent.options["nodeport_addresses"] = "10.0.0.0/8"
+        lab.stop_agent("node1")
+        lab.start_agent("node1")
+        lab.wait_ready("node1")
+        L.wait_for(lambda: http(lab, "inet", f"http://{NODE1}:30190/")[0] == 0, 20,
+                   what="node1 to stop serving its nodePort")
+        assert who(lab, "inet", f"http://{NODE2}:30190/", EVERYONE) == EVERYONE
+    finally:
+        agent.options.pop("nodeport_addresses", None)
+        lab.stop_agent("node1")
+        lab.start_agent("node1")
+        lab.wait_ready("node1")
+        lab.cluster.delete_service("npa")
+        converged(lab)

@@ -73,7 +73,8 @@ def leftovers(pids=None):
     bridges = set(subprocess.run(["ovs-vsctl", "list-br"], capture_output=True,
                                  text=True).stdout.split()) & LAB_BRIDGES
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    intfs = set(re.findall(r"\d+: ((?:pod\d+|inet|br-node\d+|br-gw|fabric)-eth\d+)", links))
+    intfs = set(re.findall(r"\d+: ((?:pod\d+|inet|br-node\d+|br-gw|fabric)-eth\d+|nsx-mgmt"
+                           r"|mg-\w+)[@:]", links))
     procs = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -82,7 +83,7 @@ def leftovers(pids=None):
         except OSError:
             continue
         if "mininet:" in cmd or "podserver.py" in cmd or "nsx-proxy-lab" in cmd \
-                or "nsx-proxy-seed" in cmd:
+                or "nsx-proxy-seed" in cmd or "nsx-proxy-hosts" in cmd:
             procs.append(cmd.strip())
             if pids is not None:
                 pids.append(int(pid))
@@ -161,6 +162,26 @@ def test_the_readme_lab_session_prints_what_the_readme_says(clean, tmp_path):
         assert term.type("stop_server pod3").strip() == ""
         assert term.type("label pod4 app=web tier=front").strip() == ""
         assert "usage: scale APP N" in term.type("scale web")
+        assert term.exit() == 0
+    finally:
+        term.kill()
+
+
+def test_the_multi_host_lab_session_prints_what_the_readme_says(clean):
+    """./scripts/lab --hosts: each host's own OVS and agent, from the CLI."""
+    term = Terminal([os.path.join(ROOT, "scripts", "lab"), "--hosts"])
+    try:
+        assert re.search(r"hosts: node1, node2, gw, each with its own OVS and agent.* "
+                         r"\d+\.\d s", term.banner), term.banner
+        assert re.fullmatch(PODS, term.type("pod3 curl -s 10.96.0.10").strip())
+        assert term.type("node1 ovs-ofctl -O OpenFlow13 dump-groups br-node1").count(
+            "group_id=") == 2
+        show = term.type("node1 ovs-vsctl show")
+        assert "Bridge br-node1" in show and "br-node2" not in show \
+            and 'Controller "tcp:127.0.0.1:6653"' in show and "is_connected: true" in show
+        assert term.type("node2 curl -s 127.0.0.1:9910/readyz").strip() == "ok"
+        lease = term.type("kubectl -n nsx-proxy get lease nsx-proxy-lb-writer -o yaml")
+        assert re.search(r"holderIdentity: (node1|node2|gw)_[0-9a-f]{8}", lease), lease
         assert term.exit() == 0
     finally:
         term.kill()

@@ -27,6 +27,8 @@ import signal
 import subprocess
 import time
 
+from controller import bridges as B
+from controller.bridges import ip_mac
 from topologies.controller_proc import RyuProcess
 from topologies.lab import Lab, gateway_labels, node_labels, run
 from topologies.waiting import wait_for
@@ -35,6 +37,7 @@ SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 MGMT_BRIDGE = "nsx-mgmt"                 # the management network, in the root namespace
 MGMT_PREFIX = "172.31.0."                # .1: the API server; .N: host N
 GATEWAY_HOST = "gw"
+HOST_PORT = "host0"                      # a node's own stack on its bridge
 LEASE_NAMESPACE = "nsx-proxy"
 # Short lease timings, so a test sees a takeover in seconds (defaults 15/10/2).
 LEASE = {"leader_election_lease_duration": 4, "leader_election_renew_deadline": 3,
@@ -203,6 +206,8 @@ class HostsLab(Lab):
                 cmds += ["--", "add-port", bridge, port]
             ovs.vsctl(*cmds)
             ovs.vsctl(*self._labels(name, bridge))
+            if name != GATEWAY_HOST:
+                self._host_stack(host, ovs, next(n for n in self.nodes if n.name == name))
         for name, _, _ in self.hosts:
             self.start_agent(name)
         for name, _, _ in self.hosts:
@@ -213,6 +218,22 @@ class HostsLab(Lab):
         connected and programmed), as a DaemonSet rollout waits for it."""
         wait_for(lambda: self.status(name, "/readyz").strip() == "ok", timeout,
                  what=f"{name}'s agent to be ready (see {self.agent_log(name)})")
+
+    def _host_stack(self, host, ovs, node):
+        """The node's own network stack on its bridge, as a CNI plugin wires
+        it (Antrea's antrea-gw0): an internal port holding the node IP (a
+        /32: everything else is routed through the bridge, whose pod gateway
+        address it uses as the default route)."""
+        mac = ip_mac(node.internal_ip)
+        ovs.vsctl("add-port", node.bridge, HOST_PORT, "--", "set", "interface", HOST_PORT,
+                  "type=internal", f'mac="{mac}"',
+                  f"external_ids:{B.ROLE}={B.ROLE_HOST}",
+                  f"external_ids:{B.POD_IP}={node.internal_ip}",
+                  f"external_ids:{B.POD_MAC}={mac}")
+        host.cmd(f"ip link set {HOST_PORT} up && "
+                 f"ip addr add {node.internal_ip}/32 dev {HOST_PORT} && "
+                 f"ip route add default via {node.gateway_ip} dev {HOST_PORT} onlink && "
+                 f"ethtool -K {HOST_PORT} tx off >/dev/null 2>&1")
 
     def _mgmt_link(self, host, name, index):
         run(["ip", "link", "add", f"mg-{name}", "type", "veth", "peer", "name", "mgmt0",
@@ -289,24 +310,32 @@ class HostsLab(Lab):
                 host.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
 
     def stop(self):
-        for name in list(self.agents):
-            self.stop_agent(name)
-        self.agents.clear()
+        """Everything, in order, each step even if an earlier one failed
+        (an interrupted run must not leave bridges, links or daemons)."""
+        steps = [lambda name=name: self.stop_agent(name) for name in list(self.agents)]
         if self.cluster is not None:
-            self.cluster.stop()
+            steps.append(self.cluster.stop)
         if self.net is not None:
-            for pod in self.pods:
-                self.stop_pod_server(pod.name)
-            self.stop_pod_server("inet")
+            steps += [lambda pod=pod: self.stop_pod_server(pod.name) for pod in self.pods]
+            steps.append(lambda: self.stop_pod_server("inet"))
         # Daemons in a host's namespace keep it alive: they go before the hosts.
-        for ovs in self.ovs.values():
-            ovs.stop()
-        self.ovs.clear()
+        steps += [ovs.stop for ovs in self.ovs.values()]
         if self.net is not None:
-            self.net.stop()
-            self.net = None
-        run(["ip", "link", "del", MGMT_BRIDGE], check=False)
-        self.cluster = None
+            steps.append(self.net.stop)
+        steps.append(lambda: run(["ip", "link", "del", MGMT_BRIDGE], check=False))
+        steps.append(lambda: run(["ovs-vsctl", "--if-exists", "del-br", "fabric"],
+                                 check=False))
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except BaseException as exc:    # noqa: B036 - finish cleaning, then raise
+                errors.append(exc)
+        self.agents.clear()
+        self.ovs.clear()
+        self.net = self.cluster = None
+        if errors:
+            raise errors[0]
 
     # --- observing ----------------------------------------------------------------
     def ofctl(self, command, bridge, *args, check=True) -> str:

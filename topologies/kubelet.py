@@ -224,11 +224,17 @@ class Kubelet:
                 self._stop.wait(0.5)
 
     def _finish(self, name, timers):
+        """A graceful deletion's grace period ended: delete the Pod for good
+        (unless the lab is stopping and its API server may be gone)."""
+        timers.pop(name, None)
+        if self._stop.is_set():
+            return
         try:
             self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
         except ApiException:
             pass
-        timers.pop(name, None)
+        except Exception as exc:  # the API server went away meanwhile
+            LOG.info("pod %s: final deletion not sent: %s", name, exc)
 
     def recreate(self, name, labels=None, extra_ports=None):
         """Delete the Pod at once and create it again (a Pod's ports cannot change)."""

@@ -63,9 +63,9 @@ class Allocator:
                 return ip
         return None
 
-    def _free_port(self, proto):
+    def _free_port(self, proto, taken=()):
         for port in range(NODE_PORT_RANGE[0], NODE_PORT_RANGE[1] + 1):
-            if (proto, port) not in self.ports:
+            if (proto, port) not in self.ports and (proto, port) not in taken:
                 return port
         return None
 
@@ -124,7 +124,7 @@ class Allocator:
                 p["nodePort"] = old_ports.get((p.get("protocol"), p.get("port")))
             number = p.get("nodePort")
             if number is None:
-                number = p["nodePort"] = self._free_port(p["protocol"])
+                number = p["nodePort"] = self._free_port(p["protocol"], taken=new_ports)
             elif not NODE_PORT_RANGE[0] <= number <= NODE_PORT_RANGE[1]:
                 causes.append((f"spec.ports[{i}].nodePort", f"Invalid value: {number}: "
                                "provided port is not in the valid range. The range of "
@@ -134,6 +134,25 @@ class Allocator:
                 causes.append((f"spec.ports[{i}].nodePort",
                                f"Invalid value: {number}: provided port is already allocated"))
             new_ports[(p["protocol"], number)] = owner
+        # A LoadBalancer with externalTrafficPolicy Local gets a health-check
+        # port from the same range (kept across updates, gone with the policy).
+        if spec.get("type") == "LoadBalancer" and \
+                spec.get("externalTrafficPolicy") == "Local":
+            number = spec.get("healthCheckNodePort") or old_spec.get("healthCheckNodePort")
+            if number is None:
+                number = self._free_port("TCP", taken=new_ports)
+            elif not NODE_PORT_RANGE[0] <= number <= NODE_PORT_RANGE[1]:
+                causes.append(("spec.healthCheckNodePort", f"Invalid value: {number}: "
+                               "provided port is not in the valid range. The range of "
+                               "valid ports is %d-%d" % NODE_PORT_RANGE))
+            elif (self.ports.get(("TCP", number), owner) != owner
+                  or new_ports.get(("TCP", number), owner) != owner):
+                causes.append(("spec.healthCheckNodePort",
+                               f"Invalid value: {number}: provided port is already allocated"))
+            spec["healthCheckNodePort"] = number
+            new_ports[("TCP", number)] = owner
+        else:
+            spec.pop("healthCheckNodePort", None)
         if causes:
             raise errors.invalid("Service", kind_name, causes)
         self.release(owner)

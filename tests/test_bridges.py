@@ -1,0 +1,40 @@
+"""What a bridge's OVSDB rows say (controller/bridges.py): the node's own
+stack port, and the nodeport_addresses option."""
+import dataclasses
+
+import pytest
+
+from controller import bridges as B
+
+
+def node_bridge(*interfaces):
+    return B.parse_bridge("br-node1", 0x1001, {
+        B.ROLE: B.ROLE_NODE, B.NODE: "node1", B.POD_CIDR: "10.1.1.0/24"}, interfaces)
+
+
+def test_a_host_port_is_wired_like_a_pod_holding_the_node_ip():
+    ctx = node_bridge(
+        ("pod1-eth0", 1, {B.ROLE: B.ROLE_POD, B.POD_NAMESPACE: "default",
+                          B.POD_NAME: "pod1", B.POD_IP: "10.1.1.2",
+                          B.POD_MAC: "0a:58:0a:01:01:02"}),
+        ("host0", 3, {B.ROLE: B.ROLE_HOST, B.POD_IP: "192.168.100.1",
+                      B.POD_MAC: "0A:58:C0:A8:64:01"}),
+        ("eth1", 2, {B.ROLE: B.ROLE_UPLINK}))
+    host = next(p for p in ctx.pods if p.namespace == B.HOST_NAMESPACE)
+    assert (host.full_name, host.ip, host.mac, host.ofport) == \
+        ("host/host0", "192.168.100.1", "0a:58:c0:a8:64:01", 3)
+    assert ctx.uplink == 2 and len(ctx.pods) == 2
+
+
+def test_nodeport_addresses_as_kube_proxy_reads_them():
+    assert B.parse_nodeport_addresses("") == ()
+    assert B.parse_nodeport_addresses("primary") == ()        # the InternalIP: ours
+    assert B.parse_nodeport_addresses("192.168.0.0/16, 10.0.0.0/8") == \
+        ("192.168.0.0/16", "10.0.0.0/8")
+    assert B.parse_nodeport_addresses("10.0.0.0/8,primary") == ()
+    with pytest.raises(ValueError, match="'banana' is not an IPv4 CIDR or 'primary'"):
+        B.parse_nodeport_addresses("10.0.0.0/8,banana")
+    ctx = node_bridge()
+    limited = dataclasses.replace(ctx, node_port_cidrs=("10.0.0.0/8",))
+    assert not limited.serves_node_ports("192.168.100.1")
+    assert limited.serves_node_ports("10.9.9.9") and ctx.serves_node_ports("192.168.100.1")

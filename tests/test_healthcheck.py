@@ -1,0 +1,129 @@
+"""kube-proxy's health checks: which ports a node serves, what they answer,
+how healthCheckNodePort is read and allocated; the servers' answers."""
+import json
+
+from kube_helpers import service
+from nsx_proxy import healthcheck, model, translate
+from test_translate import Rejects, ep, eps
+from topologies.apiserver.api import Api
+from topologies.apiserver.kinds import RESOURCES
+from controller.health_server import HealthServer
+
+SVC = RESOURCES["services"]
+
+
+def local_lb(name="lb", port=31000, type_="LoadBalancer", **kw):
+    return service(name, {"app": "web"}, type_=type_, vip="10.96.0.20",
+                   externalTrafficPolicy="Local", healthCheckNodePort=port,
+                   ports=[{"name": "http", "port": 80, "targetPort": "http"}], **kw)
+
+
+def state_of(*pairs):
+    rejects = Rejects()
+    services = {}
+    for raw, slices in pairs:
+        s = translate.service(raw, slices, rejects)
+        services[s.key] = s
+    return model.ClusterState(services=services), rejects
+
+
+def test_a_node_serves_each_local_services_port_with_its_ready_local_endpoints():
+    slices = [eps(ep("10.1.1.2", ready=True), ep("10.1.1.3", ready=True),
+                  ep("10.1.1.4", ready=False),                    # not ready: not counted
+                  ep("10.1.1.5", ready=False, serving=True, terminating=True),
+                  ep("10.1.2.2", node="node2", ready=True), service="lb")]
+    state, _ = state_of((local_lb(), slices),
+                        (service("plain", {"app": "web"}, vip="10.96.0.21"), []))
+    key = model.ServiceKey("default", "lb")
+    assert healthcheck.service_checks(state, "node1") == {31000: (key, 2)}
+    assert healthcheck.service_checks(state, "node2") == {31000: (key, 1)}
+    assert healthcheck.service_checks(state, "node3") == {31000: (key, 0)}
+
+
+def test_two_services_claiming_one_port_the_first_keeps_it_and_the_other_is_logged():
+    state, _ = state_of((local_lb("a"), []), (local_lb("b"), []))
+    rejects = Rejects()
+    checks = healthcheck.service_checks(state, "node1", rejects)
+    assert checks == {31000: (model.ServiceKey("default", "a"), 0)}
+    assert rejects == [("service", "default/b", "healthCheckNodePort 31000 is already "
+                        "default/a's; no health check served for this one")]
+
+
+def test_the_port_is_read_only_where_kube_proxy_serves_it():
+    def port_of(raw):
+        rejects = Rejects()
+        return translate.service(raw, [], rejects).health_check_node_port, rejects
+    assert port_of(local_lb()) == (31000, [])
+    assert port_of(local_lb(type_="NodePort"))[0] == 31000
+    cluster = local_lb()
+    cluster["spec"]["externalTrafficPolicy"] = "Cluster"
+    assert port_of(cluster) == (None, [])
+    port, rejects = port_of(local_lb(port=70000))
+    assert port is None and rejects == [("service", "default/lb", "healthCheckNodePort "
+                                         "70000 is not a port (1-65535); no health check "
+                                         "served")]
+
+
+def test_answers_are_kube_proxys():
+    key = model.ServiceKey("default", "lb")
+    status, headers, body = healthcheck.service_answer(key, 2, True)
+    assert status == "200 OK" and ("X-Load-Balancing-Endpoint-Weight", "2") in headers
+    assert json.loads(body) == {"service": {"namespace": "default", "name": "lb"},
+                                "localEndpoints": 2, "serviceProxyHealthy": True}
+    assert healthcheck.service_answer(key, 0, True)[0] == "503 Service Unavailable"
+    assert healthcheck.service_answer(key, 3, False)[0] == "503 Service Unavailable"
+    status, _, body = healthcheck.proxy_answer(1e9, 1e9 + 5, True)
+    doc = json.loads(body)
+    assert status == "200 OK" and doc["nodeEligible"] is True
+    assert doc["lastUpdated"].startswith("2001-09-09T01:46:40")
+    assert healthcheck.proxy_answer(1e9, 1e9, False)[0] == "503 Service Unavailable"
+
+
+def test_the_api_server_allocates_the_port_for_local_load_balancers_only():
+    api = Api()
+    body = local_lb(port=None)
+    body["spec"].pop("healthCheckNodePort")
+    created = api.create(SVC, "default", body)
+    port = created["spec"]["healthCheckNodePort"]
+    assert 30000 <= port <= 32767 and port != created["spec"]["ports"][0]["nodePort"]
+    updated = api.patch(SVC, "default", "lb", "application/merge-patch+json",
+                        b'{"metadata": {"labels": {"x": "y"}}}')
+    assert updated["spec"]["healthCheckNodePort"] == port             # kept
+    cluster = api.patch(SVC, "default", "lb", "application/merge-patch+json",
+                        b'{"spec": {"externalTrafficPolicy": "Cluster"}}')
+    assert "healthCheckNodePort" not in cluster["spec"]                # released
+    two = api.create(SVC, "default", service("two", {"app": "web"}, type_="NodePort", ports=[
+        {"name": "a", "port": 80, "targetPort": 80},
+        {"name": "b", "port": 81, "targetPort": 81}]))
+    assert len({p["nodePort"] for p in two["spec"]["ports"]}) == 2    # never one for both
+
+
+def _call(app, path="/"):
+    out = {}
+
+    def start_response(status, headers):
+        out["status"], out["headers"] = status, dict(headers)
+    body = b"".join(app({"PATH_INFO": path}, start_response))
+    return out["status"], out["headers"], body
+
+
+def test_the_servers_answer_from_the_latest_state_and_proxy_health():
+    healthy = [True]
+    server = HealthServer(spawn=None, kill=None,
+                          proxy_status=lambda: (healthy[0], 1e9, 1e9 + 1))
+    key = model.ServiceKey("default", "lb")
+    server.checks = {31000: (key, 1)}
+    app = server._service_app(31000)
+    status, headers, body = _call(app)
+    assert status == "200 OK" and json.loads(body)["localEndpoints"] == 1
+    server.checks = {31000: (key, 0)}                 # its last local pod went
+    assert _call(app)[0] == "503 Service Unavailable"
+    server.checks = {31000: (key, 1)}
+    healthy[0] = False                                # the proxy stopped syncing
+    assert json.loads(_call(app)[2])["serviceProxyHealthy"] is False
+    assert _call(server._proxy_app, "/healthz")[0] == "503 Service Unavailable"
+    healthy[0] = True
+    assert _call(server._proxy_app, "/livez")[0] == "200 OK"
+    assert _call(server._proxy_app, "/other")[0] == "404 Not Found"
+    server.checks = {}                                # the service went away
+    assert _call(app)[0] == "404 Not Found"
