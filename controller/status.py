@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controller import cookies, pipeline
-from controller.fragments import flatten
 from controller.names import (
     external_group_name, gateway_group_name, part_name, parts_for, service_port_name)
 
@@ -70,10 +69,13 @@ class _AppCollector:
         groups = GaugeMetricFamily("nsx_proxy_groups", "groups installed", labels=["bridge"])
         for dpid, switch in app.switches.items():
             name = bridge_name(app, dpid)
-            installed = switch.session.installed if switch.session else None
-            f, g = flatten(installed) if installed else ({}, {})
-            flows.add_metric([name], len(f))
-            groups.add_metric([name], len(g))
+            installed = switch.session.installed if switch.session else {}
+            # Fragments never share a flow or group (the golden tests and the
+            # drift audit's flatten() check it), so counting per fragment is
+            # exact and spares each scrape a dict of every flow (50,000 at
+            # 10k services: tens of ms on the agent's one event loop).
+            flows.add_metric([name], sum(len(f.flows) for f in installed.values()))
+            groups.add_metric([name], sum(len(f.groups) for f in installed.values()))
         yield flows
         yield groups
         state = app.state
