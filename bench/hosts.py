@@ -135,10 +135,14 @@ def run(n, changes, latency_changes, rounds):
 
         # CPU: the changes alone, spaced beyond the agents' min_sync_period
         # (each its own sync), nothing scraping the agents meanwhile.
-        progress(f"idle for {changes * GAP:.0f} s, CPU per agent")
+        # Idle: the background work (drift audits, lease renewals, bookmarks)
+        # for as long as the changes will take, measured over up to 60 s.
+        quiet = min(changes * GAP, 60.0)
+        progress(f"idle for {quiet:.0f} s, CPU per agent")
         cpu0 = {host: cpu_seconds(pid) for host, pid in pids.items()}
-        time.sleep(changes * GAP)
-        idle = {host: cpu_seconds(pid) - cpu0[host] for host, pid in pids.items()}
+        time.sleep(quiet)
+        idle = {host: (cpu_seconds(pid) - cpu0[host]) * changes * GAP / quiet
+                for host, pid in pids.items()}
         progress(f"{changes} endpoint changes, CPU per agent")
         cpu0 = {host: cpu_seconds(pid) for host, pid in pids.items()}
         for k in range(changes):
