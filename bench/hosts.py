@@ -38,13 +38,16 @@ GAP = 0.25          # between changes: over the lab agents' min_sync_period (0.1
 
 
 def _slice(i, generation=0):
-    """svc{i}'s slice: 5 endpoints, alternately on node1 and node2; a change
-    moves the last one to another address."""
+    """svc{i}'s slice: 5 endpoints, alternately on node1 and node2; change
+    number ``generation`` moves the last one to an address of its own (never
+    one it had: a write that changes nothing would never go live)."""
     eps = []
     for j in range(ENDPOINTS):
         node = 1 + (i + j) % 2
-        host = 10 + (i * ENDPOINTS + j + (generation if j == ENDPOINTS - 1 else 0)) % 240
-        eps.append({"addresses": [f"10.1.{node}.{host}"], "nodeName": f"node{node}",
+        ip = f"10.1.{node}.{10 + (i * ENDPOINTS + j) % 240}"
+        if generation and j == ENDPOINTS - 1:
+            ip = f"10.3.{generation // 250 % 250}.{generation % 250 + 1}"
+        eps.append({"addresses": [ip], "nodeName": f"node{node}",
                     "conditions": {"ready": True}})
     return {"metadata": {"name": f"svc{i}-1",
                          "labels": {"kubernetes.io/service-name": f"svc{i}"}},
@@ -161,7 +164,7 @@ def run(n, changes, latency_changes, rounds):
             done = {}
             deadline = time.monotonic() + 30
             while len(done) < len(nodes) and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(0.05)        # when we look; the times are the agents' own
                 for host in nodes:
                     if host not in done:
                         at = live_at(lab, host, written)
