@@ -144,7 +144,7 @@ class Lab:
 
     def __init__(self, nodes=2, pods_per_node=2, controller=None,
                  run_dir="/tmp/nsx-proxy-lab", of_port=6653, kubeconfig=None,
-                 manifests=(), status_port=9910, progress=QUIET):
+                 manifests=(), status_port=9910, progress=QUIET, audit_period=AUDIT_PERIOD):
         self.nodes = plan_nodes(nodes, pods_per_node)
         self.external_controller = controller        # "host:port" or None
         self.run_dir = run_dir
@@ -152,6 +152,7 @@ class Lab:
         self.kubeconfig = kubeconfig                 # None: the embedded API server
         self.manifests = list(manifests)
         self.status_port = status_port               # the controller's /state, /metrics
+        self.audit_period = audit_period             # seconds between drift checks
         self.progress = progress                     # start-up steps, for people
         self.controller_log = os.path.join(run_dir, "controller.log")
         self.controller = None
@@ -208,7 +209,7 @@ class Lab:
     def _controller_options(self):
         return {"source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
                 "min_sync_period": 0.1, "fip_pools": FIP_POOLS,
-                "default_fip_pool": "default", "audit_period": AUDIT_PERIOD}
+                "default_fip_pool": "default", "audit_period": self.audit_period}
 
     def _start_controllers(self, step):
         """The central controller: one ryu-manager for every bridge."""
