@@ -60,11 +60,13 @@ class Compiler:
         comparing the two states.
         """
         patched = None
-        if self._last is not None and self.ctx.role == ROLE_NODE:
+        if self._last is not None:
             last_state = self._last[0]
             if change is None:
                 change = changes.between(last_state, state)
-            patched = self._patch(*self._last, state, change)
+            patched = self._patch(*self._last, state, change) \
+                if self.ctx.role == ROLE_NODE else \
+                self._gateway_patch(*self._last, state, change)
         if patched is None:
             out, touched = self._full(state), None
         else:
@@ -106,6 +108,19 @@ class Compiler:
         self._put(out, skey, (svc, node), lambda: self._build_service(svc, node))
         self._put(out, vkey, svc.cluster_ip,
                                  lambda: vip_fragment(ctx, svc.cluster_ip))
+
+    @staticmethod
+    def _gateway_patch(last_state, last_out, state, change) -> Optional[tuple]:
+        """The gateway holds nodes, outside IPs and floating IPs only: a change
+        to services that have and had no outside IP leaves it as it is."""
+        if change.full or change.nodes or change.floating_ips:
+            return None
+        for key in change.services:
+            for states in (last_state, state):
+                svc = states.services.get(key)
+                if svc is not None and svc.outside_ips:
+                    return None              # serving nodes may change: full path
+        return last_out, set()
 
     def _patch(self, last_state, last_out, state, change) -> Optional[tuple]:
         if change.full or change.nodes or change.floating_ips:

@@ -28,10 +28,10 @@ def service_checks(state: model.ClusterState, node: str,
     Two services claiming one port: the first by namespace/name keeps it,
     the other is reported to ``reject(kind, name, reason)``."""
     out = {}
-    for svc in sorted(state.services.values(), key=lambda s: s.key):
+    # Runs on every sync: sort only the few services that have a port.
+    for svc in sorted((s for s in state.services.values()
+                       if s.health_check_node_port is not None), key=lambda s: s.key):
         port = svc.health_check_node_port
-        if port is None:
-            continue
         if port in out:
             if reject is not None:
                 reject("service", str(svc.key), f"healthCheckNodePort {port} is already "

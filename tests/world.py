@@ -1,6 +1,6 @@
 """A two-node cluster as plain data, shared by the unit and fake-switch tests."""
 from controller import cookies
-from controller.bridges import BridgeContext, Pod
+from controller.bridges import BridgeContext, ExternalPort, Pod
 from controller.compiler import Compiler
 from nsx_proxy import model
 
@@ -20,6 +20,10 @@ NODE1 = BridgeContext(name="br-node1", dpid=0x1001, role="node", ct_zone=100,
 NODE2 = BridgeContext(name="br-node2", dpid=0x1002, role="node", ct_zone=200,
                       node="node2", pod_cidr="10.1.2.0/24", uplink=UPLINK,
                       pods=(pod("pod3", "10.1.2.2", 1), pod("pod4", "10.1.2.3", 2)))
+GATEWAY = BridgeContext(name="br-gw", dpid=0x2000, role="gateway", ct_zone=300, uplink=1,
+                        fabric_ip="192.168.100.254", external=ExternalPort(
+                            ofport=2, ip="203.0.113.1", prefix=24,
+                            next_hop_mac="0a:58:cb:00:71:0a"))
 PODS = {p.name: p for ctx in (NODE1, NODE2) for p in ctx.pods}
 NODES = (model.Node("node1", "192.168.100.1", "10.1.1.0/24"),
          model.Node("node2", "192.168.100.2", "10.1.2.0/24"))
