@@ -190,13 +190,15 @@ class ServiceProxy(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
+        self._stats_reply(ev, groups_seen=[g.group_id for g in ev.msg.body])
+
+    @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
+    def _group_stats(self, ev):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
         if switch is not None and switch.is_audit_reply(msg.xid):
             self._send(msg.datapath, switch.audit_reply(
-                msg.xid, groups=[(g.group_id, len(g.buckets)) for g in msg.body],
+                msg.xid, groups=[(g.group_id, len(g.bucket_stats)) for g in msg.body],
                 more=_more(msg)))
-        else:
-            self._stats_reply(ev, groups_seen=[g.group_id for g in msg.body])
 
     @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)
     def _aggregate(self, ev):

@@ -344,7 +344,10 @@ class Switch:
         msgs = [parser.OFPAggregateStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY,
                                                 ofp.OFPG_ANY, ours, cookies.GEN_MASK,
                                                 parser.OFPMatch()),
-                parser.OFPGroupDescStatsRequest(dp, 0),
+                # Group stats, not descriptions: a bucket count is all the
+                # audit compares, and parsing 10,000 groups' NAT actions
+                # would hold the event loop for a large part of a second.
+                parser.OFPGroupStatsRequest(dp, 0, ofp.OFPG_ALL),
                 parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)]
         for msg in msgs:
             dp.set_xid(msg)

@@ -317,7 +317,7 @@ def test_drift_is_found_and_everything_is_written_again_in_the_same_round():
     def audit(flow_count, group_list, meters=(1,)):
         reqs = sw.audit_requests()
         assert [type(r) for r in reqs] == [parser.OFPAggregateStatsRequest,
-                                           parser.OFPGroupDescStatsRequest,
+                                           parser.OFPGroupStatsRequest,
                                            parser.OFPMeterConfigStatsRequest]
         assert reqs[0].cookie_mask == cookies.GEN_MASK
         assert sw.audit_reply(reqs[0].xid, flows=flow_count) == []
