@@ -34,6 +34,7 @@ class KubeCache:
         self.nodes = {}                      # name -> raw Node
         self.pods = {}                       # (ns, name) -> raw Pod with a floating IP
         self.namespaces = {}                 # name -> raw Namespace
+        self.namespaces_version = 0          # bumped on every namespace event
         self._dirty = set()                  # ServiceKeys to translate again
         self._nodes_dirty = True
         self._pods_dirty = True
@@ -118,6 +119,8 @@ class KubeCache:
     # --- namespaces ----------------------------------------------------------------------
     def namespace_event(self, etype, obj):
         _apply(self.namespaces, _key(obj)[1], etype, obj)
+        self.namespaces_version += 1
 
     def replace_namespaces(self, items):
         self.namespaces = {_key(o)[1]: o for o in items}
+        self.namespaces_version += 1

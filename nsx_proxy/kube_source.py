@@ -56,6 +56,7 @@ class KubeSource:
         self.last_event_at = None            # that time, for the state delivered last
         self.syncs = 0
         core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
+        self._namespaces_planned = None      # the namespaces the writer last planned with
         self.lb_writer = None if ipam is None else LbStatusWriter(
             ipam, core, hub.spawn, self.rejects.reject, self._changed)
         # With ``election`` (namespace, lease name, identity and timings), the
@@ -108,6 +109,7 @@ class KubeSource:
         # A new leader plans from what the API shows now, not from writes it
         # planned in an earlier term.
         self.lb_writer.pending.clear()
+        self.lb_writer.replan()
         self._changed()
 
     @property
@@ -133,7 +135,10 @@ class KubeSource:
             return None
         state, change = self.builder.build(self.cache)
         if self.writes:
-            self.lb_writer.sync(self.cache.services, self.cache.namespaces)
+            moved = self.cache.namespaces_version != self._namespaces_planned
+            self._namespaces_planned = self.cache.namespaces_version
+            self.lb_writer.sync(self.cache.services, self.cache.namespaces,
+                                changed=None if moved else self.builder.last_dirty)
         self.syncs += 1
         self.last_event_at, self._pending_since = self._pending_since, None
         LOG.debug("sync %d: %d services (%d changed), %d nodes",

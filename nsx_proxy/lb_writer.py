@@ -17,6 +17,13 @@ from nsx_proxy import lb_ipam
 LOG = logging.getLogger("nsx_proxy.kube_source")
 
 
+def _matters(svc) -> bool:
+    """Whether a Service counts in the pool plan: a LoadBalancer, or one
+    holding an ingress IP (an address no one else may get)."""
+    return svc is not None and (
+        (svc.get("spec") or {}).get("type") == "LoadBalancer" or bool(lb_ipam.ingress_ips(svc)))
+
+
 class LbStatusWriter:
     def __init__(self, ipam: lb_ipam.Ipam, core, spawn, reject, on_written):
         self.ipam = ipam
@@ -25,9 +32,24 @@ class LbStatusWriter:
         self._reject = reject
         self._on_written = on_written        # called after every write (ask for a sync)
         self.pending = {}                    # ServiceKey -> IP being written (None: release)
+        # Services the plan depends on (LoadBalancers, holders of an ingress
+        # IP), and whether one still waits for an IP: with neither touched,
+        # planning again would give the same (empty) answer - and walk every
+        # Service, which at 10,000 is most of an endpoint change's cost.
+        self._relevant = None                # None: plan at the next sync
+        self._waiting = False
 
-    def sync(self, services, namespaces):
-        """Write LB IPs from the pools to services that need one (or release)."""
+    def replan(self):
+        self._relevant = None
+
+    def sync(self, services, namespaces, changed=None):
+        """Write LB IPs from the pools to services that need one (or release).
+        ``changed``: the keys of Services whose objects changed since the last
+        call (None: anything may have, e.g. a namespace's pool annotation)."""
+        if changed is not None and self._relevant is not None and not self.pending \
+                and not self._waiting and not any(
+                    k in self._relevant or _matters(services.get(k)) for k in changed):
+            return
         for key, ip in list(self.pending.items()):    # written and seen back?
             svc = services.get(key)
             seen = lb_ipam.ingress_ips(svc) if svc else ()
@@ -35,6 +57,11 @@ class LbStatusWriter:
                 del self.pending[key]
         plan = self.ipam.plan(services, namespaces, self._reject,
                               reserved={ip for ip in self.pending.values() if ip})
+        self._relevant = {k for k, svc in services.items() if _matters(svc)}
+        self._waiting = any(
+            (svc.get("spec") or {}).get("type") == "LoadBalancer"
+            and not lb_ipam.ingress_ips(svc) and k not in plan
+            for k, svc in services.items() if k in self._relevant)
         for key, ip in plan.items():
             if key in self.pending:
                 continue                     # being written; wait to see it back
@@ -62,7 +89,9 @@ class LbStatusWriter:
                 LOG.warning("service %s: cannot write load-balancer status: %s %s", key,
                             exc.status, exc.reason)
             self.pending.pop(key, None)
+            self._relevant = None
         except Exception as exc:  # retried on the next sync
             LOG.warning("service %s: cannot write load-balancer status: %s", key, exc)
             self.pending.pop(key, None)
+            self._relevant = None
         self._on_written()

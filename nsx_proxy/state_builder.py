@@ -57,10 +57,12 @@ class StateBuilder:
         self._nodes = {}                      # name -> model.Node
         self._claimed = None                  # ServiceKey -> service after the claim rules
         self._fips = ()
+        self.last_dirty = None                # service keys the last build took
 
     def build(self, cache):
         """(the next ClusterState, the ChangeSet from the last one)."""
         dirty, nodes_dirty, pods_dirty = cache.take_dirty()
+        self.last_dirty = frozenset(dirty)    # raw objects changed (the LB writer's cue)
         before = {key: self._translated.get(key) for key in dirty}
         for key in dirty:
             self._translate_service(cache, key)

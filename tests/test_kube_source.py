@@ -241,3 +241,31 @@ def test_a_failed_load_balancer_status_write_is_logged_and_retried(server, caplo
              if "cannot write load-balancer status" in r.getMessage()]
     assert len(lines) == 1 and "default/lb" in lines[0] and "etcd is unhappy" in lines[0]
     assert calls == ["lb", "lb"]
+
+
+def test_the_lb_writer_plans_only_when_a_load_balancer_could_be_affected(server):
+    """An endpoint change of a ClusterIP Service does not walk every Service
+    for the pool plan (at 10,000 Services that walk was most of its cost);
+    a new LoadBalancer, a namespace change or a failed write do."""
+    from nsx_proxy import lb_ipam
+    populate(server.api)
+    ipam = lb_ipam.Ipam(lb_ipam.parse_pools("default=198.51.100.0/30"), "default")
+    plans = []
+    real = ipam.plan
+    ipam.plan = lambda *a, **kw: plans.append(1) or real(*a, **kw)
+    src, rec = make_source(server, ipam=ipam)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    first = len(plans)
+    add_pod(server.api, "b", "10.1.1.3")                    # web's endpoints change
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2", "10.1.1.3"], 5, what="the endpoint")
+    assert len(plans) == first
+    server.api.create(SVC, "default", service("lb", {"app": "web"}, type_="LoadBalancer"))
+    key = model.ServiceKey("default", "lb")
+    wait_for(lambda: key in rec.last.services and rec.last.services[key].load_balancer_ips,
+             5, what="an IP for the new LoadBalancer")
+    assert len(plans) > first
+    settled = len(plans)
+    server.api.patch(RESOURCES["namespaces"], None, "default", "application/merge-patch+json",
+                     b'{"metadata": {"labels": {"x": "y"}}}')
+    wait_for(lambda: len(plans) > settled, 5, what="a plan after a namespace change")
