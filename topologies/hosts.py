@@ -20,7 +20,7 @@ host's own 127.0.0.1 like a DaemonSet pod with the host network.  The
 agents reach the API server over a management link; they elect the one
 that writes LoadBalancer IPs with a Lease.  Run it as root::
 
-    python -m topologies.lab --hosts
+    ./scripts/lab --hosts            # python -m topologies.run_lab --hosts
 """
 import os
 import signal
@@ -145,7 +145,11 @@ class HostsLab(Lab):
             for what in ("agent", "ovs-vswitchd", "ovsdb-server"):
                 try:
                     with open(os.path.join(self.run_dir, name, f"{what}.pid")) as fh:
-                        os.kill(int(fh.read().strip()), signal.SIGKILL)
+                        pid = int(fh.read().strip())
+                    # only if that PID still is ours (PIDs are reused)
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        if self.run_dir.encode() in fh.read():
+                            os.kill(pid, signal.SIGKILL)
                 except (OSError, ValueError):
                     pass
         run(["ip", "link", "del", MGMT_BRIDGE], check=False)

@@ -15,19 +15,13 @@ speaks OpenFlow 1.3 to the controller; the lab labels bridges and ports in
 OVSDB exactly as the README's "OVSDB conventions" say.  The cluster side
 (topologies/cluster.py) is an embedded Kubernetes API server, or a real one
 with ``--kubeconfig``; the lab is the kubelet of its pods and starts
-``ryu-manager controller.app`` watching that API server.  Run it as root::
-
-    python -m topologies.lab                     # interactive Mininet CLI
-    python -m topologies.lab --check             # scripted check, exit status
-    python -m topologies.lab -f services.yaml    # your Services and pod labels
+``ryu-manager controller.app`` watching that API server.  Run it as root
+with ``./scripts/lab`` (topologies/run_lab.py).
 """
-import argparse
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -40,7 +34,7 @@ from controller.pipeline import MAX_BUCKETS_PER_GROUP
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
-from topologies.progress import QUIET, Progress
+from topologies.progress import QUIET
 from topologies.waiting import wait_for
 
 LOG = logging.getLogger("lab")
@@ -452,58 +446,3 @@ def interact(lab, hint):
     print(f"\nKubeconfig: {lab.cluster.kubeconfig}   {lab.logs_hint()}   "
           f"Lab log: {lab.run_dir}/lab.log\n{hint}\n")
     LabCLI(lab.net, lab=lab)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="nsx-proxy Mininet lab")
-    parser.add_argument("--nodes", type=int, default=2, help="compute nodes (default 2)")
-    parser.add_argument("--pods-per-node", type=int, default=2)
-    parser.add_argument("--controller", metavar="HOST:PORT",
-                        help="use a controller that is already running instead "
-                             "of starting ryu-manager")
-    parser.add_argument("--kubeconfig", metavar="PATH",
-                        help="use this cluster's API server instead of the embedded one")
-    parser.add_argument("-f", "--manifest", action="append", default=[], metavar="YAML",
-                        help="Services to create and pod labels (kind: Pod, by pod "
-                             "name); may be repeated; default: the demo service web")
-    parser.add_argument("--check", action="store_true",
-                        help="run the scripted check and exit with its status")
-    parser.add_argument("--hosts", action="store_true",
-                        help="every node and the gateway a host of its own: own network "
-                             "namespace, own Open vSwitch, own agent (node_name), as on "
-                             "a real cluster")
-    parser.add_argument("--run-dir", default=None,
-                        help="default /tmp/nsx-proxy-lab (/tmp/nsx-proxy-hosts with --hosts)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.nodes <= 248 or not 1 <= args.pods_per_node <= 250:
-        parser.error("--nodes must be 1-248 and --pods-per-node 1-250")
-    if args.hosts and args.controller:
-        parser.error("--hosts starts an agent per host; --controller is for the central mode")
-    args.run_dir = args.run_dir or ("/tmp/nsx-proxy-hosts" if args.hosts
-                                    else "/tmp/nsx-proxy-lab")
-    console(args.run_dir)
-    print("starting the lab")
-    if args.hosts:
-        from topologies.hosts import HostsLab
-        lab = HostsLab(args.nodes, args.pods_per_node, run_dir=args.run_dir,
-                       kubeconfig=args.kubeconfig, manifests=args.manifest,
-                       progress=Progress())
-    else:
-        lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir,
-                  kubeconfig=args.kubeconfig, manifests=args.manifest, progress=Progress())
-    try:
-        lab.start()
-        if args.check:
-            return 0 if scripted_check(lab) else 1
-        interact(lab, f"Try: pod1 curl -s {DEMO_VIP} | services | kubectl get svc,pods | "
-                      + ("node1 ovs-ofctl -O OpenFlow13 dump-groups br-node1"
-                         if args.hosts else
-                         "sh ovs-ofctl -O OpenFlow13 dump-groups br-node1") + " | help")
-        return 0
-    finally:
-        lab.stop()
-        shutil.rmtree(args.run_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
