@@ -30,6 +30,19 @@ def set_ready(lab, ready):
     converge(lab)
 
 
+def serving_again(lab, name):
+    """Start a pod's server again and wait until the API says it is Ready and
+    the bridges follow: the next test counts on every pod answering."""
+    lab.start_pod_server(name)
+
+    def ready():
+        pod = lab.cluster.core.read_namespaced_pod(name, "default")
+        return any(c.type == "Ready" and c.status == "True"
+                   for c in (pod.status.conditions or ()))
+    L.wait_for(ready, 15, what=f"{name} Ready again")
+    converge(lab)
+
+
 def answers(lab, client, n=24, vip=L.DEMO_VIP, port=80, url=None):
     """The bodies of ``n`` curls from ``client`` (pod names; "" for a failure)."""
     url = url or f"http://{vip}:{port}/"

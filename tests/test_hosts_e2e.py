@@ -12,7 +12,7 @@ import pytest
 
 from kube_helpers import service as raw_service
 from controller.cookies import GEN_SHIFT
-from lab_helpers import HERE, normal
+from lab_helpers import HERE, normal, serving_again
 from topologies import lab as L
 
 pytestmark = [pytest.mark.mininet, pytest.mark.hosts]
@@ -252,7 +252,7 @@ def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hos
         # from a pod too (the node IP is the node's own stack, not a Service)
         assert http(lab, "pod1", f"http://{NODE2}:{port}/")[0] == 200
     finally:
-        lab.start_pod_server("pod4")
+        serving_again(lab, "pod4")
         lab.cluster.delete_service("hc")
         for pod in ("pod3", "pod4"):
             kubelet.relabel(pod, {"app": "web"})

@@ -16,7 +16,7 @@ import pytest
 import functools
 
 from kube_helpers import service as raw_service
-from lab_helpers import HERE, HeldConnection, converge, services, who as who_url
+from lab_helpers import HERE, HeldConnection, converge, serving_again, services, who as who_url
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -259,9 +259,8 @@ def test_should_create_endpoints_for_unready_pods(lab):
                    for p in s.ports for e in p.endpoints]
             assert [e.ready for e in eps] == [True]
     finally:
-        lab.start_pod_server("pod4")
         kubelet.relabel("pod4", {"app": "web"})
-        converge(lab)
+        serving_again(lab, "pod4")
 
 
 def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles(lab):
@@ -281,8 +280,7 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles(lab):
         L.wait_for(lambda: ask() not in ("", "refused", "timeout", first), 10,
                    what="the same client port to reach a live endpoint")
     finally:
-        lab.start_pod_server(first)
-        converge(lab)
+        serving_again(lab, first)
 
 
 @pytest.mark.parametrize("timeout,vip", [(65535, "10.96.1.24"), (65536, "10.96.1.25"),
@@ -339,7 +337,7 @@ def test_should_have_session_affinity_work_and_switch_for_service_with_type_clus
             after = who(lab, "pod1", "10.96.1.20", 80, n=10)
             assert len(after) == 1 and victim not in after
         finally:
-            lab.start_pod_server(victim)
+            serving_again(lab, victim)
 
 
 def test_should_keep_traffic_in_the_clients_zone_with_topology_aware_routing(lab):
