@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import signal
 import time
 import uuid
 
@@ -98,7 +99,24 @@ class ServiceProxy(app_manager.RyuApp):
                 relist_period=self.conf.relist_period, ipam=self._ipam(),
                 node_name=None if self.conf.gateway else (self.node_name or None),
                 election=self._election())
+            if self.source.elector is not None:
+                # A DaemonSet rollout stops agents with SIGTERM: hand the
+                # writer Lease back first, so another agent takes it at its
+                # next retry instead of after the whole lease duration.
+                signal.signal(signal.SIGTERM, lambda *_: hub.spawn(self._terminate))
             self.source.start()
+
+    def _terminate(self):
+        """SIGTERM in an agent that stands for the Lease: release it (for at
+        most 2 s: an unreachable API server must not hold the exit up), exit."""
+        hub.spawn(lambda: (hub.sleep(2), os._exit(0)))
+        held = self.source.elector.leading
+        try:
+            self.source.stop()
+        finally:
+            LOG.info("stopped on SIGTERM%s", "; writer Lease handed back" if held else "")
+            logging.shutdown()
+            os._exit(0)
 
     def _proxy_status(self):
         """(healthy, last programmed, now): for kube-proxy's /healthz."""

@@ -159,19 +159,28 @@ def test_a_killed_agent_leaves_its_host_forwarding_and_the_others_untouched(host
         assert metric(lab, host, "nsx_proxy_switch_connects_total") == count
 
 
+def stop_and_succeed(lab, leader, sig, timeout):
+    """Stop the elected agent with ``sig``: (the agent that takes the Lease,
+    seconds from the signal until it leads)."""
+    stopped = time.monotonic()
+    lab.stop_agent(leader, sig)
+    successor = L.wait_for(lambda: (lambda h: h if h and h != leader else None)(
+        lab.wait_leader()), timeout, what="another agent to take the Lease")
+    return successor, time.monotonic() - stopped
+
+
+def lease_of(lab, host):
+    return lab.agent_options(host)["leader_election_lease_duration"]
+
+
 def test_killing_the_elected_agent_moves_the_lease_and_ips_are_still_written_once(hosts_lab):
     lab = hosts_lab
     leader = lab.wait_leader()
     assert metric(lab, leader, "nsx_proxy_leader") == 1
     assert sum(metric(lab, h, "nsx_proxy_leader") for h in HOSTS) == 1
-    killed = time.monotonic()
-    lab.stop_agent(leader, signal.SIGKILL)
     try:
-        successor = L.wait_for(lambda: (lambda h: h if h and h != leader else None)(
-            lab.wait_leader()), 20, what="another agent to take the Lease")
-        took = time.monotonic() - killed
-        lease = lab.agent_options(leader)["leader_election_lease_duration"]
-        assert took <= lease + 4, f"takeover took {took:.1f} s"
+        successor, took = stop_and_succeed(lab, leader, signal.SIGKILL, 20)
+        assert took <= lease_of(lab, leader) + 4, f"takeover took {took:.1f} s"
         L.wait_for(lambda: metric(lab, successor, "nsx_proxy_leader") == 1, 10,
                    what="the successor to say it leads")
         lab.cluster.apply_service(service("after", type_="LoadBalancer", ports=[
@@ -191,6 +200,22 @@ def test_killing_the_elected_agent_moves_the_lease_and_ips_are_still_written_onc
             lab.start_agent(leader)
             lab.wait_ready(leader)
         converged(lab)
+
+
+def test_a_leader_stopped_with_sigterm_hands_the_lease_over_at_once(hosts_lab):
+    """A rolling update stops agents with SIGTERM: the leader releases the
+    Lease, so another takes it within a retry period, not a lease duration."""
+    lab = hosts_lab
+    leader = lab.wait_leader()
+    try:
+        successor, took = stop_and_succeed(lab, leader, signal.SIGTERM, 10)
+        assert took < lease_of(lab, leader), f"took {took:.1f} s: the Lease was not handed back"
+        with open(lab.agent_log(leader)) as fh:
+            assert "stopped on SIGTERM; writer Lease handed back" in fh.read()
+        assert successor != leader
+    finally:
+        lab.start_agent(leader)
+        lab.wait_ready(leader)
 
 
 def test_one_hosts_ovs_restarted_reconverges_alone(hosts_lab):
