@@ -28,6 +28,7 @@ import signal
 import statistics
 import time
 
+from bench import kube
 from bench.core import pct, progress
 from topologies.apiserver.kinds import RESOURCES
 from topologies.hosts import GATEWAY_HOST, HostsLab
@@ -54,16 +55,6 @@ def _slice(i, generation=0):
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": eps}
-
-
-def populate(api, n):
-    api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
-    for i in range(n):
-        api.create(RESOURCES["services"], "bench", {
-            "metadata": {"name": f"svc{i}"},
-            "spec": {"clusterIP": f"10.{97 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}",
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-        api.create(RESOURCES["endpointslices"], "bench", _slice(i))
 
 
 def metrics(lab, host):
@@ -115,7 +106,8 @@ def run(n, changes, latency_changes, rounds):
     try:
         progress(f"multi-host lab, {n} services x {ENDPOINTS} endpoints")
         lab.start()
-        populate(lab.cluster.server.api, n)
+        # VIPs from 10.97.0.1: the lab's demo service holds 10.96.0.10
+        kube.populate(lab.cluster.server.api, n, _slice, first_octet=97)
         for host, _, _ in lab.hosts:
             wait_for(lambda: metrics(lab, host).get("nsx_proxy_services") == n + 1, 600,
                      what=f"{host}'s agent to take the services")

@@ -29,21 +29,28 @@ from topologies.apiserver.kinds import RESOURCES
 MIN_SYNC = 0.1
 
 
-def populate(api, n):
-    api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
-    for i in range(n):
-        api.create(RESOURCES["services"], "bench", {
-            "metadata": {"name": f"svc{i}"},
-            "spec": {"clusterIP": f"10.{96 + i // 65000}.{i // 250 % 250}.{i % 250 + 1}",
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-        api.create(RESOURCES["endpointslices"], "bench", {
-            "metadata": {"name": f"svc{i}-1",
+def two_on_node2(i):
+    """svc{i}'s EndpointSlice: two ready endpoints on node2."""
+    return {"metadata": {"name": f"svc{i}-1",
                          "labels": {"kubernetes.io/service-name": f"svc{i}"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080,
                                               "protocol": "TCP"}],
             "endpoints": [{"addresses": [f"10.{ip}.{i // 250 % 250}.{i % 250 + 2}"],
                            "nodeName": "node2", "conditions": {"ready": True}}
-                          for ip in (2, 3)]})
+                          for ip in (2, 3)]}
+
+
+def populate(api, n, slice_of=two_on_node2, first_octet=96):
+    """Namespace ``bench`` with ``n`` ClusterIP services ``svc{i}`` (VIPs from
+    10.<first_octet>.0.1 on, 62,500 per /16) and ``slice_of(i)`` for each."""
+    api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
+    for i in range(n):
+        api.create(RESOURCES["services"], "bench", {
+            "metadata": {"name": f"svc{i}"},
+            "spec": {"clusterIP": f"10.{first_octet + i // 62500}.{i // 250 % 250}."
+                                  f"{i % 250 + 1}",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        api.create(RESOURCES["endpointslices"], "bench", slice_of(i))
 
 
 def run_once(n, changes, workdir):

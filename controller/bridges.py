@@ -119,9 +119,7 @@ class BridgeContext:
     node_port_cidrs: Tuple[str, ...] = ()
 
     def serves_node_ports(self, ip: str) -> bool:
-        return not self.node_port_cidrs or any(
-            ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c)
-            for c in self.node_port_cidrs)
+        return not self.node_port_cidrs or _in_cidrs(ip, self.node_port_cidrs)
 
     def programmed_by(self, node_name: str, gateway: bool) -> bool:
         """In agent mode: the agent of ``node_name`` programs its node's
@@ -218,6 +216,11 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
                          pods=tuple(pods), datapath_type=datapath_type or "",
                          fabric_gateway=_optional_ip(ids, FABRIC_GATEWAY),
                          fabric_ip=_optional_ip(ids, FABRIC_IP), external=external)
+
+
+@functools.lru_cache(maxsize=4096)      # asked for every nodePort service compiled
+def _in_cidrs(ip: str, cidrs: Tuple[str, ...]) -> bool:
+    return any(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c) for c in cidrs)
 
 
 def parse_nodeport_addresses(text: str) -> Tuple[str, ...]:

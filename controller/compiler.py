@@ -8,7 +8,7 @@ that object's flows and groups.  Fragments never share a flow key, so the
 diff can work object by object.
 """
 import logging
-from typing import Dict, Hashable, Optional, Set
+from typing import Dict, Hashable, Set
 
 from controller import cookies
 from controller.bridges import BridgeContext, ROLE_NODE
@@ -61,12 +61,19 @@ class Compiler:
         """
         patched = None
         if self._last is not None:
-            last_state = self._last[0]
+            last_state, last_out = self._last
             if change is None:
                 change = changes.between(last_state, state)
-            patched = self._patch(*self._last, state, change) \
-                if self.ctx.role == ROLE_NODE else \
-                self._gateway_patch(*self._last, state, change)
+            before = [last_state.services[k] for k in change.services
+                      if k in last_state.services]
+            after = [state.services[k] for k in change.services if k in state.services]
+            # Nodes, floating IPs and outside IPs (shared between services,
+            # and the gateway's whole job) take the full path; anything else
+            # patches a node's fragments and leaves the gateway as it is.
+            if not (change.full or change.nodes or change.floating_ips
+                    or any(s.outside_ips for s in before + after)):
+                patched = self._patch(last_out, before, after, state) \
+                    if self.ctx.role == ROLE_NODE else (last_out, set())
         if patched is None:
             out, touched = self._full(state), None
         else:
@@ -109,28 +116,9 @@ class Compiler:
         self._put(out, vkey, svc.cluster_ip,
                                  lambda: vip_fragment(ctx, svc.cluster_ip))
 
-    @staticmethod
-    def _gateway_patch(last_state, last_out, state, change) -> Optional[tuple]:
-        """The gateway holds nodes, outside IPs and floating IPs only: a change
-        to services that have and had no outside IP leaves it as it is."""
-        if change.full or change.nodes or change.floating_ips:
-            return None
-        for key in change.services:
-            for states in (last_state, state):
-                svc = states.services.get(key)
-                if svc is not None and svc.outside_ips:
-                    return None              # serving nodes may change: full path
-        return last_out, set()
-
-    def _patch(self, last_state, last_out, state, change) -> Optional[tuple]:
-        if change.full or change.nodes or change.floating_ips:
-            return None
-        old, new = last_state.services, state.services
-        before = [old[k] for k in change.services if k in old]
-        after = [new[k] for k in change.services if k in new]
-        if any(s.outside_ips for s in before + after):
-            return None                      # shared VIPs: take the full path
-        out = last_out                       # patched in place: no O(services) copy
+    def _patch(self, out, before, after, state) -> tuple:
+        """A node's fragments with only these services compiled again."""
+        new = state.services                 # ``out`` is patched in place: no copy
         touched: Set[Hashable] = set()
         for svc in before:                   # drop old versions first: a VIP may move
             for key in (service_key(svc.key), vip_key(svc.cluster_ip)):

@@ -6,7 +6,7 @@ reads them and ``ryu-manager --help`` lists them.
 ::
 
     node_name =                    # agent mode: this node's bridges only ($NODE_NAME)
-    gateway = false                # agent mode: also the gateway bridge, LB IP writes
+    gateway = false                # agent mode: also the gateway bridge on this host
     source = kubernetes            # or: file (a YAML state file, for demos), none
     kubeconfig =                   # empty: in-cluster, else KUBECONFIG / ~/.kube/config
     min_sync_period = 0.5          # coalesce API events: at most one sync per period
@@ -40,8 +40,8 @@ CONF.register_opts([
                     "Kubernetes node (default: $NODE_NAME; empty: every bridge, the "
                     "central mode of the lab)"),
     cfg.BoolOpt("gateway", default=False,
-                help="agent mode: also program the gateway bridge on this host, and "
-                     "write LoadBalancer IPs from fip_pools (run one gateway agent)"),
+                help="agent mode: also program the gateway bridge on this host (which "
+                     "agent writes LoadBalancer IPs is elected: leader_elect)"),
     cfg.StrOpt("source", default="kubernetes", choices=("kubernetes", "file", "none"),
                help="where the desired state comes from (none: another app in the "
                     "same ryu-manager calls set_state, as the benchmarks do)"),

@@ -91,11 +91,3 @@ class HealthServer:
                              log=logging.getLogger("nsx_proxy.health.access"),
                              log_output=False)
         return sock, thread
-
-    def close(self):
-        self.update({})
-        if self._proxy is not None:
-            sock, thread = self._proxy
-            self._kill(thread)
-            sock.close()
-            self._proxy = None

@@ -1,12 +1,11 @@
 """Writes load-balancer IPs from the floating-IP pools into Service status.
 
 The proxy's only writes to the API.  ``lb_ipam`` decides (pure); this
-module writes what it decided, one write in flight per service, conditional on the Service's
-resourceVersion, and only while this agent holds the writer lease
-(nsx_proxy.leader): a write
-that has not come back through the watch yet keeps its IP reserved, so two
-services can never be handed one IP, and a failed write is retried on the
-next sync.
+module writes what it decided, one write in flight per service, conditional
+on the Service's resourceVersion, and only while this agent holds the writer
+lease (nsx_proxy.leader): a write that has not come back through the watch
+yet keeps its IP reserved, so two services can never be handed one IP, and a
+failed write is retried on the next sync.
 """
 import logging
 
@@ -59,9 +58,9 @@ class LbStatusWriter:
                               reserved={ip for ip in self.pending.values() if ip})
         self._relevant = {k for k, svc in services.items() if _matters(svc)}
         self._waiting = any(
-            (svc.get("spec") or {}).get("type") == "LoadBalancer"
-            and not lb_ipam.ingress_ips(svc) and k not in plan
-            for k, svc in services.items() if k in self._relevant)
+            (services[k].get("spec") or {}).get("type") == "LoadBalancer"
+            and not lb_ipam.ingress_ips(services[k]) and k not in plan
+            for k in self._relevant)
         for key, ip in plan.items():
             if key in self.pending:
                 continue                     # being written; wait to see it back

@@ -125,6 +125,9 @@ class HostsLab(Lab):
         return [(n.name, n.bridge, n.index + 1) for n in self.nodes] + \
                [(GATEWAY_HOST, "br-gw", 250)]
 
+    def _node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
     def host_of(self, bridge):
         return next(name for name, br, _ in self.hosts if br == bridge)
 
@@ -211,7 +214,7 @@ class HostsLab(Lab):
             ovs.vsctl(*cmds)
             ovs.vsctl(*self._labels(name, bridge))
             if name != GATEWAY_HOST:
-                self._host_stack(host, ovs, next(n for n in self.nodes if n.name == name))
+                self._host_stack(host, ovs, self._node(name))
         for name, _, _ in self.hosts:
             self.start_agent(name)
         for name, _, _ in self.hosts:
@@ -255,7 +258,7 @@ class HostsLab(Lab):
         if name == GATEWAY_HOST:
             return gateway_labels(bridge, self._uplink(name),
                                   host.connectionsTo(self.net.get("inet"))[0][0].name)
-        node = next(n for n in self.nodes if n.name == name)
+        node = self._node(name)
         pods = [(host.connectionsTo(self.net.get(pod.name))[0][0].name, pod)
                 for pod in node.pods]
         return node_labels(node, self._uplink(name), pods)
@@ -263,9 +266,7 @@ class HostsLab(Lab):
     def _tune_interfaces(self):
         """veth TX checksum offload breaks userspace conntrack: off, on every host."""
         for host in self.net.hosts:
-            for intf in host.intfList():
-                if intf.name != "lo":
-                    host.cmd(f"ethtool -K {intf.name} tx off >/dev/null 2>&1")
+            self._tune_host(host.name)
         for intf in self.net.get("fabric").intfList():
             if intf.name != "lo":
                 run(["ethtool", "-K", intf.name, "tx", "off"], check=False)
