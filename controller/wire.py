@@ -14,7 +14,6 @@ Why by hand: no maintained library encodes OpenFlow 1.3 with the Nicira
 extensions faster than Ryu does (Ryu is the library; this is its fast path
 for our messages only).
 """
-import ipaddress
 import socket
 import struct
 from typing import Optional
@@ -75,8 +74,9 @@ def _oxm(name, value) -> tuple:
     if isinstance(value, tuple):
         val, mask = value
         if kind == "ip":                      # Ryu normalises the value under the mask
-            val = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(val))
-                                            & int(ipaddress.IPv4Address(mask))))
+            return key, masked + bytes(
+                v & m for v, m in zip(socket.inet_aton(val), socket.inet_aton(mask))) \
+                + socket.inet_aton(mask)
         elif kind == "int":
             val &= mask
         return key, masked + _value(kind, width, val) + _value(kind, width, mask)
@@ -89,12 +89,16 @@ def _pad8(data: bytes) -> bytes:
 
 def match(fields) -> bytes:
     """An ofp_match with OXM fields, in Ryu's order, padded to 8 bytes."""
-    body = b"".join(tlv for _, tlv in sorted((_oxm(k, v) for k, v in fields),
-                                             key=lambda kv: kv[0]))
+    # (Ryu's sort key, bytes) pairs: the keys are unique, so plain sorting
+    # orders by key
+    body = b"".join(tlv for _, tlv in sorted([_oxm(k, v) for k, v in fields]))
     return _pad8(struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(body)) + body)
 
 
 # --- actions -----------------------------------------------------------------------
+# Each action type has its own encoder, looked up by type (one dict lookup
+# instead of a chain of isinstance checks: 160,000 actions at 10,000
+# services), with the common shapes packed by one precompiled Struct.
 
 def _nx(subtype, body: bytes) -> bytes:
     length = 10 + len(body)
@@ -110,22 +114,34 @@ def _set_field(name, value) -> bytes:
 
 _IPV4_RANGE = (nicira_ext.NX_NAT_RANGE_IPV4_MIN, nicira_ext.NX_NAT_RANGE_IPV4_MAX)
 _PORT_RANGE = (nicira_ext.NX_NAT_RANGE_PROTO_MIN, nicira_ext.NX_NAT_RANGE_PROTO_MAX)
+# ct(nat(dst=IP:PORT)), every endpoint bucket's action: NX header, flags,
+# present ranges, the address twice (min, max), the port twice, padding to 32
+_NAT_DST_PORT = struct.Struct("!HHIH2xHH4s4sHH4x")
+_NAT_DST_PORT_PRESENT = sum(_IPV4_RANGE) + sum(_PORT_RANGE)
 
 
 def _nat(nat: F.Nat) -> bytes:
+    if nat.src_ip is None and nat.dst_ip is not None and nat.dst_port:
+        ip = socket.inet_aton(nat.dst_ip)
+        return _NAT_DST_PORT.pack(ofp.OFPAT_EXPERIMENTER, 32, _NX_VENDOR,
+                                  nicira_ext.NXAST_NAT, NX_NAT_F_DST, _NAT_DST_PORT_PRESENT,
+                                  ip, ip, nat.dst_port, nat.dst_port)
     if nat.src_ip is not None:
         flags, ranges = NX_NAT_F_SRC, [(bit, "!I", nat.src_ip) for bit in _IPV4_RANGE]
     elif nat.dst_ip is None:
         flags, ranges = 0, []
     else:
         flags, ranges = NX_NAT_F_DST, [(bit, "!I", nat.dst_ip) for bit in _IPV4_RANGE]
-        if nat.dst_port:
-            ranges += [(bit, "!H", nat.dst_port) for bit in _PORT_RANGE]
     present = sum(bit for bit, _, _ in ranges)
     body = struct.pack("!2xHH", flags, present)
     for _, fmt, value in ranges:
-        body += struct.pack(fmt, int(ipaddress.IPv4Address(value)) if fmt == "!I" else value)
+        # inet_aton: the addresses were validated by the translator already,
+        # and ipaddress's parser was a third of the encoder's time
+        body += socket.inet_aton(value) if fmt == "!I" else struct.pack(fmt, value)
     return _nx(nicira_ext.NXAST_NAT, body)
+
+
+_CT = struct.Struct("!HHIHHIHB3xH")
 
 
 def _ct(ct: F.Ct) -> bytes:
@@ -135,40 +151,52 @@ def _ct(ct: F.Ct) -> bytes:
     if ct.mark is not None:
         nested += _set_field("ct_mark", ct.mark)
     table = ct.table if ct.table is not None else nicira_ext.NX_CT_RECIRC_NONE
-    body = struct.pack("!HIHB3xH", nicira_ext.NX_CT_F_COMMIT if ct.commit else 0, 0,
-                       ct.zone, table, 0)
-    return _nx(nicira_ext.NXAST_CT, body + nested)
+    # the ct header is 24 bytes and the nested actions are padded already
+    return _CT.pack(ofp.OFPAT_EXPERIMENTER, 24 + len(nested), _NX_VENDOR, nicira_ext.NXAST_CT,
+                    nicira_ext.NX_CT_F_COMMIT if ct.commit else 0, 0, ct.zone, table,
+                    0) + nested
+
+
+def _output(a: F.Output) -> bytes:
+    port = ofp.OFPP_IN_PORT if a.port == F.IN_PORT else a.port
+    return struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, port, 0)
+
+
+def _load(a: F.Load) -> bytes:
+    return _nx(nicira_ext.NXAST_REG_LOAD, struct.pack(
+        "!H4sQ", nicira_ext.ofs_nbits(a.start, a.start + a.nbits - 1), _OXM[a.field][1],
+        a.value))
+
+
+def _move(a: F.Move) -> bytes:
+    return _nx(nicira_ext.NXAST_REG_MOVE, struct.pack("!HHH", F.FIELD_BITS[a.src], 0, 0)
+               + _OXM[a.src][1] + _OXM[a.dst][1])
+
+
+_ACTIONS = {
+    F.Output: _output,
+    F.Group: lambda a: struct.pack("!HHI", ofp.OFPAT_GROUP, 8, a.group_id),
+    F.SetField: lambda a: _set_field(a.field, a.value),
+    F.Ct: _ct,
+    F.Controller: lambda a: struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16,
+                                        ofp.OFPP_CONTROLLER, a.max_len),
+    F.Load: _load,
+    F.Resubmit: lambda a: _nx(nicira_ext.NXAST_RESUBMIT_TABLE,
+                              struct.pack("!HB3x", 0xfff8, a.table)),
+    F.Move: _move,
+}
 
 
 def action(a) -> Optional[bytes]:
     """One action's bytes, or None for one this module does not encode."""
-    if isinstance(a, F.Output):
-        port = ofp.OFPP_IN_PORT if a.port == F.IN_PORT else a.port
-        return struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, port, 0)
-    if isinstance(a, F.Group):
-        return struct.pack("!HHI", ofp.OFPAT_GROUP, 8, a.group_id)
-    if isinstance(a, F.SetField):
-        return _set_field(a.field, a.value)
-    if isinstance(a, F.Ct):
-        return _ct(a)
-    if isinstance(a, F.Controller):
-        return struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, ofp.OFPP_CONTROLLER, a.max_len)
-    if isinstance(a, F.Load):
-        header = _OXM[a.field][1]
-        return _nx(nicira_ext.NXAST_REG_LOAD, struct.pack(
-            "!H4sQ", nicira_ext.ofs_nbits(a.start, a.start + a.nbits - 1), header, a.value))
-    if isinstance(a, F.Resubmit):
-        return _nx(nicira_ext.NXAST_RESUBMIT_TABLE, struct.pack("!HB3x", 0xfff8, a.table))
-    if isinstance(a, F.Move):
-        return _nx(nicira_ext.NXAST_REG_MOVE, struct.pack("!HHH", F.FIELD_BITS[a.src], 0, 0)
-                   + _OXM[a.src][1] + _OXM[a.dst][1])
-    return None
+    encode = _ACTIONS.get(type(a))
+    return None if encode is None else encode(a)
 
 
 def _instructions(actions) -> Optional[bytes]:
     meter, actions, goto = F.instruction_parts(actions)
     apply = [action(a) for a in actions]
-    if any(a is None for a in apply):
+    if None in apply:
         return None
     out = b"" if meter is None else struct.pack("!HHI", ofp.OFPIT_METER, 8, meter)
     if apply:
@@ -205,7 +233,7 @@ def group_mod(g: F.SelectGroup, command: int, xid: int) -> Optional[bytes]:
     if command != ofp.OFPGC_DELETE:
         for b in g.buckets:
             acts = [action(a) for a in b.actions]
-            if any(a is None for a in acts):
+            if None in acts:
                 return None
             body = b"".join(acts)
             buckets.append(struct.pack("!HHII4x", 16 + len(body), b.weight, ofp.OFPP_ANY,
