@@ -18,6 +18,12 @@ from controller.fragments import EMPTY, BridgeState, Fragment, Plan
 
 
 def _diff_fragment(plan: Plan, key, old: Fragment, new: Fragment) -> None:
+    if not old.flows and not old.groups:
+        # all new (every fragment of a cold sync): no keys to build and match
+        plan.flow_adds += new.flows
+        plan.group_adds += new.groups
+        plan.owners += [(item, key) for item in (*new.flows, *new.groups)]
+        return
     old_flows = {f.key: f for f in old.flows}
     new_flows = {f.key: f for f in new.flows}
     for fkey, f in new_flows.items():
@@ -92,6 +98,8 @@ def _settle_moves(plan: Plan) -> None:
     (An external IP handed from one service to another keeps its flow key;
     deleting it after the add would lose the new flow.)
     """
+    if not plan.flow_deletes and not plan.group_deletes:
+        return
     written = {f.key for f in plan.flow_adds + plan.flow_modifies}
     plan.flow_deletes = [f for f in plan.flow_deletes if f.key not in written]
     deleted = {g.group_id for g in plan.group_deletes}
