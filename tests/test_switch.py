@@ -405,3 +405,73 @@ def test_the_sweeper_forgets_entries_gone_from_the_switch_even_when_none_are_lef
     req = sw.sweep_requests(st)[0]
     sw.sweep_reply(req.xid, [])                              # deleted behind our back
     assert not sw.sweeper._seen
+
+
+def _bodies(msgs):
+    """Each bundle-add's inner message without its xid: what OVS is asked to do."""
+    return sorted(m[24:28] + m[32:] for m in msgs if isinstance(m, bytes))
+
+
+def test_a_large_plan_is_streamed_and_carries_what_the_eager_bundle_carries(monkeypatch):
+    """Over STREAM_AT steps, begin_sync hands out a generator that encodes
+    while the app sends; the switch is asked for exactly the same changes."""
+    import controller.switch as switch_mod
+    st = world.state(world.web(), world.web(name="api", vip="10.96.0.77"))
+    eager_msgs, eager = run_bundle(connected(), st)
+    monkeypatch.setattr(switch_mod, "STREAM_AT", 1)
+    sw = connected()
+    stream = sw.begin_sync(st)
+    assert not isinstance(stream, list)
+    opening = next(stream)
+    assert sw.pending is not None and sw.audit_requests() == []   # in flight already
+    msgs = [opening] + list(stream)
+    assert isinstance(msgs[-2], parser.ONFBundleCtrlMsg)
+    assert msgs[-2].type == ofp.ONF_BCT_COMMIT_REQUEST
+    assert msgs[-2].bundle_id == opening.bundle_id
+    assert isinstance(msgs[-1], parser.OFPBarrierRequest)
+    assert _bodies(msgs) == _bodies(eager_msgs)
+    assert len(sw.pending.items_by_xid) == sw.pending.count == len(adds(msgs))
+    sw.barrier_reply(msgs[-1].xid)
+    result = sw.end_sync(True)
+    assert result.ok and result.messages == eager.messages
+    assert sw.session.installed and sw.begin_sync(st) is None
+
+
+def test_a_streamed_bundle_with_an_unencodable_object_is_discarded_then_the_rest_installs(
+        monkeypatch, caplog):
+    """Part of a streamed bundle is on the switch when a later message turns
+    out not to encode: the bundle is discarded (never committed), the object
+    is quarantined with one line, and the next pass installs everything else."""
+    import dataclasses
+    import controller.switch as switch_mod
+    from controller import wire
+    real = wire.flow_mod
+
+    def broken(f, command, generation, xid):
+        if ("ipv4_dst", "10.96.0.66") in f.match and "tcp_dst" in dict(f.match):
+            f = dataclasses.replace(f, priority=70000)     # struct.error when packed
+        return real(f, command, generation, xid)
+    monkeypatch.setattr(wire, "flow_mod", broken)
+    monkeypatch.setattr(switch_mod, "STREAM_AT", 1)
+    sw = connected()
+    st = world.state(world.web(), world.web(name="bad", vip="10.96.0.66"))
+    msgs = list(sw.begin_sync(st))
+    assert msgs[-2].type == ofp.ONF_BCT_DISCARD_REQUEST           # never committed
+    assert msgs[-2].bundle_id == msgs[0].bundle_id
+    sent = [parse_add(m) for m in msgs if isinstance(m, bytes)]
+    assert not any(isinstance(m, parser.OFPFlowMod) and m.match.get("ipv4_dst") ==
+                   "10.96.0.66" and "tcp_dst" in m.match for m in sent)
+    sw.barrier_reply(msgs[-1].xid)
+    result = sw.end_sync(True)
+    assert not result.ok and sw.kick.is_set()
+    assert "service/default/bad" in sw.session.quarantined
+    assert sw.counters[(sw.dpid, "quarantined encode")] == 1
+    lines = [r.getMessage() for r in caplog.records if "cannot be encoded" in r.getMessage()]
+    assert len(lines) == 1 and "service/default/bad" in lines[0]
+    msgs = list(sw.begin_sync(st))
+    assert msgs[-2].type == ofp.ONF_BCT_COMMIT_REQUEST
+    ports = {m.match["ipv4_dst"] for m in (parse_add(r) for r in msgs if isinstance(r, bytes))
+             if isinstance(m, parser.OFPFlowMod) and "tcp_dst" in m.match}
+    assert ports == {world.VIP}
+    sw.barrier_reply(msgs[-1].xid)
+    assert sw.end_sync(True).ok and "service/default/good" not in sw.session.quarantined
