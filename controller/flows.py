@@ -34,35 +34,35 @@ L4_SRC_FIELD = {num: f"{PROTO_NAMES[num]}_src" for num in (6, 17, 132)}
 
 # --- actions ---------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     port: object                       # an OpenFlow port number or IN_PORT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GotoTable:
     table: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Group:
     group_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetField:
     field: str
     value: object
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Move:
     """Copy a whole field into another (NXActionRegMove)."""
     src: str
     dst: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Nat:
     """ct's nat(): DNAT to dst, SNAT to src, or (neither) restore existing NAT."""
     dst_ip: Optional[str] = None
@@ -70,7 +70,7 @@ class Nat:
     src_ip: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ct:
     zone: int
     table: Optional[int] = None        # recirculate into this table
@@ -79,7 +79,7 @@ class Ct:
     mark: Optional[int] = None         # with commit: set the connection's ct_mark
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Load:
     """Load a constant into bits [start, start+nbits) of a register (NXActionRegLoad)."""
     field: str
@@ -88,13 +88,13 @@ class Load:
     nbits: int = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resubmit:
     """Run another table's matching flow, then carry on with the next action."""
     table: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bits:
     """Bits [start, start + nbits) of a field: a register or a match field."""
     field: str
@@ -119,7 +119,7 @@ FIELD_BITS = {"eth_type": 16, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32,
               "arp_spa": 32, "arp_tpa": 32}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LearnMatch:
     """The learned flow matches ``dst`` on ``value``, or (None) on whatever
     the packet that ran the learn action had there."""
@@ -127,7 +127,7 @@ class LearnMatch:
     value: Optional[int] = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LearnLoad:
     """The learned flow loads ``src`` (bits of the learning packet, or a
     constant) into ``dst``."""
@@ -135,7 +135,7 @@ class LearnLoad:
     src: object                        # Bits or int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Learn:
     """NXAST_LEARN: add a flow to ``table`` built from ``specs`` and the
     packet at hand; forgotten after ``idle_timeout`` seconds without use.
@@ -147,13 +147,13 @@ class Learn:
     specs: tuple                       # LearnMatch / LearnLoad, in order
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Controller:
     """Send the packet (its first ``max_len`` bytes) to the controller."""
     max_len: int = 128
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Meter:
     """Pass the packet through a meter first (an OpenFlow 1.3 instruction)."""
     meter_id: int
@@ -179,7 +179,7 @@ def instruction_parts(actions):
 FlowKey = Tuple[int, int, tuple]       # (table, priority, match)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     table: int
     priority: int
@@ -199,13 +199,13 @@ def flow(table, priority, actions=(), cookie=0, **match) -> Flow:
                 cookie=cookie)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Bucket:
     actions: tuple
     weight: int = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SelectGroup:
     group_id: int
     buckets: Tuple[Bucket, ...] = field(default=())

@@ -13,7 +13,7 @@ from typing import FrozenSet, Hashable, List, Mapping, Tuple
 from controller import flows as F
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fragment:
     flows: FrozenSet[F.Flow] = field(default_factory=frozenset)
     groups: FrozenSet[F.SelectGroup] = field(default_factory=frozenset)

@@ -34,7 +34,7 @@ class ServiceKey(NamedTuple):
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One backend of one service port, as an EndpointSlice describes it.
 
@@ -52,7 +52,7 @@ class Endpoint:
     node_hints: Tuple[str, ...] = ()   # hints.forNodes (trafficDistribution PreferSameNode)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     """A listener: one (protocol, port) of a service and its pool."""
     name: str
@@ -75,7 +75,7 @@ class ServicePort:
         return tuple(sorted(ready, key=lambda e: (e.ip, e.port)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     namespace: str
     name: str
@@ -111,7 +111,7 @@ class Service:
         return ServiceKey(self.namespace, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """A Kubernetes node: where its pods live and how to reach it."""
     name: str
@@ -120,7 +120,7 @@ class Node:
     zone: Optional[str] = None               # topology.kubernetes.io/zone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FloatingIP:
     """A pod's own public address: 1:1 NAT in both directions (Contrail's FIP)."""
     ip: str
@@ -133,7 +133,7 @@ def _frozen(mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """Everything the proxy must implement, keyed for cheap diffing."""
     services: Mapping[ServiceKey, Service] = field(default_factory=dict)
