@@ -15,6 +15,8 @@ COPY topologies topologies
 RUN bash scripts/install-venv.sh /opt/nsx-proxy/venv . \
  && apt-get purge -y gcc python3-dev && apt-get autoremove -y
 ENV PATH=/opt/nsx-proxy/venv/bin:$PATH
+# as topologies/controller_proc.py's AGENT_ENV says: 17 MB less per agent
+ENV EVENTLET_NO_GREENDNS=yes SETUPTOOLS_USE_DISTUTILS=stdlib
 ENTRYPOINT []
 CMD ["ryu-manager", "--ofp-listen-host", "127.0.0.1", \
      "--config-file", "/etc/nsx-proxy/nsx-proxy.conf", "controller.app"]

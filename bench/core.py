@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from topologies.controller_proc import AGENT_ENV
+
 BR = "nsxp-bench"
 PORT = 16670
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +60,7 @@ def run_app(n, changes, workdir, endpoints=5):
     conf = os.path.join(workdir, "bench.conf")
     with open(conf, "w") as fh:
         fh.write("[nsx_proxy]\nsource = none\nstatus_port = 0\n")
-    env = dict(os.environ, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
+    env = dict(os.environ, **AGENT_ENV, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
                BENCH_ENDPOINTS=str(endpoints), BENCH_OUT=out)
     ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")
     with open(os.path.join(workdir, "controller.log"), "w") as log:

@@ -24,6 +24,7 @@ import tempfile
 
 from bench.core import BR, PORT, REPO, make_bridge, pct, progress, sh
 from topologies.apiserver import ApiServer
+from topologies.controller_proc import AGENT_ENV
 from topologies.apiserver.kinds import RESOURCES
 
 MIN_SYNC = 0.1
@@ -63,7 +64,7 @@ def run_once(n, changes, workdir):
         with open(conf, "w") as fh:
             fh.write(f"[nsx_proxy]\nsource = kubernetes\nkubeconfig = {kubeconfig}\n"
                      f"min_sync_period = {MIN_SYNC}\nmax_sync_period = 600\nstatus_port = 0\n")
-        env = dict(os.environ, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
+        env = dict(os.environ, **AGENT_ENV, BENCH_SERVICES=str(n), BENCH_CHANGES=str(changes),
                    BENCH_OUT=out, BENCH_KUBECONFIG=kubeconfig, BENCH_GAP=str(2 * MIN_SYNC))
         make_bridge()
         ryu = os.path.join(os.path.dirname(sys.executable), "ryu-manager")

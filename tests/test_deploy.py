@@ -107,3 +107,24 @@ def test_the_manifests_hang_together():
         assert agent["livenessProbe"]["exec"]["command"][-1] == "/healthz"
         assert "127.0.0.1" in agent["command"]
         assert agent["resources"]["requests"]["memory"]
+
+
+def test_the_agent_environment_keeps_dns_and_setuptools_out_and_the_image_sets_it():
+    """AGENT_ENV (which the lab, the benchmarks and the image all use) keeps
+    dnspython and setuptools/pkg_resources out of an agent: 17 MB each."""
+    import subprocess
+    import sys
+    from topologies.controller_proc import AGENT_ENV, REPO
+    probe = ("import sys, controller.app; "
+             "print(sorted(m for m in ('dns', 'pkg_resources') if m in sys.modules))")
+
+    def loaded(env):
+        return subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    plain = {k: v for k, v in os.environ.items() if k not in AGENT_ENV}
+    assert loaded(plain) == "['dns', 'pkg_resources']"       # what it saves
+    assert loaded(dict(plain, **AGENT_ENV)) == "[]"
+    with open(os.path.join(REPO, "Dockerfile")) as fh:
+        env_lines = [line for line in fh if line.startswith("ENV ")]
+    for key, value in AGENT_ENV.items():
+        assert any(f"{key}={value}" in line for line in env_lines), key

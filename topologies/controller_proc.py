@@ -13,6 +13,18 @@ from topologies.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The environment every ryu-manager of this project runs with (the agent
+# image sets the same, see the Dockerfile).  Both are read before any of our
+# code runs, so they cannot be set from the app:
+# - EVENTLET_NO_GREENDNS: eventlet otherwise imports dnspython to make name
+#   lookups green; the agent reaches its API server by IP (in a pod, the
+#   kubernetes Service's), so a lookup, if any, may block briefly.
+# - SETUPTOOLS_USE_DISTUTILS=stdlib: eventlet imports distutils, which
+#   setuptools' shim otherwise replaces with all of setuptools and
+#   pkg_resources.
+# Together 17 MB less RSS per agent (109 -> 92 MB after imports).
+AGENT_ENV = {"EVENTLET_NO_GREENDNS": "yes", "SETUPTOOLS_USE_DISTUTILS": "stdlib"}
+
 
 class RyuProcess:
     """``netns_pid``: run inside the network namespace of that process (a
@@ -39,7 +51,7 @@ class RyuProcess:
             cmd = self._in_netns(cmd + ["--ofp-listen-host", "127.0.0.1"])
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                cmd + ["controller.app"],
+                cmd + ["controller.app"], env=dict(os.environ, **AGENT_ENV),
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._listening, 20, what="ryu-manager to listen")
 
