@@ -102,17 +102,21 @@ class Compiler:
         else:
             out.pop(key, None)
 
-    def _build_service(self, svc, node) -> Fragment:
+    def _build_service(self, svc, node, previous) -> Fragment:
         for port in skipped_ports(self.ctx, svc):
             LOG.warning("bridge %s: service %s port SCTP/%d skipped: the %s datapath's "
                         "conntrack cannot NAT SCTP", self.ctx.name, svc.key, port.port,
                         self.ctx.datapath_type or "system")
-        return service_fragment(self.ctx, svc, self._group_ids, node)
+        return service_fragment(self.ctx, svc, self._group_ids, node, previous)
 
     def _service(self, out, key, svc, node) -> None:
         ctx = self.ctx
         skey, vkey = service_key(key), vip_key(svc.cluster_ip)
-        self._put(out, skey, (svc, node), lambda: self._build_service(svc, node))
+        # the service's last fragment: a split pool keeps its layout (only
+        # the parts an endpoint change touches are rewritten)
+        last = self._memo.get(skey)
+        self._put(out, skey, (svc, node), lambda: self._build_service(
+            svc, node, last[1] if last is not None else None))
         self._put(out, vkey, svc.cluster_ip,
                                  lambda: vip_fragment(ctx, svc.cluster_ip))
 

@@ -167,17 +167,53 @@ def _ip_int(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
-def split_pool(endpoints, max_buckets=P.MAX_BUCKETS_PER_GROUP):
-    """The pool in parts of at most ``max_buckets`` endpoints, one group each.
+def split_pool(buckets, previous=None, max_buckets=P.MAX_BUCKETS_PER_GROUP):
+    """The pool's buckets in parts of at most ``max_buckets``, one group each.
 
     A power of two of parts, chosen by low bits of the client's source port
-    (see PART_SHIFT; uniform for ephemeral ports); part i takes every P-th endpoint
-    from the i-th, so parts differ in size by at most one and every endpoint
-    is (within 1/size) as likely as any other.  Pools that fit one group are
-    one part, exactly as before the split existed.
+    (see PART_SHIFT; uniform for ephemeral ports), so parts must not differ
+    in size by more than one for every endpoint to be (within 1/size) as
+    likely as any other.  Pools that fit one group are one part.
+
+    ``previous`` is the pool's parts as installed (their buckets), if it had
+    as many.  Each bucket still wanted stays in its part, new ones go to the
+    smallest parts, and one bucket moves from the largest to the smallest
+    part while they differ by more than one.  So an endpoint that comes or
+    goes rewrites one or two groups of the pool, not all of them (OpenFlow
+    1.3 has no per-bucket group commands; 1.5's insert/remove-bucket would
+    need a protocol switch for this one case).  Without ``previous``: part
+    i takes every P-th bucket from the i-th.
     """
-    parts = parts_for(len(endpoints), max_buckets)
-    return [tuple(endpoints[i::parts]) for i in range(parts)]
+    parts = parts_for(len(buckets), max_buckets)
+    if parts == 1:
+        return [tuple(buckets)]
+    wanted = set(buckets)
+    if previous is None or len(previous) != parts or len(wanted) != len(buckets):
+        return [tuple(buckets[i::parts]) for i in range(parts)]
+    layout, placed = [], set()
+    for part in previous:
+        kept = [b for b in part if b in wanted and b not in placed]
+        placed.update(kept)
+        layout.append(kept)
+    for b in buckets:
+        if b not in placed:
+            min(layout, key=len).append(b)
+    while True:
+        small, big = min(layout, key=len), max(layout, key=len)
+        if len(big) - len(small) <= 1:
+            return [tuple(part) for part in layout]
+        small.append(big.pop())
+
+
+def _previous_parts(previous, gids):
+    """The buckets of groups ``gids`` in the previous fragment, or None if
+    it does not have all of them."""
+    if previous is None:
+        return None
+    by_id = {g.group_id: g.buckets for g in previous.groups}
+    if not all(gid in by_id for gid in gids):
+        return None
+    return [by_id[gid] for gid in gids]
 
 
 # The part is read from source-port bits 1..k, not 0..k-1: Linux's connect()
@@ -197,8 +233,8 @@ def _group_ids(group_ids, name, parts):
                                     for i in range(1, parts)]
 
 
-def _affinity_pool(ctx, svc, port, frontends, parts, gids, cookie, mark=None,
-                   refuse=REJECT):
+def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None,
+                   refuse=REJECT, previous=None):
     """Flows and groups of one pool with sessionAffinity ClientIP.
 
     ServiceLB writes the frontend into reg2/reg3 and looks the client up in
@@ -210,13 +246,14 @@ def _affinity_pool(ctx, svc, port, frontends, parts, gids, cookie, mark=None,
     action sets.
     """
     proto = F.IP_PROTO[port.protocol]
-    endpoints = [ep for part in parts for ep in part]
     learned_cookie = cookies.make(cookies.KIND_AFFINITY, gids[0])   # generation 0:
-    groups = [F.SelectGroup(gid, tuple(P.ENDPOINT_DNAT.bucket((    # kept on restart
+    buckets = [P.ENDPOINT_DNAT.bucket((                              # kept on restart
         # the endpoint and the "fresh pick" bit in one 32-bit load
         F.Load(P.ENDPOINT_IP.field, _ip_int(ep.ip)),
         F.Load(P.ENDPOINT_PORT.field, ep.port | P.AFFINITY_LEARN_BIT),
-        F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in part)) for gid, part in zip(gids, parts)]
+        F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in endpoints]
+    groups = [F.SelectGroup(gid, part) for gid, part in
+              zip(gids, split_pool(buckets, _previous_parts(previous, gids)))]
     flows = []
     for ip, dport, ranges in frontends:
         # ServiceLB loads the whole of reg2 and reg3, so they match whole too.
@@ -282,10 +319,12 @@ def _frontend_flows(port, frontends, actions, cookie):
 
 
 def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
-                     node: model.Node = None) -> Fragment:
+                     node: model.Node = None, previous: Fragment = None) -> Fragment:
     """Per port: a select group for the cluster IP and, when the service has
     external frontends (externalIPs, load-balancer IPs, a nodePort), one for
-    those; one bucket per endpoint this node may use.
+    those; one bucket per endpoint this node may use.  ``previous`` is the
+    service's fragment as compiled last: a pool split over several groups
+    keeps its buckets where they were (see split_pool).
 
     A bucket holds nothing but ``ct(commit,nat(dst=...),table=...)``: OVS
     treats bucket actions as an action set, and a ct followed by anything
@@ -311,14 +350,16 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))
         for frontends, endpoints, group_name, mark, refuse in pools:
-            parts = split_pool(endpoints)
-            gids = _group_ids(group_ids, group_name, len(parts))
+            gids = _group_ids(group_ids, group_name,
+                              parts_for(len(endpoints), P.MAX_BUCKETS_PER_GROUP))
             if svc.affinity_timeout:
-                pool_flows, pool_groups = _affinity_pool(ctx, svc, port, frontends, parts,
-                                                         gids, cookie, mark, refuse)
+                pool_flows, pool_groups = _affinity_pool(ctx, svc, port, frontends,
+                                                         endpoints, gids, cookie, mark,
+                                                         refuse, previous)
             else:
-                pool_groups = [F.SelectGroup(gid, _buckets(ctx, part, mark))
-                               for gid, part in zip(gids, parts)]
+                parts = split_pool(_buckets(ctx, endpoints, mark),
+                                   _previous_parts(previous, gids))
+                pool_groups = [F.SelectGroup(gid, part) for gid, part in zip(gids, parts)]
                 actions = [(_part_match(proto, i, len(gids)), (F.Group(gid),))
                            for i, gid in enumerate(gids)] if endpoints else [({}, refuse)]
                 pool_flows = _frontend_flows(port, frontends, actions, cookie)

@@ -143,10 +143,10 @@ def test_a_bug_compiling_one_service_costs_only_that_service(monkeypatch, caplog
     from controller import compiler as C
     real = C.service_fragment
 
-    def buggy(ctx, svc, group_ids, node=None):
+    def buggy(ctx, svc, group_ids, node=None, previous=None):
         if svc.name == "bad":
             raise KeyError("a bug")
-        return real(ctx, svc, group_ids, node)
+        return real(ctx, svc, group_ids, node, previous)
     monkeypatch.setattr(C, "service_fragment", buggy)
     good, bad = world.web(), world.web(name="bad", vip="10.96.0.66")
     comp = compiler.Compiler(world.NODE1, cookies.GroupIds())

@@ -78,20 +78,68 @@ def test_every_message_fits_and_every_endpoint_is_reachable(n, affinity):
     assert len(per_part) == parts and set(per_part.values()) == {4}
 
 
-def test_one_endpoint_change_touches_one_or_all_parts_never_more_groups():
-    svc = big_service(5000)
-    st = state(svc)
-    ids = world.cookies.GroupIds()
+def _endpoints(svc):
+    return svc.ports[0].endpoints
+
+
+def _with(svc, endpoints):
+    port = svc.ports[0]
+    return dataclasses.replace(svc, ports=(dataclasses.replace(port, endpoints=endpoints),))
+
+
+@pytest.mark.parametrize("affinity", [None, 600])
+def test_an_endpoint_change_rewrites_one_or_two_parts_not_the_pool(affinity):
+    """The parts keep their buckets across changes: a removed endpoint
+    rewrites its part (and at most one more, to stay balanced), an added one
+    the smallest part, a replaced one (a rolling update) its own part."""
     from controller.compiler import Compiler
     from controller import diff
-    comp = Compiler(world.NODE1, ids)
-    before = comp.compile(st)
-    port = svc.ports[0]
-    fewer = dataclasses.replace(svc, ports=(dataclasses.replace(
-        port, endpoints=port.endpoints[:-1]),))          # the last endpoint goes
-    plan = diff.diff(before, comp.compile(state(fewer)))
-    assert not plan.flow_adds and not plan.flow_deletes and not plan.group_adds
-    assert 1 <= len(plan.group_modifies) <= 16
+    svc = big_service(5000, affinity)
+    comp = Compiler(world.NODE1, world.cookies.GroupIds())
+    last = comp.compile(state(svc))
+    eps = list(_endpoints(svc))
+    new_ep = model.Endpoint(ip="10.2.30.2", port=8080, node="node2")
+    steps = [("remove", eps[:17] + eps[18:], 2),
+             ("add back", eps, 1),
+             ("replace", eps[:4000] + [new_ep] + eps[4001:], 2),
+             ("remove three", eps[3:4000] + [new_ep] + eps[4001:], 6)]
+    for what, endpoints, most in steps:
+        now = comp.compile(state(_with(svc, tuple(endpoints))))
+        plan = diff.diff(last, now)
+        assert not plan.group_adds and not plan.group_deletes, what
+        assert 1 <= len(plan.group_modifies) <= most, (what, len(plan.group_modifies))
+        if affinity is None:
+            assert not plan.flow_adds and not plan.flow_deletes, what
+        groups = [g for g in fragments.flatten(now)[1].values() if g.buckets]
+        assert sum(len(g.buckets) for g in groups) == len(endpoints), what
+        assert max(len(g.buckets) for g in groups) - \
+            min(len(g.buckets) for g in groups) <= 1, what
+        last = now
+
+
+def test_the_split_stays_balanced_and_complete_through_any_churn():
+    """Seeded churn over a pool that grows past and shrinks below the split:
+    every layout holds each bucket once, in parts within one of each other,
+    and a step rewrites no more parts than it adds and removes buckets (plus
+    one to rebalance per removal)."""
+    import random
+    rng = random.Random(12)
+    pool = list(range(3000))
+    fresh = iter(range(10_000, 1_000_000))
+    parts = split_pool(pool)
+    for step in range(300):
+        gone = rng.sample(pool, rng.randint(0, min(len(pool), 40)))
+        added = [next(fresh) for _ in range(rng.randint(0, 40 if step < 150 else 5))]
+        pool = [b for b in pool if b not in set(gone)] + added
+        new = split_pool(pool, parts)
+        assert sorted(b for p in new for b in p) == sorted(pool)
+        assert max(map(len, new)) - min(map(len, new)) <= 1
+        assert max(map(len, new)) <= pipeline.MAX_BUCKETS_PER_GROUP
+        if len(new) == len(parts):
+            changed = sum(1 for a, b in zip(parts, new) if a != b)
+            assert changed <= len(gone) * 2 + len(added)
+        parts = new
+    assert split_pool(list(range(5))) == [tuple(range(5))]
 
 
 def test_a_pool_that_shrinks_below_the_split_frees_its_extra_groups():

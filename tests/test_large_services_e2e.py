@@ -115,12 +115,17 @@ def test_a_service_with_thousands_of_endpoints_spreads_over_all_of_them(lab, n):
         # endpoints that answered carried packets
         L.wait_for(lambda: counted(lab) == set(got["answers"]), 10,
                    what="bucket counters of every part in nsx-proxy services")
-        # One endpoint goes: only it stops answering.
+        # One endpoint goes: only it stops answering, and only its part's
+        # group (and at most one more, to stay balanced) is rewritten.
+        before = set(groups)
         gone = order[0]
         first = next(slices(ips))
         first["endpoints"] = [e for e in first["endpoints"] if e["addresses"] != [gone]]
         discovery.replace_namespaced_endpoint_slice("big-0", "default", first)
         converge(lab, what="the endpoint removed")
+        after = [g for g in lab.dump_groups("br-node1") if "10.50." in g]
+        assert len(after) == parts
+        assert 1 <= len(set(after) - before) <= min(2, parts)
         again = spread(lab, 1500)
         assert again["failed"] == 0 and gone not in again["answers"]
         assert len(again["answers"]) >= 0.85 * (n - 1) * (1 - (1 - 1 / (n - 1)) ** 1500)
