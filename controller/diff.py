@@ -76,19 +76,20 @@ def diff(old: BridgeState, new: BridgeState,
 
 
 def resync(new: BridgeState, groups_on_switch) -> Plan:
-    """The plan for a switch whose contents we do not track (a new round).
+    """The plan for a switch whose contents we do not track (a new round,
+    or a repair after drift).
 
     Every flow is (re)added - an ADD over an identical flow replaces it in
-    place, so traffic never sees a gap - groups that already exist are
-    modified rather than re-added, and groups we no longer want are deleted
-    last.  Flows of older rounds are removed by cookie (ofmsg).
+    place, so traffic never sees a gap - every group is written with OVS's
+    ADD_OR_MOD (whether the switch has it or not: after drift, or while
+    someone deletes groups behind our back, nobody can say), and groups we
+    no longer want are deleted last.  Flows of older rounds are removed by
+    cookie (ofmsg).
     """
     plan = diff({}, new)
-    existing = set(groups_on_switch)
-    plan.group_modifies = [g for g in plan.group_adds if g.group_id in existing]
-    plan.group_adds = [g for g in plan.group_adds if g.group_id not in existing]
-    wanted = {g.group_id for g in plan.group_adds + plan.group_modifies}
-    plan.group_deletes = [F.SelectGroup(gid) for gid in sorted(existing - wanted)]
+    plan.groups_may_exist = True
+    wanted = {g.group_id for g in plan.group_adds}
+    plan.group_deletes = [F.SelectGroup(gid) for gid in sorted(set(groups_on_switch) - wanted)]
     return plan
 
 
@@ -119,7 +120,7 @@ def apply(flows: dict, groups: dict, plan: Plan) -> None:
     the flows that output to it.
     """
     for g in plan.group_adds:
-        if g.group_id in groups:
+        if g.group_id in groups and not plan.groups_may_exist:
             raise ValueError(f"group {g.group_id} already exists")
         groups[g.group_id] = g
     for f in plan.flow_adds + plan.flow_modifies:

@@ -44,6 +44,8 @@ class Plan:
     group_deletes: List[F.SelectGroup] = field(default_factory=list)
     # which fragment each change came from, to quarantine a rejected object
     owners: List[Tuple[object, Hashable]] = field(default_factory=list)
+    # a resync: the group adds may exist on the switch (sent as ADD_OR_MOD)
+    groups_may_exist: bool = False
 
     def __len__(self) -> int:
         return (len(self.group_adds) + len(self.flow_adds) + len(self.flow_modifies)

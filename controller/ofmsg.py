@@ -148,6 +148,11 @@ def delete_generations(dp, generations):
         for gen in sorted(generations)]
 
 
+# Open vSwitch's group-mod command that adds a group or, if it exists,
+# modifies it (``ovs-ofctl mod-group --may-create``), in OpenFlow 1.1+.
+OFPGC_ADD_OR_MOD = 0x8000
+
+
 def plan_steps(plan: Plan, stale_generations=()):
     """The plan in the order it goes out: (kind, object, command) with kind
     "group", "flow" or "round" (delete a stale generation by cookie).
@@ -156,7 +161,8 @@ def plan_steps(plan: Plan, stale_generations=()):
     already turned cookie changes into ADDs).  ``stale_generations`` are
     deleted by cookie right after the new round's flows are in.
     """
-    out = [("group", g, ofp.OFPGC_ADD) for g in plan.group_adds]
+    add = OFPGC_ADD_OR_MOD if plan.groups_may_exist else ofp.OFPGC_ADD
+    out = [("group", g, add) for g in plan.group_adds]
     out += [("flow", f, ofp.OFPFC_ADD) for f in plan.flow_adds]
     out += [("flow", f, ofp.OFPFC_MODIFY_STRICT) for f in plan.flow_modifies]
     out += [("flow", f, ofp.OFPFC_DELETE_STRICT) for f in plan.flow_deletes]

@@ -3,7 +3,9 @@ import random
 
 import pytest
 
-from controller import compiler, cookies, diff, fragments
+from ryu.ofproto import ofproto_v1_3 as ofp
+
+from controller import compiler, cookies, diff, fragments, ofmsg
 from controller import flows as F
 from nsx_proxy import model, validate
 import world
@@ -76,14 +78,19 @@ def test_unrelated_services_are_never_touched():
     assert not (plan.flow_adds or plan.flow_modifies or plan.group_modifies)
 
 
-def test_resync_readds_flows_modifies_known_groups_and_deletes_unknown():
+def test_resync_readds_flows_writes_every_group_whether_known_or_not_and_deletes_unknown():
     comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
     want = dict(comp.compile(world.state(world.web())))
     _, groups = fragments.flatten(want)
     known = next(iter(groups))
     plan = diff.resync(want, {known, 424242})
-    assert [g.group_id for g in plan.group_modifies] == [known]
+    # ADD_OR_MOD: right whether the switch still has a group or lost it
+    assert plan.groups_may_exist and not plan.group_modifies
+    assert {g.group_id for g in plan.group_adds} == set(groups)
     assert [g.group_id for g in plan.group_deletes] == [424242]
+    steps = ofmsg.plan_steps(plan)
+    assert {cmd for kind, _, cmd in steps if kind == "group"} == \
+        {ofmsg.OFPGC_ADD_OR_MOD, ofp.OFPGC_DELETE}
     assert len(plan.flow_adds) == len(fragments.flatten(want)[0])
 
 
