@@ -22,9 +22,9 @@ from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER
 from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
-from ryu.ofproto import ofproto_v1_3
+from ryu.ofproto import ofproto_common, ofproto_v1_3
 
-from controller import bridges, config, cookies, names, pipeline, status
+from controller import bridges, config, cookies, names, pipeline, status, wire
 from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
@@ -234,6 +234,22 @@ class ServiceProxy(app_manager.RyuApp):
             self._send(msg.datapath, switch.audit_reply(
                 msg.xid, meters=[m.meter_id for m in msg.body],
                 more=_more(msg)))
+
+    @set_ev_cls(ofp_event.EventOFPExperimenterStatsReply, MAIN_DISPATCHER)
+    def _flow_monitor(self, ev):
+        switch, body = self._switch(ev.msg.datapath), ev.msg.body
+        if switch is not None and body.experimenter == ofproto_common.ONF_EXPERIMENTER_ID \
+                and body.exp_type == wire.ONF_FLOW_MONITOR:
+            self._send(ev.msg.datapath, switch.flow_monitor_updates(bytes(body.data)))
+
+    @set_ev_cls(ofp_event.EventOFPExperimenter, MAIN_DISPATCHER)
+    def _flow_monitor_paused(self, ev):
+        switch, msg = self._switch(ev.msg.datapath), ev.msg
+        if switch is not None and msg.experimenter == ofproto_common.ONF_EXPERIMENTER_ID \
+                and msg.exp_type in (wire.ONF_FLOW_MONITOR_PAUSED,
+                                     wire.ONF_FLOW_MONITOR_RESUMED):
+            self._send(msg.datapath, switch.flow_monitor_paused(
+                msg.exp_type == wire.ONF_FLOW_MONITOR_RESUMED))
 
     def _stats_reply(self, ev, **seen):
         switch = self._switch(ev.msg.datapath)

@@ -85,6 +85,8 @@ class Switch:
         self.sweeper = AffinitySweeper()
         self._sweeps = {}                 # xid of a flow stats request -> (cookie, entries)
         self._audit = None                # the audit in flight (see audit_requests)
+        self._drift_seen = False          # the flow monitor saw our flows change
+        self._drift_logged = False        # ... and said so (until the repair is in)
         self._commits = 0                 # bundles committed on this connection
 
     @property
@@ -105,7 +107,13 @@ class Switch:
         return [meter,
                 parser.OFPFlowStatsRequest(dp, 0, 0, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0,
                                            parser.OFPMatch()),
-                parser.OFPGroupDescStatsRequest(dp, 0)]
+                parser.OFPGroupDescStatsRequest(dp, 0),
+                # every flow someone else adds, deletes or modifies, as it
+                # happens (not in SessionAffinity, where the learn action
+                # and idle timeouts change entries all the time)
+                wire.flow_monitor_request(
+                    [t for t in pipeline.TABLES if t is not pipeline.SESSION_AFFINITY],
+                    _next_xid(dp))]
 
     def stats_reply(self, cookies_seen=(), groups_seen=(), more=False) -> bool:
         """One part of the flow or group stats reply; True when the session started."""
@@ -312,6 +320,10 @@ class Switch:
                 self.kick.set()            # retry at once without what failed
             return SyncResult(False, pending.plan, elapsed, pending.count)
         full = session.needs_resync
+        if full:
+            # every flow was written again: changes the monitor reported
+            # before this barrier's reply are overwritten
+            self._drift_seen = self._drift_logged = False
         session.committed(pending.want, pending.plan, pending.started)
         self._commits += 1
         if full:
@@ -321,7 +333,10 @@ class Switch:
             gc.freeze()
         LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
                   self.dpid, pending.count, elapsed * 1000)
-        return SyncResult(True, pending.plan, elapsed, pending.count, self._flushes())
+        after = self._flushes()
+        if self._drift_seen:          # the monitor saw a change while the bundle was out
+            after += self.audit_requests()
+        return SyncResult(True, pending.plan, elapsed, pending.count, after)
 
     def sync_failed(self) -> None:
         """Planning or encoding raised: start over from a clean round."""
@@ -411,7 +426,9 @@ class Switch:
         for msg in msgs:
             dp.set_xid(msg)
         self._audit = {"xids": {m.xid for m in msgs}, "commits": self._commits,
-                       "flows": None, "groups": [], "meters": None, "open": 3}
+                       "flows": None, "groups": [], "meters": None, "open": 3,
+                       "forced": self._drift_seen}
+        self._drift_seen = False
         return msgs
 
     def is_audit_reply(self, xid) -> bool:
@@ -440,20 +457,84 @@ class Switch:
             out.append(ofmsg.meter_add(self.dp, pipeline.REJECT_METER, self._rate,
                                        self._rate))
         if audit["commits"] != self._commits or self.session is None:
-            return out                    # a bundle landed meanwhile: ask again later
+            # a bundle landed meanwhile: ask again later (now, if the flow
+            # monitor saw a change)
+            if audit["forced"]:
+                self._drift_seen = True
+                return out + self.audit_requests()
+            return out
         want_flows, want_groups = flatten(self.session.installed)
         have = dict(audit["groups"])                 # group id -> number of buckets
         wrong = [gid for gid, g in want_groups.items() if have.get(gid) != len(g.buckets)]
-        if audit["flows"] != len(want_flows) or wrong:
+        if audit["flows"] != len(want_flows) or wrong or audit["forced"]:
             self.counters[(self.dpid, "drift")] += 1
-            LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
-                        "installed; %d of %d groups missing or with other buckets; "
-                        "reinstalling everything", self.dpid, audit["flows"],
-                        self.session.generation, len(want_flows), len(wrong),
-                        len(want_groups))
+            if not audit["forced"]:          # (the monitor's line said it already)
+                LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
+                            "installed; %d of %d groups missing or with other buckets; "
+                            "reinstalling everything", self.dpid, audit["flows"],
+                            self.session.generation, len(want_flows), len(wrong),
+                            len(want_groups))
             self.session.redo(set(have))
             self.kick.set()
+        elif self._drift_seen:               # the monitor saw more while we counted
+            out += self.audit_requests()
         return out
+
+    def flow_monitor_updates(self, data: bytes) -> list:
+        """Flows that someone else added, deleted or modified (OVS's flow
+        monitor, asked for in hello()).  One of this round's changed: one
+        line naming it, and an audit now whose reply reinstalls everything
+        in the same round (an ADD over a changed flow restores it; the
+        audit says which groups exist, so each is added or modified as it
+        must be).  Flows that are not ours are logged and left alone: the
+        bridge may carry an operator's own flows."""
+        if not self.ready or self.session.needs_resync:
+            return []                     # everything is written again anyway
+        generation = self.session.generation
+        ours, foreign = [], []
+        for event, table, priority, cookie in wire.flow_updates(data):
+            if cookie is None:
+                continue
+            if cookies.generation_of(cookie) == generation and \
+                    cookies.kind_of(cookie) in cookies.KIND_NAMES:
+                ours.append((event, table, priority, cookie))
+            elif event == wire.FLOW_ADDED:
+                foreign.append((table, priority, cookie))
+        if foreign:
+            table, priority, cookie = foreign[0]
+            LOG.warning("switch %016x: %d flow(s) not ours added behind our back (first: "
+                        "table %d priority %d cookie %#x); left alone", self.dpid,
+                        len(foreign), table, priority, cookie)
+        if not ours:
+            return []
+        if not self._drift_logged:        # one line per repair, not per update
+            event, table, priority, cookie = ours[0]
+            LOG.warning("switch %016x: drift: %d of our flows %s behind our back "
+                        "(first: table %d priority %d, %s); reinstalling", self.dpid,
+                        len(ours),
+                        "/".join(sorted({_EVENTS.get(e, str(e)) for e, _, _, _ in ours})),
+                        table, priority, self._owner_of(cookie))
+            self._drift_logged = True
+        self._drift_seen = True
+        return self.audit_requests()      # [] while a bundle or an audit is in flight
+
+    def flow_monitor_paused(self, resumed: bool) -> list:
+        """OVS stops sending updates while we lag behind and says so; what
+        changed in between is unknown, so an audit follows the resume."""
+        if not resumed:
+            LOG.warning("switch %016x: flow monitor paused by the switch (we lag "
+                        "behind); auditing once it resumes", self.dpid)
+            return []
+        self._drift_seen = True
+        return self.audit_requests()
+
+    def _owner_of(self, cookie) -> str:
+        """The object a cookie of ours belongs to, for the log line."""
+        base = cookie & cookies.OBJECT_MASK
+        for key, frag in self.session.installed.items():
+            if any(f.cookie & cookies.OBJECT_MASK == base for f in frag.flows):
+                return f"{key}"
+        return f"cookie {cookie:#x}"
 
     # --- refused connections ----------------------------------------------------------
     def packet_in(self, cookie, in_port, data) -> list:
@@ -479,6 +560,10 @@ class Switch:
         if self.pending is not None:
             self.pending.errors.append((None, "switch disconnected"))
             self.pending.done.set()
+
+
+_EVENTS = {wire.FLOW_ADDED: "added", wire.FLOW_DELETED: "deleted",
+           wire.FLOW_MODIFIED: "modified"}
 
 
 def _encoded(msg) -> None:

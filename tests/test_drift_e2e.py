@@ -1,6 +1,7 @@
 """The datapath heals itself: flows, groups and the reject meter removed with
 ovs-ofctl behind the controller's back come back within the audit period
-(the lab's is 2 s), on that bridge only."""
+(the lab's is 2 s), and a flow modified in place at once (OVS's flow
+monitor reports it), on that bridge only."""
 import re
 import time
 
@@ -26,13 +27,16 @@ def test_flows_and_groups_deleted_behind_our_back_come_back_and_nothing_else_mov
     L.run(OFCTL + ["del-flows", "br-node1"])
     L.run(OFCTL + ["del-groups", "br-node1"])
     gone = time.monotonic()
-    assert lab.curl("pod1", f"http://{L.DEMO_VIP}/", timeout=1) == ""       # broken now
+    # (the flow monitor's repair may be in before a curl could see the gap)
     L.wait_for(lambda: lab.curl("pod1", f"http://{L.DEMO_VIP}/", timeout=1),
                3 * L.AUDIT_PERIOD + 5, what="the demo service back on br-node1")
     took = time.monotonic() - gone
     assert normal(lab.dump_flows("br-node1")) == flows
     assert sorted(lab.dump_groups("br-node1")) == groups
-    assert metric("nsx_proxy_drift_repairs_total", '{bridge="br-node1"}') == repairs + 1
+    # one repair, or two if the monitor's repair landed between del-flows and
+    # del-groups (deleting the groups then deleted the restored flows again)
+    assert repairs + 1 <= metric("nsx_proxy_drift_repairs_total",
+                                 '{bridge="br-node1"}') <= repairs + 2
     # br-node2 was not touched: its flows are older than the repair
     assert min(durations(lab.dump_flows("br-node2"))) >= min(durations(other)) + took - 1
     print(f"repaired in {took:.1f} s")
@@ -49,3 +53,41 @@ def test_a_deleted_reject_meter_comes_back(lab):
     started = time.monotonic()
     assert lab.curl("pod1", f"http://{L.DEMO_VIP}:81/", timeout=3) == ""
     assert time.monotonic() - started < 1.5, "refused at once, not timed out"
+
+
+def test_a_flow_modified_in_place_is_restored_at_once_and_named_in_the_log(lab):
+    """ovs-ofctl mod-flows keeps a flow's cookie and the flow count, so
+    counting cannot see it: OVS's flow monitor reports the change, and the
+    bridge is rewritten in the same round well within the audit period."""
+    converge(lab)
+    flows = normal(lab.dump_flows("br-node1"))
+    other = lab.dump_flows("br-node2")
+    repairs = metric("nsx_proxy_drift_repairs_total", '{bridge="br-node1"}')
+    with open(lab.controller_log) as fh:
+        log_start = len(fh.read())
+    L.run(OFCTL + ["mod-flows", "br-node1",
+                   f"table=30,tcp,nw_dst={L.DEMO_VIP},tp_dst=80,actions=drop"])
+    changed = time.monotonic()
+    L.wait_for(lambda: normal(lab.dump_flows("br-node1")) == flows, L.AUDIT_PERIOD,
+               what="br-node1's flows restored within one audit period")
+    took = time.monotonic() - changed
+    assert lab.curl("pod1", f"http://{L.DEMO_VIP}/", timeout=2)
+    assert metric("nsx_proxy_drift_repairs_total", '{bridge="br-node1"}') == repairs + 1
+    with open(lab.controller_log) as fh:
+        lines = [ln for ln in fh.read()[log_start:].splitlines() if "drift" in ln]
+    assert len(lines) == 1 and "modified" in lines[0] and "service/default/" in lines[0]
+    assert min(durations(lab.dump_flows("br-node2"))) >= min(durations(other)) + took - 1
+    print(f"restored in {took:.2f} s: {lines[0]}")
+
+
+def test_a_group_emptied_in_place_comes_back_within_the_audit_period(lab):
+    """Groups have no monitor: the periodic audit sees a bucket count that
+    is not what was installed, and the repair rewrites the group."""
+    converge(lab)
+    groups = sorted(lab.dump_groups("br-node1"))
+    demo = next(g for g in groups if "bucket=" in g)
+    gid = re.search(r"group_id=(\d+)", demo).group(1)
+    L.run(OFCTL + ["mod-group", "br-node1", f"group_id={gid},type=select"])
+    assert sorted(lab.dump_groups("br-node1")) != groups
+    L.wait_for(lambda: sorted(lab.dump_groups("br-node1")) == groups,
+               3 * L.AUDIT_PERIOD + 5, what="the group's buckets back on br-node1")

@@ -36,7 +36,7 @@ def connected(dp=None, table0=(), groups=(), ctx=world.NODE1, rate=100, clock=No
     sw.set_context(ctx)
     hello = sw.hello()
     assert [type(m) for m in hello] == [parser.OFPMeterMod, parser.OFPFlowStatsRequest,
-                                        parser.OFPGroupDescStatsRequest]
+                                        parser.OFPGroupDescStatsRequest, bytes]
     assert not sw.stats_reply(cookies_seen=table0)          # the group reply is still due
     assert sw.stats_reply(groups_seen=groups)
     return sw
@@ -168,7 +168,8 @@ def test_reconnect_starts_a_new_round_and_deletes_the_old_one_in_the_same_bundle
     assert [cookies.generation_of(m.cookie) for m in deletes] == [1]
     group_cmds = {(m.command, m.group_id) for m in inner if isinstance(m, GroupMod)}
     assert (ofp.OFPGC_DELETE, 999) in group_cmds                 # not ours any more
-    assert all((ofp.OFPGC_MODIFY, g) in group_cmds for g in gids)   # kept, not re-added
+    # kept, not re-added: ADD_OR_MOD modifies a group the switch has
+    assert all((ofmsg.OFPGC_ADD_OR_MOD, g) in group_cmds for g in gids)
 
 
 def test_packet_in_answers_refused_connections_within_the_rate():
@@ -338,7 +339,7 @@ def test_drift_is_found_and_everything_is_written_again_in_the_same_round():
                    for m in inner)                           # no round to delete
     assert sum(isinstance(m, parser.OFPFlowMod) for m in inner) == len(flows)
     assert {(m.command, m.group_id) for m in inner if isinstance(m, GroupMod)} \
-        == {(ofp.OFPGC_MODIFY, g) for g, _ in whole}
+        == {(ofmsg.OFPGC_ADD_OR_MOD, g) for g, _ in whole}
     # the meter deleted: added again, nothing else
     again = audit(len(flows), whole, meters=())
     assert [type(m) for m in again] == [parser.OFPMeterMod] and not sw.session.needs_resync
@@ -475,3 +476,101 @@ def test_a_streamed_bundle_with_an_unencodable_object_is_discarded_then_the_rest
     assert ports == {world.VIP}
     sw.barrier_reply(msgs[-1].xid)
     assert sw.end_sync(True).ok and "service/default/good" not in sw.session.quarantined
+
+
+def _updates(*updates):
+    """Flow monitor update records: (event, table, priority, cookie)."""
+    from controller import wire
+    match = struct.pack("!HH4x", 1, 4)
+    return b"".join(wire._UPDATE.pack(24 + len(match), event, 0, priority, 0, 0, 4, table,
+                                      cookie) + match
+                    for event, table, priority, cookie in updates)
+
+
+def _answer_audit(sw, reqs, flows, groups):
+    whole = [(gid, len(g.buckets)) for gid, g in groups.items()]
+    assert sw.audit_reply(reqs[0].xid, flows=len(flows)) == []
+    assert sw.audit_reply(reqs[1].xid, groups=whole) == []
+    return sw.audit_reply(reqs[2].xid, meters=[1])
+
+
+def test_hello_asks_ovs_to_report_every_flow_changed_outside_session_affinity():
+    from controller import pipeline, wire
+    raw = Switch(FakeDatapath(), cookies.GroupIds(), threading.Event,
+                 itertools.count(1)).hello()[-1]
+    assert struct.unpack_from("!BBH", raw)[1] == ofp.OFPT_MULTIPART_REQUEST
+    mptype, _, vendor, exp_type = struct.unpack_from("!HH4xII", raw, 8)
+    assert (mptype, vendor, exp_type) == (ofp.OFPMP_EXPERIMENTER, 0x4F4E4600,
+                                          wire.ONF_FLOW_MONITOR)
+    monitors = raw[24:]
+    tables = [struct.unpack_from("!IHHIB", monitors, i)[4] for i in range(0, len(monitors), 24)]
+    assert tables == [t.id for t in pipeline.TABLES if t is not pipeline.SESSION_AFFINITY]
+
+
+def test_a_flow_of_ours_modified_behind_our_back_is_named_and_everything_rewritten(caplog):
+    """The monitor reports a change of one of this round's flows (ovs-ofctl
+    mod-flows keeps cookie and count, which the periodic audit cannot see):
+    one line naming the object, an audit at once, and a resync in the same
+    round whatever the counts say."""
+    sw = connected()
+    st = world.state(world.web())
+    run_bundle(sw, st)
+    flows, groups = fragments_of(sw)
+    port_flow = next(f for f in flows.values() if ("tcp_dst", 80) in f.match)
+    cookie = cookies.with_generation(port_flow.cookie, sw.session.generation)
+    update = _updates((2, port_flow.table, port_flow.priority, cookie))
+    reqs = sw.flow_monitor_updates(update)
+    assert [type(r) for r in reqs] == [parser.OFPAggregateStatsRequest,
+                                       parser.OFPGroupStatsRequest,
+                                       parser.OFPMeterConfigStatsRequest]
+    assert sw.flow_monitor_updates(update) == []           # audit in flight: no second
+    lines = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
+    assert len(lines) == 1 and "modified" in lines[0] and "service/default/web" in lines[0]
+    assert _answer_audit(sw, reqs, flows, groups) == []    # counts equal: repaired anyway
+    assert sw.session.needs_resync and sw.kick.is_set()
+    assert sw.counters[(sw.dpid, "drift")] == 1
+    msgs, result = run_bundle(sw, st)
+    assert result.ok and sw.session.generation == 1
+    assert sum(isinstance(m, parser.OFPFlowMod) for m in adds(msgs)) == len(flows)
+    assert not result.after                                # seen before: covered by it
+
+
+def test_flows_not_ours_and_older_rounds_are_left_alone(caplog):
+    sw = connected()
+    run_bundle(sw, world.state(world.web()))
+    stale = cookies.with_generation(cookies.make(cookies.KIND_PIPELINE, 0), 7)
+    assert sw.flow_monitor_updates(_updates((0, 30, 999, 0x0), (1, 0, 10, stale))) == []
+    lines = [r.getMessage() for r in caplog.records if "not ours" in r.getMessage()]
+    assert len(lines) == 1 and "table 30 priority 999" in lines[0]
+    assert sw.counters[(sw.dpid, "drift")] == 0 and not sw.session.needs_resync
+
+
+def test_drift_seen_while_a_bundle_is_out_is_audited_once_it_lands():
+    sw = connected()
+    old = world.state(world.web(endpoints=("pod1", "pod3")))
+    run_bundle(sw, old)
+    flows, groups = fragments_of(sw)
+    new = world.state(world.web(endpoints=("pod1",)))
+    sw.note(changes.between(old, new))
+    msgs = sw.begin_sync(new)                              # an incremental bundle out
+    some = next(iter(flows.values()))
+    assert sw.flow_monitor_updates(_updates(
+        (1, some.table, some.priority,
+         cookies.with_generation(some.cookie, sw.session.generation)))) == []
+    sw.barrier_reply(msgs[-1].xid)
+    result = sw.end_sync(True)
+    assert result.ok
+    reqs = [m for m in result.after if isinstance(m, parser.OFPAggregateStatsRequest)]
+    assert len(reqs) == 1                                   # the audit follows the bundle
+
+
+def test_a_paused_monitor_is_followed_by_an_audit_when_it_resumes():
+    sw = connected()
+    st = world.state(world.web())
+    run_bundle(sw, st)
+    flows, groups = fragments_of(sw)
+    assert sw.flow_monitor_paused(resumed=False) == []
+    reqs = sw.flow_monitor_paused(resumed=True)
+    assert len(reqs) == 3
+    _answer_audit(sw, reqs, flows, groups)
+    assert sw.session.needs_resync                          # what changed is unknown
