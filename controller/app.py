@@ -195,7 +195,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.switch_connects[dp.id] += 1
         switch = self.switches[dp.id] = Switch(
             dp, self.group_ids, hub.Event, self._bundle_ids, self.conf.reject_rate,
-            counters=self.counters)
+            counters=self.counters, audit_groups_every=self.conf.audit_groups_every)
         if dp.id in self.contexts:
             switch.set_context(self.contexts[dp.id])
         self._send(dp, switch.hello())
@@ -210,7 +210,12 @@ class ServiceProxy(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
-        self._stats_reply(ev, groups_seen=[g.group_id for g in ev.msg.body])
+        switch, msg = self._switch(ev.msg.datapath), ev.msg
+        if switch is not None and switch.is_audit_reply(msg.xid):
+            self._send(msg.datapath, switch.audit_reply(
+                msg.xid, groups=wire.group_descs(bytes(msg.buf)), more=_more(msg)))
+        else:
+            self._stats_reply(ev, groups_seen=[g.group_id for g in msg.body])
 
     @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
     def _group_stats(self, ev):

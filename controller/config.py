@@ -18,6 +18,7 @@ reads them and ``ryu-manager --help`` lists them.
     reject_rate = 100              # RST / ICMP answers per second and bridge
     affinity_sweep_period = 60     # expiry of affinity entries over 65535 s
     audit_period = 10              # drift check per switch (flows, groups, meter); 0: off
+    audit_groups_every = 3         # every 3rd check compares group contents; 0: never
     fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
     default_fip_pool = default
     load_balancer_class =          # besides class-less LoadBalancers, this class is ours
@@ -97,6 +98,11 @@ CONF.register_opts([
                  help="seconds between checks that each switch still holds what was "
                       "installed (flow count, groups and their buckets, the reject "
                       "meter); drift is reinstalled at once; 0: off"),
+    cfg.IntOpt("audit_groups_every", default=3, min=0,
+               help="every Nth drift check reads the groups' contents (buckets "
+                    "changed in place keep their number; with audit_period 10, a "
+                    "group changed behind our back is rewritten within 30 s); the "
+                    "others count buckets (OVS's flow monitor covers flows); 0: never"),
     cfg.FloatOpt("affinity_sweep_period", default=60.0,
                  help="seconds between reads of session-affinity entries whose "
                       "timeoutSeconds is over 65535 (the controller expires those)"),

@@ -29,10 +29,14 @@ class FakeDatapath:
         msg.set_xid(next(self._xids))
 
 
-def connected(dp=None, table0=(), groups=(), ctx=world.NODE1, rate=100, clock=None):
+def connected(dp=None, table0=(), groups=(), ctx=world.NODE1, rate=100, clock=None,
+              groups_every=0):
+    """A switch past its handshake; its audits count buckets unless
+    ``groups_every`` says every how many read group contents."""
     dp = dp or FakeDatapath()
     extra = {"clock": clock} if clock else {}
-    sw = Switch(dp, cookies.GroupIds(), threading.Event, itertools.count(1), rate, **extra)
+    sw = Switch(dp, cookies.GroupIds(), threading.Event, itertools.count(1), rate,
+                audit_groups_every=groups_every, **extra)
     sw.set_context(ctx)
     hello = sw.hello()
     assert [type(m) for m in hello] == [parser.OFPMeterMod, parser.OFPFlowStatsRequest,
@@ -574,3 +578,55 @@ def test_a_paused_monitor_is_followed_by_an_audit_when_it_resumes():
     assert len(reqs) == 3
     _answer_audit(sw, reqs, flows, groups)
     assert sw.session.needs_resync                          # what changed is unknown
+
+
+def test_every_nth_audit_compares_group_contents_and_catches_buckets_changed_in_place(
+        caplog):
+    """A bucket's NAT target changed with ovs-ofctl mod-group keeps the
+    bucket count, so only the contents audit (every Nth) sees it."""
+    from controller import wire
+    sw = connected(groups_every=2)
+    st = world.state(world.web())
+    run_bundle(sw, st)
+    flows, groups = fragments_of(sw)
+    as_installed = [(gid, wire.group_buckets(g)) for gid, g in groups.items()]
+    gid, group = next((gid, g) for gid, g in groups.items() if g.buckets)
+    tampered = F.SelectGroup(gid, tuple(
+        F.Bucket((F.Ct(zone=1, table=38, commit=True, nat=F.Nat("10.9.9.9", 1)),))
+        for _ in group.buckets))
+    changed = [(i, wire.group_buckets(tampered) if i == gid else b) for i, b in as_installed]
+
+    def audit(group_answer):
+        reqs = sw.audit_requests()
+        assert sw.audit_reply(reqs[0].xid, flows=len(flows)) == []
+        assert sw.audit_reply(reqs[1].xid, groups=group_answer) == []
+        sw.audit_reply(reqs[2].xid, meters=[1])
+        return type(reqs[1])
+    # the first audit counts buckets: the same count passes
+    assert audit([(i, len(groups[i].buckets)) for i, _ in as_installed]) is \
+        parser.OFPGroupStatsRequest
+    assert not sw.session.needs_resync
+    # the second reads contents: as installed passes, changed in place does not
+    assert audit(as_installed) is parser.OFPGroupDescStatsRequest
+    assert not sw.session.needs_resync
+    audit([(i, len(groups[i].buckets)) for i, _ in as_installed])
+    assert audit(changed) is parser.OFPGroupDescStatsRequest
+    assert sw.session.needs_resync and sw.counters[(sw.dpid, "drift")] == 1
+    lines = [r.getMessage() for r in caplog.records if "drift" in r.getMessage()]
+    assert len(lines) == 1 and f"first: group {gid}" in lines[0]
+
+
+def test_a_group_description_reply_is_read_from_its_bytes():
+    from controller import wire
+    g1 = F.SelectGroup(7, (F.Bucket((F.Ct(zone=3, table=38, commit=True,
+                                          nat=F.Nat("10.1.1.2", 80)),)),))
+    g2 = F.SelectGroup(9, ())
+    entries = b"".join(struct.pack("!HBxI", 8 + len(wire.group_buckets(g)), 1, g.group_id)
+                       + wire.group_buckets(g) for g in (g1, g2))
+    reply = struct.pack("!BBHIHH4x", 4, ofp.OFPT_MULTIPART_REPLY, 16 + len(entries), 5,
+                        ofp.OFPMP_GROUP_DESC, 0) + entries
+    assert wire.group_descs(reply) == [(7, wire.group_buckets(g1)), (9, b"")]
+    # and Ryu reads the same bytes as the same group (the encoder is Ryu's)
+    msg = ofproto_parser.msg(FakeDatapath(), 4, ofp.OFPT_MULTIPART_REPLY, len(reply), 5,
+                             reply)
+    assert [g.group_id for g in msg.body] == [7, 9] and len(msg.body[0].buckets) == 1
