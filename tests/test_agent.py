@@ -66,3 +66,52 @@ def test_an_agent_without_a_labelled_bridge_is_not_ready_and_says_why(bridges, t
         assert flow_lines("nsxp-a1") == [] and flow_lines("nsxp-a2") == []
     finally:
         ctl.stop()
+
+
+def test_a_status_port_in_use_is_one_line_and_the_agent_programs_anyway(bridges, tmp_path):
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 19923))
+    busy.listen()
+    try:
+        ctl = Controller(tmp_path, 16681, node_name="node1", status_port=19923)
+        ctl.write_state(STATE)
+        ctl.start()
+        try:
+            wait_for(lambda: group_lines("nsxp-a1"), 20, what="node1's bridge programmed")
+            lines = [ln for ln in ctl.log_text().splitlines() if "unavailable" in ln]
+            assert len(lines) == 1 and "status endpoint on port 19923" in lines[0]
+        finally:
+            ctl.stop()
+    finally:
+        busy.close()
+
+
+def test_a_sync_that_raises_is_logged_and_followed_by_a_full_resync(caplog):
+    """A bug while planning or encoding (not one object's: those are
+    quarantined) ends that sync with one traceback; the switch is marked for
+    a full resync and kicked to try again."""
+    import threading
+    from types import SimpleNamespace
+    from controller.app import ServiceProxy
+    calls = []
+
+    class Stub:
+        alive, dpid, kick = True, 0x1001, threading.Event()
+
+        def begin_sync(self, state):
+            calls.append("begin")
+            raise RuntimeError("a bug")
+
+        def sync_failed(self):
+            calls.append("failed")
+            self.alive = False              # end the loop after this round
+
+    switch = Stub()
+    switch.kick.set()
+    proxy = SimpleNamespace(state=None, state_received=None)
+    ServiceProxy._sync_loop(proxy, switch)
+    assert calls == ["begin", "failed"] and switch.kick.is_set()
+    lines = [r for r in caplog.records if "sync failed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is not None
+    assert "switch 0000000000001001: sync failed; full resync next" == lines[0].getMessage()

@@ -38,3 +38,28 @@ def test_nodeport_addresses_as_kube_proxy_reads_them():
     limited = dataclasses.replace(ctx, node_port_cidrs=("10.0.0.0/8",))
     assert not limited.serves_node_ports("192.168.100.1")
     assert limited.serves_node_ports("10.9.9.9") and ctx.serves_node_ports("192.168.100.1")
+
+
+def test_an_incomplete_or_malformed_port_is_ignored_with_one_line_and_the_rest_kept(caplog):
+    """Bad OVSDB rows (a CNI that forgot a key, a typo in a MAC) cost only
+    their own port: one line each naming the interface, and the bridge's
+    other ports are wired."""
+    good = ("pod1-eth0", 1, {B.ROLE: B.ROLE_POD, B.POD_NAMESPACE: "default",
+                             B.POD_NAME: "pod1", B.POD_IP: "10.1.1.2",
+                             B.POD_MAC: "0a:58:0a:01:01:02"})
+    node = node_bridge(
+        good,
+        ("pod2-eth0", 2, {B.ROLE: B.ROLE_POD, B.POD_IP: "10.1.1.3",
+                          B.POD_MAC: "0a:58:0a:01:01:03"}),                 # no name
+        ("pod3-eth0", 3, {B.ROLE: B.ROLE_POD, B.POD_NAME: "pod3", B.POD_IP: "10.1.1.300",
+                          B.POD_MAC: "0a:58:0a:01:01:04"}))                # bad IP
+    assert [p.name for p in node.pods] == ["pod1"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("pod2-eth0" in ln and "without external_ids" in ln for ln in lines)
+    assert any("pod3-eth0" in ln and "malformed" in ln for ln in lines)
+    assert B.parse_external("ext-nomac", 4, {B.POD_IP: "203.0.113.1/24"}) is None
+    assert B.parse_external("ext-bad", 5, {B.POD_IP: "203.0.113.1/24",
+                                           B.NEXT_HOP_MAC: "zz:00:00:00:00:01"}) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("ext-nomac" in ln and "without external_ids" in ln for ln in lines)
+    assert any("ext-bad" in ln and "malformed" in ln for ln in lines)

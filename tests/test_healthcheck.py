@@ -127,3 +127,39 @@ def test_the_servers_answer_from_the_latest_state_and_proxy_health():
     assert _call(server._proxy_app, "/other")[0] == "404 Not Found"
     server.checks = {}                                # the service went away
     assert _call(app)[0] == "404 Not Found"
+
+
+def test_a_port_in_use_costs_only_its_listener_with_one_line(caplog):
+    """Something else on the node holds a healthCheckNodePort (or the
+    /healthz port): one line naming the service and port, every other port is
+    served, and the busy one is not retried (and logged) on every sync."""
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    spawned, killed = [], []
+    server = HealthServer(spawn=lambda *a, **kw: spawned.append(a) or len(spawned),
+                          kill=killed.append, proxy_status=lambda: (True, 0, 0),
+                          bind_host="127.0.0.1")
+    try:
+        server.serve_proxy(f"127.0.0.1:{taken}")
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+        free.close()
+        checks = {taken: (model.ServiceKey("default", "busy"), 1),
+                  free_port: (model.ServiceKey("default", "fine"), 1)}
+        server.update(checks)
+        server.update(checks)                          # the next sync: not retried
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(lines) == 2
+        assert f"127.0.0.1:{taken} unavailable" in lines[0]
+        assert "default/busy" in lines[1] and str(taken) in lines[1]
+        assert list(server._listeners) == [free_port] and len(spawned) == 1
+        server.update({})                              # both services went
+        assert killed == [1] and not server._listeners
+    finally:
+        busy.close()
+        for sock, _ in server._listeners.values():
+            sock.close()

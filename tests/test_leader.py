@@ -154,3 +154,38 @@ def test_a_write_planned_on_an_old_version_of_the_service_does_not_land(server, 
     assert _ingress(server, "lb") == before
     assert any("changed before its load-balancer IP was written" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_leader_whose_lease_is_taken_stops_writing_with_one_line(server, caplog):
+    """Someone else holds the lease now (an operator, a partitioned agent's
+    successor): this agent's renewals are refused, and within the renew
+    deadline it says once that it writes no more."""
+    changes = []
+    a = elector(server, "node1_a", on_change=changes.append)
+    wait_for(lambda: a.leading, 10, what="a to lead")
+    lease = server.api.get(LEASE, "default", "writer")
+    lease["spec"]["holderIdentity"] = "intruder"
+    lease["spec"]["leaseDurationSeconds"] = 60
+    server.api.update(LEASE, "default", "writer", lease)
+    wait_for(lambda: not a.leading, TIMINGS["renew_deadline"] + 3,
+             what="a to give up within its renew deadline")
+    assert changes == [True, False] and holder(server) == "intruder"
+    lines = [r.getMessage() for r in caplog.records if "lost lease" in r.getMessage()]
+    assert len(lines) == 1 and "node1_a" in lines[0] and "default/writer" in lines[0]
+
+
+def test_a_failing_election_round_is_logged_and_the_agent_stands_again(server, caplog,
+                                                                        monkeypatch):
+    from kubernetes.leaderelection import leaderelection
+    real, calls = leaderelection.LeaderElection.run, []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one round")
+        return real(self)
+    monkeypatch.setattr(leaderelection.LeaderElection, "run", flaky)
+    a = elector(server, "node1_a")
+    wait_for(lambda: a.leading, 10, what="a to lead after the failed round")
+    lines = [r.getMessage() for r in caplog.records if "round failed" in r.getMessage()]
+    assert len(lines) == 1

@@ -76,3 +76,46 @@ def test_ovsdb_going_away_and_coming_back(tmp_path, caplog):
     finally:
         if server.proc and server.proc.poll() is None:
             server.stop()
+
+
+def test_no_ovsdb_at_start_is_retried_and_a_bad_bridge_costs_only_itself(tmp_path, caplog):
+    """The agent may start before OVS: it says so and retries.  A bridge
+    whose labels are wrong is one line (not one per change) and skipped;
+    the bridge next to it is reported."""
+    caplog.set_level(logging.INFO, logger="controller.ovsdb_monitor")
+    server = Server(str(tmp_path))
+    seen = []
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        time.sleep(0.2)
+    monitor = OvsdbMonitor(f"unix:{server.sock}", seen.append,
+                           lambda fn: threading.Thread(target=fn, daemon=True).start(), sleep)
+    monitor.start()
+    try:
+        wait_for(lambda: len(sleeps) >= 2, 10, what="two retries while OVSDB is not there")
+        retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+        assert retries and f"unix:{server.sock}" in retries[0]
+        assert sleeps[:2] == [1, 2]                    # backing off
+        server.start()
+        server.vsctl("init")
+        server.vsctl("add-br", "brgood", "--", "set", "bridge", "brgood",
+                     "external_ids:nsx-proxy-role=node", "external_ids:nsx-proxy-node=node1",
+                     "external_ids:nsx-proxy-pod-cidr=10.1.1.0/24",
+                     "datapath_id=0000000000000abc")
+        server.vsctl("add-br", "brbad", "--", "set", "bridge", "brbad",
+                     "external_ids:nsx-proxy-role=node", "external_ids:nsx-proxy-node=node2",
+                     "external_ids:nsx-proxy-pod-cidr=not-a-cidr",
+                     "datapath_id=0000000000000abd")
+        wait_for(lambda: seen and 0xabc in seen[-1], 40, what="brgood reported")
+        assert 0xabd not in seen[-1]
+        server.vsctl("set", "bridge", "brgood", "external_ids:nsx-proxy-node=node7",
+                     "datapath_id=0000000000000abc")
+        wait_for(lambda: seen[-1].get(0xabc) and seen[-1][0xabc].node == "node7", 10,
+                 what="brgood's change reported")
+        bad = [r.getMessage() for r in caplog.records if "brbad ignored" in r.getMessage()]
+        assert len(bad) == 1 and "not-a-cidr" in bad[0]
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.stop()

@@ -71,3 +71,57 @@ def test_file_source_keeps_last_good_state_on_a_broken_file(tmp_path):
     path.write_text("services: [ {name: x")          # half-written
     assert not src.poll_once()
     assert len(seen) == 1
+
+
+def test_a_consumer_that_raises_is_logged_and_the_poll_loop_and_runner_go_on(tmp_path,
+                                                                              caplog):
+    """A bug downstream of a source (here: on_change raising) is one logged
+    traceback per failure; the file keeps being watched, and the rate-limited
+    runner that drives syncs keeps running and retries on the next request."""
+    import time
+    from nsx_proxy.runner import BoundedFrequencyRunner, thread_hub
+    path = tmp_path / "state.yaml"
+    path.write_text(yaml.safe_dump(DOC))
+    seen, fail = [], [True]
+
+    def on_change(state):
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("a bug downstream")
+        seen.append(state)
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) > 3:
+            raise SystemExit          # end the test's loop (not an Exception)
+    src = YamlFileSource(str(path), on_change, spawn=None, sleep=sleep)
+    try:
+        src._loop()
+    except SystemExit:
+        pass
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == \
+        ["state file poll failed"]
+    path.write_text(yaml.safe_dump(dict(DOC, services=DOC["services"][:1])))
+    assert src.poll_once() and len(seen[-1].services) == 1      # and it goes on
+
+    runs = []
+
+    def run():
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("a bad run")
+    runner = BoundedFrequencyRunner("sync", run, thread_hub(), min_interval=0.01,
+                                    max_interval=5)
+    runner.start()
+    runner.request()
+    deadline = time.monotonic() + 5
+    while len(runs) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runner.request()
+    while len(runs) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runner.stop()
+    assert len(runs) == 2
+    lines = [r.getMessage() for r in caplog.records if "run failed" in r.getMessage()]
+    assert lines == ["sync: run failed; the next request retries"]

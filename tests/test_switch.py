@@ -630,3 +630,15 @@ def test_a_group_description_reply_is_read_from_its_bytes():
     msg = ofproto_parser.msg(FakeDatapath(), 4, ofp.OFPT_MULTIPART_REPLY, len(reply), 5,
                              reply)
     assert [g.group_id for g in msg.body] == [7, 9] and len(msg.body[0].buckets) == 1
+
+
+def test_a_switch_ovsdb_has_not_labelled_yet_waits_with_one_line_then_syncs(caplog):
+    sw = Switch(FakeDatapath(), cookies.GroupIds(), threading.Event, itertools.count(1))
+    sw.hello()
+    sw.stats_reply(cookies_seen=())
+    assert sw.stats_reply(groups_seen=())
+    lines = [r.getMessage() for r in caplog.records if "no nsx-proxy-role" in r.getMessage()]
+    assert len(lines) == 1 and f"{world.NODE1.dpid:016x}" in lines[0]
+    assert not sw.ready and sw.begin_sync(world.state(world.web())) is None
+    sw.set_context(world.NODE1)                              # OVSDB says what it is
+    assert sw.ready and sw.begin_sync(world.state(world.web())) is not None
