@@ -24,7 +24,7 @@ from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_common, ofproto_v1_3
 
-from controller import bridges, config, cookies, names, pipeline, status, wire
+from controller import bridges, config, cookies, names, pipeline, ryu_compat, status, wire
 from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
@@ -34,6 +34,9 @@ from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
 
 _SEND_RUN = 256 * 1024
+
+# the contents audit reads group descriptions' bytes, not Ryu's parse of them
+ryu_compat.parse_group_buckets_lazily()
 
 LOG = logging.getLogger("nsx_proxy")
 

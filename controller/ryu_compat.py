@@ -55,3 +55,51 @@ def install() -> None:
         return
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
+
+
+def parse_group_buckets_lazily() -> None:
+    """Make Ryu parse a group description's buckets only when they are read.
+
+    Ryu parses every message it receives before any handler sees it, and a
+    group description reply of 10,000 groups costs it half a second of
+    parsing NAT actions, with nothing else running (green threads): every
+    contents audit (controller/drift.py) would hold a change that long.
+    This proxy reads only group ids from Ryu's objects; the audit compares
+    the reply's bytes (wire.group_descs).  So replies get a stats class
+    whose ``buckets`` are parsed, by Ryu's own parser, on first access.
+    Idempotent; only OFPGroupDescStatsReply is touched.
+    """
+    import struct
+
+    from ryu.ofproto import ofproto_v1_3 as ofp
+    from ryu.ofproto import ofproto_v1_3_parser as parser
+
+    reply = parser.OFPGroupDescStatsReply
+    if getattr(reply.cls_stats_body_cls, "lazy_buckets", False):
+        return
+    eager = parser.OFPGroupDescStats
+
+    class LazyGroupDescStats(eager):
+        lazy_buckets = True
+
+        @classmethod
+        def parser(cls, buf, offset):
+            stats = cls()
+            stats.length, stats.type, stats.group_id = struct.unpack_from(
+                ofp.OFP_GROUP_DESC_STATS_PACK_STR, buf, offset)
+            stats._raw = (buf, offset)
+            return stats
+
+        @property
+        def buckets(self):
+            if getattr(self, "_raw", None) is not None:
+                buf, offset = self._raw
+                self._raw = None
+                self._buckets = eager.parser(buf, offset).buckets
+            return self._buckets
+
+        @buckets.setter
+        def buckets(self, value):
+            self._raw, self._buckets = None, value
+
+    reply.cls_stats_body_cls = LazyGroupDescStats

@@ -8,7 +8,8 @@ bucket, UDP flushes) can outlive its connection by accident.
 
 Lifecycle, each step a method::
 
-    hello()                  -> the reject meter, flow and group stats requests
+    hello()                  -> the reject meter, flow and group stats requests,
+                                and the flow monitor (controller/drift.py)
     stats_reply(...)         -> True once both replies are in: the session starts
     set_context(ctx)         OVSDB says what the bridge is
     note(change)             the cluster state changed (a change set)
@@ -16,6 +17,8 @@ Lifecycle, each step a method::
     barrier_reply(xid) / error(xid, ...)
     end_sync(answered)       -> SyncResult (and UDP conntrack flushes to send)
     packet_in(...)           -> a TCP RST / ICMP unreachable, rate-limited
+    audit_requests() / audit_reply(...) / flow_monitor_updates(...)
+                             -> drift found and repaired (controller/drift.py)
     disconnected()           a bundle in flight fails; the object is dropped
 
 No Ryu event machinery here (the messages are built with Ryu's parser, in
@@ -31,7 +34,8 @@ from typing import Iterable, List, Optional
 
 from controller import cookies, ofmsg, pipeline, reject, wire
 from controller.affinity_sweeper import AffinitySweeper, long_timeouts
-from controller.fragments import Plan, flatten
+from controller.drift import DriftWatch
+from controller.fragments import Plan
 from controller.session import SwitchSession
 from nsx_proxy import changes
 
@@ -79,18 +83,14 @@ class Switch:
         self._clock = clock
         self._stats = ([], [], 2)         # table-0 cookies, group ids, replies to come
         self._meter_xid = None
-        self._rate = max(1, reject_rate)
-        self._reject_bucket = reject.TokenBucket(self._rate, self._rate, clock)
+        self.reject_rate = max(1, reject_rate)
+        self._reject_bucket = reject.TokenBucket(self.reject_rate, self.reject_rate, clock)
         self._udp_flushes: List[changes.StaleUdp] = []
         self.pending: Optional[_Pending] = None
         self.sweeper = AffinitySweeper()
         self._sweeps = {}                 # xid of a flow stats request -> (cookie, entries)
-        self._audit = None                # the audit in flight (see audit_requests)
-        self._audits = 0                  # audits asked for on this connection
-        self._groups_every = audit_groups_every   # every Nth reads group contents
-        self._drift_seen = False          # the flow monitor saw our flows change
-        self._drift_logged = False        # ... and said so (until the repair is in)
-        self._commits = 0                 # bundles committed on this connection
+        self.drift = DriftWatch(self, audit_groups_every)
+        self.commits = 0                  # bundles committed on this connection
 
     @property
     def ready(self) -> bool:
@@ -104,7 +104,7 @@ class Switch:
         group descriptions tell which ids exist."""
         dp = self.dp
         parser, ofp = dp.ofproto_parser, dp.ofproto
-        meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, self._rate, self._rate)
+        meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, self.reject_rate, self.reject_rate)
         dp.set_xid(meter)
         self._meter_xid = meter.xid
         return [meter,
@@ -294,7 +294,7 @@ class Switch:
                         "sweep" if xid in self._sweeps else "drift audit")
             self._sweeps.pop(xid, None)
             if self.is_audit_reply(xid):
-                self._audit = None
+                self.drift.request_failed()
             return
         LOG.error("switch %016x: error type=%d code=%d for xid %d",
                   self.dpid, err_type, code, xid)
@@ -326,9 +326,9 @@ class Switch:
         if full:
             # every flow was written again: changes the monitor reported
             # before this barrier's reply are overwritten
-            self._drift_seen = self._drift_logged = False
+            self.drift.repaired()
         session.committed(pending.want, pending.plan, pending.started)
-        self._commits += 1
+        self.commits += 1
         if full:
             # Millions of long-lived objects now: move them out of the cyclic
             # collector's way, or every full collection walks them all (the
@@ -337,8 +337,8 @@ class Switch:
         LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
                   self.dpid, pending.count, elapsed * 1000)
         after = self._flushes()
-        if self._drift_seen:          # the monitor saw a change while the bundle was out
-            after += self.audit_requests()
+        if self.drift.seen:           # the monitor saw a change while the bundle was out
+            after += self.drift.requests()
         return SyncResult(True, pending.plan, elapsed, pending.count, after)
 
     def sync_failed(self) -> None:
@@ -407,151 +407,21 @@ class Switch:
             priority=priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
             match=matches[(cookie, priority, key)]) for cookie, priority, key in expired]
 
-    # --- drift: what someone changed behind our back ----------------------------------
+    # --- drift (controller/drift.py) --------------------------------------------------
     def audit_requests(self) -> list:
-        """Ask the switch what it holds: how many flows of this round (one
-        aggregate reply), which groups, and the reject meter.  Skipped while
-        a bundle is in flight or before the first commit."""
-        if not self.ready or self.pending is not None or self._audit is not None \
-                or self.session.needs_resync:
-            return []
-        dp = self.dp
-        parser, ofp = dp.ofproto_parser, dp.ofproto
-        ours = cookies.with_generation(0, self.session.generation)
-        self._audits += 1
-        # Group stats (a bucket count each) on most audits; every Nth reads
-        # the groups' contents, which catches buckets changed in place (no
-        # monitor reports groups) but costs Ryu half a second of parsing at
-        # 10,000 services.  A forced audit repairs anyway: counts suffice.
-        contents = not self._drift_seen and self._groups_every > 0 and \
-            self._audits % self._groups_every == 0
-        msgs = [parser.OFPAggregateStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY,
-                                                ofp.OFPG_ANY, ours, cookies.GEN_MASK,
-                                                parser.OFPMatch()),
-                parser.OFPGroupDescStatsRequest(dp, 0) if contents else
-                parser.OFPGroupStatsRequest(dp, 0, ofp.OFPG_ALL),
-                parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)]
-        for msg in msgs:
-            dp.set_xid(msg)
-        self._audit = {"xids": {m.xid for m in msgs}, "commits": self._commits,
-                       "flows": None, "groups": [], "meters": None, "open": 3,
-                       "forced": self._drift_seen, "contents": contents}
-        self._drift_seen = False
-        return msgs
+        return self.drift.requests()
 
     def is_audit_reply(self, xid) -> bool:
-        return self._audit is not None and xid in self._audit["xids"]
+        return self.drift.is_reply(xid)
 
     def audit_reply(self, xid, flows=None, groups=(), meters=None, more=False) -> list:
-        """One reply of the audit (``groups``: (id, bucket count) from group
-        stats, or (id, bucket bytes) from group descriptions, as asked); once
-        all are in, what to send: the meter
-        if it is gone, and the whole state again (a resync) if flows or groups
-        are not what was committed."""
-        audit = self._audit
-        if flows is not None:
-            audit["flows"] = flows
-        audit["groups"] += list(groups)
-        if meters is not None:
-            audit["meters"] = (audit["meters"] or []) + list(meters)
-        if more:
-            return []
-        audit["open"] -= 1
-        if audit["open"]:
-            return []
-        self._audit = None
-        out = []
-        if pipeline.REJECT_METER not in (audit["meters"] or ()):
-            LOG.warning("switch %016x: drift: the reject meter is gone; adding it again",
-                        self.dpid)
-            out.append(ofmsg.meter_add(self.dp, pipeline.REJECT_METER, self._rate,
-                                       self._rate))
-        if audit["commits"] != self._commits or self.session is None:
-            # a bundle landed meanwhile: ask again later (now, if the flow
-            # monitor saw a change)
-            if audit["forced"]:
-                self._drift_seen = True
-                return out + self.audit_requests()
-            return out
-        want_flows, want_groups = flatten(self.session.installed)
-        # group id -> its bucket bytes (a contents audit) or number of buckets
-        have = dict(audit["groups"])
-        if audit["contents"]:
-            wrong = [gid for gid, g in want_groups.items()
-                     if have.get(gid) != wire.group_buckets(g)]
-        else:
-            wrong = [gid for gid, g in want_groups.items()
-                     if have.get(gid) != len(g.buckets)]
-        if audit["flows"] != len(want_flows) or wrong or audit["forced"]:
-            self.counters[(self.dpid, "drift")] += 1
-            if not audit["forced"]:          # (the monitor's line said it already)
-                LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
-                            "installed; %d of %d groups missing or with other buckets%s; "
-                            "reinstalling everything", self.dpid, audit["flows"],
-                            self.session.generation, len(want_flows), len(wrong),
-                            len(want_groups), f" (first: group {min(wrong)})" if wrong
-                            else "")
-            self.session.redo(set(have))
-            self.kick.set()
-        elif self._drift_seen:               # the monitor saw more while we counted
-            out += self.audit_requests()
-        return out
+        return self.drift.reply(xid, flows, groups, meters, more)
 
     def flow_monitor_updates(self, data: bytes) -> list:
-        """Flows that someone else added, deleted or modified (OVS's flow
-        monitor, asked for in hello()).  One of this round's changed: one
-        line naming it, and an audit now whose reply reinstalls everything
-        in the same round (an ADD over a changed flow restores it; the
-        audit says which groups exist, so each is added or modified as it
-        must be).  Flows that are not ours are logged and left alone: the
-        bridge may carry an operator's own flows."""
-        if not self.ready or self.session.needs_resync:
-            return []                     # everything is written again anyway
-        generation = self.session.generation
-        ours, foreign = [], []
-        for event, table, priority, cookie in wire.flow_updates(data):
-            if cookie is None:
-                continue
-            if cookies.generation_of(cookie) == generation and \
-                    cookies.kind_of(cookie) in cookies.KIND_NAMES:
-                ours.append((event, table, priority, cookie))
-            elif event == wire.FLOW_ADDED:
-                foreign.append((table, priority, cookie))
-        if foreign:
-            table, priority, cookie = foreign[0]
-            LOG.warning("switch %016x: %d flow(s) not ours added behind our back (first: "
-                        "table %d priority %d cookie %#x); left alone", self.dpid,
-                        len(foreign), table, priority, cookie)
-        if not ours:
-            return []
-        if not self._drift_logged:        # one line per repair, not per update
-            event, table, priority, cookie = ours[0]
-            LOG.warning("switch %016x: drift: %d of our flows %s behind our back "
-                        "(first: table %d priority %d, %s); reinstalling", self.dpid,
-                        len(ours),
-                        "/".join(sorted({_EVENTS.get(e, str(e)) for e, _, _, _ in ours})),
-                        table, priority, self._owner_of(cookie))
-            self._drift_logged = True
-        self._drift_seen = True
-        return self.audit_requests()      # [] while a bundle or an audit is in flight
+        return self.drift.flow_updates(data)
 
     def flow_monitor_paused(self, resumed: bool) -> list:
-        """OVS stops sending updates while we lag behind and says so; what
-        changed in between is unknown, so an audit follows the resume."""
-        if not resumed:
-            LOG.warning("switch %016x: flow monitor paused by the switch (we lag "
-                        "behind); auditing once it resumes", self.dpid)
-            return []
-        self._drift_seen = True
-        return self.audit_requests()
-
-    def _owner_of(self, cookie) -> str:
-        """The object a cookie of ours belongs to, for the log line."""
-        base = cookie & cookies.OBJECT_MASK
-        for key, frag in self.session.installed.items():
-            if any(f.cookie & cookies.OBJECT_MASK == base for f in frag.flows):
-                return f"{key}"
-        return f"cookie {cookie:#x}"
+        return self.drift.monitor_paused(resumed)
 
     # --- refused connections ----------------------------------------------------------
     def packet_in(self, cookie, in_port, data) -> list:
@@ -577,10 +447,6 @@ class Switch:
         if self.pending is not None:
             self.pending.errors.append((None, "switch disconnected"))
             self.pending.done.set()
-
-
-_EVENTS = {wire.FLOW_ADDED: "added", wire.FLOW_DELETED: "deleted",
-           wire.FLOW_MODIFIED: "modified"}
 
 
 def _encoded(msg) -> None:

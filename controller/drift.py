@@ -1,0 +1,195 @@
+"""Drift: what someone changed on a switch behind the controller's back.
+
+Two ways of seeing it, one repair:
+
+* OVS's flow monitor (asked for in ``Switch.hello``) reports every flow
+  another connection adds, deletes or modifies, as it happens.  One of this
+  round's flows changed: one line naming its object, then an audit at once.
+* The audit, every ``audit_period`` and at once after the monitor spoke:
+  how many flows of this round the switch holds, its groups (bucket counts,
+  or every ``audit_groups_every``-th time their bytes: groups have no
+  monitor) and the reject meter.  Anything missing or different - or any
+  change the monitor saw - rewrites the whole state in the same round
+  (``SwitchSession.redo``); a missing meter is added back.
+
+One ``DriftWatch`` per connected switch, owned by its ``Switch``, whose
+session, pending bundle and counters it reads; like the Switch, it returns
+the messages to send and never sends them itself.
+"""
+import logging
+
+from controller import cookies, ofmsg, pipeline, wire
+from controller.fragments import flatten
+
+LOG = logging.getLogger("nsx_proxy")
+
+_EVENTS = {wire.FLOW_ADDED: "added", wire.FLOW_DELETED: "deleted",
+           wire.FLOW_MODIFIED: "modified"}
+
+
+class DriftWatch:
+    def __init__(self, switch, groups_every=3):
+        self._sw = switch
+        self._audit = None                # the audit in flight (see requests)
+        self._audits = 0                  # audits asked for on this connection
+        self._groups_every = groups_every   # every Nth reads group contents
+        self.seen = False                 # the flow monitor saw our flows change
+        self._logged = False              # ... and said so (until the repair is in)
+
+    def repaired(self) -> None:
+        """A full resync committed: every flow was written again, so what the
+        monitor reported before that bundle's barrier reply is overwritten."""
+        self.seen = self._logged = False
+
+    # --- the audit -----------------------------------------------------------------
+    def requests(self) -> list:
+        """Ask the switch what it holds: how many flows of this round (one
+        aggregate reply), which groups, and the reject meter.  Skipped while
+        a bundle is in flight or before the first commit."""
+        sw = self._sw
+        if not sw.ready or sw.pending is not None or self._audit is not None \
+                or sw.session.needs_resync:
+            return []
+        dp = sw.dp
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        ours = cookies.with_generation(0, sw.session.generation)
+        self._audits += 1
+        # Group stats (a bucket count each) on most audits; every Nth reads
+        # the groups' contents, which catches buckets changed in place (no
+        # monitor reports groups) but costs Ryu half a second of parsing at
+        # 10,000 services.  A forced audit repairs anyway: counts suffice.
+        contents = not self.seen and self._groups_every > 0 and \
+            self._audits % self._groups_every == 0
+        msgs = [parser.OFPAggregateStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY,
+                                                ofp.OFPG_ANY, ours, cookies.GEN_MASK,
+                                                parser.OFPMatch()),
+                parser.OFPGroupDescStatsRequest(dp, 0) if contents else
+                parser.OFPGroupStatsRequest(dp, 0, ofp.OFPG_ALL),
+                parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)]
+        for msg in msgs:
+            dp.set_xid(msg)
+        self._audit = {"xids": {m.xid for m in msgs}, "commits": sw.commits,
+                       "flows": None, "groups": [], "meters": None, "open": 3,
+                       "forced": self.seen, "contents": contents}
+        self.seen = False
+        return msgs
+
+    def is_reply(self, xid) -> bool:
+        return self._audit is not None and xid in self._audit["xids"]
+
+    def request_failed(self) -> None:
+        """A request of the audit was refused: that audit ends (the next asks again)."""
+        self._audit = None
+
+    def reply(self, xid, flows=None, groups=(), meters=None, more=False) -> list:
+        """One reply of the audit (``groups``: (id, bucket count) from group
+        stats, or (id, bucket bytes) from group descriptions, as asked); once
+        all are in, what to send: the meter if it is gone, and the whole
+        state again (a resync) if flows or groups are not what was committed."""
+        sw, audit = self._sw, self._audit
+        if flows is not None:
+            audit["flows"] = flows
+        audit["groups"] += list(groups)
+        if meters is not None:
+            audit["meters"] = (audit["meters"] or []) + list(meters)
+        if more:
+            return []
+        audit["open"] -= 1
+        if audit["open"]:
+            return []
+        self._audit = None
+        out = []
+        if pipeline.REJECT_METER not in (audit["meters"] or ()):
+            LOG.warning("switch %016x: drift: the reject meter is gone; adding it again",
+                        sw.dpid)
+            out.append(ofmsg.meter_add(sw.dp, pipeline.REJECT_METER, sw.reject_rate,
+                                       sw.reject_rate))
+        session = sw.session
+        if audit["commits"] != sw.commits or session is None:
+            # a bundle landed meanwhile: ask again later (now, if the flow
+            # monitor saw a change)
+            if audit["forced"]:
+                self.seen = True
+                return out + self.requests()
+            return out
+        want_flows, want_groups = flatten(session.installed)
+        # group id -> its bucket bytes (a contents audit) or number of buckets
+        have = dict(audit["groups"])
+        if audit["contents"]:
+            wrong = [gid for gid, g in want_groups.items()
+                     if have.get(gid) != wire.group_buckets(g)]
+        else:
+            wrong = [gid for gid, g in want_groups.items()
+                     if have.get(gid) != len(g.buckets)]
+        if audit["flows"] != len(want_flows) or wrong or audit["forced"]:
+            sw.counters[(sw.dpid, "drift")] += 1
+            if not audit["forced"]:          # (the monitor's line said it already)
+                LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
+                            "installed; %d of %d groups missing or with other buckets%s; "
+                            "reinstalling everything", sw.dpid, audit["flows"],
+                            session.generation, len(want_flows), len(wrong),
+                            len(want_groups), f" (first: group {min(wrong)})" if wrong
+                            else "")
+            session.redo(set(have))
+            sw.kick.set()
+        elif self.seen:                      # the monitor saw more while we counted
+            out += self.requests()
+        return out
+
+    # --- the flow monitor ------------------------------------------------------------
+    def flow_updates(self, data: bytes) -> list:
+        """Flows that someone else added, deleted or modified.  One of this
+        round's changed: one line naming it, and an audit now whose reply
+        reinstalls everything in the same round (an ADD over a changed flow
+        restores it; every group is written with ADD_OR_MOD).  Flows that
+        are not ours are logged and left alone: the bridge may carry an
+        operator's own flows."""
+        sw = self._sw
+        if not sw.ready or sw.session.needs_resync:
+            return []                     # everything is written again anyway
+        generation = sw.session.generation
+        ours, foreign = [], []
+        for event, table, priority, cookie in wire.flow_updates(data):
+            if cookie is None:
+                continue
+            if cookies.generation_of(cookie) == generation and \
+                    cookies.kind_of(cookie) in cookies.KIND_NAMES:
+                ours.append((event, table, priority, cookie))
+            elif event == wire.FLOW_ADDED:
+                foreign.append((table, priority, cookie))
+        if foreign:
+            table, priority, cookie = foreign[0]
+            LOG.warning("switch %016x: %d flow(s) not ours added behind our back (first: "
+                        "table %d priority %d cookie %#x); left alone", sw.dpid,
+                        len(foreign), table, priority, cookie)
+        if not ours:
+            return []
+        if not self._logged:              # one line per repair, not per update
+            event, table, priority, cookie = ours[0]
+            LOG.warning("switch %016x: drift: %d of our flows %s behind our back "
+                        "(first: table %d priority %d, %s); reinstalling", sw.dpid,
+                        len(ours),
+                        "/".join(sorted({_EVENTS.get(e, str(e)) for e, _, _, _ in ours})),
+                        table, priority, owner_of(sw.session.installed, cookie))
+            self._logged = True
+        self.seen = True
+        return self.requests()            # [] while a bundle or an audit is in flight
+
+    def monitor_paused(self, resumed: bool) -> list:
+        """OVS stops sending updates while we lag behind and says so; what
+        changed in between is unknown, so an audit follows the resume."""
+        if not resumed:
+            LOG.warning("switch %016x: flow monitor paused by the switch (we lag "
+                        "behind); auditing once it resumes", self._sw.dpid)
+            return []
+        self.seen = True
+        return self.requests()
+
+
+def owner_of(installed, cookie) -> str:
+    """The object a cookie of ours belongs to (a fragment key), for a log line."""
+    base = cookie & cookies.OBJECT_MASK
+    for key, frag in installed.items():
+        if any(f.cookie & cookies.OBJECT_MASK == base for f in frag.flows):
+            return f"{key}"
+    return f"cookie {cookie:#x}"
