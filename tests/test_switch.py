@@ -210,19 +210,25 @@ def test_udp_flushes_wait_for_a_committed_bundle():
     assert [m.data for m in result.after] == [want.data]
 
 
-def test_a_message_that_cannot_be_encoded_costs_only_its_object(monkeypatch, caplog):
-    """An encoding failure (here: a priority out of its 16-bit field, like the
-    64 KiB group that used to break every bridge) is pinned on its object
-    before anything is sent; the others install and keep being updated."""
+def unencodable_port_flow(monkeypatch, vip):
+    """Make the TCP port flow of the service at ``vip`` fail to encode (a
+    priority out of its 16-bit field: struct.error when packed)."""
     import dataclasses
     from controller import wire
     real = wire.flow_mod
 
     def broken(f, command, generation, xid):
-        if ("ipv4_dst", "10.96.0.66") in f.match and "tcp_dst" in dict(f.match):
-            f = dataclasses.replace(f, priority=70000)     # struct.error when packed
+        if ("ipv4_dst", vip) in f.match and "tcp_dst" in dict(f.match):
+            f = dataclasses.replace(f, priority=70000)
         return real(f, command, generation, xid)
     monkeypatch.setattr(wire, "flow_mod", broken)
+
+
+def test_a_message_that_cannot_be_encoded_costs_only_its_object(monkeypatch, caplog):
+    """An encoding failure (here: a priority out of its 16-bit field, like the
+    64 KiB group that used to break every bridge) is pinned on its object
+    before anything is sent; the others install and keep being updated."""
+    unencodable_port_flow(monkeypatch, "10.96.0.66")
     sw = connected()
     good, bad = world.web(), world.web(name="bad", vip="10.96.0.66")
     st = world.state(good, bad)
@@ -447,16 +453,8 @@ def test_a_streamed_bundle_with_an_unencodable_object_is_discarded_then_the_rest
     """Part of a streamed bundle is on the switch when a later message turns
     out not to encode: the bundle is discarded (never committed), the object
     is quarantined with one line, and the next pass installs everything else."""
-    import dataclasses
     import controller.switch as switch_mod
-    from controller import wire
-    real = wire.flow_mod
-
-    def broken(f, command, generation, xid):
-        if ("ipv4_dst", "10.96.0.66") in f.match and "tcp_dst" in dict(f.match):
-            f = dataclasses.replace(f, priority=70000)     # struct.error when packed
-        return real(f, command, generation, xid)
-    monkeypatch.setattr(wire, "flow_mod", broken)
+    unencodable_port_flow(monkeypatch, "10.96.0.66")
     monkeypatch.setattr(switch_mod, "STREAM_AT", 1)
     sw = connected()
     st = world.state(world.web(), world.web(name="bad", vip="10.96.0.66"))
