@@ -40,15 +40,15 @@ def gateway_fragment(ctx: BridgeContext) -> Fragment:
             flows.append(P.GATEWAY_ROUTING.flow(P.PRIO_FALLBACK, (
                 F.SetField("eth_src", ext.mac), F.SetField("eth_dst", ext.next_hop_mac),
                 F.Output(ext.ofport)), c, in_port=ctx.uplink, eth_type=F.ETH_IP))
-    return Fragment(flows=(flows))
+    return Fragment(flows=flows)
 
 
 def gateway_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
     """Node IPs are reachable from outside (NodePorts): route to the node."""
     c = cookies.for_name(cookies.KIND_NODE, node.name)
-    return Fragment(flows=([
+    return Fragment(flows=[
         P.GATEWAY_ROUTING.flow(P.PRIO_HIGH, _to_node(ctx, node, ctx.uplink), c,
-               eth_type=F.ETH_IP, ipv4_dst=node.internal_ip)]))
+               eth_type=F.ETH_IP, ipv4_dst=node.internal_ip)])
 
 
 def gateway_vip_fragment(ctx: BridgeContext, ip: str, nodes, group_ids) -> Fragment:
@@ -58,22 +58,22 @@ def gateway_vip_fragment(ctx: BridgeContext, ip: str, nodes, group_ids) -> Fragm
     buckets = tuple(P.GATEWAY_ROUTING.bucket(_to_node(ctx, n, ctx.uplink))
                     for n in sorted(nodes, key=lambda n: n.name))
     return Fragment(
-        flows=([P.GATEWAY_ROUTING.flow(P.PRIO_HIGH,
+        flows=[P.GATEWAY_ROUTING.flow(P.PRIO_HIGH,
                                 (F.Group(gid),) if buckets else (), c,
-                                eth_type=F.ETH_IP, ipv4_dst=ip)]),
-        groups=([F.SelectGroup(gid, buckets)]))
+                                eth_type=F.ETH_IP, ipv4_dst=ip)],
+        groups=[F.SelectGroup(gid, buckets)])
 
 
 def gateway_fip_fragment(ctx: BridgeContext, fip: model.FloatingIP,
                          node: model.Node) -> Fragment:
     """A pod's floating IP: to its node, from outside and from the cluster."""
     c = cookies.for_ip(cookies.KIND_FLOATING_IP, fip.ip)
-    return Fragment(flows=([
+    return Fragment(flows=[
         P.GATEWAY_ROUTING.flow(P.PRIO_HIGH, _to_node(ctx, node, ctx.uplink), c,
                eth_type=F.ETH_IP, ipv4_dst=fip.ip),
         P.GATEWAY_ROUTING.flow(P.PRIO_HIGH + P.PRIO_FROM_UPLINK,
                                _to_node(ctx, node, F.IN_PORT), c,
-               eth_type=F.ETH_IP, ipv4_dst=fip.ip, in_port=ctx.uplink)]))
+               eth_type=F.ETH_IP, ipv4_dst=fip.ip, in_port=ctx.uplink)])
 
 
 def serving_nodes(state: model.ClusterState, ip: str):

@@ -83,7 +83,7 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
                               (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
                               in_port=ctx.uplink, eth_type=F.ETH_IP,
                               eth_dst=ctx.router_mac))
-    return Fragment(flows=(out))
+    return Fragment(flows=out)
 
 
 def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
@@ -91,7 +91,7 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
     to_pod = (F.SetField("eth_src", ctx.router_mac), F.SetField("eth_dst", pod.mac))
     new = (F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)
     old = (F.CT_TRK, F.CT_TRK | F.CT_NEW)
-    return Fragment(flows=([
+    return Fragment(flows=[
         P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
                in_port=pod.ofport, eth_type=F.ETH_IP, eth_src=pod.mac, ipv4_src=pod.ip),
         P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.ARP_RESPONDER.id),), c,
@@ -113,7 +113,7 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
                in_port=pod.ofport, eth_type=F.ETH_IP, ipv4_dst=pod.ip),
         P.HAIRPIN.flow(P.PRIO_HIGH, to_pod + (F.Output(F.IN_PORT),), c,
                eth_type=F.ETH_IP, ipv4_dst=pod.ip),
-    ]))
+    ])
 
 
 def _out_uplink(ctx, table, priority, rewrite, cookie, **match):
@@ -143,9 +143,9 @@ def vip_fragment(ctx: BridgeContext, ip: str) -> Fragment:
     """ARP for a service IP, and reject TCP/UDP to ports it does not have
     (the service ports' own flows sit above these)."""
     c = cookies.for_ip(cookies.KIND_VIP, ip)
-    return Fragment(flows=([arp_flow(ip, ctx.router_mac, P.PRIO_HIGH, c)] + [
+    return Fragment(flows=[arp_flow(ip, ctx.router_mac, P.PRIO_HIGH, c)] + [
         P.SERVICE_LB.flow(P.PRIO_MID, REJECT, c, eth_type=F.ETH_IP, ip_proto=proto,
-               ipv4_dst=ip) for proto in (F.IP_PROTO["TCP"], F.IP_PROTO["UDP"])]))
+               ipv4_dst=ip) for proto in (F.IP_PROTO["TCP"], F.IP_PROTO["UDP"])])
 
 
 def skipped_ports(ctx: BridgeContext, svc: model.Service):
@@ -205,15 +205,16 @@ def split_pool(buckets, previous=None, max_buckets=P.MAX_BUCKETS_PER_GROUP):
         small.append(big.pop())
 
 
-def _previous_parts(previous, gids):
-    """The buckets of groups ``gids`` in the previous fragment, or None if
-    it does not have all of them."""
-    if previous is None:
-        return None
-    by_id = {g.group_id: g.buckets for g in previous.groups}
-    if not all(gid in by_id for gid in gids):
-        return None
-    return [by_id[gid] for gid in gids]
+def _pool_groups(gids, buckets, previous):
+    """The pool's select groups, one per part (``split_pool``); the parts
+    as the previous fragment holds them, when it holds all of ``gids``."""
+    installed = None
+    if previous is not None:
+        by_id = {g.group_id: g.buckets for g in previous.groups}
+        if all(gid in by_id for gid in gids):
+            installed = [by_id[gid] for gid in gids]
+    return [F.SelectGroup(gid, part)
+            for gid, part in zip(gids, split_pool(buckets, installed))]
 
 
 # The part is read from source-port bits 1..k, not 0..k-1: Linux's connect()
@@ -252,8 +253,7 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
         F.Load(P.ENDPOINT_IP.field, _ip_int(ep.ip)),
         F.Load(P.ENDPOINT_PORT.field, ep.port | P.AFFINITY_LEARN_BIT),
         F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in endpoints]
-    groups = [F.SelectGroup(gid, part) for gid, part in
-              zip(gids, split_pool(buckets, _previous_parts(previous, gids)))]
+    groups = _pool_groups(gids, buckets, previous)
     flows = []
     for ip, dport, ranges in frontends:
         # ServiceLB loads the whole of reg2 and reg3, so they match whole too.
@@ -357,15 +357,13 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                                                          endpoints, gids, cookie, mark,
                                                          refuse, previous)
             else:
-                parts = split_pool(_buckets(ctx, endpoints, mark),
-                                   _previous_parts(previous, gids))
-                pool_groups = [F.SelectGroup(gid, part) for gid, part in zip(gids, parts)]
+                pool_groups = _pool_groups(gids, _buckets(ctx, endpoints, mark), previous)
                 actions = [(_part_match(proto, i, len(gids)), (F.Group(gid),))
                            for i, gid in enumerate(gids)] if endpoints else [({}, refuse)]
                 pool_flows = _frontend_flows(port, frontends, actions, cookie)
             flows += pool_flows
             groups += pool_groups
-    return Fragment(flows=(flows), groups=(groups))
+    return Fragment(flows=flows, groups=groups)
 
 
 def local_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
@@ -397,7 +395,7 @@ def local_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
                         (F.SetField("eth_src", ctx.router_mac),
                          F.SetField("eth_dst", ip_mac(ctx.fabric_gateway))), c,
                         eth_type=F.ETH_IP)
-    return Fragment(flows=(flows))
+    return Fragment(flows=flows)
 
 
 def floating_ip_fragment(ctx: BridgeContext, fip: model.FloatingIP) -> Fragment:
@@ -419,6 +417,6 @@ def floating_ip_fragment(ctx: BridgeContext, fip: model.FloatingIP) -> Fragment:
                             (F.Ct(zone=ctx.snat_zone, table=P.EGRESS_OUTPUT.id, commit=True,
                                   nat=F.Nat(src_ip=fip.ip)),), c,
                             eth_type=F.ETH_IP, ipv4_src=fip.pod_ip))
-    return Fragment(flows=(flows))
+    return Fragment(flows=flows)
 
 
