@@ -101,8 +101,8 @@ class SwitchSession:
     def redo(self, groups_on_switch) -> None:
         """The switch lost or changed what was installed (drift): write all of
         it again in the same round - an ADD over an identical flow changes
-        nothing, a missing one comes back - modifying the groups it still
-        has and adding the ones it lost."""
+        nothing, a missing one comes back, every group is written with
+        ADD_OR_MOD - and delete the groups on the switch we do not want."""
         self.needs_resync = True
         self.groups_on_switch = set(groups_on_switch)
         self.stale_generations = set()
