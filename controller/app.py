@@ -152,20 +152,23 @@ class ServiceProxy(app_manager.RyuApp):
     def set_state(self, state: model.ClusterState, change: changes.ChangeSet = None) -> None:
         """A new desired cluster state from a source, and what changed (a
         source that does not track its changes may leave that out)."""
-        previous, self.state = self.state, state
+        # Nothing is taken as received until every step below has run: if one
+        # raises, the source keeps this change pending and hands it on again.
+        previous = self.state
         if self.state_received is None:
             change = changes.EVERYTHING
         elif change is None:
             change = changes.between(previous, state)
-        self.state_received = time.monotonic()
-        self._event_at = getattr(self.source, "last_event_at", None)
-        self._event_observed = set()
         names.release_group_ids(self.group_ids, previous, state, change,
                                 pipeline.MAX_BUCKETS_PER_GROUP)
         if self.health is not None:
             rejects = getattr(self.source, "rejects", None)
             self.health.update(healthcheck.service_checks(
                 state, self.node_name, rejects.reject if rejects else None))
+        self.state = state
+        self.state_received = time.monotonic()
+        self._event_at = getattr(self.source, "last_event_at", None)
+        self._event_observed = set()
         for switch in self.switches.values():
             switch.note(change)
 

@@ -126,6 +126,11 @@ class _AppCollector:
             yield restarts
             yield relists
             yield errors
+        runner = getattr(source, "runner", None)
+        if runner is not None:
+            yield CounterMetricFamily(
+                "nsx_proxy_sync_failures", "syncs that raised (their changes stay pending "
+                "and are retried)", value=runner.failures)
         rejects = CounterMetricFamily("nsx_proxy_rejected_objects",
                                       "objects (or parts) skipped as invalid", labels=["reason"])
         if source is not None:

@@ -6,12 +6,9 @@ Namespaces (their pool annotations).  Each event or relist marks what it
 may have changed, so the state builder translates only that; ``take_dirty``
 hands the marks over.  Pure data and dict updates: no I/O, no threads.
 """
-from nsx_proxy import model, translate
+from nsx_proxy import model, rawjson, translate
 
-
-def _key(obj):
-    meta = obj.get("metadata") or {}
-    return meta.get("namespace"), meta.get("name")
+_key = rawjson.key
 
 
 def _apply(table, key, etype, obj):
@@ -22,8 +19,7 @@ def _apply(table, key, etype, obj):
         table[key] = obj
 
 
-def _rv(obj):
-    return (obj.get("metadata") or {}).get("resourceVersion")
+_rv = rawjson.resource_version
 
 
 class KubeCache:
@@ -46,6 +42,12 @@ class KubeCache:
         out = (dirty, self._nodes_dirty, self._pods_dirty)
         self._nodes_dirty = self._pods_dirty = False
         return out
+
+    def give_back_dirty(self, dirty, nodes_dirty, pods_dirty):
+        """Marks taken by a build that failed: they are pending again."""
+        self._dirty |= dirty
+        self._nodes_dirty |= nodes_dirty
+        self._pods_dirty |= pods_dirty
 
     # --- services ----------------------------------------------------------------
     def service_event(self, etype, obj):
@@ -100,8 +102,7 @@ class KubeCache:
     def pod_event(self, etype, obj) -> bool:
         """False when the event cannot matter (a pod without a floating IP)."""
         key = _key(obj)
-        wanted = ((obj.get("metadata") or {}).get("annotations") or {}).get(
-            translate.FLOATING_IP_ANNOTATION)
+        wanted = rawjson.annotations(obj).get(translate.FLOATING_IP_ANNOTATION)
         if etype == "DELETED" or not wanted:
             if self.pods.pop(key, None) is None:
                 return False

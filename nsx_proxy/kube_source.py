@@ -130,18 +130,27 @@ class KubeSource:
             self.runner.request()
 
     def sync(self):
-        """Deliver the current ClusterState (no-op before every initial list)."""
+        """Deliver the current ClusterState (no-op before every initial list).
+
+        A change is done only once it has been handed on: if any step below
+        raises, the builder keeps the change set pending (and the cache its
+        dirty marks), the runner retries soon, and the next sync delivers
+        this one's changes with its own.  Objects that break a step are
+        rejected one by one inside it (translation, the pool plan, the
+        compiler), so a retry does not meet the same exception again."""
         if not self.synced:
             return None
         state, change = self.builder.build(self.cache)
         if self.writes:
             moved = self.cache.namespaces_version != self._namespaces_planned
-            self._namespaces_planned = self.cache.namespaces_version
             self.lb_writer.sync(self.cache.services, self.cache.namespaces,
                                 changed=None if moved else self.builder.last_dirty)
+            self._namespaces_planned = self.cache.namespaces_version
         self.syncs += 1
-        self.last_event_at, self._pending_since = self._pending_since, None
         LOG.debug("sync %d: %d services (%d changed), %d nodes",
                   self.syncs, len(state.services), len(change.services), len(state.nodes))
+        self.last_event_at = self._pending_since     # the consumer reads it
         self._on_change(state, change)
+        self.builder.delivered()
+        self._pending_since = None
         return state

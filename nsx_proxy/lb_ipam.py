@@ -21,6 +21,7 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 from nsx_proxy import model
+from nsx_proxy import rawjson
 
 LOG = logging.getLogger(__name__)
 POOL_ANNOTATION = "nsx-proxy.io/fip-pool"
@@ -59,8 +60,18 @@ def _hosts(nets):
 
 
 def ingress_ips(svc) -> Tuple[str, ...]:
-    return tuple(i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {})
-                 .get("ingress") or () if i.get("ip"))
+    """The IPs in a raw Service's status.loadBalancer.ingress (junk skipped:
+    translate reports it)."""
+    ingress = rawjson.field(svc, "status", "loadBalancer", "ingress")
+    return tuple(i["ip"] for i in rawjson.as_list(ingress)
+                 if isinstance(i, dict) and rawjson.text(i.get("ip")))
+
+
+def spec_of(svc):
+    return rawjson.as_map(rawjson.field(svc, "spec"))
+
+
+_KEEP = object()          # plan: leave this service's status as it is
 
 
 class Ipam:
@@ -80,15 +91,14 @@ class Ipam:
     def owns(self, ip: str) -> bool:
         try:
             addr = ipaddress.IPv4Address(ip)
-        except ValueError:
+        except (ValueError, TypeError):
             return False
         return any(addr in net for nets in self.pools.values() for net in nets)
 
     def _pool_for(self, svc, namespaces) -> Optional[str]:
-        meta = svc.get("metadata") or {}
-        ns = namespaces.get(meta.get("namespace")) or {}
-        return ((meta.get("annotations") or {}).get(POOL_ANNOTATION)
-                or ((ns.get("metadata") or {}).get("annotations") or {}).get(POOL_ANNOTATION)
+        ns = namespaces.get(rawjson.key(svc)[0])
+        return (rawjson.text(rawjson.annotations(svc).get(POOL_ANNOTATION))
+                or rawjson.text(rawjson.annotations(ns).get(POOL_ANNOTATION))
                 or self.default_pool)
 
     def plan(self, services: Dict[model.ServiceKey, dict], namespaces: Dict[str, dict],
@@ -97,27 +107,35 @@ class Ipam:
         change; ``reserved`` are IPs written but not seen back yet."""
         used = {ip for svc in services.values() for ip in ingress_ips(svc)} | set(reserved)
         changes = {}
-        for key in sorted(services):
-            svc = services[key]
-            spec = svc.get("spec") or {}
-            ours = [ip for ip in ingress_ips(svc) if self.owns(ip)]
-            if spec.get("type") != "LoadBalancer":
-                if ours:
-                    changes[key] = None          # no longer a LoadBalancer: release
+        for skey in sorted(services):
+            try:
+                want = self._plan_one(skey, services[skey], namespaces, used, reject)
+            except Exception as exc:   # noqa: BLE001 - a bug costs this object only
+                reject("service", str(skey), f"internal error planning its load-balancer "
+                       f"IP: {type(exc).__name__}: {exc}")
                 continue
-            if spec.get("loadBalancerClass") not in (None, self.lb_class):
-                continue                         # another controller's
-            if ingress_ips(svc) or not self.pools:
-                continue                         # has an address (ours or not)
-            ip = self._choose(key, svc, namespaces, used, reject)
-            if ip is not None:
-                used.add(ip)
-                changes[key] = ip
+            if want is not _KEEP:
+                if want is not None:
+                    used.add(want)
+                changes[skey] = want
         return changes
 
+    def _plan_one(self, skey, svc, namespaces, used, reject):
+        """The IP to write for one service, None to clear it, or _KEEP."""
+        spec = spec_of(svc)
+        if spec.get("type") != "LoadBalancer":
+            if any(self.owns(ip) for ip in ingress_ips(svc)):
+                return None                      # no longer a LoadBalancer: release
+            return _KEEP
+        if spec.get("loadBalancerClass") not in (None, self.lb_class):
+            return _KEEP                         # another controller's
+        if ingress_ips(svc) or not self.pools:
+            return _KEEP                         # has an address (ours or not)
+        ip = self._choose(skey, svc, namespaces, used, reject)
+        return _KEEP if ip is None else ip
+
     def _choose(self, key, svc, namespaces, used, reject) -> Optional[str]:
-        spec = svc.get("spec") or {}
-        asked = spec.get("loadBalancerIP")
+        asked = rawjson.text(spec_of(svc).get("loadBalancerIP"))
         if asked:
             if self.owns(asked) and asked not in used:
                 return asked

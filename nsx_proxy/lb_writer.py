@@ -11,7 +11,7 @@ import logging
 
 from kubernetes.client.exceptions import ApiException
 
-from nsx_proxy import lb_ipam
+from nsx_proxy import lb_ipam, rawjson
 
 LOG = logging.getLogger("nsx_proxy.kube_source")
 
@@ -20,7 +20,7 @@ def _matters(svc) -> bool:
     """Whether a Service counts in the pool plan: a LoadBalancer, or one
     holding an ingress IP (an address no one else may get)."""
     return svc is not None and (
-        (svc.get("spec") or {}).get("type") == "LoadBalancer" or bool(lb_ipam.ingress_ips(svc)))
+        lb_ipam.spec_of(svc).get("type") == "LoadBalancer" or bool(lb_ipam.ingress_ips(svc)))
 
 
 class LbStatusWriter:
@@ -58,14 +58,14 @@ class LbStatusWriter:
                               reserved={ip for ip in self.pending.values() if ip})
         self._relevant = {k for k, svc in services.items() if _matters(svc)}
         self._waiting = any(
-            (services[k].get("spec") or {}).get("type") == "LoadBalancer"
+            lb_ipam.spec_of(services[k]).get("type") == "LoadBalancer"
             and not lb_ipam.ingress_ips(services[k]) and k not in plan
             for k in self._relevant)
         for key, ip in plan.items():
             if key in self.pending:
                 continue                     # being written; wait to see it back
             self.pending[key] = ip
-            version = (services[key].get("metadata") or {}).get("resourceVersion")
+            version = rawjson.resource_version(services[key])
             self._spawn(self._write, key, ip, version)
 
     def _write(self, key, ip, version):

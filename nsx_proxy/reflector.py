@@ -22,6 +22,8 @@ import time
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from nsx_proxy import rawjson
+
 LOG = logging.getLogger(__name__)
 
 
@@ -66,8 +68,10 @@ class Reflector:
             if cont:
                 kwargs["_continue"] = cont
             body = json.loads(self._list_fn(**kwargs).data)
-            items.extend(body.get("items") or ())
-            meta = body.get("metadata") or {}
+            if not isinstance(body, dict):
+                raise ValueError(f"a list that is not an object: {body!r:.80}")
+            items.extend(self._objects(body.get("items")))
+            meta = rawjson.as_map(body.get("metadata"))
             cont = meta.get("continue")
             if not cont:
                 break
@@ -80,6 +84,15 @@ class Reflector:
         LOG.info("%s: listed %d objects at resourceVersion %s",
                  self.name, len(items), self.resource_version)
 
+    def _objects(self, items):
+        """The list's items that are objects; anything else is logged and skipped."""
+        items = rawjson.as_list(items)
+        good = [o for o in items if isinstance(o, dict)]
+        if len(good) != len(items):
+            LOG.warning("%s: %d listed items are not objects; skipped", self.name,
+                        len(items) - len(good))
+        return good
+
     # --- one watch -----------------------------------------------------------------
     def watch_once(self, until):
         """Stream events until the server ends the watch or ``until`` passes."""
@@ -91,17 +104,21 @@ class Reflector:
         try:
             for line in iter_resp_lines(resp):
                 event = json.loads(line)
-                etype, obj = event.get("type"), event.get("object") or {}
+                etype, obj = rawjson.field(event, "type"), rawjson.field(event, "object")
                 if etype not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"):
                     raise ValueError(f"not a watch event: {line[:80]!r}")
+                if not isinstance(obj, dict):
+                    LOG.warning("%s: a %s event whose object is not an object (%.80r); "
+                                "skipped", self.name, etype, obj)
+                    continue
                 if etype == "ERROR":
                     if obj.get("code") == 410:
                         raise Expired(obj.get("message"))
                     raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                rv = rawjson.resource_version(obj)
                 if etype != "BOOKMARK":
                     self._apply(etype, obj)
-                if rv:
+                if isinstance(rv, str) and rv:
                     self.resource_version = rv
                 if self._stopped or self._clock() >= until:
                     break

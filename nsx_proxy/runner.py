@@ -5,6 +5,9 @@
 ``max_interval`` (a periodic sync even when nothing was requested).  The
 first request after a quiet period runs at once.
 
+A run that raises is logged and retried after ``retry_interval`` (not at
+the next request, which may never come: kube-proxy's runner retries too).
+
 The host's green-thread primitives are injected (:class:`Hub`), so the same
 code runs under Ryu's eventlet hub and under plain threads in tests.
 """
@@ -29,7 +32,7 @@ def thread_hub() -> Hub:
 
 class BoundedFrequencyRunner:
     def __init__(self, name, fn, hub: Hub, min_interval=0.5, max_interval=60.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, retry_interval=None):
         self.name = name
         self._fn = fn
         self._hub = hub
@@ -41,6 +44,10 @@ class BoundedFrequencyRunner:
         self.last_run = None             # when a run last started (health checks)
         self._stopped = False
         self.runs = 0
+        self.failures = 0                    # runs that raised (a counter for metrics)
+        self.retry_interval = max(min_interval, 1.0) if retry_interval is None \
+            else retry_interval
+        self._failing = False
 
     def request(self) -> None:
         self._wanted.set()
@@ -54,7 +61,7 @@ class BoundedFrequencyRunner:
 
     def _loop(self):
         while True:
-            self._wanted.wait(self.max_interval)
+            self._wanted.wait(self.retry_interval if self._failing else self.max_interval)
             if self._stopped:
                 return
             if self._last is not None:
@@ -67,5 +74,9 @@ class BoundedFrequencyRunner:
             self.runs += 1
             try:
                 self._fn()
+                self._failing = False
             except Exception:   # the runner must outlive a bad run
-                LOG.exception("%s: run failed; the next request retries", self.name)
+                self.failures += 1
+                self._failing = True
+                LOG.exception("%s: run failed; nothing it carried is lost, retrying in %.1f s",
+                              self.name, self.retry_interval)

@@ -6,6 +6,12 @@ downstream can tell "unchanged" by identity.  The frontend collision rules
 (validate.claim_frontends) and the pods' floating IPs are worked out again
 only when a frontend, a node or an annotated pod changed.  Bad objects are
 logged once, counted and skipped (validate.RejectLog).  No I/O.
+
+Nothing is lost when a step raises.  A build that fails hands the cache's
+dirty marks back and forgets its shortcuts, so the next build redoes the
+work from scratch; and the change set of a build stays *pending* here until
+the caller says it was handed on (:meth:`StateBuilder.delivered`): the next
+build's change set includes it, so a consumer that raised sees it again.
 """
 import dataclasses
 import logging
@@ -58,11 +64,30 @@ class StateBuilder:
         self._claimed = None                  # ServiceKey -> service after the claim rules
         self._fips = ()
         self.last_dirty = None                # service keys the last build took
+        self._undelivered = None              # ChangeSet built but not handed on yet
+        self._undelivered_dirty = frozenset()
+
+    def delivered(self) -> None:
+        """What the last build returned has been handed on: its changes are done."""
+        self._undelivered, self._undelivered_dirty = None, frozenset()
 
     def build(self, cache):
-        """(the next ClusterState, the ChangeSet from the last one)."""
-        dirty, nodes_dirty, pods_dirty = cache.take_dirty()
-        self.last_dirty = frozenset(dirty)    # raw objects changed (the LB writer's cue)
+        """(the next ClusterState, the ChangeSet since the last *delivered* one)."""
+        marks = cache.take_dirty()
+        try:
+            state, change = self._build(cache, *marks)
+        except BaseException:
+            cache.give_back_dirty(*marks)
+            self._claimed = None              # recompute the claim rules from scratch
+            raise
+        if self._undelivered is not None:
+            change = self._undelivered.merge(change)
+        self._undelivered = change
+        # raw objects changed (the LB writer's cue), undelivered ones included
+        self._undelivered_dirty = self.last_dirty = self._undelivered_dirty | marks[0]
+        return state, change
+
+    def _build(self, cache, dirty, nodes_dirty, pods_dirty):
         before = {key: self._translated.get(key) for key in dirty}
         for key in dirty:
             self._translate_service(cache, key)
@@ -75,14 +100,15 @@ class StateBuilder:
         # endpoint change (the common case at scale) touches neither.
         if pods_dirty or frontends_changed:
             self._fips = floating_ips(cache.pods, services, self.rejects.reject)
-        previous = self.state
-        self.state = model.ClusterState(
+        state = model.ClusterState(
             services=MappingProxyType(services), nodes=MappingProxyType(dict(self._nodes)),
             floating_ips=MappingProxyType({f.ip: f for f in self._fips}))
         # The claim rules may move an IP between services nobody touched.
-        touched = (previous.services.keys() | services.keys()) if frontends_changed \
+        touched = (self.state.services.keys() | services.keys()) if frontends_changed \
             else dirty
-        return self.state, changes.compute(previous, self.state, touched)
+        change = changes.compute(self.state, state, touched)
+        self.state = state
+        return state, change
 
     def _translate_service(self, cache, key):
         raw = cache.services.get(key)

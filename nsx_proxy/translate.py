@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from nsx_proxy import model
 from nsx_proxy import validate
+from nsx_proxy.rawjson import annotations, as_list, as_map, field, key, labels, text
 from nsx_proxy.validate import Invalid
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -37,9 +38,8 @@ Reject = Callable[[str, str, str], None]          # (kind, name, reason)
 
 
 def object_name(obj) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta.get('name', '?')}" if ns else meta.get("name", "?")
+    ns, name = key(obj)
+    return f"{ns}/{name or '?'}" if ns else (name or "?")
 
 
 # A Service labelled with this belongs to another service proxy (kube-proxy
@@ -49,9 +49,8 @@ SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 
 def ignored_reason(svc) -> Optional[str]:
     """Why a Service legitimately has no proxy rules, or None."""
-    spec = svc.get("spec") or {}
-    labels = (svc.get("metadata") or {}).get("labels") or {}
-    if isinstance(labels, dict) and SERVICE_PROXY_NAME_LABEL in labels:
+    spec = as_map(field(svc, "spec"))
+    if SERVICE_PROXY_NAME_LABEL in labels(svc):
         return "another service proxy's"
     if spec.get("type") == "ExternalName":
         return "ExternalName"
@@ -62,7 +61,7 @@ def ignored_reason(svc) -> Optional[str]:
 
 def _ipv4_cluster_ip(spec) -> str:
     """The service's IPv4 VIP; single-stack IPv6 is rejected until dual-stack."""
-    candidates = spec.get("clusterIPs") or [spec.get("clusterIP")]
+    candidates = as_list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
     for ip in candidates:
         if isinstance(ip, str) and ":" not in ip:
             return validate.ipv4(ip, "clusterIP")
@@ -106,8 +105,10 @@ def _ingress_ips(name, svc, reject: Reject) -> Tuple[str, ...]:
     cluster too - must go out to it, not be short-circuited to the endpoints.
     """
     ips = []
-    for ingress in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ():
+    for ingress in as_list(field(svc, "status", "loadBalancer", "ingress")):
         if not isinstance(ingress, dict):
+            reject("service", name, "status.loadBalancer.ingress holds an item that is not "
+                   f"an object: {ingress!r:.40}; skipped")
             continue
         ip = ingress.get("ip")
         if not ip:
@@ -124,13 +125,14 @@ def _ingress_ips(name, svc, reject: Reject) -> Tuple[str, ...]:
 def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     """Translate one Service and its EndpointSlices (the caller skips ignored ones)."""
     name = object_name(svc)
-    meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
-    if not meta.get("name") or not meta.get("namespace"):
+    namespace, svc_name = key(svc)
+    if not svc_name or not namespace:
         raise Invalid("has no namespace/name")
+    meta, spec = as_map(field(svc, "metadata")), _object(svc, "spec")
     cluster_ip = _ipv4_cluster_ip(spec)
     stype = validate.service_type(spec.get("type"))
     external_ips = []
-    for ip in spec.get("externalIPs") or ():
+    for ip in _list(spec, "externalIPs"):
         try:
             external_ips.append(validate.ipv4(ip, "externalIP"))
         except Invalid as exc:
@@ -144,13 +146,29 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
         source_ranges=_source_ranges(name, spec, reject),
         health_check_node_port=_health_check_node_port(name, spec, stype, reject),
         topology_aware=_topology_aware(meta, spec),
-        namespace=meta["namespace"], name=meta["name"], cluster_ip=cluster_ip,
+        namespace=namespace, name=svc_name, cluster_ip=cluster_ip,
         ports=tuple(model.ServicePort(
             name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
             node_port=p.node_port, endpoints=by_port[p]) for p in ports),
         type=stype, external_ips=tuple(dict.fromkeys(external_ips)),
         load_balancer_ips=(_ingress_ips(name, svc, reject)
                            if stype == model.LOAD_BALANCER else ()))
+
+
+def _object(obj, name):
+    """``obj[name]`` when it is an object or absent ({}); anything else is invalid."""
+    value = obj.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise Invalid(f"{name} is not an object: {value!r:.40}")
+    return value or {}
+
+
+def _list(obj, name):
+    """``obj[name]`` when it is a list or absent (()); anything else is invalid."""
+    value = obj.get(name)
+    if value is not None and not isinstance(value, list):
+        raise Invalid(f"{name} is not a list: {value!r:.40}")
+    return value or ()
 
 
 def _affinity(name, spec, reject: Reject) -> Optional[int]:
@@ -161,8 +179,9 @@ def _affinity(name, spec, reject: Reject) -> Optional[int]:
         reject("service", name, f"sessionAffinity {spec['sessionAffinity']!r} is not "
                "None or ClientIP; no affinity")
         return None
-    timeout = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
-               .get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT))
+    timeout = field(spec, "sessionAffinityConfig", "clientIP", "timeoutSeconds")
+    if timeout is None:
+        timeout = DEFAULT_AFFINITY_TIMEOUT
     if isinstance(timeout, bool) or not isinstance(timeout, int) or \
             not 0 < timeout <= 86400:
         reject("service", name, f"session affinity timeoutSeconds {timeout!r} is not "
@@ -188,7 +207,11 @@ def _health_check_node_port(name, spec, stype, reject: Reject) -> Optional[int]:
 
 def _source_ranges(name, spec, reject: Reject) -> Tuple[str, ...]:
     out = []
-    for value in spec.get("loadBalancerSourceRanges") or ():
+    ranges = spec.get("loadBalancerSourceRanges")
+    if ranges is not None and not isinstance(ranges, list):
+        reject("service", name, f"loadBalancerSourceRanges is not a list: {ranges!r:.40}; "
+               "ignored")
+    for value in as_list(ranges):
         try:
             out.append(validate.source_range(value))
         except Invalid as exc:
@@ -198,18 +221,19 @@ def _source_ranges(name, spec, reject: Reject) -> Tuple[str, ...]:
 
 def floating_ip(pod) -> Optional[model.FloatingIP]:
     """A pod's floating IP from its annotation, or None (raises Invalid if bad)."""
-    meta = pod.get("metadata") or {}
-    wanted = (meta.get("annotations") or {}).get(FLOATING_IP_ANNOTATION)
+    meta = as_map(field(pod, "metadata"))
+    wanted = annotations(pod).get(FLOATING_IP_ANNOTATION)
     if not wanted:
         return None
-    status, spec = pod.get("status") or {}, pod.get("spec") or {}
-    if not status.get("podIP") or not spec.get("nodeName"):
+    status, spec = as_map(field(pod, "status")), as_map(field(pod, "spec"))
+    node_name = text(spec.get("nodeName"))
+    if not status.get("podIP") or not node_name:
         return None                            # not running yet: nothing to NAT to
     if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
         return None
     return model.FloatingIP(ip=validate.ipv4(wanted, "floating IP"),
                             pod_ip=validate.ipv4(status["podIP"], "podIP"),
-                            node=spec["nodeName"], pod=object_name(pod))
+                            node=node_name, pod=object_name(pod))
 
 
 def _policy(name, spec, field, reject: Reject) -> str:
@@ -226,9 +250,9 @@ TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
 
 
 def _topology_aware(meta, spec) -> bool:
-    annotations = meta.get("annotations") or {}
+    notes = as_map(meta.get("annotations"))
     return spec.get("trafficDistribution") in TRAFFIC_DISTRIBUTIONS or any(
-        str(annotations.get(a, "")).lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
+        str(notes.get(a, "")).lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
 
 
 def _hint_names(raw, key) -> Tuple[str, ...]:
@@ -250,21 +274,25 @@ def _slice_endpoints(slice_name, raw_slice, reject: Reject):
     """(ip, node, pod, ready, serving, terminating, zone hints, node hints) of a
     slice's valid endpoints."""
     out = []
-    for raw in raw_slice.get("endpoints") or ():
-        conditions = raw.get("conditions") or {}
+    for raw in as_list(raw_slice.get("endpoints")):
+        if not isinstance(raw, dict):
+            reject("endpointslice", slice_name, f"endpoints holds an item that is not an object: "
+                   f"{raw!r:.40}; skipped")
+            continue
+        conditions = as_map(raw.get("conditions"))
         ready = _condition(conditions, "ready", True)
-        ref = raw.get("targetRef") or {}
+        ref = as_map(raw.get("targetRef"))
         zones = _hint_names(raw, "forZones")
         node_hints = _hint_names(raw, "forNodes")
-        pod = (f"{ref.get('namespace')}/{ref.get('name')}"
-               if ref.get("kind", "Pod") == "Pod" and ref.get("name") else None)
-        for ip in raw.get("addresses") or ():
+        pod = (f"{text(ref.get('namespace'))}/{text(ref.get('name'))}"
+               if ref.get("kind", "Pod") == "Pod" and text(ref.get("name")) else None)
+        for ip in as_list(raw.get("addresses")):
             try:
                 ip = validate.ipv4(ip, "endpoint address")
             except Invalid as exc:
                 reject("endpointslice", slice_name, str(exc))
                 continue
-            out.append((ip, raw.get("nodeName"), pod, ready,
+            out.append((ip, text(raw.get("nodeName")) or None, pod, ready,
                         _condition(conditions, "serving", ready),
                         _condition(conditions, "terminating", False), zones, node_hints))
     return out
@@ -280,16 +308,21 @@ def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
     merged: Dict[model.ServicePort, Dict[Tuple[str, int], model.Endpoint]] = {
         p: {} for p in ports}
     for raw_slice in sorted(slices, key=object_name):
-        slice_name = object_name(raw_slice)
+        slice_name, raw_slice = object_name(raw_slice), as_map(raw_slice)
         family = raw_slice.get("addressType", "IPv4")
         if family != "IPv4":
             reject("endpointslice", slice_name,
                    f"addressType {family} is not supported yet; slice ignored")
             continue
         endpoints = _slice_endpoints(slice_name, raw_slice, reject)
-        for raw_port in raw_slice.get("ports") or ():
+        for raw_port in as_list(raw_slice.get("ports")):
+            if not isinstance(raw_port, dict):
+                reject("endpointslice", slice_name, f"ports holds an item that is not an object: "
+                       f"{raw_port!r:.40}; skipped")
+                continue
             pname = raw_port.get("name") or ""
-            proto = (raw_port.get("protocol") or model.TCP).upper()
+            proto = raw_port.get("protocol") or model.TCP
+            proto = proto.upper() if isinstance(proto, str) else proto
             try:
                 number = validate.port(raw_port.get("port"), "endpoint port")
             except Invalid as exc:
@@ -311,31 +344,32 @@ def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
 
 
 def node(raw) -> model.Node:
-    meta, spec = raw.get("metadata") or {}, raw.get("spec") or {}
-    if not meta.get("name"):
+    name = key(raw)[1]
+    if not name:
         raise Invalid("has no name")
-    addresses = (raw.get("status") or {}).get("addresses") or ()
-    internal = [a.get("address") for a in addresses if a.get("type") == "InternalIP"]
+    spec = as_map(field(raw, "spec"))
+    addresses = as_list(field(raw, "status", "addresses"))
+    internal = [a.get("address") for a in addresses
+                if isinstance(a, dict) and a.get("type") == "InternalIP"]
     internal = [ip for ip in internal if isinstance(ip, str) and ":" not in ip] or internal
     if not internal:
         raise Invalid("has no InternalIP address yet")
-    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    cidrs = as_list(spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     cidrs4 = [c for c in cidrs if ":" not in str(c)]
     if not cidrs4:
         raise Invalid("has no IPv4 podCIDR yet")
-    return model.Node(name=meta["name"],
+    return model.Node(name=name,
                       internal_ip=validate.ipv4(internal[0], "InternalIP"),
                       pod_cidr=validate.cidr4(cidrs4[0], "podCIDR"),
-                      zone=(meta.get("labels") or {}).get(ZONE_LABEL))
+                      zone=text(labels(raw).get(ZONE_LABEL)) or None)
 
 
 def slice_service(raw_slice) -> Optional[model.ServiceKey]:
     """The service a slice belongs to, from its kubernetes.io/service-name label."""
-    meta = raw_slice.get("metadata") or {}
-    owner = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    if not owner or not meta.get("namespace"):
+    owner, namespace = text(labels(raw_slice).get(SERVICE_NAME_LABEL)), key(raw_slice)[0]
+    if not owner or not namespace:
         return None
-    return model.ServiceKey(meta["namespace"], owner)
+    return model.ServiceKey(namespace, owner)
 
 
 
@@ -351,10 +385,8 @@ def cluster_state(services, slices, nodes, rejects: validate.RejectLog) -> model
     for raw in services:
         if ignored_reason(raw):
             continue
-        meta = raw.get("metadata") or {}
-        key = model.ServiceKey(meta.get("namespace"), meta.get("name"))
         try:
-            out.append(service(raw, by_service.get(key, ()), reject))
+            out.append(service(raw, by_service.get(model.ServiceKey(*key(raw)), ()), reject))
         except Invalid as exc:
             reject("service", object_name(raw), str(exc))
     good_nodes = []

@@ -65,11 +65,16 @@ def port(value, what="port") -> int:
 
 def target_port(value):
     """A targetPort: a number, or a name that endpoints resolve."""
-    if isinstance(value, str) and not value.isdigit():
+    if isinstance(value, str):
         if not value:
             raise Invalid("targetPort is empty")
-        return value
-    return port(int(value) if isinstance(value, str) else value, "targetPort")
+        # only ASCII digits make a number ("²".isdigit() is true, int() refuses it)
+        if not (value.isascii() and value.isdigit()):
+            return value
+        if len(value) > 5:
+            raise Invalid(f"targetPort {value:.20} is outside 1-65535")
+        value = int(value)
+    return port(value, "targetPort")
 
 
 def protocol(value) -> str:

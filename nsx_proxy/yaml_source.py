@@ -140,7 +140,11 @@ class YamlFileSource:
         state = parse_state(doc, self.rejects)
         LOG.info("state file %s: %d services, %d nodes",
                  self.path, len(state.services), len(state.nodes))
-        self._on_change(state)
+        try:
+            self._on_change(state)
+        except BaseException:
+            self._stamp = None          # not handed on: the next poll delivers it again
+            raise
         return True
 
     def _loop(self):

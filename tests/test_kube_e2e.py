@@ -219,3 +219,35 @@ def test_lab_cli_scale_and_services(lab, capsys):
         LabCLI.do_scale(cli, "web 4")
         converge(lab)
     assert who_answers(lab, L.DEMO_VIP, 80) == {p.name for p in lab.pods}
+
+
+def test_a_broken_object_costs_only_itself(lab):
+    """The lab's API server takes JSON a real one would refuse in the fields
+    it does not check (as a buggy webhook or an aggregated server might hand
+    it over).  A Service with junk at several depths (null and a string in
+    status.loadBalancer.ingress, externalIPs and sessionAffinityConfig that
+    are strings) is created in the same sync as a good one: the good one
+    answers, the junk one is named in the log, and no sync fails."""
+    from topologies.apiserver.kinds import RESOURCES
+    api, svc_res = lab.cluster.server.api, RESOURCES["services"]
+    junk = service("junk", {"app": "web"}, vip="10.96.0.40",
+                   ports=[{"name": "http", "port": 8090, "targetPort": "http"}],
+                   externalIPs="198.51.100.40", sessionAffinity="ClientIP",
+                   sessionAffinityConfig="sticky")
+    log_before, failed_before = _log_count(lab, "default/junk"), _log_count(lab, "run failed")
+    api.create(svc_res, "default", junk)
+    api.update(svc_res, "default", "junk",
+               {"status": {"loadBalancer": {"ingress": ["198.51.100.41", None]}}}, "status")
+    api.create(svc_res, "default", service("beside-junk", {"app": "web"}, vip="10.96.0.41",
+                                           ports=[{"name": "http", "port": 8091,
+                                                   "targetPort": "http"}]))
+    try:
+        L.wait_for(lambda: lab.curl("pod1", "http://10.96.0.41:8091/", timeout=1), 10,
+                   interval=0, what="the Service created beside the junk one")
+        L.wait_for(lambda: _log_count(lab, "default/junk") > log_before, 5,
+                   what="one log line naming the junk Service")
+        assert _log_count(lab, "run failed") == failed_before
+    finally:
+        api.delete(svc_res, "default", "junk")
+        api.delete(svc_res, "default", "beside-junk")
+    converge(lab)

@@ -269,3 +269,95 @@ def test_the_lb_writer_plans_only_when_a_load_balancer_could_be_affected(server)
     server.api.patch(RESOURCES["namespaces"], None, "default", "application/merge-patch+json",
                      b'{"metadata": {"labels": {"x": "y"}}}')
     wait_for(lambda: len(plans) > settled, 5, what="a plan after a namespace change")
+
+
+def test_a_junk_ingress_item_costs_only_its_own_service(server, caplog):
+    """One Service whose status.loadBalancer.ingress holds a string made every
+    sync raise in the LB writer, and a Service created in the same run was
+    never programmed.  Now: that Service alone is named, the other goes live."""
+    from nsx_proxy import lb_ipam
+    populate(server.api)
+    ipam = lb_ipam.Ipam(lb_ipam.parse_pools("default=198.51.100.0/30"), "default")
+    src, rec = make_source(server, ipam=ipam)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    server.api.create(SVC, "default", service("bad", {"app": "web"}, type_="LoadBalancer"))
+    server.api.update(SVC, "default", "bad",
+                      {"status": {"loadBalancer": {"ingress": ["198.51.100.3"]}}}, "status")
+    server.api.create(SVC, "default", service("fresh", {"app": "web"}))
+    fresh = model.ServiceKey("default", "fresh")
+    wait_for(lambda: fresh in rec.last.services and rec.last.services[fresh].ports[0].endpoints,
+             5, what="the Service created next to the broken one")
+    assert src.runner.failures == 0
+    assert any("default/bad" in r.getMessage() and "not an object" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_sync_whose_consumer_raises_loses_nothing(server):
+    """Rule: a change is done only once it has been handed on.  The consumer
+    raises on the state that first holds a new Service; the runner retries
+    by itself and the next delivery carries that Service in its change set."""
+    populate(server.api)
+    rec = Recorder()
+    failed = []
+
+    def consumer(state, change):
+        if model.ServiceKey("default", "fresh") in state.services and not failed:
+            failed.append(change)
+            raise RuntimeError("the consumer broke")
+        rec(state, change)
+    src = KubeSource(api_client(server.kubeconfig_path), consumer, thread_hub(),
+                     min_interval=0.05)
+    src.runner.retry_interval = 0.2
+    SOURCES.append(src)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    server.api.create(SVC, "default", service("fresh", {"app": "web"}))
+    fresh = model.ServiceKey("default", "fresh")
+    wait_for(lambda: rec.last and fresh in rec.last.services, 5,
+             what="the retry, without any new event")
+    assert failed and src.runner.failures == 1
+    assert any(fresh in c.services for c in rec.changes[-2:])
+
+
+def test_a_build_that_raises_gives_its_marks_back(monkeypatch):
+    """A step of the build that raises (here the claim rules) leaves every
+    change pending: the next build has the Service and names it changed."""
+    from nsx_proxy import validate
+    from nsx_proxy.kube_cache import KubeCache
+    from nsx_proxy.state_builder import StateBuilder
+    cache, builder = KubeCache(), StateBuilder(validate.RejectLog())
+    cache.replace_services([service("web", vip="10.96.0.1", rv="1")])
+    builder.build(cache)
+    builder.delivered()
+    cache.service_event("ADDED", service("fresh", vip="10.96.0.2", rv="2"))
+    real = validate.claim_frontends
+    monkeypatch.setattr(validate, "claim_frontends",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        builder.build(cache)
+    monkeypatch.setattr(validate, "claim_frontends", real)
+    state, change = builder.build(cache)
+    fresh = model.ServiceKey("default", "fresh")
+    assert fresh in state.services and fresh in change.services
+
+
+def test_a_change_not_delivered_is_part_of_the_next_change_set():
+    from nsx_proxy import validate
+    from nsx_proxy.kube_cache import KubeCache
+    from nsx_proxy.state_builder import StateBuilder
+    cache, builder = KubeCache(), StateBuilder(validate.RejectLog())
+    cache.replace_services([service("web", vip="10.96.0.1", rv="1")])
+    builder.build(cache)
+    builder.delivered()
+    cache.service_event("ADDED", service("fresh", vip="10.96.0.2", rv="2"))
+    builder.build(cache)                 # built, but the consumer raised: not delivered
+    cache.service_event("MODIFIED", service("web", vip="10.96.0.1", rv="3",
+                                            ports=(("http", "TCP", 81, 8080),)))
+    _, change = builder.build(cache)
+    assert change.services == {model.ServiceKey("default", "fresh"),
+                               model.ServiceKey("default", "web")}
+    assert builder.last_dirty >= {model.ServiceKey("default", "fresh")}
+    builder.delivered()
+    _, change = builder.build(cache)
+    assert not change

@@ -176,6 +176,9 @@ def validate_service_ports(name, spec):
         causes.append(("spec.ports", "Required value"))
     seen = set()
     for i, p in enumerate(ports):
+        if not isinstance(p, dict):
+            causes.append((f"spec.ports[{i}]", "Invalid value: must be an object"))
+            continue
         p.setdefault("protocol", "TCP")
         port = p.get("port")
         if p["protocol"] not in PROTOCOLS:
