@@ -28,7 +28,7 @@ from controller import bridges, config, cookies, names, pipeline, ryu_compat, st
 from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
-from nsx_proxy import changes, healthcheck, kube_source, lb_ipam, model
+from nsx_proxy import changes, healthcheck, kube_source, lb_ipam, model, validate
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
@@ -74,6 +74,7 @@ class ServiceProxy(app_manager.RyuApp):
         try:
             self.node_port_cidrs = bridges.parse_nodeport_addresses(
                 self.conf.nodeport_addresses)
+            self.external_cidrs = validate.external_ip_cidrs(self.conf.external_ip_cidrs)
         except ValueError as exc:            # kube-proxy refuses to start; say why
             raise SystemExit(f"nsx-proxy: {exc}") from None
         self.last_programmed = time.time()   # wall time of the last committed bundle
@@ -93,8 +94,8 @@ class ServiceProxy(app_manager.RyuApp):
             self.health = HealthServer(hub.spawn, hub.kill, self._proxy_status)
             self.health.serve_proxy(self.conf.healthz_bind_address)
         if self.conf.source == "file":
-            YamlFileSource(self.conf.state_file, self.set_state,
-                           hub.spawn, hub.sleep).start()
+            YamlFileSource(self.conf.state_file, self.set_state, hub.spawn, hub.sleep,
+                           external_cidrs=self.external_cidrs).start()
         elif self.conf.source == "kubernetes":
             self.source = KubeSource(
                 kube_source.api_client(self.conf.kubeconfig or None), self.set_state,
@@ -103,7 +104,7 @@ class ServiceProxy(app_manager.RyuApp):
                 max_interval=self.conf.max_sync_period,
                 relist_period=self.conf.relist_period, ipam=self._ipam(),
                 node_name=None if self.conf.gateway else (self.node_name or None),
-                election=self._election())
+                election=self._election(), external_cidrs=self.external_cidrs)
             if self.source.elector is not None:
                 # A DaemonSet rollout stops agents with SIGTERM: hand the
                 # writer Lease back first, so another agent takes it at its

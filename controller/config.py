@@ -28,6 +28,7 @@ reads them and ``ryu-manager --help`` lists them.
     leader_election_lease_duration = 15
     leader_election_renew_deadline = 10
     leader_election_retry_period = 2
+    external_ip_cidrs =            # CIDRs spec.externalIPs may use (empty: any)
     nodeport_addresses =           # CIDRs (or primary) whose node IPs serve nodePorts
     healthz_bind_address = 0.0.0.0:10256   # agent mode: kube-proxy's node /healthz
     status_port = 9910             # 127.0.0.1: /state /metrics /healthz /readyz; 0: off
@@ -84,6 +85,11 @@ CONF.register_opts([
                help="seconds the leader keeps trying to renew before it stops writing"),
     cfg.IntOpt("leader_election_retry_period", default=2,
                help="seconds between tries to acquire or renew the Lease"),
+    cfg.StrOpt("external_ip_cidrs", default="",
+               help="comma-separated CIDRs that Services' spec.externalIPs may use; an "
+                    "externalIP outside them is ignored with one log line (mitigates "
+                    "CVE-2020-8554: a user who can create Services could otherwise "
+                    "intercept traffic to any IP); empty: any, as kube-proxy"),
     cfg.StrOpt("nodeport_addresses", default="",
                help="kube-proxy's --nodeport-addresses: comma-separated CIDRs a node "
                     "address must be in to serve nodePorts, or primary (the node's "

@@ -6,13 +6,24 @@ also on switches that apply messages one by one:
 1. add new groups (flows may point at them next),
 2. add or modify flows,
 3. delete flows that are gone,
-4. modify groups whose buckets changed, delete groups nobody uses.
+4. modify groups whose buckets changed, delete groups nobody uses,
+5. delete learned entries (session affinity) whose learn flow went or
+   changed, by the learn action's cookie.
+
+Learned entries are not ours to list - the switch makes them from packets -
+but each learn action stamps its cookie on them.  When a pool's learn flows
+go (the Service or port is deleted, affinity switched off) or change (the
+timeout, a frontend), the entries they made would outlive them: a new
+Service on a reused cluster IP would meet the old one's entries and stick
+to the old choice for up to its idle timeout.  So they go in the same
+bundle.
 
 Groups are never deleted and re-added to change buckets: OVS deletes every
 flow that points at a deleted group.
 """
 from typing import Hashable, Iterable, Optional
 
+from controller import cookies
 from controller import flows as F
 from controller.fragments import EMPTY, BridgeState, Fragment, Plan
 
@@ -53,6 +64,18 @@ def _diff_fragment(plan: Plan, key, old: Fragment, new: Fragment) -> None:
     for gid, g in old_groups.items():
         if gid not in new_groups:
             plan.group_deletes.append(g)
+    gone = _learners(old.flows).items() - _learners(new.flows).items()
+    plan.learned_deletes += sorted({cookie for cookie, _ in gone})
+
+
+def _learners(flows) -> dict:
+    """{learned-entry cookie: the learn flows that make such entries}."""
+    out = {}
+    for f in flows:
+        for action in f.actions:
+            if isinstance(action, F.Learn):
+                out.setdefault(action.cookie, set()).add((f.key, action))
+    return {cookie: frozenset(v) for cookie, v in out.items()}
 
 
 def diff(old: BridgeState, new: BridgeState,
@@ -134,4 +157,8 @@ def apply(flows: dict, groups: dict, plan: Plan) -> None:
     for g in plan.group_deletes:
         groups.pop(g.group_id, None)
         for fkey in [k for k, f in flows.items() if F.Group(g.group_id) in f.actions]:
+            del flows[fkey]
+    for cookie in plan.learned_deletes:
+        for fkey in [k for k, f in flows.items()
+                     if f.cookie & cookies.OBJECT_MASK == cookie & cookies.OBJECT_MASK]:
             del flows[fkey]

@@ -42,6 +42,8 @@ class Plan:
     flow_deletes: List[F.Flow] = field(default_factory=list)
     group_modifies: List[F.SelectGroup] = field(default_factory=list)
     group_deletes: List[F.SelectGroup] = field(default_factory=list)
+    # cookies of learned entries to delete (a learn flow went or changed)
+    learned_deletes: List[int] = field(default_factory=list)
     # which fragment each change came from, to quarantine a rejected object
     owners: List[Tuple[object, Hashable]] = field(default_factory=list)
     # a resync: the group adds may exist on the switch (sent as ADD_OR_MOD)
@@ -50,12 +52,14 @@ class Plan:
     def __len__(self) -> int:
         return (len(self.group_adds) + len(self.flow_adds) + len(self.flow_modifies)
                 + len(self.flow_deletes) + len(self.group_modifies)
-                + len(self.group_deletes))
+                + len(self.group_deletes) + len(self.learned_deletes))
 
     def summary(self) -> str:
         return (f"groups +{len(self.group_adds)} ~{len(self.group_modifies)} "
                 f"-{len(self.group_deletes)}, flows +{len(self.flow_adds)} "
-                f"~{len(self.flow_modifies)} -{len(self.flow_deletes)}")
+                f"~{len(self.flow_modifies)} -{len(self.flow_deletes)}"
+                + (f", learned entries -{len(self.learned_deletes)} cookies"
+                   if self.learned_deletes else ""))
 
 
 def flatten(state: BridgeState):

@@ -10,7 +10,7 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto import ofproto_v1_3_parser as parser
 from ryu.ofproto import nicira_ext
 
-from controller import cookies
+from controller import cookies, pipeline
 from controller import flows as F
 from controller.fragments import Plan
 
@@ -148,6 +148,15 @@ def delete_generations(dp, generations):
         for gen in sorted(generations)]
 
 
+def delete_learned(dp, cookie):
+    """Delete the SessionAffinity entries a learn action stamped ``cookie``
+    on, whatever round installed the learn flow (its generation bits)."""
+    return parser.OFPFlowMod(
+        dp, cookie=cookie & cookies.OBJECT_MASK, cookie_mask=cookies.OBJECT_MASK,
+        table_id=pipeline.SESSION_AFFINITY.id, command=ofp.OFPFC_DELETE,
+        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+
+
 # Open vSwitch's group-mod command that adds a group or, if it exists,
 # modifies it (``ovs-ofctl mod-group --may-create``), in OpenFlow 1.1+.
 OFPGC_ADD_OR_MOD = 0x8000
@@ -169,6 +178,7 @@ def plan_steps(plan: Plan, stale_generations=()):
     out += [("round", gen, ofp.OFPFC_DELETE) for gen in sorted(stale_generations)]
     out += [("group", g, ofp.OFPGC_MODIFY) for g in plan.group_modifies]
     out += [("group", g, ofp.OFPGC_DELETE) for g in plan.group_deletes]
+    out += [("learned", cookie, ofp.OFPFC_DELETE) for cookie in plan.learned_deletes]
     return out
 
 
@@ -179,13 +189,21 @@ def step_message(dp, step, generation):
         return group_mod(dp, obj, command)
     if kind == "flow":
         return flow_mod(dp, obj, command, generation)
+    if kind == "learned":
+        return delete_learned(dp, obj)
     return delete_generations(dp, [obj])[0]
 
 
 def plan_messages(dp, plan: Plan, generation: int, stale_generations=()):
     """The plan as an ordered list of (Ryu message, plan item) pairs."""
-    return [(step_message(dp, step, generation), None if step[0] == "round" else step[1])
+    return [(step_message(dp, step, generation), step_item(step))
             for step in plan_steps(plan, stale_generations)]
+
+
+def step_item(step):
+    """The plan item a step writes (None: a delete by cookie, which no
+    object owns)."""
+    return None if step[0] in ("round", "learned") else step[1]
 
 
 def bundle_control(dp, bundle_id, ctrl_type):

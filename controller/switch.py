@@ -245,7 +245,7 @@ class Switch:
     def _encode_step(self, dp, step, generation, bundle_id):
         """(plan item, xid, bytes, why it could not be encoded or None)."""
         xid = _next_xid(dp)
-        item = None if step[0] == "round" else step[1]
+        item = ofmsg.step_item(step)
         try:
             raw = step_bytes(dp, step, generation, bundle_id, xid)
             why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \

@@ -47,11 +47,11 @@ def api_client(kubeconfig=None) -> client.ApiClient:
 class KubeSource:
     def __init__(self, api, on_change, hub, min_interval=0.5, max_interval=60.0,
                  relist_period=600.0, rejects=None, ipam=None, node_name=None,
-                 election=None):
+                 election=None, external_cidrs=()):
         self._on_change = on_change
         self.rejects = rejects or validate.RejectLog(LOG)
         self.cache = KubeCache()
-        self.builder = StateBuilder(self.rejects)
+        self.builder = StateBuilder(self.rejects, external_cidrs)
         self._pending_since = None           # when the first undelivered event came
         self.last_event_at = None            # that time, for the state delivered last
         self.syncs = 0

@@ -56,8 +56,9 @@ def floating_ips(pods, services, reject):
 
 
 class StateBuilder:
-    def __init__(self, rejects: validate.RejectLog):
+    def __init__(self, rejects: validate.RejectLog, external_cidrs=()):
         self.rejects = rejects
+        self.external_cidrs = external_cidrs  # where externalIPs may be (empty: anywhere)
         self.state = model.ClusterState()     # the last state built
         self._translated = {}                 # ServiceKey -> model.Service
         self._nodes = {}                      # name -> model.Node
@@ -171,6 +172,7 @@ class StateBuilder:
                                     for n, o in zip(new.ports, prev.ports)))
         else:
             claimed = {svc.key: svc for svc in
-                       validate.claim_frontends(self._translated.values(), self.rejects)}
+                       validate.claim_frontends(self._translated.values(), self.rejects,
+                                                self.external_cidrs)}
         self._claimed = claimed
         return dict(claimed)

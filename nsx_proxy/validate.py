@@ -91,30 +91,57 @@ def service_type(value) -> str:
     return stype
 
 
-def claim_frontends(services, rejects: "RejectLog"):
+def external_ip_cidrs(text) -> tuple:
+    """The ``external_ip_cidrs`` option: comma-separated CIDRs (empty: any)."""
+    out = []
+    for item in str(text or "").split(","):
+        if item.strip():
+            try:
+                out.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise Invalid(f"external_ip_cidrs: {item.strip()!r} is not a CIDR") from None
+    return tuple(out)
+
+
+def claim_frontends(services, rejects: "RejectLog", external_cidrs=()):
     """Drop what would make two services answer on one (IP, protocol, port).
 
-    Services are considered in name order, so the outcome does not depend on
-    arrival order: a later service whose clusterIP is taken is rejected; an
-    external or load-balancer IP that would collide on a port is removed
-    from the later service only (the rest of it keeps working).
+    The outcome depends on neither names nor the order of events:
+
+    1. cluster IPs first: the API server allocates them, so they always win.
+       Two services with one clusterIP (a file or a lab server may say so):
+       the first in name order keeps it, the later one is rejected.
+    2. then external and load-balancer IPs, services in name order: an IP
+       that is any service's cluster IP is removed from the service that
+       names it (CVE-2020-8554: a Service must not hijack another's VIP), as
+       is an externalIP outside ``external_cidrs`` (when given); one that
+       collides with an earlier service's outside IP on a port is removed
+       from the later service only.  The rest of that service keeps working.
+    3. nodePorts, in name order (see _claim_node_ports).
     """
-    claimed, cluster_ips, out = {}, {}, []
-    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
+    ordered = sorted(services, key=lambda s: (s.namespace, s.name))
+    cluster_ips, kept = {}, []
+    for svc in ordered:
         owner = cluster_ips.setdefault(svc.cluster_ip, svc.key)
         if owner != svc.key:
             rejects.reject("service", str(svc.key),
                            f"clusterIP {svc.cluster_ip} is already used by {owner}")
             continue
+        kept.append(svc)
+    claimed, out = {}, []
+    for svc in kept:
         keep = {}
         for ip in svc.outside_ips:
+            keep[ip] = _outside_ip_allowed(svc, ip, cluster_ips, external_cidrs, rejects)
+            if not keep[ip]:
+                continue
             taken = {claimed[(ip, p.protocol, p.port)] for p in svc.ports
                      if (ip, p.protocol, p.port) in claimed}
             if taken:
                 rejects.reject("service", str(svc.key),
                                f"IP {ip} collides with {', '.join(map(str, taken))} "
                                "on a port; ignoring that IP for this service")
-            keep[ip] = not taken
+                keep[ip] = False
         if not all(keep.values()):      # keep the object itself when unchanged:
             svc = dataclasses.replace(  # the compiler recognises it by identity
                 svc, external_ips=tuple(ip for ip in svc.external_ips if keep[ip]),
@@ -125,6 +152,22 @@ def claim_frontends(services, rejects: "RejectLog"):
                 claimed[(ip, p.protocol, p.port)] = svc.key
         out.append(svc)
     return out
+
+
+def _outside_ip_allowed(svc, ip, cluster_ips, external_cidrs, rejects) -> bool:
+    """Whether an external or load-balancer IP of ``svc`` may be served."""
+    if ip in cluster_ips:
+        owner = cluster_ips[ip]
+        whose = "its own clusterIP" if owner == svc.key else f"the clusterIP of {owner}"
+        rejects.reject("service", str(svc.key), f"IP {ip} is {whose}; cluster IPs always "
+                       "win, ignoring that IP for this service")
+        return False
+    if external_cidrs and ip in svc.external_ips and ip not in svc.load_balancer_ips and \
+            not any(ipaddress.ip_address(ip) in net for net in external_cidrs):
+        rejects.reject("service", str(svc.key), f"externalIP {ip} is outside "
+                       "external_ip_cidrs; ignoring it")
+        return False
+    return True
 
 
 def _claim_node_ports(svc, claimed, rejects):

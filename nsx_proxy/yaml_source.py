@@ -86,11 +86,11 @@ def parse_node(raw, rejects: validate.RejectLog):
         return None
 
 
-def parse_state(doc, rejects: validate.RejectLog) -> model.ClusterState:
+def parse_state(doc, rejects: validate.RejectLog, external_cidrs=()) -> model.ClusterState:
     """Turn a parsed YAML document into a ClusterState, skipping bad entries."""
     doc = doc or {}
     parsed = (parse_service(raw, rejects) for raw in doc.get("services") or ())
-    services = validate.claim_frontends([s for s in parsed if s], rejects)
+    services = validate.claim_frontends([s for s in parsed if s], rejects, external_cidrs)
     nodes = [n for n in (parse_node(r, rejects) for r in doc.get("nodes") or ()) if n]
     return model.ClusterState.build(services, nodes)
 
@@ -103,8 +103,9 @@ class YamlFileSource:
     good state: a half-written file must not wipe the flows.
     """
 
-    def __init__(self, path, on_change, spawn, sleep, interval=0.2):
+    def __init__(self, path, on_change, spawn, sleep, interval=0.2, external_cidrs=()):
         self.path = path
+        self.external_cidrs = external_cidrs
         self._on_change = on_change
         self._spawn = spawn
         self._sleep = sleep
@@ -137,7 +138,7 @@ class YamlFileSource:
             LOG.error("cannot read state file %s, keeping the last good state: %s",
                       self.path, exc)
             return False
-        state = parse_state(doc, self.rejects)
+        state = parse_state(doc, self.rejects, self.external_cidrs)
         LOG.info("state file %s: %d services, %d nodes",
                  self.path, len(state.services), len(state.nodes))
         try:

@@ -251,3 +251,34 @@ def test_a_broken_object_costs_only_itself(lab):
         api.delete(svc_res, "default", "junk")
         api.delete(svc_res, "default", "beside-junk")
     converge(lab)
+
+
+def test_an_external_ip_cannot_take_another_services_cluster_ip(lab):
+    """A valid object on any API server: Service "a-hijack" (first by name)
+    lists Service "victim"'s cluster IP as an externalIP, on the same port,
+    and has no endpoints.  The victim keeps answering on its cluster IP, the
+    hijacker is named once in the log, and the drift audit never meets two
+    objects claiming one flow."""
+    from topologies.apiserver.kinds import RESOURCES
+    api, svc_res = lab.cluster.server.api, RESOURCES["services"]
+    vip, port = "10.96.0.42", 8092
+    claims_before = _log_count(lab, "two objects claim")
+    api.create(svc_res, "default", service("victim", {"app": "web"}, vip=vip, ports=[
+        {"name": "http", "port": port, "targetPort": "http"}]))
+    api.create(svc_res, "default", service("a-hijack", {"app": "nobody"}, vip="10.96.0.43",
+                                           ports=[{"name": "http", "port": port,
+                                                   "targetPort": "http"}],
+                                           externalIPs=[vip]))
+    try:
+        converge(lab)
+        everyone = {p.name for p in lab.pods}
+        assert who_answers(lab, vip, port) <= everyone
+        L.wait_for(lambda: everyone <= who_answers(lab, vip, port), 10,
+                   what="every victim endpoint answering on its cluster IP")
+        assert _log_count(lab, "IP 10.96.0.42 is the clusterIP of default/victim") >= 1
+        time.sleep(lab.audit_period * 1.5 if lab.audit_period else 0)   # an audit runs
+        assert _log_count(lab, "two objects claim") == claims_before
+    finally:
+        api.delete(svc_res, "default", "a-hijack")
+        api.delete(svc_res, "default", "victim")
+    converge(lab)

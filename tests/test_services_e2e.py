@@ -303,6 +303,39 @@ def test_session_affinity_honours_every_timeout_the_api_accepts(lab, timeout, vi
         assert all(lab.curl("pod1", f"http://{L.DEMO_VIP}/") for _ in range(8))
 
 
+def test_a_new_service_on_a_reused_cluster_ip_inherits_no_affinity(lab):
+    """A Service with ClientIP affinity (10,800 s) is deleted and another takes
+    its cluster IP with a 2 s timeout.  The old Service's learned entries go
+    in the bundle that removes it, so the newcomer's clients are pinned by
+    the newcomer's own entries only: every entry for that VIP idles out in
+    2 s, and after 3 s of quiet the client is free to move."""
+    vip = "10.96.1.27"
+    reg2 = f"reg2={int(ipaddress.IPv4Address(vip)):#x}"
+
+    def entries():
+        return [f for f in lab.dump_flows("br-node1") if " table=31," in f and reg2 in f]
+
+    old = service("sticky-old", vip=vip, ports=[("http", "TCP", 80, 8080)],
+                  sessionAffinity="ClientIP",
+                  sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}})
+    new = service("sticky-new", vip=vip, ports=[("http", "TCP", 80, 8080)],
+                  sessionAffinity="ClientIP",
+                  sessionAffinityConfig={"clientIP": {"timeoutSeconds": 2}})
+    with services(lab, old):
+        assert len(who(lab, "pod2", vip, 80, n=6)) == 1
+        assert entries() and all("idle_timeout=10800" in f for f in entries())
+    assert entries() == [], "the deleted Service's entries went with it"
+    with services(lab, new):
+        assert len(who(lab, "pod2", vip, 80, n=6)) == 1
+        assert entries() and all("idle_timeout=2," in f for f in entries())
+        seen = set()
+        for _ in range(4):                         # quiet for longer than 2 s, again
+            time.sleep(3)
+            assert not entries(), "idled out after the newcomer's own 2 s"
+            seen |= who(lab, "pod2", vip, 80, n=2)
+        assert len(seen) > 1, "free to move once the newcomer's timeout passed"
+
+
 def test_should_have_session_affinity_work_and_switch_for_service_with_type_cluster_ip(lab):
     """ClientIP affinity sticks each client to one endpoint, for TCP and UDP;
     it can be switched off and on at runtime; when the sticky endpoint goes
