@@ -22,7 +22,7 @@ import time
 
 from kubernetes import client, config
 
-from nsx_proxy import validate
+from nsx_proxy import translate, validate
 from nsx_proxy.kube_cache import KubeCache
 from nsx_proxy.lb_writer import LbStatusWriter
 from nsx_proxy.leader import Elector
@@ -31,6 +31,11 @@ from nsx_proxy.runner import BoundedFrequencyRunner
 from nsx_proxy.state_builder import StateBuilder
 
 LOG = logging.getLogger(__name__)
+
+# kube-proxy's informer filter for Services and EndpointSlices (cmd/kube-proxy
+# builds it from two DoesNotExist requirements): objects that ask for another
+# service proxy, and the slices of headless Services, are never even listed.
+SERVICE_SELECTOR = f"!{translate.HEADLESS_LABEL},!{translate.SERVICE_PROXY_NAME_LABEL}"
 
 
 def api_client(kubeconfig=None) -> client.ApiClient:
@@ -75,9 +80,12 @@ class KubeSource:
             Reflector(name, list_fn, self._then_sync(replace), self._then_sync(event),
                       **common)
             for name, list_fn, replace, event in (
-                ("services", core.list_service_for_all_namespaces,
+                ("services", functools.partial(core.list_service_for_all_namespaces,
+                                               label_selector=SERVICE_SELECTOR),
                  cache.replace_services, cache.service_event),
-                ("endpointslices", discovery.list_endpoint_slice_for_all_namespaces,
+                ("endpointslices", functools.partial(
+                    discovery.list_endpoint_slice_for_all_namespaces,
+                    label_selector=SERVICE_SELECTOR),
                  cache.replace_slices, cache.slice_event),
                 ("nodes", core.list_node, cache.replace_nodes, cache.node_event),
                 ("pods", list_pods, cache.replace_pods, cache.pod_event),

@@ -45,6 +45,9 @@ def object_name(obj) -> str:
 # A Service labelled with this belongs to another service proxy (kube-proxy
 # watches Services with the selector "!service.kubernetes.io/service-proxy-name").
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+# Set on a headless Service's EndpointSlices (and honoured on Services too,
+# as kube-proxy's label selector does): no VIP, nothing to proxy.
+HEADLESS_LABEL = "service.kubernetes.io/headless"
 
 
 def ignored_reason(svc) -> Optional[str]:
@@ -52,6 +55,8 @@ def ignored_reason(svc) -> Optional[str]:
     spec = as_map(field(svc, "spec"))
     if SERVICE_PROXY_NAME_LABEL in labels(svc):
         return "another service proxy's"
+    if HEADLESS_LABEL in labels(svc):
+        return "labelled headless"
     if spec.get("type") == "ExternalName":
         return "ExternalName"
     if spec.get("clusterIP") in ("None", ""):

@@ -361,3 +361,31 @@ def test_a_change_not_delivered_is_part_of_the_next_change_set():
     builder.delivered()
     _, change = builder.build(cache)
     assert not change
+
+
+def test_kube_proxys_label_selector_filters_services_and_slices_server_side(server):
+    """kube-proxy lists Services and EndpointSlices with
+    !service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name;
+    so do we: such objects never reach the cache, and one that gains the
+    label later leaves it (the watch says DELETED) and stops being proxied."""
+    from nsx_proxy.kube_source import SERVICE_SELECTOR
+    assert SERVICE_SELECTOR == ("!service.kubernetes.io/headless,"
+                                "!service.kubernetes.io/service-proxy-name")
+    populate(server.api)
+    other = service("other", {"app": "web"})
+    other["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "theirs"}
+    server.api.create(SVC, "default", other)
+    tagged = service("tagged", {"app": "web"})
+    tagged["metadata"]["labels"] = {"service.kubernetes.io/headless": ""}
+    server.api.create(SVC, "default", tagged)
+    src, rec = make_source(server)
+    src.start()
+    wait_for(lambda: rec.endpoints() == ["10.1.1.2"], 5, what="first state")
+    keys = {k.name for k in src.cache.services}
+    assert keys == {"web"}, keys
+    assert all(k[1].startswith("web") for k in src.cache.slices), src.cache.slices
+    server.api.patch(SVC, "default", "web", "application/merge-patch+json",
+                     b'{"metadata": {"labels": {"service.kubernetes.io/service-proxy-name":'
+                     b' "theirs"}}}')
+    wait_for(lambda: WEB not in rec.last.services, 5, what="web handed to another proxy")
+    assert not src.cache.services

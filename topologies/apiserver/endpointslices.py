@@ -25,6 +25,7 @@ TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
                         "service.kubernetes.io/topology-aware-hints")
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER = "endpointslice-controller.k8s.io"
+HEADLESS = "service.kubernetes.io/headless"
 MAX_ENDPOINTS = 100
 
 
@@ -109,6 +110,14 @@ def desired_slices(svc, pods, node_zones=None):
                 if spec.get("trafficDistribution") == "PreferSameNode":
                     ep["hints"]["forNodes"] = [{"name": ep["nodeName"]}]
         groups.setdefault(resolved, []).append(ep)
+    # The controller's labels: the Service's own (so a service proxy's label
+    # selector filters slices as it filters Services), the service name, its
+    # own name, and the headless mark for a Service without a cluster IP.
+    labels = {k: v for k, v in (meta.get("labels") or {}).items()
+              if k not in (SERVICE_NAME, MANAGED_BY)}
+    labels.update({SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER})
+    if spec.get("clusterIP") == "None":
+        labels[HEADLESS] = ""
     slices = {}
     for ports, endpoints in sorted(groups.items()):
         tag = zlib.crc32(repr(ports).encode()) & 0xFFFFFFFF
@@ -118,7 +127,7 @@ def desired_slices(svc, pods, node_zones=None):
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {
                     "name": name, "namespace": meta["namespace"],
-                    "labels": {SERVICE_NAME: meta["name"], MANAGED_BY: CONTROLLER},
+                    "labels": dict(labels),
                     "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
                                          "name": meta["name"], "uid": meta.get("uid"),
                                          "controller": True}]},

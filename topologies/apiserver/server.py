@@ -274,7 +274,31 @@ class _Handler(BaseHTTPRequestHandler):
     def _predicate(query):
         labels = parse_labels(query.get("labelSelector"))
         fields = parse_fields(query.get("fieldSelector"))
-        return lambda o: labels(o["metadata"].get("labels")) and fields(o)
+        return lambda o, lbs=None: labels(o["metadata"].get("labels") if lbs is None
+                                          else lbs) and fields(o)
+
+    @staticmethod
+    def _selected(events, ns, predicate):
+        """Watch events as a selecting watcher sees them: an object whose
+        labels move it out of the selection is DELETED for it, one that moves
+        in is ADDED (what the API server's watch cache does)."""
+        out = []
+        for ev in events:
+            if ns is not None and ev.obj["metadata"].get("namespace") != ns:
+                continue
+            now = predicate(ev.obj)
+            if ev.type != "MODIFIED":
+                if now:
+                    out.append((ev.type, ev.obj))
+                continue
+            before = ev.old_labels is not None and predicate(ev.obj, ev.old_labels)
+            if now and before:
+                out.append(("MODIFIED", ev.obj))
+            elif now:
+                out.append(("ADDED", ev.obj))
+            elif before:
+                out.append(("DELETED", ev.obj))
+        return out
 
     def _list(self, api, res, ns, query):
         items, rv = api.store.list(res.name, ns, self._predicate(query))
@@ -331,9 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
                     except ApiError as exc:
                         pending, last = [("ERROR", exc.status())], None
                         continue
-                    pending = [(ev.type, ev.obj) for ev in events
-                               if (ns is None or ev.obj["metadata"].get("namespace") == ns)
-                               and predicate(ev.obj)]
+                    pending = self._selected(events, ns, predicate)
                     last = store.rv          # nothing newer of this resource up to here
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, OSError):

@@ -15,7 +15,10 @@ import uuid
 from topologies.apiserver import errors
 from topologies.apiserver.errors import ApiError
 
-Event = collections.namedtuple("Event", "rv resource type obj")
+# ``old_labels``: the object's labels before this event (None: it did not
+# exist), so a watch with a label selector can tell an object leaving its
+# selection (DELETED) or entering it (ADDED), as a real API server does.
+Event = collections.namedtuple("Event", "rv resource type obj old_labels")
 
 
 def now():
@@ -68,7 +71,8 @@ class Store:
                 self.objects[resource][key] = obj
             if len(self.events) == self.events.maxlen:
                 self.compacted = self.events[0].rv
-            self.events.append(Event(self.rv, resource, etype, copy.deepcopy(obj)))
+            old_labels = None if old is None else dict(old["metadata"].get("labels") or {})
+            self.events.append(Event(self.rv, resource, etype, copy.deepcopy(obj), old_labels))
             self.cond.notify_all()
             for hook in self.after_write:
                 hook(self, resource, etype, old, obj)
