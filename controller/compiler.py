@@ -147,7 +147,7 @@ class Compiler:
             self._put(out, key, pod, lambda: pod_fragment(ctx, pod))
         if ctx.uplink is not None:
             for node in state.nodes.values():
-                if node.name != ctx.node:
+                if node.name != ctx.node and node.compute:   # a bridge to route to
                     key = f"node/{node.name}"
                     self._put(out, key, node, lambda: node_fragment(ctx, node))
         shared_vips = set()
@@ -177,6 +177,8 @@ class Compiler:
             return out                       # not wired up (yet): skeleton only
         self._put(out, "gateway", ctx, lambda: gateway_fragment(ctx))
         for node in state.nodes.values():
+            if not node.compute:             # the gateway host: no bridge behind it
+                continue
             key = f"gw-node/{node.name}"
             self._put(out, key, node, lambda: gateway_node_fragment(ctx, node))
         ips = {ip for s in state.services.values()

@@ -77,9 +77,10 @@ def gateway_fip_fragment(ctx: BridgeContext, fip: model.FloatingIP,
 
 
 def serving_nodes(state: model.ClusterState, ip: str):
-    """Nodes the gateway may send ``ip`` to: all of them, or for services with
+    """Nodes the gateway may send ``ip`` to: every node with a node bridge
+    (not the gateway host's own Node), or for services with
     externalTrafficPolicy Local only those with a usable local endpoint."""
-    nodes = list(state.nodes.values())
+    nodes = [n for n in state.nodes.values() if n.compute]
     users = [s for s in state.services.values()
              if ip in s.outside_ips]
     if not users or any(s.external_traffic_policy == model.CLUSTER for s in users):

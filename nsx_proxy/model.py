@@ -118,6 +118,14 @@ class Node:
     internal_ip: str
     pod_cidr: str
     zone: Optional[str] = None               # topology.kubernetes.io/zone
+    # labelled nsx-proxy.io/gateway=true: the gateway host, which has no node
+    # bridge, so it serves no Service traffic and no pod routes lead to it
+    gateway: bool = False
+
+    @property
+    def compute(self) -> bool:
+        """Whether this node has a node bridge (pods, Service endpoints)."""
+        return not self.gateway
 
 
 @dataclass(frozen=True, slots=True)

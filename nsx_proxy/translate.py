@@ -33,6 +33,7 @@ TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
                         "service.kubernetes.io/topology-aware-hints")
 DEFAULT_AFFINITY_TIMEOUT = 10800
 FLOATING_IP_ANNOTATION = "nsx-proxy.io/floating-ip"
+GATEWAY_NODE_LABEL = "nsx-proxy.io/gateway"    # "true": the gateway host's Node
 
 Reject = Callable[[str, str, str], None]          # (kind, name, reason)
 
@@ -366,7 +367,8 @@ def node(raw) -> model.Node:
     return model.Node(name=name,
                       internal_ip=validate.ipv4(internal[0], "InternalIP"),
                       pod_cidr=validate.cidr4(cidrs4[0], "podCIDR"),
-                      zone=text(labels(raw).get(ZONE_LABEL)) or None)
+                      zone=text(labels(raw).get(ZONE_LABEL)) or None,
+                      gateway=labels(raw).get(GATEWAY_NODE_LABEL) == "true")
 
 
 def slice_service(raw_slice) -> Optional[model.ServiceKey]:

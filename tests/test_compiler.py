@@ -157,3 +157,27 @@ def test_a_bug_compiling_one_service_costs_only_that_service(monkeypatch, caplog
     assert len(lines) == 1 and "service/default/bad" in lines[0] and "KeyError" in lines[0]
     comp.compile(world.state(world.web(endpoints=("pod2",)), bad))   # others change
     assert len([r for r in caplog.records if "cannot compile" in r.getMessage()]) == 1
+
+
+def test_the_gateway_hosts_node_gets_no_bucket_no_route_and_no_node_ip_flow():
+    """A Node labelled nsx-proxy.io/gateway=true has no node bridge: the
+    gateway's ECMP groups, its node-IP routes and the node bridges' routes
+    to other nodes leave it out."""
+    import dataclasses
+    from controller.bridges import router_mac
+    from controller.gateway_fragments import serving_nodes
+    from test_fuzz import GATEWAY
+    from nsx_proxy import model, translate
+    raw = {"metadata": {"name": "gw", "labels": {"nsx-proxy.io/gateway": "true"}},
+           "spec": {"podCIDR": "10.1.250.0/24"},
+           "status": {"addresses": [{"type": "InternalIP", "address": "192.168.100.254"}]}}
+    gw = translate.node(raw)
+    assert gw.gateway and not gw.compute
+    svc = dataclasses.replace(world.web(), type=model.LOAD_BALANCER,
+                              load_balancer_ips=("203.0.113.50",))
+    state = model.ClusterState.build([svc], world.NODES + (gw,))
+    assert [n.name for n in serving_nodes(state, "203.0.113.50")] == ["node1", "node2"]
+    nowhere = router_mac(gw.pod_cidr)
+    for ctx in (GATEWAY, world.NODE1):
+        # buckets, node routes and node-IP routes all rewrite to the node's router MAC
+        assert nowhere not in fragments.dump(world.compile_for(ctx, state)), ctx.name

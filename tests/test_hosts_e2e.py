@@ -136,6 +136,34 @@ def test_node_port_load_balancer_and_floating_ip_from_the_internet(hosts_lab):
         converged(lab)
 
 
+def test_the_gateway_hosts_node_joins_no_ecmp_group(hosts_lab):
+    """The gateway host is a Node too (labelled nsx-proxy.io/gateway=true, with a
+    podCIDR from node IPAM) but has no node bridge.  It must not be a bucket
+    of a LoadBalancer's ECMP group (a router MAC nobody owns: about 1 in 4
+    connections from the Internet failed), nor a route on the node bridges."""
+    from controller.bridges import router_mac
+    from topologies.hosts import GATEWAY_NODE
+    lab = hosts_lab
+    gw_node = lab.cluster.core.read_node(GATEWAY_NODE.name)
+    assert gw_node.metadata.labels["nsx-proxy.io/gateway"] == "true"
+    nowhere = router_mac(GATEWAY_NODE.pod_cidr)
+    body = service("edge-gw", type_="LoadBalancer", ports=[
+        {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30181}])
+    try:
+        lab.cluster.apply_service(body)
+        (ip,) = L.wait_for(lambda: lb_ips(lab, "edge-gw"), 20, what="an LB IP")
+        converged(lab)
+        (group,) = [g for g in lab.dump_groups("br-gw")]
+        assert group.count("bucket=") == 2 and nowhere not in group, group
+        for node in lab.nodes:
+            assert not [f for f in lab.dump_flows(node.bridge) if nowhere in f]
+        answers = [lab.curl("inet", f"http://{ip}/", 2) for _ in range(60)]
+        assert all(a in EVERYONE for a in answers), answers
+    finally:
+        lab.cluster.delete_service("edge-gw")
+        converged(lab)
+
+
 def test_a_killed_agent_leaves_its_host_forwarding_and_the_others_untouched(hosts_lab):
     lab = hosts_lab
     before = installed(lab.dump_flows("br-node1"))

@@ -24,13 +24,14 @@ that writes LoadBalancer IPs with a Lease.  Run it as root::
 """
 import os
 import signal
+import types
 import subprocess
 import time
 
 from controller import bridges as B
 from controller.bridges import ip_mac
 from topologies.controller_proc import RyuProcess
-from topologies.lab import Lab, gateway_labels, node_labels, run
+from topologies.lab import GATEWAY_FABRIC_IP, Lab, gateway_labels, node_labels, run
 from topologies.waiting import wait_for
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -39,6 +40,12 @@ MGMT_PREFIX = "172.31.0."                # .1: the API server; .N: host N
 GATEWAY_HOST = "gw"
 HOST_PORT = "host0"                      # a node's own stack on its bridge
 LEASE_NAMESPACE = "nsx-proxy"
+# The gateway host is a Node too (as on a cluster, where the gateway agent's
+# DaemonSet selects it by label), with a podCIDR from node IPAM but no node
+# bridge: the agents must leave it out of every ECMP group and route.
+GATEWAY_NODE = types.SimpleNamespace(
+    name=GATEWAY_HOST, zone=None, pod_cidr="10.1.250.0/24", internal_ip=GATEWAY_FABRIC_IP,
+    labels={"nsx-proxy.io/gateway": "true"})
 # Short lease timings, so a test sees a takeover in seconds (defaults 15/10/2).
 LEASE = {"leader_election_lease_duration": 4, "leader_election_renew_deadline": 3,
          "leader_election_retry_period": 1}
@@ -124,6 +131,9 @@ class HostsLab(Lab):
         """(host name, its bridge, its index on the management network)."""
         return [(n.name, n.bridge, n.index + 1) for n in self.nodes] + \
                [(GATEWAY_HOST, "br-gw", 250)]
+
+    def api_nodes(self):
+        return list(self.nodes) + [GATEWAY_NODE]
 
     def _node(self, name):
         return next(n for n in self.nodes if n.name == name)

@@ -83,9 +83,11 @@ class Kubelet:
     # --- nodes ------------------------------------------------------------------------
     def register_nodes(self, nodes):
         for node in nodes:
-            body = {"metadata": {"name": node.name, "labels": {
-                        "kubernetes.io/hostname": node.name,
-                        "topology.kubernetes.io/zone": node.zone}},
+            labels = {"kubernetes.io/hostname": node.name}
+            if node.zone:
+                labels["topology.kubernetes.io/zone"] = node.zone
+            labels.update(getattr(node, "labels", None) or {})
+            body = {"metadata": {"name": node.name, "labels": labels},
                     "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}}
             status = {"addresses": [{"type": "InternalIP", "address": node.internal_ip},
                                     {"type": "Hostname", "address": node.name}],

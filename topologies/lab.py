@@ -191,7 +191,7 @@ class Lab:
             self.start_pod_server("inet")          # the Internet host answers /ip too
         with step("nodes, pods and services in the API server"):
             kubelet = self.cluster.kubelet
-            kubelet.register_nodes(self.nodes)
+            kubelet.register_nodes(self.api_nodes())
             kubelet.start(self.pods, lambda name: self.net.get(name).pid)
             for body in services or [demo_service(DEMO_VIP, TCP_TARGET, UDP_TARGET)]:
                 self.cluster.apply_service(body)
@@ -270,6 +270,10 @@ class Lab:
             self.stop_controller()
         if self.cluster is not None:
             self.cluster = None
+
+    def api_nodes(self):
+        """The Node objects the lab's kubelet registers: the compute nodes."""
+        return self.nodes
 
     def _clean_leftovers(self):
         """Remove bridges a crashed earlier run left behind (ours only)."""
