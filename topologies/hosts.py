@@ -31,7 +31,8 @@ import time
 from controller import bridges as B
 from controller.bridges import ip_mac
 from topologies.controller_proc import RyuProcess
-from topologies.lab import GATEWAY_FABRIC_IP, Lab, gateway_labels, node_labels, run
+from topologies.lab import Lab, run
+from topologies.plan import GATEWAY_FABRIC_IP, gateway_labels, node_labels
 from topologies.waiting import wait_for
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"

@@ -23,10 +23,8 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import List
 
-from controller import bridges as B
 from controller.bridges import ip_mac
 from controller.gateway_fragments import serving_nodes
 from controller.names import parts_for
@@ -34,6 +32,9 @@ from controller.pipeline import MAX_BUCKETS_PER_GROUP
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
+from topologies.plan import (  # noqa: F401 - the lab's names, kept where tests look
+    GATEWAY_FABRIC_IP, INET_GW, INET_IP, TCP_TARGET, UDP_TARGET, NodeSpec, PodSpec,
+    gateway_labels, node_labels, plan_nodes)
 from topologies.progress import QUIET
 from topologies.waiting import wait_for
 
@@ -42,11 +43,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 SERVICE_CIDR = "10.96.0.0/16"
 DEMO_VIP = "10.96.0.10"
-TCP_TARGET = 8080
-UDP_TARGET = 5353
-INET_IP = "203.0.113.10"
-INET_GW = "203.0.113.1"                  # br-gw's address on the Internet side
-GATEWAY_FABRIC_IP = "192.168.100.254"    # br-gw's address on the fabric
 # Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
 # "default" for every namespace, "blue" for namespaces or services that ask.
 FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25;seed=101.101.101.0/24"
@@ -55,82 +51,6 @@ AUDIT_PERIOD = 2      # the lab checks its bridges for drift often (default 10 s
 
 def run(cmd, check=True) -> str:
     return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
-@dataclass
-class PodSpec:
-    name: str
-    node: str
-    ip: str
-    labels: Dict[str, str] = field(default_factory=lambda: {"app": "web"})
-
-    @property
-    def mac(self) -> str:
-        return ip_mac(self.ip)
-
-
-@dataclass
-class NodeSpec:
-    name: str
-    index: int
-    bridge: str
-    internal_ip: str
-    pod_cidr: str
-    pods: List[PodSpec] = field(default_factory=list)
-
-    @property
-    def zone(self) -> str:
-        """Each compute node is its own zone (topology.kubernetes.io/zone)."""
-        return f"zone-{self.index}"
-
-    @property
-    def gateway_ip(self) -> str:
-        return B.gateway_ip(self.pod_cidr)
-
-
-def plan_nodes(node_count: int, pods_per_node: int) -> List[NodeSpec]:
-    """Names and addresses: node k has 10.1.k.0/24, pods are numbered globally."""
-    nodes, n = [], 0
-    for k in range(1, node_count + 1):
-        node = NodeSpec(name=f"node{k}", index=k, bridge=f"br-node{k}",
-                        internal_ip=f"192.168.100.{k}", pod_cidr=f"10.1.{k}.0/24")
-        for i in range(pods_per_node):
-            n += 1
-            node.pods.append(PodSpec(name=f"pod{n}", node=node.name,
-                                     ip=f"10.1.{k}.{i + 2}"))
-        nodes.append(node)
-    return nodes
-
-
-def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
-    """ovs-vsctl arguments labelling a node's bridge, its uplink and its pods'
-    ports (``pods``: [(interface name, PodSpec)]), as the README's "OVSDB
-    conventions" say a CNI plugin would."""
-    cmds = ["--", "set", "bridge", node.bridge,
-            f"external_ids:{B.ROLE}={B.ROLE_NODE}",
-            f"external_ids:{B.NODE}={node.name}",
-            f"external_ids:{B.POD_CIDR}={node.pod_cidr}",
-            f"external_ids:{B.FABRIC_GATEWAY}={GATEWAY_FABRIC_IP}",
-            "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
-    for ifname, pod in pods:
-        cmds += ["--", "set", "interface", ifname,
-                 f"external_ids:{B.ROLE}={B.ROLE_POD}",
-                 f"external_ids:{B.POD_NAMESPACE}=default",
-                 f"external_ids:{B.POD_NAME}={pod.name}",
-                 f"external_ids:{B.POD_IP}={pod.ip}",
-                 f"external_ids:{B.POD_MAC}={pod.mac}"]
-    return cmds
-
-
-def gateway_labels(bridge: str, uplink: str, external: str) -> List[str]:
-    """ovs-vsctl arguments labelling the gateway router bridge and its ports."""
-    return ["--", "set", "bridge", bridge, f"external_ids:{B.ROLE}={B.ROLE_GATEWAY}",
-            f"external_ids:{B.FABRIC_IP}={GATEWAY_FABRIC_IP}",
-            "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}",
-            "--", "set", "interface", external,
-            f"external_ids:{B.ROLE}={B.ROLE_EXTERNAL}",
-            f"external_ids:{B.POD_IP}={INET_GW}/24",
-            f"external_ids:{B.NEXT_HOP_MAC}={ip_mac(INET_IP)}"]
 
 
 class Lab:
