@@ -159,3 +159,44 @@ def test_a_topology_script_adds_a_node_at_run_time(controller):
     finally:
         left = _clean_after(term)
     assert left == (set(), set(), []), left            # br-node3 included
+
+
+def test_mn_custom_with_services_from_the_embedded_api_server(tmp_path):
+    """The other source: the embedded API server started alone, ryu-manager
+    watching it, mn, and topologies.mn_kubelet registering the topology's
+    Nodes and Pods (and the demo Service) as a kubelet would."""
+    kubeconfig = tmp_path / "kubeconfig"
+    api = subprocess.Popen([sys.executable, "-m", "topologies.apiserver", "--kubeconfig",
+                            str(kubeconfig)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    kubelet = ryu = term = None
+    try:
+        assert "kubeconfig written" in api.stdout.readline()
+        ryu = RyuProcess(str(tmp_path), OF_PORT, str(tmp_path / "ryu.log"), {
+            "source": "kubernetes", "kubeconfig": str(kubeconfig), "status_port": 0,
+            "min_sync_period": 0.1})
+        ryu.start()
+        term = MnTerminal(["mn", "--custom", "topologies/nsx_topo.py",
+                           "--topo", "nsx,nodes=2,pods=1",
+                           "--controller", f"remote,port={OF_PORT}",
+                           "--switch", "ovs,protocols=OpenFlow13"])
+        kubelet = subprocess.Popen([sys.executable, "-m", "topologies.mn_kubelet",
+                                    "--kubeconfig", str(kubeconfig), "--nodes", "2",
+                                    "--pods", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                                   text=True)
+        assert "registered 2 nodes and 2 pods" in kubelet.stdout.readline()
+        seen = set()
+        deadline = time.monotonic() + 30
+        while seen != {"pod1", "pod2"} and time.monotonic() < deadline:
+            seen.add(term.type("pod1 curl -s --max-time 2 10.96.0.10").strip())
+            seen.discard("")
+        assert seen == {"pod1", "pod2"}, seen         # both nodes' pods, via the API
+        assert term.exit() == 0
+    finally:
+        for proc in (kubelet, api):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=20)
+        if ryu is not None:
+            ryu.stop()
+        left = _clean_after(term) if term is not None else None
+    assert left == (set(), set(), []), left

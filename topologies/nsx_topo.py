@@ -11,7 +11,9 @@ Terminal 2, the network::
         --controller remote,port=6653 --switch ovs,protocols=OpenFlow13
 
 then ``pingall``, ``pod1 curl -s 10.96.0.10`` and ``sh ovs-ofctl -O OpenFlow13
-dump-groups br-node1`` at the ``mininet>`` prompt.  The topology is the
+dump-groups br-node1`` at the ``mininet>`` prompt.  With an API server
+instead of the state file: topologies/examples/api-source.conf and
+``python -m topologies.mn_kubelet`` (the Nodes and Pods of this topology).  The topology is the
 lab's: compute nodes ``br-nodeK`` (podCIDR 10.1.K.0/24) with pods
 ``pod1..``, a learning ``fabric``, the gateway router ``br-gw`` and the
 Internet host ``inet`` (203.0.113.10).  Every bridge and port is labelled in
