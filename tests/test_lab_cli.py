@@ -23,19 +23,21 @@ LAB_BRIDGES = {"br-node1", "br-node2", "br-gw", "fabric"}
 class Terminal:
     """One program in a pseudo-terminal, typed into like a person would."""
 
+    prompt = PROMPT
+
     def __init__(self, cmd, start_timeout=180):
         self.transcript = []
         self.child = pexpect.spawn(cmd[0], cmd[1:], cwd=ROOT, encoding="utf-8",
                                    timeout=30, dimensions=(50, 220),
                                    env=dict(os.environ, TERM="dumb"))
         self.child.logfile_read = _Collect(self.transcript)
-        self.child.expect_exact(PROMPT, timeout=start_timeout)
+        self.child.expect_exact(self.prompt, timeout=start_timeout)
         self.banner = self.child.before
 
     def type(self, line, timeout=30):
         """Type a line; what it printed up to the next prompt."""
         self.child.sendline(line)
-        self.child.expect_exact(PROMPT, timeout=timeout)
+        self.child.expect_exact(self.prompt, timeout=timeout)
         out = self.child.before
         return out.split("\n", 1)[1] if "\n" in out else ""    # drop the echo
 

@@ -13,38 +13,25 @@ import subprocess
 import sys
 import time
 
-import pexpect
 import pytest
 
-from test_lab_cli import ROOT, leftovers, remove
+from test_lab_cli import ROOT, Terminal, leftovers, remove
 from topologies.controller_proc import RyuProcess
 from topologies.waiting import wait_for
 
 pytestmark = [pytest.mark.mininet, pytest.mark.interactive]
-PROMPT = "mininet> "
 OF_PORT = 16670
 
 
-class MnTerminal:
+class MnTerminal(Terminal):
+    """Mininet's CLI (or a topology script's) in a pseudo-terminal."""
+    prompt = "mininet> "
+
     def __init__(self, cmd, timeout=120):
-        self.child = pexpect.spawn(cmd[0], cmd[1:], cwd=ROOT, encoding="utf-8", timeout=60,
-                                   dimensions=(50, 220), env=dict(os.environ, TERM="dumb"))
-        self.transcript = []
-        self.child.logfile_read = self
-        self.child.expect_exact(PROMPT, timeout=timeout)
-        self.banner = self.child.before
-
-    def write(self, text):
-        self.transcript.append(text)
-
-    def flush(self):
-        pass
+        super().__init__(cmd, start_timeout=timeout)
 
     def type(self, line, timeout=60):
-        self.child.sendline(line)
-        self.child.expect_exact(PROMPT, timeout=timeout)
-        out = self.child.before
-        return out.split("\n", 1)[1] if "\n" in out else ""
+        return super().type(line, timeout)
 
     def until(self, line, pattern, timeout=30):
         """Type ``line`` until its output matches ``pattern`` (the controller
@@ -57,20 +44,6 @@ class MnTerminal:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{line!r} never printed {pattern!r}; last:\n{out}")
             time.sleep(0.5)
-
-    def exit(self):
-        self.child.sendline("exit")
-        self.child.expect(pexpect.EOF, timeout=120)
-        self.child.close()
-        return self.child.exitstatus
-
-    def kill(self):
-        if self.child.isalive():
-            try:
-                self.child.sendline("exit")
-                self.child.expect(pexpect.EOF, timeout=60)
-            except pexpect.ExceptionPexpect:
-                self.child.terminate(force=True)
 
 
 @pytest.fixture

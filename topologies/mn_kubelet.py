@@ -15,13 +15,12 @@ Node and Pod objects no real kubelet backs.  Runs until Ctrl-C or SIGTERM.
 """
 import argparse
 import os
-import signal
 import sys
 import tempfile
-import threading
 
 from topologies import plan
 from topologies.cluster import Cluster, demo_service
+from topologies.waiting import until_stopped
 
 DEMO_VIP = "10.96.0.10"
 
@@ -65,12 +64,7 @@ def main(argv=None):
         cluster.apply_service(demo_service(DEMO_VIP, plan.TCP_TARGET, plan.UDP_TARGET))
     print(f"registered {len(nodes)} nodes and {len(pods)} pods"
           + ("" if args.no_demo_service else f"; Service web on {DEMO_VIP}"), flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
+    until_stopped()
     cluster.stop()
     return 0
 

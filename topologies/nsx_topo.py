@@ -77,6 +77,12 @@ def tx_off(intf_name, node=None):
         subprocess.run(cmd, shell=True, check=False)
 
 
+def _tx_off_ports(switch):
+    for intf in switch.intfList():
+        if intf.name != "lo":
+            tx_off(intf.name)
+
+
 def peer(intf):
     """The node at the other end of an interface's link (None if unlinked)."""
     link = intf.link
@@ -97,9 +103,7 @@ class _ProgrammedBridge(OVSSwitch):
 
     def start(self, controllers):
         super().start(controllers)
-        for intf in self.intfList():
-            if intf.name != "lo":
-                tx_off(intf.name)
+        _tx_off_ports(self)
         self.label()
 
     def port_to(self, name):
@@ -141,14 +145,12 @@ class FabricSwitch(OVSBridge):
 
     def __init__(self, name, **params):
         params.setdefault("datapath", datapath())
-        params["batch"] = False
+        params["batch"] = False              # start() must run: it tunes the ports
         super().__init__(name, **params)
 
     def start(self, controllers):
         super().start(controllers)
-        for intf in self.intfList():
-            if intf.name != "lo":
-                tx_off(intf.name)
+        _tx_off_ports(self)
 
 
 class PodHost(Host):

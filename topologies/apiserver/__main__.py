@@ -1,10 +1,9 @@
 """Run the lab's API server on its own: python -m topologies.apiserver --kubeconfig F."""
 import argparse
 import logging
-import signal
-import threading
 
 from topologies.apiserver.server import ApiServer
+from topologies.waiting import until_stopped
 
 
 def main():
@@ -18,12 +17,7 @@ def main():
     if args.kubeconfig:
         server.kubeconfig(args.kubeconfig)
         print(f"kubeconfig written to {args.kubeconfig}", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
+    until_stopped()
     server.stop()
 
 
