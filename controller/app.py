@@ -67,6 +67,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.counters = collections.Counter()            # (dpid, what): see Switch
         self._event_at = None                # first API event behind the current state
         self._event_observed = set()         # dpids that reported it already
+        self._trigger_times = []             # of changes handed to switches, not yet live
         self.metrics = status.Metrics(self)
         self.node_name = self.conf.node_name or os.environ.get("NODE_NAME", "")
         self._foreign = set()                # dpids of bridges another agent programs
@@ -170,6 +171,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
+        self._trigger_times += change.trigger_times
         for switch in self.switches.values():
             switch.note(change)
 
@@ -355,6 +357,13 @@ class ServiceProxy(app_manager.RyuApp):
         self.last_programmed = time.time()
         self.metrics.sync_seconds.labels(bridge).observe(result.seconds)
         self.metrics.last_programmed.labels(bridge).set(self.last_programmed)
+        self.metrics.sync_proxy_rules.observe(result.seconds)
+        self.metrics.sync_proxy_rules_last.set(self.last_programmed)
+        # kube-proxy's SLI: a change is programmed with the first bundle that
+        # carries it (an agent has one node bridge; centrally, the first one)
+        for when in self._trigger_times:
+            self.metrics.network_programming.observe(max(0.0, self.last_programmed - when))
+        self._trigger_times = []
         if self._event_at is not None and switch.dpid not in self._event_observed:
             self._event_observed.add(switch.dpid)
             age = time.monotonic() - self._event_at

@@ -10,7 +10,11 @@ changed, and nothing downstream walks every service again to find out.
   small, and a change there touches every bridge anyway);
 * ``udp_gone``: UDP endpoints that stopped receiving new connections, per
   frontend - their conntrack entries must be flushed (see below);
-* ``full``: the change is unknown (a first state): treat everything as new.
+* ``full``: the change is unknown (a first state): treat everything as new;
+* ``trigger_times``: wall-clock times (epoch seconds) from the changed
+  EndpointSlices' ``endpoints.kubernetes.io/last-change-trigger-time``: when
+  the change that produced them happened (kube-proxy's network programming
+  SLI measures from there to "programmed").
 
 UDP has no FIN: a client that keeps sending from one source port keeps
 matching its conntrack entry, DNATed to an endpoint that is gone, and
@@ -44,6 +48,7 @@ class ChangeSet:
     floating_ips: bool = False
     udp_gone: Tuple[StaleUdp, ...] = ()
     full: bool = False
+    trigger_times: Tuple[float, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.full or self.services or self.nodes or self.floating_ips)
@@ -54,14 +59,15 @@ class ChangeSet:
                          nodes=self.nodes or later.nodes,
                          floating_ips=self.floating_ips or later.floating_ips,
                          udp_gone=self.udp_gone + later.udp_gone,
-                         full=self.full or later.full)
+                         full=self.full or later.full,
+                         trigger_times=self.trigger_times + later.trigger_times)
 
 
 EVERYTHING = ChangeSet(full=True)
 
 
 def compute(old: model.ClusterState, new: model.ClusterState,
-            touched: Iterable[model.ServiceKey]) -> ChangeSet:
+            touched: Iterable[model.ServiceKey], trigger_times=()) -> ChangeSet:
     """The change set, given the services a source may have changed (any
     superset of the ones that really did)."""
     changed = frozenset(k for k in touched
@@ -71,7 +77,8 @@ def compute(old: model.ClusterState, new: model.ClusterState,
         nodes=old.nodes is not new.nodes and old.nodes != new.nodes,
         floating_ips=(old.floating_ips is not new.floating_ips
                       and old.floating_ips != new.floating_ips),
-        udp_gone=tuple(stale_udp(old, new, sorted(changed))))
+        udp_gone=tuple(stale_udp(old, new, sorted(changed))),
+        trigger_times=tuple(trigger_times))
 
 
 def between(old: model.ClusterState, new: model.ClusterState) -> ChangeSet:

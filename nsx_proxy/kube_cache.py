@@ -6,7 +6,30 @@ Namespaces (their pool annotations).  Each event or relist marks what it
 may have changed, so the state builder translates only that; ``take_dirty``
 hands the marks over.  Pure data and dict updates: no I/O, no threads.
 """
+import datetime
+import time
+
 from nsx_proxy import model, rawjson, translate
+
+# Set by the EndpointSlice controller: when the change behind a slice's
+# content happened (kube-proxy's network programming SLI starts there).
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+def trigger_time(obj):
+    """The annotation as epoch seconds, or None (absent or not RFC 3339)."""
+    text = rawjson.annotations(obj).get(TRIGGER_TIME_ANNOTATION)
+    if not isinstance(text, str) or not text:
+        return None
+    # RFC 3339 with up to nanoseconds and a Z; fromisoformat takes 6 digits
+    head, dot, frac = text.rstrip("Z").partition(".")
+    try:
+        when = datetime.datetime.fromisoformat(head + (dot + frac[:6] if dot else ""))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 _key = rawjson.key
 
@@ -23,7 +46,10 @@ _rv = rawjson.resource_version
 
 
 class KubeCache:
-    def __init__(self):
+    def __init__(self, started=None):
+        # trigger times from before this cache existed are not ours to measure
+        self.started = time.time() if started is None else started
+        self.trigger_times = []              # of slices changed since the last build
         self.services = {}                   # ServiceKey -> raw Service
         self.slices = {}                     # (ns, name) -> raw EndpointSlice
         self.slices_by_service = {}          # ServiceKey -> {(ns, name): raw slice}
@@ -36,18 +62,21 @@ class KubeCache:
         self._pods_dirty = True
 
     def take_dirty(self):
-        """(service keys, nodes changed, floating-IP pods changed) since the last call."""
+        """(service keys, nodes changed, floating-IP pods changed, slices'
+        trigger times) since the last call."""
         dirty, self._dirty = self._dirty, set()
         dirty.discard(None)
-        out = (dirty, self._nodes_dirty, self._pods_dirty)
+        out = (dirty, self._nodes_dirty, self._pods_dirty, tuple(self.trigger_times))
         self._nodes_dirty = self._pods_dirty = False
+        self.trigger_times = []
         return out
 
-    def give_back_dirty(self, dirty, nodes_dirty, pods_dirty):
+    def give_back_dirty(self, dirty, nodes_dirty, pods_dirty, trigger_times):
         """Marks taken by a build that failed: they are pending again."""
         self._dirty |= dirty
         self._nodes_dirty |= nodes_dirty
         self._pods_dirty |= pods_dirty
+        self.trigger_times[:0] = trigger_times
 
     # --- services ----------------------------------------------------------------
     def service_event(self, etype, obj):
@@ -76,6 +105,9 @@ class KubeCache:
             if owner is not None:
                 self.slices_by_service.setdefault(owner, {})[key] = obj
                 self._dirty.add(owner)
+                when = trigger_time(obj)     # like kube-proxy: not for deletions
+                if when is not None and when > self.started:
+                    self.trigger_times.append(when)
 
     def slice_event(self, etype, obj):
         self._index_slice(_key(obj), None if etype == "DELETED" else obj)

@@ -88,7 +88,7 @@ class StateBuilder:
         self._undelivered_dirty = self.last_dirty = self._undelivered_dirty | marks[0]
         return state, change
 
-    def _build(self, cache, dirty, nodes_dirty, pods_dirty):
+    def _build(self, cache, dirty, nodes_dirty, pods_dirty, trigger_times):
         before = {key: self._translated.get(key) for key in dirty}
         for key in dirty:
             self._translate_service(cache, key)
@@ -107,7 +107,7 @@ class StateBuilder:
         # The claim rules may move an IP between services nobody touched.
         touched = (self.state.services.keys() | services.keys()) if frontends_changed \
             else dirty
-        change = changes.compute(self.state, state, touched)
+        change = changes.compute(self.state, state, touched, trigger_times)
         self.state = state
         return state, change
 

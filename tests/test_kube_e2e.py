@@ -282,3 +282,27 @@ def test_an_external_ip_cannot_take_another_services_cluster_ip(lab):
         api.delete(svc_res, "default", "a-hijack")
         api.delete(svc_res, "default", "victim")
     converge(lab)
+
+
+def test_kube_proxys_network_programming_sli_is_exported(lab):
+    """kubeproxy_network_programming_duration_seconds, with kube-proxy's name
+    and buckets: from the EndpointSlice's last-change-trigger-time (the lab's
+    EndpointSlice controller stamps it as the real one does) to the change
+    programmed.  A pod turning unready is one observation, of well under a
+    second here; the sync histogram and last-sync gauge move with it."""
+    from lab_helpers import metric, set_ready
+    name = "kubeproxy_network_programming_duration_seconds"
+    count, total = metric(name + "_count"), metric(name + "_sum")
+    syncs = metric("kubeproxy_sync_proxy_rules_duration_seconds_count")
+    everyone = {p.name for p in lab.pods}
+    try:
+        set_ready(lab, everyone - {"pod4"})
+        L.wait_for(lambda: metric(name + "_count") > count, 10, what="an observation")
+        added = metric(name + "_count") - count
+        mean = (metric(name + "_sum") - total) / added
+        assert 0 < mean < 2.0, mean
+        assert metric(name + '_bucket{le="0.25"}') >= 1           # kube-proxy's buckets
+        assert metric("kubeproxy_sync_proxy_rules_duration_seconds_count") > syncs
+        assert time.time() - metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds") < 30
+    finally:
+        set_ready(lab, everyone)

@@ -389,3 +389,34 @@ def test_kube_proxys_label_selector_filters_services_and_slices_server_side(serv
                      b' "theirs"}}}')
     wait_for(lambda: WEB not in rec.last.services, 5, what="web handed to another proxy")
     assert not src.cache.services
+
+
+def test_slice_trigger_times_travel_with_the_change_set():
+    """endpoints.kubernetes.io/last-change-trigger-time of changed slices, as
+    kube-proxy reads it: RFC 3339 with nanoseconds, not for deletions, not
+    from before the cache started (the initial list)."""
+    from nsx_proxy import validate
+    from nsx_proxy.kube_cache import TRIGGER_TIME_ANNOTATION, KubeCache, trigger_time
+    from nsx_proxy.state_builder import StateBuilder
+    assert trigger_time({"metadata": {"annotations": {
+        TRIGGER_TIME_ANNOTATION: "2026-12-06T03:00:00.123456789Z"}}}) == 1796526000.123456
+    for junk in ("yesterday", 7, "", None):
+        assert trigger_time({"metadata": {"annotations": {TRIGGER_TIME_ANNOTATION: junk}}}) \
+            is None
+    cache, builder = KubeCache(started=1796526000.0), StateBuilder(validate.RejectLog())
+    old = _raw_slice("web", "10.1.1.2")
+    old["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: "2026-12-06T02:59:59Z"}
+    cache.replace_services([service("web", vip="10.96.0.1", rv="1")])
+    cache.replace_slices([old])
+    _, change = builder.build(cache)
+    assert change.trigger_times == ()                 # from before we started
+    builder.delivered()
+    new = _raw_slice("web", "10.1.1.3", rv="2")
+    new["metadata"]["annotations"] = {TRIGGER_TIME_ANNOTATION: "2026-12-06T03:00:01.5Z"}
+    cache.slice_event("MODIFIED", new)
+    _, change = builder.build(cache)
+    assert change.trigger_times == (1796526001.5,)
+    builder.delivered()
+    cache.slice_event("DELETED", new)
+    _, change = builder.build(cache)
+    assert change.trigger_times == ()

@@ -15,6 +15,7 @@
 The hook re-syncs the slices of every service a pod or service write can
 affect, writing only slices whose content changed.
 """
+import datetime
 import zlib
 
 from topologies.apiserver.selectors import selector_matches
@@ -26,6 +27,7 @@ TOPOLOGY_ANNOTATIONS = ("service.kubernetes.io/topology-mode",
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER = "endpointslice-controller.k8s.io"
 HEADLESS = "service.kubernetes.io/headless"
+TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 MAX_ENDPOINTS = 100
 
 
@@ -155,8 +157,12 @@ def sync_service(store, ns, name):
         zones = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get(ZONE_LABEL)
                  for n in store.peek("nodes")}
         want = desired_slices(svc, store.peek("pods", ns), zones)
+    # The controller stamps when the change behind a slice's content happened:
+    # here, the write that triggered this sync, which is now.
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for sname, obj in want.items():
         old = existing.get(sname)
+        obj["metadata"]["annotations"] = {TRIGGER_TIME: stamp}
         if old is None:
             store.commit("endpointslices", "ADDED", obj)
         elif _content(old) != _content(obj):
