@@ -134,11 +134,11 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     namespace, svc_name = key(svc)
     if not svc_name or not namespace:
         raise Invalid("has no namespace/name")
-    meta, spec = as_map(field(svc, "metadata")), _object(svc, "spec")
+    meta, spec = as_map(field(svc, "metadata")), validate.json_object(svc, "spec")
     cluster_ip = _ipv4_cluster_ip(spec)
     stype = validate.service_type(spec.get("type"))
     external_ips = []
-    for ip in _list(spec, "externalIPs"):
+    for ip in validate.json_list(spec, "externalIPs"):
         try:
             external_ips.append(validate.ipv4(ip, "externalIP"))
         except Invalid as exc:
@@ -159,22 +159,6 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
         type=stype, external_ips=tuple(dict.fromkeys(external_ips)),
         load_balancer_ips=(_ingress_ips(name, svc, reject)
                            if stype == model.LOAD_BALANCER else ()))
-
-
-def _object(obj, name):
-    """``obj[name]`` when it is an object or absent ({}); anything else is invalid."""
-    value = obj.get(name)
-    if value is not None and not isinstance(value, dict):
-        raise Invalid(f"{name} is not an object: {value!r:.40}")
-    return value or {}
-
-
-def _list(obj, name):
-    """``obj[name]`` when it is a list or absent (()); anything else is invalid."""
-    value = obj.get(name)
-    if value is not None and not isinstance(value, list):
-        raise Invalid(f"{name} is not a list: {value!r:.40}")
-    return value or ()
 
 
 def _affinity(name, spec, reject: Reject) -> Optional[int]:

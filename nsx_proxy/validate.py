@@ -18,6 +18,22 @@ class Invalid(ValueError):
     """An input value the proxy cannot implement."""
 
 
+def json_object(obj, name):
+    """``obj[name]`` when it is a JSON object or absent ({}); anything else is invalid."""
+    value = obj.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise Invalid(f"{name} is not an object: {value!r:.40}")
+    return value or {}
+
+
+def json_list(obj, name):
+    """``obj[name]`` when it is a JSON list or absent (()); anything else is invalid."""
+    value = obj.get(name)
+    if value is not None and not isinstance(value, list):
+        raise Invalid(f"{name} is not a list: {value!r:.40}")
+    return value or ()
+
+
 def ipv4(value, what="IP") -> str:
     if not isinstance(value, str) or not value:
         raise Invalid(f"{what} missing")
