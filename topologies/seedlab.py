@@ -10,6 +10,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 
 from topologies import lab as L
 from topologies.cluster import load_manifests
@@ -24,12 +25,15 @@ def manifest(seed):
     return os.path.join(HERE, "seeds", SEEDS[seed])
 
 
-def _answers(lab, client, url, expected, tries=40):
-    seen = set()
-    for _ in range(tries):
+def _answers(lab, client, url, expected, tries=40, patience=10.0):
+    """Who answers ``url`` from ``client``: at least ``tries`` connections, and
+    for up to ``patience`` seconds until every expected pod has answered (a
+    pod whose readiness probe flaps under load is out of the group for a
+    moment; it must come back, not be there at one instant)."""
+    seen, deadline, n = set(), time.monotonic() + patience, 0
+    while not expected <= seen and (n < tries or time.monotonic() < deadline):
         seen.add(lab.curl(client, url))
-        if expected <= seen:
-            break
+        n += 1
     seen.discard("")
     ok = seen == expected
     print(f"  {client:>5} -> {url:<34} answered by {sorted(seen)}"
