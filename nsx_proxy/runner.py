@@ -6,7 +6,8 @@
 first request after a quiet period runs at once.
 
 A run that raises is logged and retried after ``retry_interval`` (not at
-the next request, which may never come: kube-proxy's runner retries too).
+the next request, which may never come: kube-proxy's runner retries too),
+doubling while runs keep failing, up to ``max_interval``.
 
 The host's green-thread primitives are injected (:class:`Hub`), so the same
 code runs under Ryu's eventlet hub and under plain threads in tests.
@@ -47,7 +48,7 @@ class BoundedFrequencyRunner:
         self.failures = 0                    # runs that raised (a counter for metrics)
         self.retry_interval = max(min_interval, 1.0) if retry_interval is None \
             else retry_interval
-        self._failing = False
+        self._failing = 0                    # runs that raised in a row
 
     def request(self) -> None:
         self._wanted.set()
@@ -61,7 +62,7 @@ class BoundedFrequencyRunner:
 
     def _loop(self):
         while True:
-            self._wanted.wait(self.retry_interval if self._failing else self.max_interval)
+            self._wanted.wait(self._retry_in() if self._failing else self.max_interval)
             if self._stopped:
                 return
             if self._last is not None:
@@ -74,9 +75,12 @@ class BoundedFrequencyRunner:
             self.runs += 1
             try:
                 self._fn()
-                self._failing = False
+                self._failing = 0
             except Exception:   # the runner must outlive a bad run
                 self.failures += 1
-                self._failing = True
+                self._failing += 1
                 LOG.exception("%s: run failed; nothing it carried is lost, retrying in %.1f s",
-                              self.name, self.retry_interval)
+                              self.name, self._retry_in())
+
+    def _retry_in(self) -> float:
+        return min(self.retry_interval * 2 ** max(self._failing - 1, 0), self.max_interval)

@@ -420,3 +420,25 @@ def test_slice_trigger_times_travel_with_the_change_set():
     cache.slice_event("DELETED", new)
     _, change = builder.build(cache)
     assert change.trigger_times == ()
+
+
+def test_a_failing_run_is_retried_with_a_doubling_interval_up_to_max_interval():
+    runs = []
+
+    def run():
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("still broken")
+    runner = BoundedFrequencyRunner("sync", run, thread_hub(), min_interval=0.0,
+                                    max_interval=0.4, retry_interval=0.05)
+    delays = []
+    for failed in range(1, 6):
+        runner._failing = failed
+        delays.append(runner._retry_in())
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.4]
+    runner._failing = 0
+    runner.start()
+    runner.request()                       # once: the retries need no request
+    wait_for(lambda: len(runs) == 3, 5, what="two retries, then a good run")
+    runner.stop()
+    assert runner.failures == 2 and runner._failing == 0
