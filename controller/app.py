@@ -43,6 +43,10 @@ LOG = logging.getLogger("nsx_proxy")
 CONF = config.CONF
 
 
+# Trigger times (kube-proxy's SLI) kept while no bundle commits; the oldest go.
+MAX_PENDING_TRIGGERS = 10000
+
+
 class ServiceProxy(app_manager.RyuApp):
     """Ryu events in, a Switch per datapath decides, messages out.
 
@@ -171,7 +175,9 @@ class ServiceProxy(app_manager.RyuApp):
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
-        self._trigger_times += change.trigger_times
+        # bounded: with no switch committing (none connected yet) they wait
+        self._trigger_times = (self._trigger_times + list(change.trigger_times))[
+            -MAX_PENDING_TRIGGERS:]
         for switch in self.switches.values():
             switch.note(change)
 
