@@ -148,3 +148,24 @@ spec:
     assert bad.returncode != 0
     assert "web" not in k("delete", "svc", "web", "--wait=false").stderr
     assert k("get", "svc", "web", check=False).returncode != 0
+
+
+def test_the_lab_kubelet_never_unschedules_a_pod_created_again(server):
+    """A pod deleted and created again at once (north-south's last test does
+    it): the old Pod's DELETED event, or a status write that got 404 for it,
+    arrives after the new Pod exists.  It must not stop the kubelet from
+    reporting the new one (it stayed NotReady for good: a flaky seed check)."""
+    from topologies.kubelet import Kubelet
+    from topologies.plan import PodSpec
+    kubelet = Kubelet(api_client(server.kubeconfig_path), "default", 8080, 5353)
+    kubelet.pods["p"] = PodSpec("p", "node1", "10.1.1.9")
+    kubelet.schedule("p")
+    old = kubelet.uids["p"]
+    core = client.CoreV1Api(api_client(server.kubeconfig_path))
+    core.delete_namespaced_pod("p", "default", grace_period_seconds=0)
+    kubelet.schedule("p")
+    assert kubelet.uids["p"] != old
+    kubelet._unschedule_if("p", old)             # the old Pod's late DELETED
+    assert "p" in kubelet.scheduled
+    kubelet._unschedule_if("p", kubelet.uids["p"])
+    assert "p" not in kubelet.scheduled

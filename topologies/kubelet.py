@@ -79,6 +79,11 @@ class Kubelet:
         self._reported = {}              # name -> (ready, resourceVersion seen)
         self._changed = threading.Event()
         self._stop = threading.Event()
+        # Which Pod object (uid) a pod host stands for, and whether it is
+        # scheduled, change together: the deletion watch and a failed status
+        # write must not unschedule a Pod created again meanwhile (the race
+        # left a recreated pod NotReady for good).
+        self._lock = threading.Lock()
 
     # --- nodes ------------------------------------------------------------------------
     def register_nodes(self, nodes):
@@ -127,16 +132,17 @@ class Kubelet:
             self.extra_ports[name] = list(extra_ports)
         body = pod_manifest(pod, self.namespace, self.tcp_port, self.udp_port, self.grace,
                             self.extra_ports.get(name, ()))
-        try:
-            created = self.core.create_namespaced_pod(self.namespace, body)
-            self.uids[name] = created.metadata.uid
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            self.core.patch_namespaced_pod(name, self.namespace,
-                                           {"metadata": {"labels": body["metadata"]["labels"]}})
-        self.scheduled.add(name)
-        self._reported.pop(name, None)
+        with self._lock:
+            try:
+                created = self.core.create_namespaced_pod(self.namespace, body)
+                self.uids[name] = created.metadata.uid
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.core.patch_namespaced_pod(name, self.namespace, {"metadata": {
+                    "labels": body["metadata"]["labels"]}})
+            self.scheduled.add(name)
+            self._reported.pop(name, None)
         self._changed.set()
 
     def unschedule(self, name, grace=None):
@@ -175,12 +181,13 @@ class Kubelet:
                 ready = self.ready.get(name)
                 if ready is None or self._reported.get(name) == ready:
                     continue
+                uid = self.uids.get(name)
                 try:
                     self._report(name, ready)
                     self._reported[name] = ready
                 except ApiException as exc:
                     if exc.status == 404:
-                        self.scheduled.discard(name)
+                        self._unschedule_if(name, uid)
                     else:
                         LOG.warning("pod %s: status update failed: %s", name, exc.reason)
                         self._changed.set()
@@ -188,6 +195,13 @@ class Kubelet:
                     LOG.warning("pod %s: status update failed: %s", name, exc)
                     time.sleep(0.5)
                     self._changed.set()
+
+    def _unschedule_if(self, name, uid):
+        """The Pod ``uid`` of pod host ``name`` is gone: stop reporting for it,
+        unless a newer Pod of that name was created meanwhile."""
+        with self._lock:
+            if self.uids.get(name) == uid:
+                self.scheduled.discard(name)
 
     def _report(self, name, ready):
         pod = self.pods[name]
@@ -213,8 +227,7 @@ class Kubelet:
                     meta = event["raw_object"]["metadata"]
                     name = meta["name"]
                     if event["type"] == "DELETED":
-                        if self.uids.get(name) == meta.get("uid"):
-                            self.scheduled.discard(name)   # not a newer Pod of that name
+                        self._unschedule_if(name, meta.get("uid"))
                         continue
                     if meta.get("deletionTimestamp") and name not in timers:
                         grace = meta.get("deletionGracePeriodSeconds") or 0
