@@ -169,3 +169,26 @@ def test_the_lab_kubelet_never_unschedules_a_pod_created_again(server):
     assert "p" in kubelet.scheduled
     kubelet._unschedule_if("p", kubelet.uids["p"])
     assert "p" not in kubelet.scheduled
+
+
+def test_the_lab_kubelets_grace_timer_takes_only_its_own_pod(server):
+    """A graceful deletion arms a timer; if the Pod is then deleted for good
+    and created again, the old timer must not take the new Pod away."""
+    import time
+    from topologies.kubelet import Kubelet
+    from topologies.plan import PodSpec
+    kubelet = Kubelet(api_client(server.kubeconfig_path), "default", 8080, 5353, grace=1)
+    kubelet.pods["p"] = PodSpec("p", "node1", "10.1.1.9")
+    kubelet.start([], lambda name: None)               # the deletion watch only
+    try:
+        kubelet.schedule("p")
+        core = client.CoreV1Api(api_client(server.kubeconfig_path))
+        core.delete_namespaced_pod("p", "default", grace_period_seconds=1)
+        time.sleep(0.3)                                # the watch arms the timer
+        core.delete_namespaced_pod("p", "default", grace_period_seconds=0)
+        kubelet.schedule("p")
+        new = kubelet.uids["p"]
+        time.sleep(2.0)                                # past the old grace period
+        assert core.read_namespaced_pod("p", "default").metadata.uid == new
+    finally:
+        kubelet.stop()

@@ -216,8 +216,12 @@ class Kubelet:
         LOG.info("pod %s: Ready=%s", name, status)
 
     def _watch_deletions(self):
-        """Finish graceful deletions of our pods once their grace period is over."""
-        timers = {}
+        """Finish graceful deletions of our pods once their grace period is over.
+
+        Timers are per Pod object (uid): a Pod deleted for good earlier, and
+        created again under its name, is not taken away when the old Pod's
+        grace period ends."""
+        timers = {}                          # (name, uid) -> Timer
         while not self._stop.is_set():
             try:
                 stream = watch.Watch().stream(
@@ -226,25 +230,34 @@ class Kubelet:
                 for event in stream:
                     meta = event["raw_object"]["metadata"]
                     name = meta["name"]
+                    key = (name, meta.get("uid"))
                     if event["type"] == "DELETED":
-                        self._unschedule_if(name, meta.get("uid"))
+                        self._unschedule_if(*key)
+                        timer = timers.pop(key, None)
+                        if timer is not None:
+                            timer.cancel()
                         continue
-                    if meta.get("deletionTimestamp") and name not in timers:
+                    if meta.get("deletionTimestamp") and key not in timers:
                         grace = meta.get("deletionGracePeriodSeconds") or 0
-                        timers[name] = threading.Timer(grace, self._finish, (name, timers))
-                        timers[name].daemon = True
-                        timers[name].start()
+                        timers[key] = threading.Timer(grace, self._finish, (key, timers))
+                        timers[key].daemon = True
+                        timers[key].start()
             except Exception as exc:  # reconnect after API server restarts
                 LOG.debug("pod watch ended: %s", exc)
                 self._stop.wait(0.5)
 
-    def _finish(self, name, timers):
-        """A graceful deletion's grace period ended: delete the Pod for good
-        (unless the lab is stopping and its API server may be gone)."""
-        timers.pop(name, None)
+    def _finish(self, key, timers):
+        """A graceful deletion's grace period ended: delete that Pod for good
+        (unless the lab is stopping and its API server may be gone, or a newer
+        Pod has its name by now)."""
+        timers.pop(key, None)
+        name, uid = key
         if self._stop.is_set():
             return
         try:
+            current = self.core.read_namespaced_pod(name, self.namespace)
+            if current.metadata.uid != uid:
+                return
             self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
         except ApiException:
             pass
