@@ -3,6 +3,7 @@
 The shared lab (conftest.py): two nodes with two pods each, all labelled
 app=web, and the demo service web.  Every test leaves the lab as it found it.
 """
+import contextlib
 import signal
 import time
 
@@ -241,16 +242,24 @@ def test_a_broken_object_costs_only_itself(lab):
     api.create(svc_res, "default", service("beside-junk", {"app": "web"}, vip="10.96.0.41",
                                            ports=[{"name": "http", "port": 8091,
                                                    "targetPort": "http"}]))
-    try:
+    with _deleted_after(lab, "junk", "beside-junk"):
         L.wait_for(lambda: lab.curl("pod1", "http://10.96.0.41:8091/", timeout=1), 10,
                    interval=0, what="the Service created beside the junk one")
         L.wait_for(lambda: _log_count(lab, "default/junk") > log_before, 5,
                    what="one log line naming the junk Service")
         assert _log_count(lab, "run failed") == failed_before
+
+
+@contextlib.contextmanager
+def _deleted_after(lab, *names):
+    """Services created straight in the lab's API server, deleted afterwards."""
+    from topologies.apiserver.kinds import RESOURCES
+    try:
+        yield
     finally:
-        api.delete(svc_res, "default", "junk")
-        api.delete(svc_res, "default", "beside-junk")
-    converge(lab)
+        for name in names:
+            lab.cluster.server.api.delete(RESOURCES["services"], "default", name)
+        converge(lab)
 
 
 def test_an_external_ip_cannot_take_another_services_cluster_ip(lab):
@@ -269,7 +278,7 @@ def test_an_external_ip_cannot_take_another_services_cluster_ip(lab):
                                            ports=[{"name": "http", "port": port,
                                                    "targetPort": "http"}],
                                            externalIPs=[vip]))
-    try:
+    with _deleted_after(lab, "a-hijack", "victim"):
         converge(lab)
         everyone = {p.name for p in lab.pods}
         assert who_answers(lab, vip, port) <= everyone
@@ -278,10 +287,6 @@ def test_an_external_ip_cannot_take_another_services_cluster_ip(lab):
         assert _log_count(lab, "IP 10.96.0.42 is the clusterIP of default/victim") >= 1
         time.sleep(lab.audit_period * 1.5 if lab.audit_period else 0)   # an audit runs
         assert _log_count(lab, "two objects claim") == claims_before
-    finally:
-        api.delete(svc_res, "default", "a-hijack")
-        api.delete(svc_res, "default", "victim")
-    converge(lab)
 
 
 def test_kube_proxys_network_programming_sli_is_exported(lab):
