@@ -71,7 +71,9 @@ class ServiceProxy(app_manager.RyuApp):
         self.counters = collections.Counter()            # (dpid, what): see Switch
         self._event_at = None                # first API event behind the current state
         self._event_observed = set()         # dpids that reported it already
-        self._trigger_times = []             # of changes handed to switches, not yet live
+        # trigger times of changes handed to switches, not yet live; bounded:
+        # with no switch committing (none connected yet) the oldest go
+        self._trigger_times = collections.deque(maxlen=MAX_PENDING_TRIGGERS)
         self.metrics = status.Metrics(self)
         self.node_name = self.conf.node_name or os.environ.get("NODE_NAME", "")
         self._foreign = set()                # dpids of bridges another agent programs
@@ -175,9 +177,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
-        # bounded: with no switch committing (none connected yet) they wait
-        self._trigger_times = (self._trigger_times + list(change.trigger_times))[
-            -MAX_PENDING_TRIGGERS:]
+        self._trigger_times.extend(change.trigger_times)
         for switch in self.switches.values():
             switch.note(change)
 
@@ -369,7 +369,7 @@ class ServiceProxy(app_manager.RyuApp):
         # carries it (an agent has one node bridge; centrally, the first one)
         for when in self._trigger_times:
             self.metrics.network_programming.observe(max(0.0, self.last_programmed - when))
-        self._trigger_times = []
+        self._trigger_times.clear()
         if self._event_at is not None and switch.dpid not in self._event_observed:
             self._event_observed.add(switch.dpid)
             age = time.monotonic() - self._event_at

@@ -67,10 +67,6 @@ def ingress_ips(svc) -> Tuple[str, ...]:
                  if isinstance(i, dict) and rawjson.text(i.get("ip")))
 
 
-def spec_of(svc):
-    return rawjson.as_map(rawjson.field(svc, "spec"))
-
-
 _KEEP = object()          # plan: leave this service's status as it is
 
 
@@ -122,7 +118,7 @@ class Ipam:
 
     def _plan_one(self, skey, svc, namespaces, used, reject):
         """The IP to write for one service, None to clear it, or _KEEP."""
-        spec = spec_of(svc)
+        spec = rawjson.spec(svc)
         if spec.get("type") != "LoadBalancer":
             if any(self.owns(ip) for ip in ingress_ips(svc)):
                 return None                      # no longer a LoadBalancer: release
@@ -135,7 +131,7 @@ class Ipam:
         return _KEEP if ip is None else ip
 
     def _choose(self, key, svc, namespaces, used, reject) -> Optional[str]:
-        asked = rawjson.text(spec_of(svc).get("loadBalancerIP"))
+        asked = rawjson.text(rawjson.spec(svc).get("loadBalancerIP"))
         if asked:
             if self.owns(asked) and asked not in used:
                 return asked

@@ -20,7 +20,7 @@ def _matters(svc) -> bool:
     """Whether a Service counts in the pool plan: a LoadBalancer, or one
     holding an ingress IP (an address no one else may get)."""
     return svc is not None and (
-        lb_ipam.spec_of(svc).get("type") == "LoadBalancer" or bool(lb_ipam.ingress_ips(svc)))
+        rawjson.spec(svc).get("type") == "LoadBalancer" or bool(lb_ipam.ingress_ips(svc)))
 
 
 class LbStatusWriter:
@@ -58,7 +58,7 @@ class LbStatusWriter:
                               reserved={ip for ip in self.pending.values() if ip})
         self._relevant = {k for k, svc in services.items() if _matters(svc)}
         self._waiting = any(
-            lb_ipam.spec_of(services[k]).get("type") == "LoadBalancer"
+            rawjson.spec(services[k]).get("type") == "LoadBalancer"
             and not lb_ipam.ingress_ips(services[k]) and k not in plan
             for k in self._relevant)
         for key, ip in plan.items():

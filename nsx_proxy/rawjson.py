@@ -47,6 +47,10 @@ def metadata(obj: Any) -> Mapping:
     return as_map(field(obj, "metadata"))
 
 
+def spec(obj: Any) -> Mapping:
+    return as_map(field(obj, "spec"))
+
+
 def labels(obj: Any) -> Mapping:
     return as_map(field(obj, "metadata", "labels"))
 
