@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start everything the lab and the tests need; safe to re-run.
-#   - Debian packages (Open vSwitch, Mininet, kubectl, tools), only when missing
+#   - Debian packages (Open vSwitch, Mininet, kubectl, tools; the CNI plugins,
+#     containerd and runc, busybox for the containerd test), only when missing
 #   - Open vSwitch started (userspace datapath: no kernel module needed)
 #   - .venv on Debian's python3 with system site packages (Mininet's module)
 #     and this package installed editable with pinned dependencies
@@ -13,7 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl tcpdump iptables
-          python3-venv python3-dev iputils-ping procps gcc)
+          python3-venv python3-dev iputils-ping procps gcc util-linux
+          containernetworking-plugins containerd runc busybox-static)
 missing=()
 # kubectl: any kubectl on PATH will do; else Debian's (kubernetes-client).
 command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)

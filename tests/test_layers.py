@@ -9,7 +9,7 @@ import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("controller", "nsx_proxy", "topologies", "bench")
+PACKAGES = ("controller", "nsx_proxy", "nsx_cni", "topologies", "bench")
 
 
 def declared_layers():

@@ -1,0 +1,106 @@
+"""The pod's veth pair: made, checked and removed with iproute2.
+
+The container end is configured from inside its network namespace with
+``nsenter --net=PATH`` (Python 3.11 has no ``os.setns``); the namespace is a
+path, as runtimes give it (``/var/run/netns/...`` or ``/proc/PID/ns/net``).
+"""
+import json
+import os
+import subprocess
+from typing import List, Optional
+
+from nsx_cni.spec import IO_FAILURE, NOT_AS_ATTACHED, UNKNOWN_CONTAINER, Address, CniError
+
+TIMEOUT = 20
+
+
+def _run(cmd: List[str], stdin: Optional[str] = None, check=True) -> str:
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CniError(IO_FAILURE, f"{cmd[0]}: {exc}") from None
+    if check and proc.returncode != 0:
+        raise CniError(IO_FAILURE, f"{' '.join(cmd)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _in_netns(netns: str, cmd: List[str]) -> List[str]:
+    return ["nsenter", f"--net={netns}"] + cmd
+
+
+def netns_exists(netns: str) -> bool:
+    return bool(netns) and os.path.exists(netns)
+
+
+def require_netns(netns: str) -> None:
+    if not netns_exists(netns):
+        raise CniError(UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
+
+
+def link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def mac_of(name: str) -> str:
+    with open(f"/sys/class/net/{name}/address") as fh:
+        return fh.read().strip()
+
+
+def add_veth(host_if: str, req_ifname: str, netns: str, addr: Address,
+             mtu: Optional[int], tx_offload_off: bool) -> str:
+    """Make the pair, configure the container end; the host end's MAC."""
+    if link_exists(host_if):           # left by an ADD that failed half-way
+        _run(["ip", "link", "del", host_if], check=False)
+    mtu_args = ["mtu", str(mtu)] if mtu else []
+    _run(["ip", "link", "add", host_if] + mtu_args + ["type", "veth", "peer", "name",
+         req_ifname] + mtu_args + ["netns", netns])
+    try:
+        _run(_in_netns(netns, ["ip", "-batch", "-"]), stdin="\n".join([
+            f"link set {req_ifname} address {addr.mac}",
+            f"addr add {addr.interface} dev {req_ifname}",
+            f"link set {req_ifname} up",
+            f"route add default via {addr.gateway} dev {req_ifname}", ""]))
+        if tx_offload_off:
+            # The userspace datapath's conntrack drops packets whose checksum
+            # a veth left to offload (+inv): both ends compute it.
+            _run(_in_netns(netns, ["ethtool", "-K", req_ifname, "tx", "off"]))
+            _run(["ethtool", "-K", host_if, "tx", "off"])
+        _run(["ip", "link", "set", host_if, "up"])
+        return mac_of(host_if)
+    except BaseException:
+        _run(["ip", "link", "del", host_if], check=False)
+        raise
+
+
+def del_veth(host_if: str, req_ifname: str, netns: str) -> None:
+    """Remove the pair; what is already gone is not an error."""
+    if link_exists(host_if):
+        out = subprocess.run(["ip", "link", "del", host_if], capture_output=True, text=True)
+        if out.returncode != 0 and link_exists(host_if):
+            raise CniError(IO_FAILURE, f"ip link del {host_if}: {out.stderr.strip()}")
+    if netns_exists(netns):            # a pair whose host end was moved or renamed
+        _run(_in_netns(netns, ["ip", "link", "del", req_ifname]), check=False)
+
+
+def check_veth(host_if: str, req_ifname: str, netns: str, addr: Address) -> None:
+    """Returns when the pair is as ADD left it; else raises NOT_AS_ATTACHED."""
+    require_netns(netns)
+    if not link_exists(host_if):
+        raise CniError(NOT_AS_ATTACHED, f"host interface {host_if} is gone")
+    links = json.loads(_run(_in_netns(netns, ["ip", "-j", "addr", "show"])) or "[]")
+    link = next((lk for lk in links if lk.get("ifname") == req_ifname), None)
+    if link is None:
+        raise CniError(NOT_AS_ATTACHED, f"{req_ifname} is not in {netns}")
+    if link.get("address") != addr.mac:
+        raise CniError(NOT_AS_ATTACHED, f"{req_ifname} has MAC {link.get('address')}, "
+                       f"not {addr.mac}")
+    have = {f"{a.get('local')}/{a.get('prefixlen')}" for a in link.get("addr_info", [])}
+    if str(addr.interface) not in have:
+        raise CniError(NOT_AS_ATTACHED, f"{req_ifname} does not hold {addr.interface}")
+    routes = json.loads(_run(_in_netns(netns, ["ip", "-j", "route", "show", "default"]))
+                        or "[]")
+    if not any(r.get("gateway") == addr.gateway and r.get("dev") == req_ifname
+               for r in routes):
+        raise CniError(NOT_AS_ATTACHED, f"no default route via {addr.gateway} "
+                       f"on {req_ifname}")
