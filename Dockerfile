@@ -4,13 +4,14 @@
 FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
-      openvswitch-common ca-certificates \
+      openvswitch-common ca-certificates containernetworking-plugins \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/nsx-proxy
 COPY setup.cfg setup.py README.md ./
 COPY scripts/install-venv.sh scripts/
 COPY controller controller
 COPY nsx_proxy nsx_proxy
+COPY nsx_cni nsx_cni
 COPY topologies topologies
 RUN bash scripts/install-venv.sh /opt/nsx-proxy/venv . \
  && apt-get purge -y gcc python3-dev && apt-get autoremove -y

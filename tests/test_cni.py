@@ -274,3 +274,30 @@ def test_ten_adds_at_once_each_get_their_own_address_and_port(bridge, netns, tmp
     ports = run(["ovs-vsctl", "list-ports", BRIDGE]).split()
     assert sorted(ports) == sorted(S.host_veth_name(f"m{i}", "eth0") for i in range(10))
     assert all(port_ids(p)[1] > 0 for p in ports)
+
+
+def test_install_writes_one_file_plugin_the_nodes_python_runs_and_uninstall_removes_it(
+        tmp_path):
+    from nsx_cni import install as I
+    bin_dir, conf_dir, plugins = tmp_path / "bin", tmp_path / "net.d", tmp_path / "std"
+    plugins.mkdir()
+    for name in I.STANDARD_PLUGINS:
+        (plugins / name).write_bytes(b"#!/bin/sh\n")
+    (tmp_path / "bin").mkdir()
+    (bin_dir / "loopback").write_bytes(b"the node's own")
+    copied = I.install(str(bin_dir), str(conf_dir), str(plugins), mtu=1450, node_name="n7")
+    assert copied == [str(bin_dir / "host-local")]                  # loopback was there
+    assert (bin_dir / "loopback").read_bytes() == b"the node's own"
+    conf = json.loads((conf_dir / I.CONFLIST).read_text())
+    assert conf == {"cniVersion": "1.0.0", "name": "nsx-proxy", "plugins": [
+        {"type": "nsx-proxy-cni", "ipam": {"type": "host-local"}, "mtu": 1450,
+         "nodeName": "n7"}]}
+    # The node's python3, isolated from this venv and this checkout:
+    proc = subprocess.run(["/usr/bin/python3", "-I", str(bin_dir / "nsx-proxy-cni")],
+                          input=b"{}", capture_output=True, cwd="/",
+                          env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert json.loads(proc.stdout)["supportedVersions"][-1] == "1.0.0", proc.stderr
+    assert os.access(bin_dir / "nsx-proxy-cni", os.X_OK)
+    I.uninstall(str(bin_dir), str(conf_dir))
+    assert sorted(os.listdir(bin_dir)) == ["host-local", "loopback"]
+    assert os.listdir(conf_dir) == []

@@ -107,6 +107,19 @@ def test_the_manifests_hang_together():
         assert agent["livenessProbe"]["exec"]["command"][-1] == "/healthz"
         assert "127.0.0.1" in agent["command"]
         assert agent["resources"]["requests"]["memory"]
+    # The node agents' init container installs the CNI plugin with options
+    # the installer takes, into the host folders the volumes mount.
+    from nsx_cni import install
+    (ds,) = documents("daemonset.yaml")
+    pod = ds["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"][:3] == ["python3", "-m", "nsx_cni.install"]
+    args = install.parser().parse_args(init["command"][3:])
+    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert paths[mounts[args.bin_dir]] == "/opt/cni/bin"
+    assert paths[mounts[args.conf_dir]] == "/etc/cni/net.d"
+    assert init["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 
 
 def test_the_agent_environment_keeps_dns_and_setuptools_out_and_the_image_sets_it():
