@@ -21,7 +21,8 @@ def _run(cmd: List[str], stdin: Optional[str] = None, check=True) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CniError(IO_FAILURE, f"{cmd[0]}: {exc}") from None
     if check and proc.returncode != 0:
-        raise CniError(IO_FAILURE, f"{' '.join(cmd)}: {proc.stderr.strip()}")
+        what = " ".join(cmd) + (f" ({'; '.join(stdin.strip().splitlines())})" if stdin else "")
+        raise CniError(IO_FAILURE, f"{what}: {proc.stderr.strip()}")
     return proc.stdout
 
 
@@ -52,9 +53,10 @@ def add_veth(host_if: str, req_ifname: str, netns: str, addr: Address,
     """Make the pair, configure the container end; the host end's MAC."""
     if link_exists(host_if):           # left by an ADD that failed half-way
         _run(["ip", "link", "del", host_if], check=False)
-    mtu_args = ["mtu", str(mtu)] if mtu else []
-    _run(["ip", "link", "add", host_if] + mtu_args + ["type", "veth", "peer", "name",
-         req_ifname] + mtu_args + ["netns", netns])
+    mtu_args = f" mtu {mtu}" if mtu else ""
+    _run(["ip", "-batch", "-"], stdin=(
+        f"link add {host_if}{mtu_args} type veth peer name {req_ifname}{mtu_args} "
+        f"netns {netns}\nlink set {host_if} up\n"))
     try:
         _run(_in_netns(netns, ["ip", "-batch", "-"]), stdin="\n".join([
             f"link set {req_ifname} address {addr.mac}",
@@ -66,7 +68,6 @@ def add_veth(host_if: str, req_ifname: str, netns: str, addr: Address,
             # a veth left to offload (+inv): both ends compute it.
             _run(_in_netns(netns, ["ethtool", "-K", req_ifname, "tx", "off"]))
             _run(["ethtool", "-K", host_if, "tx", "off"])
-        _run(["ip", "link", "set", host_if, "up"])
         return mac_of(host_if)
     except BaseException:
         _run(["ip", "link", "del", host_if], check=False)

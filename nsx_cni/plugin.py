@@ -60,15 +60,18 @@ def cmd_del(req: S.Request, env) -> None:
 
 def _del_ipam_config(req: S.Request) -> dict:
     """host-local releases by container ID and interface whatever the range,
-    but it refuses a config without one: the bridge's podCIDR, else the
-    prevResult's network; with neither (the node torn down, a runtime that
-    keeps no result) a placeholder range, which only has to parse."""
+    but it refuses a config without one: the prevResult's network when the
+    runtime passed it, else the bridge's podCIDR; with neither (the node torn
+    down, a runtime that keeps no result) a placeholder range, which only
+    has to parse."""
+    prev = S.prev_address(req)
+    if prev is not None:
+        return S.ipam_config(req.config, str(prev.interface.network))
     try:
         pod_cidr = ovsdb.find_bridge(req.config).pod_cidr
     except CniError:
-        prev = S.prev_address(req)
-        pod_cidr = str(prev.interface.network) if prev else "169.254.0.0/30"
-    return S.ipam_config(req.config, pod_cidr)
+        pod_cidr = None
+    return S.ipam_config(req.config, pod_cidr or "169.254.0.0/30")
 
 
 def cmd_check(req: S.Request, env) -> None:

@@ -292,8 +292,10 @@ def test_install_writes_one_file_plugin_the_nodes_python_runs_and_uninstall_remo
     assert conf == {"cniVersion": "1.0.0", "name": "nsx-proxy", "plugins": [
         {"type": "nsx-proxy-cni", "ipam": {"type": "host-local"}, "mtu": 1450,
          "nodeName": "n7"}]}
-    # The node's python3, isolated from this venv and this checkout:
-    proc = subprocess.run(["/usr/bin/python3", "-I", str(bin_dir / "nsx-proxy-cni")],
+    # Run as a runtime runs it: by its shebang, the node's python3, isolated
+    # from this venv and this checkout.
+    assert (bin_dir / "nsx-proxy-cni").read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
+    proc = subprocess.run([str(bin_dir / "nsx-proxy-cni")],
                           input=b"{}", capture_output=True, cwd="/",
                           env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
     assert json.loads(proc.stdout)["supportedVersions"][-1] == "1.0.0", proc.stderr
