@@ -39,24 +39,31 @@ def require_netns(netns: str) -> None:
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
 
 
+# Links are asked of iproute2, not /sys/class/net: a plugin run with
+# ``nsenter --net`` (a node that is a namespace, as in the multi-host lab)
+# sees the sysfs of whoever mounted it, not its own namespace's links.
 def link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True,
+                          timeout=TIMEOUT).returncode == 0
 
 
 def mac_of(name: str) -> str:
-    with open(f"/sys/class/net/{name}/address") as fh:
-        return fh.read().strip()
+    return json.loads(_run(["ip", "-j", "link", "show", "dev", name]))[0]["address"]
 
 
 def add_veth(host_if: str, req_ifname: str, netns: str, addr: Address,
              mtu: Optional[int], tx_offload_off: bool) -> str:
     """Make the pair, configure the container end; the host end's MAC."""
-    if link_exists(host_if):           # left by an ADD that failed half-way
-        _run(["ip", "link", "del", host_if], check=False)
     mtu_args = f" mtu {mtu}" if mtu else ""
-    _run(["ip", "-batch", "-"], stdin=(
-        f"link add {host_if}{mtu_args} type veth peer name {req_ifname}{mtu_args} "
-        f"netns {netns}\nlink set {host_if} up\n"))
+    batch = (f"link add {host_if}{mtu_args} type veth peer name {req_ifname}{mtu_args} "
+             f"netns {netns}\nlink set {host_if} up\n")
+    try:
+        _run(["ip", "-batch", "-"], stdin=batch)
+    except CniError:
+        if not link_exists(host_if):
+            raise
+        _run(["ip", "link", "del", host_if])       # left by an ADD that failed half-way
+        _run(["ip", "-batch", "-"], stdin=batch)
     try:
         _run(_in_netns(netns, ["ip", "-batch", "-"]), stdin="\n".join([
             f"link set {req_ifname} address {addr.mac}",
@@ -76,10 +83,10 @@ def add_veth(host_if: str, req_ifname: str, netns: str, addr: Address,
 
 def del_veth(host_if: str, req_ifname: str, netns: str) -> None:
     """Remove the pair; what is already gone is not an error."""
-    if link_exists(host_if):
-        out = subprocess.run(["ip", "link", "del", host_if], capture_output=True, text=True)
-        if out.returncode != 0 and link_exists(host_if):
-            raise CniError(IO_FAILURE, f"ip link del {host_if}: {out.stderr.strip()}")
+    out = subprocess.run(["ip", "link", "del", host_if], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    if out.returncode != 0 and link_exists(host_if):
+        raise CniError(IO_FAILURE, f"ip link del {host_if}: {out.stderr.strip()}")
     if netns_exists(netns):            # a pair whose host end was moved or renamed
         _run(_in_netns(netns, ["ip", "link", "del", req_ifname]), check=False)
 

@@ -184,14 +184,14 @@ def test_should_drop_invalid_conntrack_entries(lab):
         # where the connection is, so it is out of window whatever its ISN and
         # window scale (a fixed number was, now and then, inside the window).
         mine = lab.net.get("pod1").popen(
-            ["timeout", "4", "tcpdump", "-l", "-n", "-S", "-c", "1", "-i", "pod1-eth0",
+            ["timeout", "4", "tcpdump", "-l", "-n", "-S", "-c", "1", "-i", "eth0",
              f"tcp src port {sport} and tcp[13] & 8 != 0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         time.sleep(1)                       # tcpdump needs a moment to attach
         assert held.ping("where") == f"{owner} where"
         now = int(re.search(r"seq (\d+):", mine.communicate(timeout=10)[0]).group(1))
         stray = f"{(now + 0x80000000) & 0xFFFFFFFF:#010x}"
-        owner_if = f"{owner}-eth0"
+        owner_if = "eth0"
         sniff = lab.net.get(owner).popen(
             ["timeout", "4", "tcpdump", "-l", "-n", "-S", "-i", owner_if,
              f"tcp[4:4] = {stray}"],

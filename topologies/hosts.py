@@ -33,6 +33,7 @@ from controller.bridges import ip_mac
 from topologies.controller_proc import RyuProcess
 from topologies.lab import Lab, run
 from topologies.plan import GATEWAY_FABRIC_IP, gateway_labels, node_labels
+from topologies.sandbox import Runtime
 from topologies.waiting import wait_for
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -231,6 +232,13 @@ class HostsLab(Lab):
         for name, _, _ in self.hosts:
             self.wait_ready(name)
 
+    def cni_runtime(self) -> Runtime:
+        """The plugin runs in the node's namespace, against the node's own
+        OVS (ovs-vsctl finds it by OVS_RUNDIR), as on a real node."""
+        return Runtime(os.path.join(self.run_dir, "ipam"),
+                       netns_of=lambda node: f"/proc/{self.net.get(node.name).pid}/ns/net",
+                       env_of=lambda node: {"OVS_RUNDIR": self.ovs[node.name].dir})
+
     def wait_ready(self, name, timeout=30):
         """Until the agent's /readyz says ok (every list in, its bridges
         connected and programmed), as a DaemonSet rollout waits for it."""
@@ -264,15 +272,13 @@ class HostsLab(Lab):
         return host.connectionsTo(self.net.get("fabric"))[0][0].name
 
     def _labels(self, name, bridge):
-        """What a CNI plugin would write into this host's OVSDB."""
+        """The labels of this host's bridge and its uplinks (the pods' ports get
+        theirs from the CNI plugin)."""
         host = self.net.get(name)
         if name == GATEWAY_HOST:
             return gateway_labels(bridge, self._uplink(name),
                                   host.connectionsTo(self.net.get("inet"))[0][0].name)
-        node = self._node(name)
-        pods = [(host.connectionsTo(self.net.get(pod.name))[0][0].name, pod)
-                for pod in node.pods]
-        return node_labels(node, self._uplink(name), pods)
+        return node_labels(self._node(name), self._uplink(name), [])   # pods: the CNI's
 
     def _tune_interfaces(self):
         """veth TX checksum offload breaks userspace conntrack: off, on every host."""
@@ -334,6 +340,7 @@ class HostsLab(Lab):
         if self.net is not None:
             steps += [lambda pod=pod: self.stop_pod_server(pod.name) for pod in self.pods]
             steps.append(lambda: self.stop_pod_server("inet"))
+            steps.append(self._detach_pods)       # while each host's OVS still runs
         # Daemons in a host's namespace keep it alive: they go before the hosts.
         steps += [ovs.stop for ovs in self.ovs.values()]
         if self.net is not None:

@@ -18,6 +18,7 @@ with ``--kubeconfig``; the lab is the kubelet of its pods and starts
 ``ryu-manager controller.app`` watching that API server.  Run it as root
 with ``./scripts/lab`` (topologies/run_lab.py).
 """
+import functools
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from topologies.plan import (  # noqa: F401 - the lab's names, kept where tests 
     GATEWAY_FABRIC_IP, INET_GW, INET_IP, TCP_TARGET, UDP_TARGET, NodeSpec, PodSpec,
     gateway_labels, node_labels, plan_nodes)
 from topologies.progress import QUIET
+from topologies.sandbox import CniFailed, Runtime
 from topologies.waiting import wait_for
 
 LOG = logging.getLogger("lab")
@@ -51,6 +53,18 @@ AUDIT_PERIOD = 2      # the lab checks its bridges for drift often (default 10 s
 
 def run(cmd, check=True) -> str:
     return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
+
+
+@functools.lru_cache(maxsize=None)
+def _sandbox_class():
+    """A pod's sandbox: a Mininet host whose network the CNI plugin makes, so
+    Mininet knows no interface of it (and must not warn that it has none)."""
+    from mininet.node import Host
+
+    class Sandbox(Host):
+        def defaultIntf(self):
+            return super().defaultIntf() if self.intfs else None
+    return Sandbox
 
 
 class Lab:
@@ -105,6 +119,8 @@ class Lab:
             self.net = net
             self._set_up_bridges(step)
             self._tune_interfaces()
+        with step(f"{len(self.pods)} pods attached by nsx-proxy-cni"):
+            self._attach_pods()
         with step("pod servers"):
             for pod in self.pods:
                 self.start_pod_server(pod.name)
@@ -160,10 +176,31 @@ class Lab:
         self._add_inet(net, gw)
 
     def _add_pods(self, net, node, attach_to):
+        """Each pod a sandbox with no network: the CNI plugin gives it one
+        (``_attach_pods``), on the bridge or host ``attach_to``."""
         for pod in node.pods:
-            host = net.addHost(pod.name, ip=pod.ip + "/24", mac=pod.mac,
-                               defaultRoute=f"via {node.gateway_ip}")
-            net.addLink(host, attach_to)
+            net.addHost(pod.name, cls=_sandbox_class(), ip=None)
+
+    def cni_runtime(self) -> Runtime:
+        return Runtime(os.path.join(self.run_dir, "ipam"))
+
+    def _attach_pods(self):
+        """ADD for every pod, as the node's container runtime does when the
+        kubelet starts a sandbox (in order, so the plan's addresses hold)."""
+        runtime = self.cni_runtime()
+        for node in self.nodes:
+            for pod in node.pods:
+                runtime.add(node, pod, self.net.get(pod.name).pid)
+
+    def _detach_pods(self):
+        """DEL for every pod, as a runtime does when a sandbox goes away."""
+        runtime = self.cni_runtime()
+        for node in self.nodes:
+            for pod in node.pods:
+                try:
+                    runtime.delete(node, pod, self.net.get(pod.name).pid)
+                except CniFailed as exc:
+                    LOG.warning("%s", exc)
 
     @staticmethod
     def _add_inet(net, attach_to):
@@ -184,6 +221,7 @@ class Lab:
             for pod in self.pods:
                 self.stop_pod_server(pod.name)
             self.stop_pod_server("inet")
+            self._detach_pods()
             self.net.stop()
             self.net = None
         if self.controller is not None:
@@ -199,18 +237,18 @@ class Lab:
         """Remove bridges a crashed earlier run left behind (ours only)."""
         for br in self.bridge_names():
             run(["ovs-vsctl", "--if-exists", "del-br", br], check=False)
-        for pod in self.pods + [PodSpec("inet", "", INET_IP)]:
-            run(["ip", "link", "del", f"{pod.name}-eth0"], check=False)
+        run(["ip", "link", "del", "inet-eth0"], check=False)
+        # Pods' host ends (nsx + 12 hex digits) die with the pods' namespaces;
+        # their addresses are leases in the run directory.
+        run(["rm", "-rf", os.path.join(self.run_dir, "ipam")], check=False)
 
     # --- OVSDB labels (what a CNI plugin would write) ---------------------------
     def _label_ovsdb(self):
         cmds = []
         for node in self.nodes:
             br = self.net.get(node.bridge)
-            pods = [(self.net.get(pod.name).defaultIntf().link.intf2.name, pod)
-                    for pod in node.pods]
             uplink = br.connectionsTo(self.net.get("fabric"))[0][0].name
-            cmds += node_labels(node, uplink, pods)
+            cmds += node_labels(node, uplink, [])     # pods: the CNI plugin's keys
         gw = self.net.get("br-gw")
         cmds += gateway_labels("br-gw", gw.connectionsTo(self.net.get("fabric"))[0][0].name,
                                gw.connectionsTo(self.net.get("inet"))[0][0].name)
