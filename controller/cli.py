@@ -15,10 +15,13 @@ Which endpoint, the way the controller itself is configured: ``--controller
 URL``; else ``status_port`` from ``--config-file FILE`` (the file given to
 ryu-manager); else from the config of a lab that is running
 (/tmp/nsx-proxy-lab, /tmp/nsx-proxy-seed); else from
-/etc/nsx-proxy/nsx-proxy.conf; else http://127.0.0.1:9910.
+/etc/nsx-proxy/nsx-proxy.conf; else http://127.0.0.1:9910.  In the
+multi-host lab each agent listens inside its host: ``node1 nsx-proxy ...``
+from the lab's CLI (the CLI says so when nothing answers).
 """
 import argparse
 import configparser
+import glob
 import ipaddress
 import os
 import json
@@ -54,6 +57,21 @@ def status_url(config_path):
         raise SystemExit(f"nsx-proxy: {config_path} turns the status endpoint off "
                          f"(status_port = 0)")
     return f"http://127.0.0.1:{port}"
+
+
+# A running multi-host lab (./scripts/lab --hosts): one agent per host, each
+# on its own host's 127.0.0.1, which the root namespace cannot reach.
+HOSTS_LAB_CONFIGS = "/tmp/nsx-proxy-hosts/*/nsx-proxy.conf"
+
+
+def unreachable_hint() -> str:
+    """How to reach an agent when the default one does not answer."""
+    hosts = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(HOSTS_LAB_CONFIGS))
+    if not hosts:
+        return ""
+    return (f"\nnsx-proxy: the multi-host lab's agents listen inside their hosts "
+            f"({', '.join(hosts)}); from its CLI run it in one: "
+            f"HOST .venv/bin/nsx-proxy ... (e.g. {hosts[-1]} .venv/bin/nsx-proxy services)")
 
 
 def find_controller(args):
@@ -332,8 +350,9 @@ def main(argv=None):
     try:
         state = fetch_state(url)
     except OSError as exc:
-        print(f"nsx-proxy: cannot reach the controller at {url} (from {source}): {exc}",
-              file=sys.stderr)
+        hint = unreachable_hint() if source == "the default" else ""
+        print(f"nsx-proxy: cannot reach the controller at {url} (from {source}): {exc}"
+              f"{hint}", file=sys.stderr)
         return 2
     result = args.fn(args, state)
     if args.json:

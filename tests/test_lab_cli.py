@@ -182,6 +182,16 @@ def test_the_multi_host_lab_session_prints_what_the_readme_says(clean):
         assert "Bridge br-node1" in show and "br-node2" not in show \
             and 'Controller "tcp:127.0.0.1:6653"' in show and "is_connected: true" in show
         assert term.type("node2 curl -s 127.0.0.1:9910/readyz").strip() == "ok"
+        # the CLI from the root namespace says how to reach an agent; in a host it does
+        hint = term.type("sh .venv/bin/nsx-proxy services")
+        assert "listen inside their hosts (gw, node1, node2)" in hint and \
+            "HOST .venv/bin/nsx-proxy" in hint, hint
+        services = term.type("node1 .venv/bin/nsx-proxy services default/web")
+        assert "default/web" in services and "10.96.0.10" in services, services
+        # the pods' ports are the CNI plugin's, in that host's OVSDB
+        ports = term.type("node1 ovs-vsctl --columns=external_ids find interface "
+                          "external_ids:nsx-proxy-role=pod")
+        assert ports.count("container-id=lab-default-pod") == 2, ports
         lease = term.type("kubectl -n nsx-proxy get lease nsx-proxy-lb-writer -o yaml")
         assert re.search(r"holderIdentity: (node1|node2|gw)_[0-9a-f]{8}", lease), lease
         assert term.exit() == 0
