@@ -33,6 +33,10 @@ ROLE_POD = "pod"
 ROLE_UPLINK = "uplink"
 ROLE_EXTERNAL = "external"         # gateway interface towards the Internet
 ROLE_HOST = "host"                 # the node's own network stack (an internal port)
+# Interface types that make an uplink a tunnel (``options:remote_ip=flow``):
+# the overlay mode, where each frame to another node names that node's
+# InternalIP as its tunnel destination.
+TUNNEL_TYPES = frozenset({"geneve", "vxlan"})
 HOST_NAMESPACE = "host"            # such a port is addressed like a pod: host/IFNAME
 
 
@@ -108,7 +112,8 @@ class BridgeContext:
     ct_zone: int
     node: Optional[str] = None
     pod_cidr: Optional[str] = None
-    uplink: Optional[int] = None       # ofport of the fabric uplink
+    uplink: Optional[int] = None       # ofport of the fabric uplink, or of the tunnel
+    tunnel: bool = False               # the uplink is a tunnel port (overlay mode)
     pods: Tuple[Pod, ...] = ()
     datapath_type: str = ""            # OVSDB Bridge.datapath_type: "" or system = kernel
     fabric_gateway: Optional[str] = None   # node: where non-cluster traffic is routed
@@ -172,7 +177,8 @@ def parse_pod(ifname: str, ofport, ids) -> Optional[Pod]:
 def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> BridgeContext:
     """Build a BridgeContext from a Bridge's external_ids and its interfaces.
 
-    ``interfaces`` is an iterable of ``(name, ofport, external_ids)``.
+    ``interfaces`` is an iterable of ``(name, ofport, external_ids)`` or
+    ``(name, ofport, external_ids, type)`` (the Interface's OVSDB type).
     Raises BadBridge for a bridge that claims a role but cannot serve it.
     """
     role = ids.get(ROLE)
@@ -193,11 +199,11 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
         except ValueError:
             raise BadBridge(f"external_ids:{POD_CIDR} {ids.get(POD_CIDR)!r} "
                             "is not an IPv4 network") from None
-    uplink, pods, external = None, [], None
-    for ifname, ofport, if_ids in interfaces:
+    uplink, tunnel, pods, external = None, False, [], None
+    for ifname, ofport, if_ids, *if_type in interfaces:
         if_role = if_ids.get(ROLE)
         if if_role == ROLE_UPLINK and isinstance(ofport, int) and ofport > 0:
-            uplink = ofport
+            uplink, tunnel = ofport, bool(if_type) and if_type[0] in TUNNEL_TYPES
         elif if_role == ROLE_EXTERNAL and role == ROLE_GATEWAY and \
                 isinstance(ofport, int) and ofport > 0:
             external = parse_external(ifname, ofport, if_ids)
@@ -212,7 +218,7 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
                 pods.append(pod)
     pods.sort(key=lambda p: (p.namespace, p.name))
     return BridgeContext(name=name, dpid=dpid, role=role, ct_zone=zone,
-                         node=ids.get(NODE), pod_cidr=pod_cidr, uplink=uplink,
+                         node=ids.get(NODE), pod_cidr=pod_cidr, uplink=uplink, tunnel=tunnel,
                          pods=tuple(pods), datapath_type=datapath_type or "",
                          fabric_gateway=_optional_ip(ids, FABRIC_GATEWAY),
                          fabric_ip=_optional_ip(ids, FABRIC_IP), external=external)

@@ -259,6 +259,10 @@ def match_text(match) -> str:
     return ",".join(parts)
 
 
+# Ryu's OXM names where ovs-ofctl prints another one.
+_SET_FIELD_NAMES = {"tun_ipv4_dst": "tun_dst"}
+
+
 def action_text(action) -> str:
     if isinstance(action, Output):
         return "IN_PORT" if action.port == IN_PORT else f"output:{action.port}"
@@ -281,7 +285,7 @@ def action_text(action) -> str:
     if isinstance(action, Group):
         return f"group:{action.group_id}"
     if isinstance(action, SetField):
-        return f"set_field:{action.value}->{action.field}"
+        return f"set_field:{action.value}->{_SET_FIELD_NAMES.get(action.field, action.field)}"
     if isinstance(action, Move):
         return f"move:{action.src}->{action.dst}"
     if isinstance(action, Ct):

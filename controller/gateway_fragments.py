@@ -10,13 +10,14 @@ from controller import pipeline as P
 from controller.bridges import BridgeContext, ip_mac, router_mac
 from controller.fragments import Fragment
 from controller.names import gateway_group_name
-from controller.node_fragments import arp_flow
+from controller.node_fragments import arp_flow, tunnel_to
 from nsx_proxy import endpoint_selection, model
 
 
 def _to_node(ctx, node, out_port):
     return (F.SetField("eth_src", ip_mac(ctx.fabric_ip)),
-            F.SetField("eth_dst", router_mac(node.pod_cidr)), F.Output(out_port))
+            F.SetField("eth_dst", router_mac(node.pod_cidr))) + \
+        tunnel_to(ctx, node.internal_ip) + (F.Output(out_port),)
 
 
 def gateway_fragment(ctx: BridgeContext) -> Fragment:

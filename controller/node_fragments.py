@@ -116,6 +116,13 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
     ])
 
 
+def tunnel_to(ctx: BridgeContext, ip: str) -> tuple:
+    """In overlay mode the uplink is a tunnel port with remote_ip=flow: a
+    frame for another node (or the gateway) names that host's underlay
+    address as its tunnel destination.  On a fabric: nothing."""
+    return (F.SetField("tun_ipv4_dst", ip),) if ctx.tunnel else ()
+
+
 def _out_uplink(ctx, table, priority, rewrite, cookie, **match):
     """Flows that send out of the uplink; a second one for packets that came
     in on it (north-south traffic to a remote endpoint), because OpenFlow
@@ -127,11 +134,13 @@ def _out_uplink(ctx, table, priority, rewrite, cookie, **match):
 
 def node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
     """Route another node's pod CIDR and node IP over the uplink to that
-    node's router (replies to a node's masquerade go straight back to it)."""
+    node's router (replies to a node's masquerade go straight back to it);
+    in overlay mode through the tunnel to the node's InternalIP."""
     net = ipaddress.IPv4Network(node.pod_cidr)
     c = cookies.for_name(cookies.KIND_NODE, node.name)
     to_node = (F.SetField("eth_src", ctx.router_mac),
-               F.SetField("eth_dst", router_mac(node.pod_cidr)))
+               F.SetField("eth_dst", router_mac(node.pod_cidr))) + \
+        tunnel_to(ctx, node.internal_ip)
     return Fragment(flows=(
         _out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c, eth_type=F.ETH_IP,
                     ipv4_dst=(str(net.network_address), str(net.netmask)))
@@ -393,7 +402,8 @@ def local_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
                    eth_type=F.ETH_IP),
         ] + _out_uplink(ctx, P.EGRESS_OUTPUT, P.PRIO_HIGH,
                         (F.SetField("eth_src", ctx.router_mac),
-                         F.SetField("eth_dst", ip_mac(ctx.fabric_gateway))), c,
+                         F.SetField("eth_dst", ip_mac(ctx.fabric_gateway)))
+                        + tunnel_to(ctx, ctx.fabric_gateway), c,
                         eth_type=F.ETH_IP)
     return Fragment(flows=flows)
 

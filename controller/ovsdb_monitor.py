@@ -19,7 +19,7 @@ LOG = logging.getLogger(__name__)
 _COLUMNS = {
     "Bridge": ["name", "external_ids", "datapath_id", "datapath_type", "ports"],
     "Port": ["name", "interfaces"],
-    "Interface": ["name", "ofport", "external_ids"],
+    "Interface": ["name", "ofport", "external_ids", "type"],
 }
 
 
@@ -55,7 +55,8 @@ def snapshot(idl, rejected):
         dpid_hex = _scalar(row.datapath_id)
         if not dpid_hex:
             continue                      # vswitchd has not created it yet
-        interfaces = [(iface.name, _scalar(iface.ofport), dict(iface.external_ids))
+        interfaces = [(iface.name, _scalar(iface.ofport), dict(iface.external_ids),
+                       iface.type)
                       for port in row.ports for iface in port.interfaces]
         try:
             ctx = parse_bridge(row.name, int(dpid_hex, 16), ids, interfaces,

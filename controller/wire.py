@@ -37,7 +37,8 @@ _SAMPLES = {"in_port": 1, "eth_src": "00:00:00:00:00:01", "eth_dst": "00:00:00:0
             "tcp_src": 1, "tcp_dst": 1, "udp_src": 1, "udp_dst": 1, "sctp_src": 1,
             "sctp_dst": 1, "arp_op": 1, "arp_spa": "0.0.0.1", "arp_tpa": "0.0.0.1",
             "arp_sha": "00:00:00:00:00:01", "arp_tha": "00:00:00:00:00:01",
-            "ct_state": 1, "ct_mark": 1, "reg0": 1, "reg1": 1, "reg2": 1, "reg3": 1}
+            "ct_state": 1, "ct_mark": 1, "reg0": 1, "reg1": 1, "reg2": 1, "reg3": 1,
+            "tun_ipv4_dst": "0.0.0.1"}
 
 
 def _oxm_table():

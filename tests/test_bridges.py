@@ -63,3 +63,10 @@ def test_an_incomplete_or_malformed_port_is_ignored_with_one_line_and_the_rest_k
     lines = [r.getMessage() for r in caplog.records]
     assert any("ext-nomac" in ln and "without external_ids" in ln for ln in lines)
     assert any("ext-bad" in ln and "malformed" in ln for ln in lines)
+
+
+def test_an_uplink_that_is_a_geneve_or_vxlan_port_is_the_overlay():
+    for kind, tunnel in (("geneve", True), ("vxlan", True), ("system", False), ("", False)):
+        ctx = node_bridge(("nsx-tun0", 4, {B.ROLE: B.ROLE_UPLINK}, kind))
+        assert (ctx.uplink, ctx.tunnel) == (4, tunnel), kind
+    assert node_bridge(("eth1", 2, {B.ROLE: B.ROLE_UPLINK})).tunnel is False

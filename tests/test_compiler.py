@@ -5,6 +5,7 @@ import os
 import pytest
 
 from controller import compiler, cookies, fragments, names, pipeline
+from controller import bridges as B
 from controller import flows as F
 import world
 
@@ -181,3 +182,44 @@ def test_the_gateway_hosts_node_gets_no_bucket_no_route_and_no_node_ip_flow():
     for ctx in (GATEWAY, world.NODE1):
         # buckets, node routes and node-IP routes all rewrite to the node's router MAC
         assert nowhere not in fragments.dump(world.compile_for(ctx, state)), ctx.name
+
+
+def _uplink_outputs(ctx, st):
+    """(actions, where) of every flow and bucket that sends out of the uplink."""
+    frags = world.compile_for(ctx, st)
+    flows, groups = fragments.flatten(frags)
+    out = []
+    for flow in flows.values():
+        from_uplink = dict(flow.match).get("in_port") == ctx.uplink
+        if any(isinstance(a, F.Output) and (a.port == ctx.uplink or
+                                            a.port == F.IN_PORT and from_uplink)
+               for a in flow.actions):
+            out.append((flow.actions, flow))
+    for group in groups.values():
+        for bucket in group.buckets:
+            if any(isinstance(a, F.Output) and a.port == ctx.uplink for a in bucket.actions):
+                out.append((bucket.actions, group))
+    return out
+
+
+def test_overlay_mode_names_the_host_behind_every_frame_that_leaves_by_the_tunnel():
+    """A tunnel uplink (remote_ip=flow): each frame for another node carries
+    that node's InternalIP as tun_dst, each frame for the gateway the
+    gateway's address; on a fabric no frame carries one."""
+    st = world.state(dataclasses.replace(world.web(), external_ips=("198.51.100.7",)))
+    node_ips = {n.name: n.internal_ip for n in world.NODES}
+    routers = {B.router_mac(n.pod_cidr): n.internal_ip for n in world.NODES}
+    for ctx in (dataclasses.replace(world.NODE1, fabric_gateway="192.168.100.254"),
+                world.GATEWAY):
+        fabric = _uplink_outputs(ctx, st)
+        assert fabric and not any(isinstance(a, F.SetField) and a.field == "tun_ipv4_dst"
+                                  for actions, _ in fabric for a in actions)
+        overlay = _uplink_outputs(dataclasses.replace(ctx, tunnel=True), st)
+        assert len(overlay) == len(fabric)
+        for actions, where in overlay:
+            fields = {a.field: a.value for a in actions if isinstance(a, F.SetField)}
+            want = routers.get(fields.get("eth_dst"), "192.168.100.254")
+            assert fields.get("tun_ipv4_dst") == want, where
+        assert {f["tun_ipv4_dst"] for f in (
+            {a.field: a.value for a in actions if isinstance(a, F.SetField)}
+            for actions, _ in overlay)} >= {node_ips["node2"]}

@@ -39,6 +39,10 @@ def states():
     st, _ = StateBuilder(validate.RejectLog(logging.getLogger("wire-fuzz"))).build(cache)
     yield "fuzz node", world.NODE1, st
     yield "fuzz gateway", GATEWAY, st
+    # overlay mode: every frame to another host names its tunnel destination
+    yield "overlay node", dataclasses.replace(world.NODE1, tunnel=True,
+                                              fabric_gateway="192.168.100.254"), st
+    yield "overlay gateway", dataclasses.replace(GATEWAY, tunnel=True), st
 
 
 @pytest.mark.parametrize("name,ctx,st", list(states()), ids=lambda v: v if isinstance(v, str)
