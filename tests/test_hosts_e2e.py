@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -93,14 +94,34 @@ def test_each_host_has_its_own_ovs_and_agent_and_programs_only_its_bridge(hosts_
         ns = os.readlink(f"/proc/{pids[host]}/ns/net")
         assert ns == os.readlink(f"/proc/{lab.agents[host].proc.pid}/ns/net")
         assert lab.status(host, "/readyz").strip() == "ok"
-        assert lab.ovs[host].vsctl("list-br").split() == \
-            [{"node1": "br-node1", "node2": "br-node2", "gw": "br-gw"}[host]]
+        bridge = {"node1": "br-node1", "node2": "br-node2", "gw": "br-gw"}[host]
+        assert lab.ovs[host].vsctl("list-br").split() == sorted([bridge, "br-phy"])
+        # overlay: the bridge's uplink is a Geneve port with remote_ip=flow
+        assert lab.ovs[host].vsctl("get", "interface", "nsx-tun0", "type",
+                                   "options:remote_ip").split() == ["geneve", "flow"]
+        assert lab.ovs[host].vsctl("port-to-br", "nsx-tun0").strip() == bridge
     # agents listen for OpenFlow on their host's 127.0.0.1 only
     assert "127.0.0.1:6653" in lab.net.get("node1").cmd("ss -Hltn 'sport = :6653'")
 
 
+def tunnel_packets(lab, host):
+    """Packets the host's tunnel port sent and received (OVS's live counters)."""
+    bridge = {"node1": "br-node1", "node2": "br-node2", "gw": "br-gw"}[host]
+    out = lab.ofctl("dump-ports", bridge, "nsx-tun0")
+    return sum(int(n) for n in re.findall(r"[rt]x pkts=(\d+)", out))
+
+
 def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(hosts_lab):
     lab = hosts_lab
+    before = {h: tunnel_packets(lab, h) for h in ("node1", "node2")}
+    underlay = lab.net.get("node2").popen(
+        ["timeout", "3", "tcpdump", "-l", "-n", "-c", "1", "-i", "node2-eth0",
+         "udp dst port 6081"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(1)                       # tcpdump needs a moment to attach
+    assert lab.curl("pod1", "http://10.1.2.2:8080/") == "pod3"  # pod to pod, across hosts
+    # ...through the tunnels: Geneve on the underlay, counted by both tunnel ports
+    assert "192.168.100.1." in underlay.communicate(timeout=10)[0]
+    assert all(tunnel_packets(lab, h) > before[h] for h in before)
     for client in ("pod1", "pod3"):                          # one per node host
         assert who(lab, client, f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
         # UDP too (OVS hashes a UDP flow on its addresses only, so one

@@ -41,6 +41,9 @@ MGMT_BRIDGE = "nsx-mgmt"                 # the management network, in the root n
 MGMT_PREFIX = "172.31.0."                # .1: the API server; .N: host N
 GATEWAY_HOST = "gw"
 HOST_PORT = "host0"                      # a node's own stack on its bridge
+TUNNEL_PORT = "nsx-tun0"                 # overlay: the bridge's uplink, Geneve to any host
+UNDERLAY_BRIDGE = "br-phy"               # overlay: the NIC and the host's underlay address
+GENEVE_OVERHEAD = 50                     # outer Ethernet 14 + IPv4 20 + UDP 8 + Geneve 8
 LEASE_NAMESPACE = "nsx-proxy"
 # The gateway host is a Node too (as on a cluster, where the gateway agent's
 # DaemonSet selects it by label), with a podCIDR from node IPAM but no node
@@ -122,8 +125,10 @@ class HostsLab(Lab):
 
     api_host = MGMT_PREFIX + "1"
 
-    def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts", **kw):
+    def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts",
+                 overlay=True, **kw):
         super().__init__(nodes, pods_per_node, run_dir=run_dir, **kw)
+        self.overlay = overlay               # Geneve between hosts; False: the L2 fabric
         self.ovs = {}                        # host name -> OvsInstance
         self.agents = {}                     # host name -> RyuProcess
 
@@ -212,6 +217,11 @@ class HostsLab(Lab):
             # "node1 ovs-vsctl show" then talk to that host's own OVS.
             host.cmd(f"export OVS_RUNDIR={ovs.dir} OVS_DBDIR={ovs.dir} OVS_LOGDIR={ovs.dir}")
             ports = [i.name for i in host.intfList() if i.name not in ("lo", "mgmt0")]
+            if self.overlay:          # the uplink is the underlay NIC, the bridge's a tunnel
+                uplink = self._uplink(name)
+                ports.remove(uplink)
+                self._underlay(host, ovs, uplink, self._underlay_ip(name))
+                ports.append(TUNNEL_PORT)
             dpid = "%016x" % ((0x1000 + index - 1) if name != GATEWAY_HOST else 0x2000)
             # The agent's controller is local: no in-band control.  Reconnect
             # fast after an agent restart (the default backs off to 8 s).
@@ -223,6 +233,9 @@ class HostsLab(Lab):
                     "inactivity_probe=5000"]
             for port in ports:
                 cmds += ["--", "add-port", bridge, port]
+            if self.overlay:
+                cmds += ["--", "set", "interface", TUNNEL_PORT, "type=geneve",
+                         "options:remote_ip=flow"]
             ovs.vsctl(*cmds)
             ovs.vsctl(*self._labels(name, bridge))
             if name != GATEWAY_HOST:
@@ -232,12 +245,35 @@ class HostsLab(Lab):
         for name, _, _ in self.hosts:
             self.wait_ready(name)
 
+    def _underlay_ip(self, name):
+        return GATEWAY_FABRIC_IP if name == GATEWAY_HOST else self._node(name).internal_ip
+
+    @staticmethod
+    def _underlay(host, ovs, nic, ip):
+        """The host's underlay on the userspace datapath: the NIC is a port of
+        a plain bridge ``br-phy`` whose internal port holds the host's
+        address, so OVS's own route and neighbour tables (``ovs/route``,
+        ``tnl/neigh``, learnt from the kernel) send the tunnels out by it.
+        The kernel datapath would tunnel from an address on the NIC itself."""
+        ovs.vsctl("add-br", UNDERLAY_BRIDGE, "--", "set", "bridge", UNDERLAY_BRIDGE,
+                  "datapath_type=netdev", "--", "add-port", UNDERLAY_BRIDGE, nic)
+        host.cmd(f"ip addr add {ip}/24 dev {UNDERLAY_BRIDGE} && "
+                 f"ip link set {UNDERLAY_BRIDGE} up && "
+                 f"ethtool -K {UNDERLAY_BRIDGE} tx off >/dev/null 2>&1")
+
     def cni_runtime(self) -> Runtime:
         """The plugin runs in the node's namespace, against the node's own
         OVS (ovs-vsctl finds it by OVS_RUNDIR), as on a real node."""
         return Runtime(os.path.join(self.run_dir, "ipam"),
                        netns_of=lambda node: f"/proc/{self.net.get(node.name).pid}/ns/net",
-                       env_of=lambda node: {"OVS_RUNDIR": self.ovs[node.name].dir})
+                       env_of=lambda node: {"OVS_RUNDIR": self.ovs[node.name].dir},
+                       mtu=self.pod_mtu)
+
+    @property
+    def pod_mtu(self):
+        """Geneve over IPv4 adds 50 bytes to each frame; the underlay's MTU is
+        1500 (as Antrea's default for Geneve)."""
+        return 1500 - GENEVE_OVERHEAD if self.overlay else None
 
     def wait_ready(self, name, timeout=30):
         """Until the agent's /readyz says ok (every list in, its bridges
@@ -256,7 +292,8 @@ class HostsLab(Lab):
                   f"external_ids:{B.ROLE}={B.ROLE_HOST}",
                   f"external_ids:{B.POD_IP}={node.internal_ip}",
                   f"external_ids:{B.POD_MAC}={mac}")
-        host.cmd(f"ip link set {HOST_PORT} up && "
+        mtu = f"ip link set {HOST_PORT} mtu {self.pod_mtu} && " if self.pod_mtu else ""
+        host.cmd(f"{mtu}ip link set {HOST_PORT} up && "
                  f"ip addr add {node.internal_ip}/32 dev {HOST_PORT} && "
                  f"ip route add default via {node.gateway_ip} dev {HOST_PORT} onlink && "
                  f"ethtool -K {HOST_PORT} tx off >/dev/null 2>&1")
@@ -275,10 +312,11 @@ class HostsLab(Lab):
         """The labels of this host's bridge and its uplinks (the pods' ports get
         theirs from the CNI plugin)."""
         host = self.net.get(name)
+        uplink = TUNNEL_PORT if self.overlay else self._uplink(name)
         if name == GATEWAY_HOST:
-            return gateway_labels(bridge, self._uplink(name),
+            return gateway_labels(bridge, uplink,
                                   host.connectionsTo(self.net.get("inet"))[0][0].name)
-        return node_labels(self._node(name), self._uplink(name), [])   # pods: the CNI's
+        return node_labels(self._node(name), uplink, [])   # pods: the CNI's
 
     def _tune_interfaces(self):
         """veth TX checksum offload breaks userspace conntrack: off, on every host."""

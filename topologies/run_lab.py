@@ -5,7 +5,8 @@
     python -m topologies.run_lab                     # interactive Mininet CLI
     python -m topologies.run_lab --check             # scripted check, exit status
     python -m topologies.run_lab -f services.yaml    # your Services and pod labels
-    python -m topologies.run_lab --hosts             # an OVS and an agent per host
+    python -m topologies.run_lab --hosts             # an OVS and an agent per host, Geneve
+    python -m topologies.run_lab --hosts --fabric    # ... on one shared L2 fabric instead
 
 The central lab is topologies/lab.py, the multi-host one topologies/hosts.py;
 this module only chooses between them (so neither imports the other's user).
@@ -37,11 +38,16 @@ def main(argv=None):
                         help="every node and the gateway a host of its own: own network "
                              "namespace, own Open vSwitch, own agent (node_name), as on "
                              "a real cluster")
+    parser.add_argument("--fabric", action="store_true",
+                        help="with --hosts: the hosts' bridges share one L2 fabric "
+                             "instead of Geneve tunnels over an underlay (the default)")
     parser.add_argument("--run-dir", default=None,
                         help="default /tmp/nsx-proxy-lab (/tmp/nsx-proxy-hosts with --hosts)")
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 248 or not 1 <= args.pods_per_node <= 250:
         parser.error("--nodes must be 1-248 and --pods-per-node 1-250")
+    if args.fabric and not args.hosts:
+        parser.error("--fabric chooses how the hosts of --hosts are joined")
     if args.hosts and args.controller:
         parser.error("--hosts starts an agent per host; --controller is for the central mode")
     args.run_dir = args.run_dir or ("/tmp/nsx-proxy-hosts" if args.hosts
@@ -51,7 +57,7 @@ def main(argv=None):
     if args.hosts:
         lab = HostsLab(args.nodes, args.pods_per_node, run_dir=args.run_dir,
                        kubeconfig=args.kubeconfig, manifests=args.manifest,
-                       progress=Progress())
+                       progress=Progress(), overlay=not args.fabric)
     else:
         lab = Lab(args.nodes, args.pods_per_node, args.controller, args.run_dir,
                   kubeconfig=args.kubeconfig, manifests=args.manifest, progress=Progress())

@@ -30,17 +30,21 @@ class Runtime:
     the network namespace the plugin runs in, per node (None: this one), and
     ``env_of`` its extra environment (a host's own OVS run directory)."""
 
-    def __init__(self, ipam_dir, netns_of=None, env_of=None):
+    def __init__(self, ipam_dir, netns_of=None, env_of=None, mtu=None):
         self.ipam_dir = ipam_dir
+        self.mtu = mtu                    # the pods' (an overlay's is smaller)
         self.netns_of = netns_of or (lambda node: None)
         self.env_of = env_of or (lambda node: {})
 
     def config(self, node: NodeSpec) -> dict:
         """The plugin's entry of the conflist the DaemonSet would install on
         ``node`` (nsx_cni/install.py), with the lab's IPAM folder."""
-        return {"cniVersion": "1.0.0", "name": "nsx-proxy", "type": "nsx-proxy-cni",
+        conf = {"cniVersion": "1.0.0", "name": "nsx-proxy", "type": "nsx-proxy-cni",
                 "nodeName": node.name,
                 "ipam": {"type": "host-local", "dataDir": self.ipam_dir}}
+        if self.mtu:
+            conf["mtu"] = self.mtu
+        return conf
 
     def call(self, command, node: NodeSpec, pod: PodSpec, pod_pid, prev=None):
         conf = self.config(node)
