@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import time
-import uuid
 
 from ryu.base import app_manager
 from ryu.controller import ofp_event
@@ -28,7 +27,7 @@ from controller import bridges, config, cookies, names, pipeline, ryu_compat, st
 from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Switch
-from nsx_proxy import changes, healthcheck, kube_source, lb_ipam, model, validate
+from nsx_proxy import changes, healthcheck, kube_source, model, validate
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
@@ -78,6 +77,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.node_name = self.conf.node_name or os.environ.get("NODE_NAME", "")
         self._foreign = set()                # dpids of bridges another agent programs
         self.health = None                   # kube-proxy's health servers (agent mode)
+        self.node_setup = config.node_setup(self.conf, self.node_name)   # or None
         try:
             self.node_port_cidrs = bridges.parse_nodeport_addresses(
                 self.conf.nodeport_addresses)
@@ -109,9 +109,10 @@ class ServiceProxy(app_manager.RyuApp):
                 Hub(hub.spawn, hub.sleep, hub.Event),
                 min_interval=self.conf.min_sync_period,
                 max_interval=self.conf.max_sync_period,
-                relist_period=self.conf.relist_period, ipam=self._ipam(),
+                relist_period=self.conf.relist_period, ipam=config.ipam(self.conf),
                 node_name=None if self.conf.gateway else (self.node_name or None),
-                election=self._election(), external_cidrs=self.external_cidrs)
+                election=config.election(self.conf, self.node_name),
+                external_cidrs=self.external_cidrs)
             if self.source.elector is not None:
                 # A DaemonSet rollout stops agents with SIGTERM: hand the
                 # writer Lease back first, so another agent takes it at its
@@ -136,26 +137,6 @@ class ServiceProxy(app_manager.RyuApp):
         healthy, _ = status.health(self, time.monotonic())
         return healthy and self.state_received is not None, self.last_programmed, time.time()
 
-    def _ipam(self):
-        pools = lb_ipam.parse_pools(self.conf.fip_pools)
-        if not pools:
-            return None
-        return lb_ipam.Ipam(pools, self.conf.default_fip_pool or None,
-                            self.conf.load_balancer_class or None)
-
-    def _election(self):
-        """Agents elect the one that writes to the API; the central controller
-        (no node name) is the only process, and writes without a lease."""
-        if not self.node_name or not self.conf.leader_elect:
-            return None
-        return dict(namespace=(self.conf.leader_election_namespace
-                               or os.environ.get("POD_NAMESPACE") or "nsx-proxy"),
-                    name=self.conf.leader_election_lease,
-                    identity=f"{self.node_name}_{uuid.uuid4().hex[:8]}",
-                    lease_duration=self.conf.leader_election_lease_duration,
-                    renew_deadline=self.conf.leader_election_renew_deadline,
-                    retry_period=self.conf.leader_election_retry_period)
-
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState, change: changes.ChangeSet = None) -> None:
         """A new desired cluster state from a source, and what changed (a
@@ -173,6 +154,8 @@ class ServiceProxy(app_manager.RyuApp):
             rejects = getattr(self.source, "rejects", None)
             self.health.update(healthcheck.service_checks(
                 state, self.node_name, rejects.reject if rejects else None))
+        if self.node_setup is not None:     # this node's bridge, as its Node says
+            self.node_setup.update(state.nodes.values())
         self.state = state
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)

@@ -32,8 +32,21 @@ reads them and ``ryu-manager --help`` lists them.
     nodeport_addresses =           # CIDRs (or primary) whose node IPs serve nodePorts
     healthz_bind_address = 0.0.0.0:10256   # agent mode: kube-proxy's node /healthz
     status_port = 9910             # 127.0.0.1: /state /metrics /healthz /readyz; 0: off
+    node_setup = false             # agent mode: make this node's bridge (the DaemonSet: true)
+    node_bridge = br-nsx           # node_setup: the bridge's name
+    datapath_type = system         # node_setup: system (kernel) or netdev (userspace)
+    tunnel_type = geneve           # node_setup: geneve or vxlan; empty: a fabric uplink
+    service_cidr = 10.96.0.0/12    # node_setup: routed from the node into its bridge
+    underlay_mtu = 1500            # node_setup: the NIC's; pods get 50 bytes less
 """
+import os
+import uuid
+
 from ryu import cfg
+from ryu.ofproto import ofproto_common
+
+from controller.node_setup import NodeSetup
+from nsx_proxy import lb_ipam
 
 CONF = cfg.CONF
 CONF.register_opts([
@@ -115,4 +128,51 @@ CONF.register_opts([
     cfg.IntOpt("reject_rate", default=100,
                help="refused connections answered (RST / ICMP) per second and bridge; "
                     "the bridge's meter drops the rest before they reach us"),
+    cfg.BoolOpt("node_setup", default=False,
+                help="agent mode: make this node's bridge, its tunnel port and the "
+                     "node's host port from the Node object, and route the podCIDRs "
+                     "and service_cidr into it (controller/node_setup.py)"),
+    cfg.StrOpt("node_bridge", default="br-nsx", help="node_setup: the bridge's name"),
+    cfg.StrOpt("datapath_type", default="system", choices=("system", "netdev"),
+               help="node_setup: the bridge's datapath (netdev: userspace)"),
+    cfg.StrOpt("tunnel_type", default="geneve", choices=("geneve", "vxlan", ""),
+               help="node_setup: the overlay's tunnel port; empty: no tunnel port (a "
+                    "fabric: label the uplink yourself)"),
+    cfg.StrOpt("service_cidr", default="10.96.0.0/12",
+               help="node_setup: the Service CIDR, routed from the node into its bridge"),
+    cfg.IntOpt("underlay_mtu", default=1500, min=1280,
+               help="node_setup: the node's NIC MTU; the host port gets 50 bytes less "
+                    "(the CNI conflist's mtu must say the same for pods)"),
 ], group="nsx_proxy")
+
+
+def ipam(conf):
+    """The floating-IP pools LoadBalancer IPs come from; None: no pools."""
+    pools = lb_ipam.parse_pools(conf.fip_pools)
+    if not pools:
+        return None
+    return lb_ipam.Ipam(pools, conf.default_fip_pool or None, conf.load_balancer_class or None)
+
+
+def election(conf, node_name):
+    """Agents elect the one that writes to the API; the central controller
+    (no node name) is the only process, and writes without a lease."""
+    if not node_name or not conf.leader_elect:
+        return None
+    return dict(namespace=(conf.leader_election_namespace
+                           or os.environ.get("POD_NAMESPACE") or "nsx-proxy"),
+                name=conf.leader_election_lease,
+                identity=f"{node_name}_{uuid.uuid4().hex[:8]}",
+                lease_duration=conf.leader_election_lease_duration,
+                renew_deadline=conf.leader_election_renew_deadline,
+                retry_period=conf.leader_election_retry_period)
+
+
+def node_setup(conf, node_name):
+    """The agent's node setup, or None (off, or not an agent of a node)."""
+    if not (conf.node_setup and node_name and not conf.gateway):
+        return None
+    return NodeSetup(node_name, conf.node_bridge, conf.datapath_type, conf.tunnel_type,
+                     CONF.ofp_tcp_listen_port or ofproto_common.OFP_TCP_PORT,
+                     conf.service_cidr, conf.ovsdb,
+                     conf.underlay_mtu)

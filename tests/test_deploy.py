@@ -93,10 +93,13 @@ def test_the_manifests_hang_together():
                    and f != "kustomization.yaml")
     assert sorted(kustomization["resources"]) == files
     (configmap,) = documents("configmap.yaml")
+    from controller.config import CONF
+    known = set(CONF.nsx_proxy.keys())
     for name in ("nsx-proxy.conf", "gateway.conf"):
         conf = configparser.ConfigParser()
         conf.read_string(configmap["data"][name])
         assert conf.has_section("nsx_proxy")
+        assert set(conf["nsx_proxy"]) <= known, set(conf["nsx_proxy"]) - known
     for name in ("daemonset.yaml", "daemonset-gateway.yaml"):
         (ds,) = documents(name)
         pod = ds["spec"]["template"]["spec"]

@@ -29,6 +29,7 @@ import subprocess
 import time
 
 from controller import bridges as B
+from controller import node_setup
 from controller.bridges import ip_mac
 from topologies.controller_proc import RyuProcess
 from topologies.lab import Lab, run
@@ -43,7 +44,8 @@ GATEWAY_HOST = "gw"
 HOST_PORT = "host0"                      # a node's own stack on its bridge
 TUNNEL_PORT = "nsx-tun0"                 # overlay: the bridge's uplink, Geneve to any host
 UNDERLAY_BRIDGE = "br-phy"               # overlay: the NIC and the host's underlay address
-GENEVE_OVERHEAD = 50                     # outer Ethernet 14 + IPv4 20 + UDP 8 + Geneve 8
+GENEVE_OVERHEAD = node_setup.TUNNEL_OVERHEAD   # outer Ethernet, IPv4, UDP, Geneve
+SERVICE_CIDR = "10.96.0.0/12"            # the lab's API server allocates cluster IPs here
 LEASE_NAMESPACE = "nsx-proxy"
 # The gateway host is a Node too (as on a cluster, where the gateway agent's
 # DaemonSet selects it by label), with a podCIDR from node IPAM but no node
@@ -222,6 +224,8 @@ class HostsLab(Lab):
                 ports.remove(uplink)
                 self._underlay(host, ovs, uplink, self._underlay_ip(name))
                 ports.append(TUNNEL_PORT)
+            if self._agent_sets_up(name):
+                continue              # its agent makes the bridge (node_setup)
             dpid = "%016x" % ((0x1000 + index - 1) if name != GATEWAY_HOST else 0x2000)
             # The agent's controller is local: no in-band control.  Reconnect
             # fast after an agent restart (the default backs off to 8 s).
@@ -244,6 +248,18 @@ class HostsLab(Lab):
             self.start_agent(name)
         for name, _, _ in self.hosts:
             self.wait_ready(name)
+            if self._agent_sets_up(name):
+                # The lab's hosts have no other way out than their bridge:
+                # the default route, which a real node has on its NIC.
+                node = self._node(name)
+                self.net.get(name).cmd(f"ip route replace default via {node.gateway_ip} "
+                                       f"dev {node_setup.HOST_PORT} onlink")
+
+    def _agent_sets_up(self, name):
+        """Overlay mode: each node's agent makes its bridge, Geneve port and
+        host port (node_setup), as the DaemonSet's agents do; the lab only
+        gives the host its underlay (br-phy) and the gateway its bridge."""
+        return self.overlay and name != GATEWAY_HOST
 
     def _underlay_ip(self, name):
         return GATEWAY_FABRIC_IP if name == GATEWAY_HOST else self._node(name).internal_ip
@@ -329,10 +345,13 @@ class HostsLab(Lab):
     # --- agents ------------------------------------------------------------------
     def agent_options(self, name):
         ovs = self.ovs[name]
+        setup = dict(node_setup="true", node_bridge=self._node(name).bridge,
+                     datapath_type="netdev", tunnel_type="geneve",
+                     service_cidr=SERVICE_CIDR) if self._agent_sets_up(name) else {}
         return dict(self._controller_options(), node_name=name,
                     gateway=str(name == GATEWAY_HOST).lower(), ovsdb=ovs.db,
                     status_port=self.status_port,
-                    leader_election_namespace=LEASE_NAMESPACE, **LEASE)
+                    leader_election_namespace=LEASE_NAMESPACE, **LEASE, **setup)
 
     def start_agent(self, name):
         agent = self.agents.get(name)

@@ -109,6 +109,9 @@ class Lab:
                   f"kubelet for the cluster in {self.kubeconfig}"):
             self.cluster = Cluster(self.run_dir, self.kubeconfig, TCP_TARGET, UDP_TARGET,
                                    api_host=self.api_host)
+            # The kubelet registers its Node before any DaemonSet pod runs (an
+            # agent's node setup waits for its Node).
+            self.cluster.kubelet.register_nodes(self.api_nodes())
         self._start_controllers(step)
         net = Mininet(controller=None, autoSetMacs=False, autoStaticArp=False,
                       build=False, waitConnected=False)
@@ -127,7 +130,6 @@ class Lab:
             self.start_pod_server("inet")          # the Internet host answers /ip too
         with step("nodes, pods and services in the API server"):
             kubelet = self.cluster.kubelet
-            kubelet.register_nodes(self.api_nodes())
             kubelet.start(self.pods, lambda name: self.net.get(name).pid)
             for body in services or [demo_service(DEMO_VIP, TCP_TARGET, UDP_TARGET)]:
                 self.cluster.apply_service(body)

@@ -1,0 +1,160 @@
+"""Node setup by the agent: this node's bridge, its overlay port and the
+node's own stack port, made from the Node objects, as Antrea's agent makes
+br-int, antrea-tun0 and antrea-gw0.
+
+Off unless ``node_setup = true`` (the DaemonSet's config turns it on; the
+central lab, or bridges made by hand, leave it off).  What it makes, every
+part idempotent, so a restart or a repeat changes nothing that is right:
+
+- the bridge ``node_bridge``: ``datapath_type``, ``fail_mode=secure``,
+  OpenFlow 1.3, in-band control off, the controller on 127.0.0.1 with a 1 s
+  reconnect back-off (OVS's default grows to 8 s, which an agent restart
+  would wait for), labelled from this node's Node object (name, podCIDR) and
+  with the gateway Node's InternalIP as ``nsx-proxy-fabric-gateway``;
+- ``nsx-tun0``, the uplink: a ``tunnel_type`` port (Geneve by default) with
+  ``remote_ip=flow``, so the bridge is an overlay (docs/datapaths.md);
+- ``nsx-host0``, the node's own stack on the bridge (role ``host``): MAC
+  ``0a:58:`` + the InternalIP, which it also holds as a /32; routes for
+  every compute node's podCIDR and for ``service_cidr`` lead into it, via
+  this node's pod gateway.  The node's address stays on its NIC.
+
+The plan is pure (``ovsdb_args``, ``kernel_batch``); ``NodeSetup`` applies
+it when it changes.
+"""
+import logging
+import subprocess
+from typing import List, Optional, Tuple
+
+from controller import bridges as B
+from nsx_proxy import model
+
+LOG = logging.getLogger(__name__)
+
+TUNNEL_PORT = "nsx-tun0"
+HOST_PORT = "nsx-host0"
+TUNNEL_OVERHEAD = 50           # Geneve or VXLAN over IPv4: 14 + 20 + 8 + 8 bytes
+
+
+def gateway_ip(nodes) -> Optional[str]:
+    """The gateway host's address: where a node bridge sends what leaves the
+    cluster (its Node is labelled nsx-proxy.io/gateway=true)."""
+    gateways = sorted(n.internal_ip for n in nodes if n.gateway)
+    return gateways[0] if gateways else None
+
+
+def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_type: str,
+               tunnel_type: str, of_port: int, mtu: int,
+               set_controller: bool = True) -> List[str]:
+    """One ovs-vsctl transaction that makes (or corrects) the bridge and its
+    ports (no tunnel port without a ``tunnel_type``: a fabric's uplink is the
+    operator's).  ``set_controller`` False keeps a controller that is right
+    already (setting it again would make OVS reconnect)."""
+    mac = B.ip_mac(node.internal_ip)
+    labels = [f"external_ids:{B.ROLE}={B.ROLE_NODE}", f"external_ids:{B.NODE}={node.name}",
+              f"external_ids:{B.POD_CIDR}={node.pod_cidr}"]
+    args = ["--", "--may-exist", "add-br", bridge,
+            "--", "set", "bridge", bridge, f"datapath_type={datapath_type}",
+            "fail_mode=secure", "protocols=OpenFlow13",
+            "other-config:disable-in-band=true", *labels]
+    if gateway:
+        args.append(f"external_ids:{B.FABRIC_GATEWAY}={gateway}")
+    else:
+        args += ["--", "remove", "bridge", bridge, "external_ids", B.FABRIC_GATEWAY]
+    if set_controller:
+        args += ["--", "set-controller", bridge, f"tcp:127.0.0.1:{of_port}",
+                 "--", "set", "controller", bridge, "max_backoff=1000"]
+    if tunnel_type:
+        args += ["--", "--may-exist", "add-port", bridge, TUNNEL_PORT,
+                 "--", "set", "interface", TUNNEL_PORT, f"type={tunnel_type}",
+                 "options:remote_ip=flow", f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
+    args += ["--", "--may-exist", "add-port", bridge, HOST_PORT,
+             "--", "set", "interface", HOST_PORT, "type=internal", f'mac="{mac}"',
+             f"mtu_request={mtu}", f"external_ids:{B.ROLE}={B.ROLE_HOST}",
+             f"external_ids:{B.POD_IP}={node.internal_ip}",
+             f"external_ids:{B.POD_MAC}={mac}"]
+    return args
+
+
+def routed_cidrs(nodes, service_cidr: str) -> Tuple[str, ...]:
+    """What the node reaches through its bridge: every compute node's
+    podCIDR (its own included), and the Service CIDR."""
+    cidrs = sorted({n.pod_cidr for n in nodes if n.compute and n.pod_cidr})
+    return tuple(cidrs + ([service_cidr] if service_cidr else []))
+
+
+def kernel_batch(node: model.Node, cidrs, mtu: int, stale=()) -> str:
+    """``ip -batch`` lines for the host port: up, the InternalIP as a /32,
+    a route per CIDR via this node's pod gateway (``stale``: routes of CIDRs
+    that went away)."""
+    gw = B.gateway_ip(node.pod_cidr)
+    lines = [f"link set {HOST_PORT} mtu {mtu} up",
+             f"addr replace {node.internal_ip}/32 dev {HOST_PORT}"]
+    lines += [f"route replace {c} via {gw} dev {HOST_PORT} onlink src {node.internal_ip}"
+              for c in cidrs]
+    lines += [f"route del {c} dev {HOST_PORT}" for c in stale]
+    return "\n".join(lines) + "\n"
+
+
+class NodeSetup:
+    """Applies the plan for ``node_name`` whenever the Node objects change it."""
+
+    def __init__(self, node_name, bridge, datapath_type, tunnel_type, of_port,
+                 service_cidr, ovsdb, underlay_mtu=1500, run=subprocess.run):
+        self.node_name = node_name
+        self.bridge = bridge
+        self.datapath_type = datapath_type
+        self.tunnel_type = tunnel_type
+        self.of_port = of_port
+        self.service_cidr = service_cidr
+        self.ovsdb = ovsdb
+        self.mtu = underlay_mtu - TUNNEL_OVERHEAD
+        self.run = run
+        self.applied = None              # (ovsdb args, routed CIDRs) last applied
+        self.waiting_logged = False
+
+    def update(self, nodes) -> bool:
+        """Bring OVSDB and the kernel to the plan for these Node objects;
+        True when something was (re)applied."""
+        node = next((n for n in nodes if n.name == self.node_name), None)
+        if node is None or not node.pod_cidr or not node.internal_ip:
+            if not self.waiting_logged:
+                LOG.warning("node setup: waiting for Node %s with a podCIDR and an "
+                            "InternalIP", self.node_name)
+                self.waiting_logged = True
+            return False
+        args = ovsdb_args(node, gateway_ip(nodes), self.bridge, self.datapath_type,
+                          self.tunnel_type, self.of_port, self.mtu)
+        cidrs = routed_cidrs(nodes, self.service_cidr)
+        if self.applied == (args, cidrs):
+            return False
+        stale = [c for c in (self.applied[1] if self.applied else ()) if c not in cidrs]
+        vsctl = ["ovs-vsctl", f"--db={self.ovsdb}", "--timeout=10"]
+        try:
+            keep = self.run(vsctl + ["get-controller", self.bridge], capture_output=True,
+                            text=True, timeout=20).stdout.split() == \
+                [f"tcp:127.0.0.1:{self.of_port}"]
+            self._call(vsctl + ovsdb_args(node, gateway_ip(nodes), self.bridge,
+                                          self.datapath_type, self.tunnel_type,
+                                          self.of_port, self.mtu, set_controller=not keep))
+            self._call(["ip", "-batch", "-"], kernel_batch(node, cidrs, self.mtu, stale))
+            if self.datapath_type == "netdev":
+                # The userspace datapath's conntrack marks packets whose TCP
+                # checksum was left to offload invalid: the port computes it.
+                self._call(["ethtool", "-K", HOST_PORT, "tx", "off"])
+        except (OSError, subprocess.SubprocessError) as exc:
+            LOG.error("node setup of %s failed (next change retries): %s", self.bridge, exc)
+            return False
+        if self.applied is None:
+            LOG.info("node setup: bridge %s (%s, podCIDR %s), uplink %s, %s routing %s",
+                     self.bridge, self.datapath_type, node.pod_cidr,
+                     f"{TUNNEL_PORT} ({self.tunnel_type})" if self.tunnel_type
+                     else "not ours (fabric)", HOST_PORT, ", ".join(cidrs))
+        else:
+            LOG.info("node setup: %s now routes %s", HOST_PORT, ", ".join(cidrs))
+        self.applied = (args, cidrs)
+        return True
+
+    def _call(self, cmd, stdin=None):
+        proc = self.run(cmd, input=stdin, capture_output=True, text=True, timeout=20)
+        if proc.returncode:
+            raise subprocess.SubprocessError(f"{' '.join(cmd[:3])}: {proc.stderr.strip()}")

@@ -1,0 +1,114 @@
+"""Node setup by the agent (controller/node_setup.py): the plan from the Node
+objects, and when it is applied.  The multi-host lab runs it for real: every
+node bridge there is made by its agent (test_hosts_e2e.py)."""
+import logging
+import subprocess
+
+from controller import node_setup as NS
+from nsx_proxy import model
+
+NODE1 = model.Node("node1", "192.168.100.1", "10.1.1.0/24")
+NODE2 = model.Node("node2", "192.168.100.2", "10.1.2.0/24")
+GW = model.Node("gw", "192.168.100.254", "10.1.250.0/24", gateway=True)
+
+
+def args_of(**kw):
+    params = dict(node=NODE1, gateway="192.168.100.254", bridge="br-nsx",
+                  datapath_type="system", tunnel_type="geneve", of_port=6653, mtu=1450)
+    params.update(kw)
+    return NS.ovsdb_args(**params)
+
+
+def test_the_bridge_its_tunnel_and_host_port_as_the_readme_labels_them():
+    text = " ".join(args_of())
+    for part in ("--may-exist add-br br-nsx", "fail_mode=secure", "protocols=OpenFlow13",
+                 "datapath_type=system", "external_ids:nsx-proxy-role=node",
+                 "external_ids:nsx-proxy-node=node1",
+                 "external_ids:nsx-proxy-pod-cidr=10.1.1.0/24",
+                 "external_ids:nsx-proxy-fabric-gateway=192.168.100.254",
+                 "set-controller br-nsx tcp:127.0.0.1:6653", "max_backoff=1000",
+                 "add-port br-nsx nsx-tun0", "type=geneve", "options:remote_ip=flow",
+                 "add-port br-nsx nsx-host0", "type=internal", 'mac="0a:58:c0:a8:64:01"',
+                 "mtu_request=1450", "external_ids:nsx-proxy-role=host",
+                 "external_ids:ip-address=192.168.100.1",
+                 "external_ids:attached-mac=0a:58:c0:a8:64:01"):
+        assert part in text, part
+    assert text.count("external_ids:nsx-proxy-role=uplink") == 1
+
+
+def test_without_gateway_tunnel_or_a_new_controller_those_parts_are_left_out():
+    text = " ".join(args_of(gateway=None, tunnel_type="", set_controller=False))
+    assert "remove bridge br-nsx external_ids nsx-proxy-fabric-gateway" in text
+    assert "nsx-tun0" not in text and "set-controller" not in text
+    assert "nsx-host0" in text
+
+
+def test_the_node_routes_every_compute_nodes_pod_cidr_and_the_services_into_its_bridge():
+    cidrs = NS.routed_cidrs([NODE2, GW, NODE1], "10.96.0.0/12")
+    assert cidrs == ("10.1.1.0/24", "10.1.2.0/24", "10.96.0.0/12")   # not the gateway's
+    batch = NS.kernel_batch(NODE1, cidrs, 1450, stale=["10.1.3.0/24"]).splitlines()
+    assert batch == [
+        "link set nsx-host0 mtu 1450 up",
+        "addr replace 192.168.100.1/32 dev nsx-host0",
+        "route replace 10.1.1.0/24 via 10.1.1.1 dev nsx-host0 onlink src 192.168.100.1",
+        "route replace 10.1.2.0/24 via 10.1.1.1 dev nsx-host0 onlink src 192.168.100.1",
+        "route replace 10.96.0.0/12 via 10.1.1.1 dev nsx-host0 onlink src 192.168.100.1",
+        "route del 10.1.3.0/24 dev nsx-host0"]
+    assert NS.gateway_ip([NODE1, GW]) == "192.168.100.254"
+    assert NS.gateway_ip([NODE1, NODE2]) is None
+
+
+class FakeRun:
+    """subprocess.run for NodeSetup: records commands; fails on demand."""
+
+    def __init__(self, controller=""):
+        self.calls = []
+        self.controller = controller
+        self.fail = False
+
+    def __call__(self, cmd, input=None, **_):
+        self.calls.append((cmd, input))
+        if cmd[-2:] == ["get-controller", "br-nsx"]:
+            return subprocess.CompletedProcess(cmd, 0, self.controller, "")
+        if self.fail:
+            return subprocess.CompletedProcess(cmd, 1, "", "database connection failed")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    def writes(self):
+        return [(c, i) for c, i in self.calls if "get-controller" not in c]
+
+
+def setup(run, datapath="system"):
+    return NS.NodeSetup("node1", "br-nsx", datapath, "geneve", 6653, "10.96.0.0/12",
+                        "unix:/x/db.sock", run=run)
+
+
+def test_applied_once_per_change_and_routes_follow_the_nodes(caplog):
+    run = FakeRun()
+    ns = setup(run)
+    with caplog.at_level(logging.WARNING):
+        assert ns.update([NODE2]) is False and ns.update([NODE2]) is False
+    assert [r.message for r in caplog.records].count(
+        "node setup: waiting for Node node1 with a podCIDR and an InternalIP") == 1
+    assert run.calls == []
+    assert ns.update([NODE1, NODE2, GW]) is True
+    (vsctl, _), (ip, batch) = run.writes()
+    assert vsctl[:3] == ["ovs-vsctl", "--db=unix:/x/db.sock", "--timeout=10"]
+    assert "set-controller" in vsctl                   # none was set
+    assert ip == ["ip", "-batch", "-"] and "route replace 10.1.2.0/24" in batch
+    run.calls.clear()
+    assert ns.update([NODE1, NODE2, GW]) is False and run.calls == []   # nothing changed
+    assert ns.update([NODE1, GW]) is True                               # node2 went away
+    assert "route del 10.1.2.0/24 dev nsx-host0" in run.writes()[1][1]
+
+
+def test_a_right_controller_is_kept_and_a_failure_is_retried_by_the_next_update():
+    run = FakeRun(controller="tcp:127.0.0.1:6653\n")
+    ns = setup(run, datapath="netdev")
+    run.fail = True
+    assert ns.update([NODE1]) is False and ns.applied is None
+    run.fail = False
+    assert ns.update([NODE1]) is True
+    vsctl = run.writes()[-3][0]
+    assert "set-controller" not in vsctl               # already ours: no reconnect
+    assert run.writes()[-1][0] == ["ethtool", "-K", "nsx-host0", "tx", "off"]   # userspace
