@@ -108,11 +108,16 @@ class SwitchSession:
         self.stale_generations = set()
 
     # --- results -------------------------------------------------------------
-    def committed(self, want, plan: Plan, started: float) -> None:
+    def committed(self, want, plan: Plan, started: float, full: bool = None) -> None:
         """The plan is on the switch.  ``installed`` is the session's own copy
-        (the compiler patches its dict in place): a full plan copies it whole,
-        an incremental one updates just the keys it covered."""
-        if self.needs_resync or self._planned is None:
+        (the compiler patches its dict in place): a full plan (``full``: it
+        was planned as a resync; default: whether one is due) copies it
+        whole, an incremental one updates just the keys it covered.  A resync
+        asked for while an incremental plan was out (``redo``: drift) stays
+        due: that plan was not it."""
+        if full is None:
+            full = self.needs_resync
+        if full or self._planned is None:
             self.installed = dict(want)
         else:
             for key in self._planned:
@@ -122,9 +127,10 @@ class SwitchSession:
                 else:
                     self.installed[key] = frag
         self._dirty = set()
-        self.needs_resync = False
-        self.stale_generations = set()
-        self.groups_on_switch = set()
+        if full:
+            self.needs_resync = False
+            self.stale_generations = set()
+            self.groups_on_switch = set()
         LOG.info("switch %016x: committed %s in %.1f ms", self.dpid,
                  plan.summary(), (time.monotonic() - started) * 1000)
 

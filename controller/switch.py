@@ -54,8 +54,11 @@ class SyncResult:
 class _Pending:
     """A bundle in flight: its messages by xid, errors seen, a done event."""
 
-    def __init__(self, items_by_xid, barrier_xid, done, want, plan, started, count):
+    def __init__(self, items_by_xid, barrier_xid, done, want, plan, started, count, full):
         self.items_by_xid = items_by_xid
+        # planned as a resync (everything written again)?  Decided when
+        # planned: drift found while the bundle is out does not make it one.
+        self.full = full
         self.barrier_xid = barrier_xid
         self.errors = []
         self.discarded = False            # a streamed bundle closed without commit
@@ -168,7 +171,7 @@ class Switch:
         with _gc_paused():
             first = session.plan(state)
             if len(first[1]) >= STREAM_AT:
-                return self._stream(*first, started)
+                return self._stream(*first, started, session.needs_resync)
             return self._begin_sync(state, session, started, first)
 
     def _begin_sync(self, state, session, started, first):
@@ -176,7 +179,7 @@ class Switch:
             want, plan, stale = first if attempt == 0 else session.plan(state)
             if not len(plan) and not stale:
                 if session.needs_resync:
-                    session.committed(want, plan, started)
+                    session.committed(want, plan, started, full=True)
                 return None
             pairs, msgs = self._encode(plan, stale)
             bad = {item: why for item, _, why in pairs if why is not None}
@@ -191,12 +194,12 @@ class Switch:
         barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
         dp.set_xid(barrier)
         self.pending = _Pending(items, barrier.xid, self._make_event(), want, plan,
-                                started, len(pairs))
+                                started, len(pairs), session.needs_resync)
         LOG.debug("switch %016x: bundle %d with %d messages", self.dpid, msgs[0].bundle_id,
                   len(pairs))
         return msgs + [barrier]
 
-    def _stream(self, want, plan, stale, started):
+    def _stream(self, want, plan, stale, started, full):
         """A large bundle as a generator: each message is encoded when the
         caller asks for it, so OVS parses the first runs while the rest are
         encoded (the two overlap on two cores; a cold sync of 10,000
@@ -213,7 +216,7 @@ class Switch:
         _encoded(opening)
         items = {}
         pending = self.pending = _Pending(items, None, self._make_event(), want, plan,
-                                          started, 0)
+                                          started, 0, full)
         yield opening
         bad = {}
         with _gc_paused():        # held across the yields: a green thread's GC pause
@@ -322,13 +325,15 @@ class Switch:
                 self.counters[(self.dpid, "quarantined refused")] += len(blamed)
                 self.kick.set()            # retry at once without what failed
             return SyncResult(False, pending.plan, elapsed, pending.count)
-        full = session.needs_resync
+        full = pending.full
         if full:
             # every flow was written again: changes the monitor reported
             # before this barrier's reply are overwritten
             self.drift.repaired()
-        session.committed(pending.want, pending.plan, pending.started)
+        session.committed(pending.want, pending.plan, pending.started, full)
         self.commits += 1
+        if session.needs_resync:
+            self.kick.set()           # drift found while this bundle was out: repair now
         if full:
             # Millions of long-lived objects now: move them out of the cyclic
             # collector's way, or every full collection walks them all (the

@@ -371,6 +371,34 @@ def test_no_audit_while_a_bundle_is_in_flight_or_when_one_landed_meanwhile():
     assert sw.audit_requests() == []                 # a bundle is in flight
 
 
+def test_drift_found_while_an_incremental_bundle_is_out_is_repaired_after_it():
+    """The audit was asked while idle; an incremental bundle went out; the
+    audit's replies (OVS answered them before it took the bundle) show real
+    drift.  The bundle's commit is not the repair: everything is written
+    again by the next one, in the same round."""
+    sw = connected()
+    st = world.state(world.web())
+    run_bundle(sw, st)
+    flows, groups = fragments_of(sw)
+    whole = [(gid, len(g.buckets)) for gid, g in groups.items()]
+    reqs = sw.audit_requests()                          # idle: the audit goes out
+    moved = world.state(world.web(endpoints=("pod1",)))
+    sw.note(changes.between(st, moved))
+    msgs = sw.begin_sync(moved)                         # an incremental bundle
+    assert not sw.pending.full and len(adds(msgs)) < len(flows)
+    assert sw.audit_reply(reqs[0].xid, flows=len(flows) - 3) == []   # real drift
+    assert sw.audit_reply(reqs[1].xid, groups=whole) == []
+    assert sw.audit_reply(reqs[2].xid, meters=[1]) == []
+    assert sw.counters[(sw.dpid, "drift")] == 1 and sw.session.needs_resync
+    sw.barrier_reply(msgs[-1].xid)
+    assert sw.end_sync(True, 30).ok                     # the incremental bundle lands
+    assert sw.session.needs_resync and sw.kick.is_set()  # ... and is not the repair
+    msgs, result = run_bundle(sw, moved)                # the repair: everything again
+    moved_flows, _ = fragments_of(sw)
+    assert result.ok and not sw.session.needs_resync and sw.session.generation == 1
+    assert sum(isinstance(m, parser.OFPFlowMod) for m in adds(msgs)) == len(moved_flows)
+
+
 def fragments_of(sw):
     from controller import fragments
     return fragments.flatten(sw.session.installed)
