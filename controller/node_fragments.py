@@ -13,7 +13,8 @@ from controller import flows as F
 from controller import pipeline as P
 from controller.bridges import BridgeContext, Pod, ROLE_NODE, ip_mac, router_mac
 from controller.fragments import Fragment
-from controller.names import external_group_name, part_name, parts_for, service_port_name
+from controller.names import external_group_name, parts_for, service_port_name
+from controller.split_pool import part_match, pool_group_ids, pool_groups
 from nsx_proxy import endpoint_selection, model
 
 REJECT = (F.Meter(P.REJECT_METER), F.Controller(128))
@@ -176,73 +177,6 @@ def _ip_int(ip: str) -> int:
     return int(ipaddress.IPv4Address(ip))
 
 
-def split_pool(buckets, previous=None, max_buckets=P.MAX_BUCKETS_PER_GROUP):
-    """The pool's buckets in parts of at most ``max_buckets``, one group each.
-
-    A power of two of parts, chosen by low bits of the client's source port
-    (see PART_SHIFT; uniform for ephemeral ports), so parts must not differ
-    in size by more than one for every endpoint to be (within 1/size) as
-    likely as any other.  Pools that fit one group are one part.
-
-    ``previous`` is the pool's parts as installed (their buckets), if it had
-    as many.  Each bucket still wanted stays in its part, new ones go to the
-    smallest parts, and one bucket moves from the largest to the smallest
-    part while they differ by more than one.  So an endpoint that comes or
-    goes rewrites one or two groups of the pool, not all of them (OpenFlow
-    1.3 has no per-bucket group commands; 1.5's insert/remove-bucket would
-    need a protocol switch for this one case).  Without ``previous``: part
-    i takes every P-th bucket from the i-th.
-    """
-    parts = parts_for(len(buckets), max_buckets)
-    if parts == 1:
-        return [tuple(buckets)]
-    wanted = set(buckets)
-    if previous is None or len(previous) != parts or len(wanted) != len(buckets):
-        return [tuple(buckets[i::parts]) for i in range(parts)]
-    layout, placed = [], set()
-    for part in previous:
-        kept = [b for b in part if b in wanted and b not in placed]
-        placed.update(kept)
-        layout.append(kept)
-    for b in buckets:
-        if b not in placed:
-            min(layout, key=len).append(b)
-    while True:
-        small, big = min(layout, key=len), max(layout, key=len)
-        if len(big) - len(small) <= 1:
-            return [tuple(part) for part in layout]
-        small.append(big.pop())
-
-
-def _pool_groups(gids, buckets, previous):
-    """The pool's select groups, one per part (``split_pool``); the parts
-    as the previous fragment holds them, when it holds all of ``gids``."""
-    installed = None
-    if previous is not None:
-        by_id = {g.group_id: g.buckets for g in previous.groups}
-        if all(gid in by_id for gid in gids):
-            installed = [by_id[gid] for gid in gids]
-    return [F.SelectGroup(gid, part)
-            for gid, part in zip(gids, split_pool(buckets, installed))]
-
-
-# The part is read from source-port bits 1..k, not 0..k-1: Linux's connect()
-# picks even ephemeral ports (bit 0 is always 0), while bits above it are
-# uniform for Linux, for sequential allocators and for random ones alike.
-PART_SHIFT = 1
-
-
-def _part_match(proto, part, parts) -> dict:
-    if parts == 1:
-        return {}
-    return {F.L4_SRC_FIELD[proto]: (part << PART_SHIFT, (parts - 1) << PART_SHIFT)}
-
-
-def _group_ids(group_ids, name, parts):
-    return [group_ids.get(name)] + [group_ids.get(part_name(name, i))
-                                    for i in range(1, parts)]
-
-
 def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None,
                    refuse=REJECT, previous=None):
     """Flows and groups of one pool with sessionAffinity ClientIP.
@@ -262,7 +196,7 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
         F.Load(P.ENDPOINT_IP.field, _ip_int(ep.ip)),
         F.Load(P.ENDPOINT_PORT.field, ep.port | P.AFFINITY_LEARN_BIT),
         F.Resubmit(P.ENDPOINT_DNAT.id))) for ep in endpoints]
-    groups = _pool_groups(gids, buckets, previous)
+    groups = pool_groups(gids, buckets, previous)
     flows = []
     for ip, dport, ranges in frontends:
         # ServiceLB loads the whole of reg2 and reg3, so they match whole too.
@@ -276,7 +210,7 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
             continue
         for i, gid in enumerate(gids):
             flows.append(P.ENDPOINT_DNAT.flow(P.PRIO_LOW, (F.Group(gid),), cookie,
-                                              **fe, **_part_match(proto, i, len(gids))))
+                                              **fe, **part_match(proto, i, len(gids))))
         for ep in endpoints:
             flows.append(P.ENDPOINT_DNAT.flow(
                 P.PRIO_HIGH,
@@ -359,19 +293,18 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))
         for frontends, endpoints, group_name, mark, refuse in pools:
-            gids = _group_ids(group_ids, group_name,
-                              parts_for(len(endpoints), P.MAX_BUCKETS_PER_GROUP))
+            gids = pool_group_ids(group_ids, group_name,
+                                  parts_for(len(endpoints), P.MAX_BUCKETS_PER_GROUP))
             if svc.affinity_timeout:
-                pool_flows, pool_groups = _affinity_pool(ctx, svc, port, frontends,
-                                                         endpoints, gids, cookie, mark,
-                                                         refuse, previous)
+                pool_flows, parts = _affinity_pool(ctx, svc, port, frontends, endpoints,
+                                                   gids, cookie, mark, refuse, previous)
             else:
-                pool_groups = _pool_groups(gids, _buckets(ctx, endpoints, mark), previous)
-                actions = [(_part_match(proto, i, len(gids)), (F.Group(gid),))
+                parts = pool_groups(gids, _buckets(ctx, endpoints, mark), previous)
+                actions = [(part_match(proto, i, len(gids)), (F.Group(gid),))
                            for i, gid in enumerate(gids)] if endpoints else [({}, refuse)]
                 pool_flows = _frontend_flows(port, frontends, actions, cookie)
             flows += pool_flows
-            groups += pool_groups
+            groups += parts
     return Fragment(flows=flows, groups=groups)
 
 

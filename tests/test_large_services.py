@@ -8,7 +8,7 @@ import pytest
 from controller import fragments, names, ofmsg, pipeline
 from controller import flows as F
 from controller.fragments import Plan
-from controller.node_fragments import split_pool
+from controller.split_pool import split_pool
 from nsx_proxy import model
 import world
 from test_switch import FakeDatapath
