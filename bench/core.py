@@ -106,7 +106,7 @@ def message_sizes(n, endpoints):
     from controller import cookies, fragments, ofmsg
     from controller.bridges import BridgeContext
     from controller.compiler import Compiler
-    from controller.switch import step_bytes
+    from controller.bundle import step_bytes
     from nsx_proxy import model
     from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 

@@ -25,18 +25,17 @@ No Ryu event machinery here (the messages are built with Ryu's parser, in
 ``ofmsg``), so a test drives it with a fake datapath.
 """
 import collections
-import contextlib
 import gc
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
-from controller import cookies, ofmsg, pipeline, reject, wire
-from controller.affinity_sweeper import AffinitySweeper, long_timeouts
+from controller import bundle, cookies, ofmsg, pipeline, reject, wire
 from controller.drift import DriftWatch
 from controller.fragments import Plan
 from controller.session import SwitchSession
+from controller.sweep import Sweep
 from nsx_proxy import changes
 
 LOG = logging.getLogger("nsx_proxy")
@@ -90,8 +89,7 @@ class Switch:
         self._reject_bucket = reject.TokenBucket(self.reject_rate, self.reject_rate, clock)
         self._udp_flushes: List[changes.StaleUdp] = []
         self.pending: Optional[_Pending] = None
-        self.sweeper = AffinitySweeper()
-        self._sweeps = {}                 # xid of a flow stats request -> (cookie, entries)
+        self.sweep = Sweep(self)
         self.drift = DriftWatch(self, audit_groups_every)
         self.commits = 0                  # bundles committed on this connection
 
@@ -119,7 +117,7 @@ class Switch:
                 # and idle timeouts change entries all the time)
                 wire.flow_monitor_request(
                     [t for t in pipeline.TABLES if t is not pipeline.SESSION_AFFINITY],
-                    _next_xid(dp))]
+                    bundle.next_xid(dp))]
 
     def stats_reply(self, cookies_seen=(), groups_seen=(), more=False) -> bool:
         """One part of the flow or group stats reply; True when the session started."""
@@ -168,9 +166,9 @@ class Switch:
             return None
         started = self._clock()
         session = self.session
-        with _gc_paused():
+        with bundle.gc_paused():
             first = session.plan(state)
-            if len(first[1]) >= STREAM_AT:
+            if len(first[1]) >= bundle.STREAM_AT:
                 return self._stream(*first, started, session.needs_resync)
             return self._begin_sync(state, session, started, first)
 
@@ -209,19 +207,16 @@ class Switch:
         committed, ``end_sync`` says not ok and kicks, and the next pass
         plans again from the newest state without that object."""
         dp = self.dp
-        generation = self.session.generation
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        opening = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
-        dp.set_xid(opening)
-        _encoded(opening)
+        opening = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
         items = {}
         pending = self.pending = _Pending(items, None, self._make_event(), want, plan,
                                           started, 0, full)
         yield opening
         bad = {}
-        with _gc_paused():        # held across the yields: a green thread's GC pause
-            for step in ofmsg.plan_steps(plan, stale):
-                item, xid, raw, why = self._encode_step(dp, step, generation, bundle_id)
+        with bundle.gc_paused():  # held across the yields: a green thread's GC pause
+            for item, xid, raw, why in bundle.steps(dp, plan, stale, self.session.generation,
+                                                    bundle_id):
                 if why is not None:
                     bad[item] = why
                 elif not bad:        # after a failure: only look for more of them
@@ -232,11 +227,9 @@ class Switch:
             self.counters[(self.dpid, "quarantined encode")] += len(
                 self.session.unencodable(want, plan, bad))
             pending.discarded = True
-            close = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_DISCARD_REQUEST)
+            close = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_DISCARD_REQUEST)
         else:
-            close = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
-        dp.set_xid(close)
-        _encoded(close)
+            close = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
         barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
         dp.set_xid(barrier)
         pending.barrier_xid = barrier.xid
@@ -245,40 +238,18 @@ class Switch:
         yield close
         yield barrier
 
-    def _encode_step(self, dp, step, generation, bundle_id):
-        """(plan item, xid, bytes, why it could not be encoded or None)."""
-        xid = _next_xid(dp)
-        item = ofmsg.step_item(step)
-        try:
-            raw = step_bytes(dp, step, generation, bundle_id, xid)
-            why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \
-                f"{len(raw)} bytes, over OpenFlow's {ofmsg.OFP_MAX_LEN}"
-        except Exception as exc:   # noqa: BLE001 - it costs one object, not all
-            raw, why = b"", f"{type(exc).__name__}: {exc}"
-        return item, xid, raw, why
-
     def _encode(self, plan, stale):
         """The bundle, each message encoded here, one by one, so a message
         that cannot be encoded (a value out of range, a bug) is pinned on its
-        object before anything is sent.  Flow and group mods come from the
-        fast encoder (controller/wire.py), anything it does not know from
-        Ryu.  Returns ([(plan item, xid, why it failed or None)], [open,
-        bundle-add bytes..., commit])."""
+        object before anything is sent.  Returns ([(plan item, xid, why it
+        failed or None)], [open, bundle-add bytes..., commit])."""
         dp = self.dp
-        generation = self.session.generation
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        opening = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
-        commit = ofmsg.bundle_control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
-        dp.set_xid(opening)
-        out, adds = [], []
-        for step in ofmsg.plan_steps(plan, stale):
-            item, xid, raw, why = self._encode_step(dp, step, generation, bundle_id)
-            out.append((item, xid, why))
-            adds.append(raw)
-        dp.set_xid(commit)
-        for msg in (opening, commit):
-            _encoded(msg)
-        return out, [opening] + adds + [commit]
+        opening = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
+        steps = list(bundle.steps(dp, plan, stale, self.session.generation, bundle_id))
+        commit = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
+        return ([(item, xid, why) for item, xid, _, why in steps],
+                [opening] + [raw for _, _, raw, _ in steps] + [commit])
 
     def barrier_reply(self, xid) -> None:
         if self.pending is not None and xid == self.pending.barrier_xid:
@@ -289,13 +260,13 @@ class Switch:
             LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
                       self.dpid, err_type, code)
             return
-        if xid in self._sweeps or self.is_audit_reply(xid):
+        if self.sweep.is_reply(xid) or self.is_audit_reply(xid):
             # a statistics request of ours failed: that read ends (the next
             # period asks again); it is no reason to fail a bundle in flight
             LOG.warning("switch %016x: error type=%d code=%d for a %s request; "
                         "asking again next period", self.dpid, err_type, code,
-                        "sweep" if xid in self._sweeps else "drift audit")
-            self._sweeps.pop(xid, None)
+                        "sweep" if self.sweep.is_reply(xid) else "drift audit")
+            self.sweep.request_failed(xid)
             if self.is_audit_reply(xid):
                 self.drift.request_failed()
             return
@@ -368,49 +339,15 @@ class Switch:
                                       (entry.endpoint_ip, entry.endpoint_port)))
         return out
 
-    # --- session affinity longer than a learn action's timeout ------------------------
+    # --- session affinity longer than a learn action's timeout (controller/sweep.py) ---
     def sweep_requests(self, state) -> list:
-        """Flow stats requests for the learned entries the sweeper expires."""
-        if not self.ready or state is None:
-            return []
-        dp = self.dp
-        parser, ofp = dp.ofproto_parser, dp.ofproto
-        out = []
-        for cookie in self.sweeper.track(long_timeouts(state, self._group_ids)):
-            req = parser.OFPFlowStatsRequest(
-                dp, 0, pipeline.SESSION_AFFINITY.id, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie,
-                cookies.GEN_MASK | cookies.OBJECT_MASK, parser.OFPMatch())
-            dp.set_xid(req)
-            self._sweeps[req.xid] = (cookie, [])
-            out.append(req)
-        return out
+        return self.sweep.requests(state) if self.ready and state is not None else []
 
     def is_sweep_reply(self, xid) -> bool:
-        return xid in self._sweeps
+        return self.sweep.is_reply(xid)
 
     def sweep_reply(self, xid, stats, more=False) -> list:
-        """One part of a sweep's flow stats; the deletes of expired entries."""
-        cookie, entries = self._sweeps[xid]
-        entries += [(s.cookie, s.priority, _match_key(s.match), s.packet_count, s.match)
-                    for s in stats]
-        if more:
-            return []
-        del self._sweeps[xid]
-        matches = {(c, p, k): m for c, p, k, _, m in entries}
-        expired = self.sweeper.observe([(c, p, k, n) for c, p, k, n, _ in entries],
-                                       self._clock())
-        # entries of this cookie the switch no longer has (also when it has none)
-        self.sweeper.forget_missing(cookie, set(matches))
-        if expired:
-            LOG.info("switch %016x: %d session-affinity entries idle for their "
-                     "timeout, deleted", self.dpid, len(expired))
-        dp = self.dp
-        parser, ofp = dp.ofproto_parser, dp.ofproto
-        return [parser.OFPFlowMod(
-            dp, cookie=cookie, cookie_mask=cookies.GEN_MASK | cookies.OBJECT_MASK,
-            table_id=pipeline.SESSION_AFFINITY.id, command=ofp.OFPFC_DELETE_STRICT,
-            priority=priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-            match=matches[(cookie, priority, key)]) for cookie, priority, key in expired]
+        return self.sweep.reply(xid, stats, more)
 
     # --- drift (controller/drift.py) --------------------------------------------------
     def audit_requests(self) -> list:
@@ -452,73 +389,3 @@ class Switch:
         if self.pending is not None:
             self.pending.errors.append((None, "switch disconnected"))
             self.pending.done.set()
-
-
-def _encoded(msg) -> None:
-    """Serialise a control message now; a failure here is ours, not an object's."""
-    why = ofmsg.encode(msg)
-    if why is not None:
-        raise ValueError(f"bundle control message: {why}")
-
-
-def _match_key(match) -> tuple:
-    """A hashable identity of an OFPMatch (a learned entry's match)."""
-    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
-                        for k, v in match.items()))
-
-
-class _Xid:
-    """Takes the xid Ryu's Datapath.set_xid hands out (for raw messages)."""
-    xid = None
-
-    def set_xid(self, xid):
-        self.xid = xid
-
-
-def _next_xid(dp) -> int:
-    box = _Xid()
-    dp.set_xid(box)
-    return box.xid
-
-
-def step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
-    """One plan step as a bundle-add message: the fast encoder's bytes, or
-    Ryu's for what it does not encode (the learn action, a stale round)."""
-    kind, obj, command = step
-    inner = wire.flow_mod(obj, command, generation, 0) if kind == "flow" else \
-        wire.group_mod(obj, command, 0) if kind == "group" else None
-    if inner is None:
-        msg = ofmsg.step_message(dp, step, generation)
-        msg.set_xid(0)
-        msg.serialize()
-        inner = bytes(msg.buf)
-    return wire.bundle_add(bundle_id, ofmsg.BUNDLE_FLAGS, inner, xid)
-
-
-# Plans of this many steps or more are streamed (Switch._stream): below it
-# the whole bundle is encoded in a few milliseconds, and checking every
-# message before anything is sent keeps a failure the cheapest to handle.
-STREAM_AT = 2000
-
-_gc_pauses = 0
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """No cyclic garbage collection while a bundle is built: the compiler and
-    the encoder allocate a few objects per flow, and at 10,000 services the
-    collections they trigger cost more than the work (measured: 2.1 s ->
-    1.0 s).  Counted, because a streamed bundle holds its pause across
-    yields while another switch's sync may take and end its own."""
-    global _gc_pauses
-    if _gc_pauses == 0 and not gc.isenabled():
-        yield                     # paused by someone else (a test, the runtime)
-        return
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
-            gc.enable()

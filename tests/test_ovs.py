@@ -147,7 +147,7 @@ def test_a_bundle_large_enough_to_stream_installs_and_is_removed_in_one_piece(
     """Over STREAM_AT steps the app encodes a bundle while sending it: OVS
     gets every group and flow of 420 services, then (streamed again) their
     removal, each as one atomic bundle."""
-    from controller.switch import STREAM_AT
+    from controller.bundle import STREAM_AT
     services = [{"name": f"bulk{i}", "clusterIP": f"10.97.{i // 200}.{i % 200 + 1}",
                  "ports": [{"name": "http", "protocol": "TCP", "port": 80,
                             "targetPort": 8080}],

@@ -440,10 +440,10 @@ def test_the_sweeper_forgets_entries_gone_from_the_switch_even_when_none_are_lef
         hard_timeout=0, flags=0, cookie=req.cookie, packet_count=1, byte_count=0,
         match=parser.OFPMatch(eth_type=0x800, ipv4_src="10.1.1.2"), instructions=[])
     sw.sweep_reply(req.xid, [entry])
-    assert sw.sweeper._seen
+    assert sw.sweep.sweeper._seen
     req = sw.sweep_requests(st)[0]
     sw.sweep_reply(req.xid, [])                              # deleted behind our back
-    assert not sw.sweeper._seen
+    assert not sw.sweep.sweeper._seen
 
 
 def _bodies(msgs):
@@ -454,10 +454,10 @@ def _bodies(msgs):
 def test_a_large_plan_is_streamed_and_carries_what_the_eager_bundle_carries(monkeypatch):
     """Over STREAM_AT steps, begin_sync hands out a generator that encodes
     while the app sends; the switch is asked for exactly the same changes."""
-    import controller.switch as switch_mod
+    import controller.bundle as bundle_mod
     st = world.state(world.web(), world.web(name="api", vip="10.96.0.77"))
     eager_msgs, eager = run_bundle(connected(), st)
-    monkeypatch.setattr(switch_mod, "STREAM_AT", 1)
+    monkeypatch.setattr(bundle_mod, "STREAM_AT", 1)
     sw = connected()
     stream = sw.begin_sync(st)
     assert not isinstance(stream, list)
@@ -481,9 +481,9 @@ def test_a_streamed_bundle_with_an_unencodable_object_is_discarded_then_the_rest
     """Part of a streamed bundle is on the switch when a later message turns
     out not to encode: the bundle is discarded (never committed), the object
     is quarantined with one line, and the next pass installs everything else."""
-    import controller.switch as switch_mod
+    import controller.bundle as bundle_mod
     unencodable_port_flow(monkeypatch, "10.96.0.66")
-    monkeypatch.setattr(switch_mod, "STREAM_AT", 1)
+    monkeypatch.setattr(bundle_mod, "STREAM_AT", 1)
     sw = connected()
     st = world.state(world.web(), world.web(name="bad", vip="10.96.0.66"))
     msgs = list(sw.begin_sync(st))
