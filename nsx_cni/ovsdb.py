@@ -81,7 +81,7 @@ def find_bridge(config: dict) -> NodeBridge:
                        "agent's node setup creates it")
     if len(rows) > 1:
         raise CniError(INVALID_CONFIG, f"{len(rows)} bridges are labelled "
-                       f"{B.ROLE}={B.ROLE_NODE} ({', '.join(r['name'] for r in rows)}): "
+                       f"{B.ROLE}={B.ROLE_NODE} ({', '.join(sorted(r['name'] for r in rows))}): "
                        "set \"bridge\" or \"nodeName\" in the network config")
     row = rows[0]
     return NodeBridge(row["name"], row["external_ids"].get(B.POD_CIDR),

@@ -17,6 +17,7 @@ from topologies.lab import run
 PLUGIN = os.path.join(os.path.dirname(sys.executable), "nsx-proxy-cni")
 CNI_PATH = "/usr/lib/cni"               # Debian's containernetworking-plugins
 BRIDGE = "nsxc-br"
+CONTAINERS = ["c1", "c2", "first", "second", "third"] + [f"m{i}" for i in range(10)]
 POD_CIDR = "10.9.1.0/24"
 
 
@@ -29,8 +30,9 @@ def env(command, container="c1", netns="/var/run/netns/x", ifname="eth0", **extr
 
 
 def config(tmp_path, version="1.0.0", **extra):
+    # the bridge by name: a lab on this machine labels bridges of its own
     conf = {"cniVersion": version, "name": "nsx-test", "type": S.PLUGIN_TYPE,
-            "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam")}}
+            "bridge": BRIDGE, "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam")}}
     conf.update(extra)
     return conf
 
@@ -150,10 +152,10 @@ def netns():
     yield spaces
     for name in spaces.names:
         spaces.delete(name)
-    for link in run(["ip", "-o", "link"]).splitlines():     # a failed test's leftovers
-        name = link.split(":")[1].strip().split("@")[0]
-        if name.startswith("nsx") and len(name) == 15:
-            run(["ip", "link", "del", name], check=False)
+    # A failed test's host ends: only this module's containers' (a lab's pods
+    # may be attached by the plugin on this machine at the same time).
+    for container in CONTAINERS:
+        run(["ip", "link", "del", S.host_veth_name(container, "eth0")], check=False)
 
 
 def in_ns(ns_path, *cmd):
@@ -237,6 +239,18 @@ def test_bad_input_gets_the_specs_error_and_leaves_nothing_behind(bridge, netns,
     status, answer, _ = invoke("ADD", config(tmp_path, bridge="br-missing"), netns=ns)
     assert (status, answer["code"]) == (1, S.TRY_AGAIN_LATER)
     assert "nsx-proxy-role=node" in answer["msg"] and "br-missing" in answer["msg"]
+    # two bridges for one node, and the config names neither: which is it?
+    run(["ovs-vsctl", "add-br", "nsxc-br2", "--", "set", "bridge", "nsxc-br2",
+         "datapath_type=netdev", "external_ids:nsx-proxy-role=node",
+         "external_ids:nsx-proxy-node=node9", f"external_ids:nsx-proxy-pod-cidr={POD_CIDR}"])
+    try:
+        ambiguous = {k: v for k, v in config(tmp_path, nodeName="node9").items()
+                     if k != "bridge"}
+        status, answer, _ = invoke("ADD", ambiguous, netns=ns)
+        assert (status, answer["code"]) == (1, S.INVALID_CONFIG)
+        assert "nsxc-br, nsxc-br2" in answer["msg"] and "\"bridge\"" in answer["msg"]
+    finally:
+        run(["ovs-vsctl", "--if-exists", "del-br", "nsxc-br2"])
     # an exhausted pool: one address, two pods
     tiny = config(tmp_path, ipam={"type": "host-local", "dataDir": str(tmp_path / "ipam"),
                                   "ranges": [[{"subnet": POD_CIDR, "rangeStart": "10.9.1.9",

@@ -22,7 +22,8 @@ from topologies.lab import run, wait_for
 
 pytestmark = pytest.mark.ovs
 BIN_DIR, CONF_DIR = "/opt/cni/bin", "/etc/cni/net.d"
-BRIDGE, NODE, POD_CIDR, VIP = "nsxk-br", "node1", "10.9.3.0/24", "10.96.3.10"
+# A node name of its own: a lab on this machine labels bridges for node1...
+BRIDGE, NODE, POD_CIDR, VIP = "nsxk-br", "ctr-node", "10.9.3.0/24", "10.96.3.10"
 OF_PORT = 16691
 PR_SET_CHILD_SUBREAPER = 36
 
