@@ -31,20 +31,32 @@ def lab():
             the_lab.stop()
 
 
-@pytest.fixture(scope="module")
-def hosts_lab():
-    """The multi-host lab: an OVS and an agent per host (topologies/hosts.py)."""
+def _multi_host_lab(run_dir, overlay):
+    """The multi-host lab, once the central one is stopped (they share names)."""
     from topologies.hosts import HostsLab
     central = _RUNNING.pop("lab", None)
     if central is not None:
         central.stop()
-    the_lab = HostsLab(nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts-e2e")
+    the_lab = HostsLab(nodes=2, pods_per_node=2, run_dir=run_dir, overlay=overlay)
     try:
         the_lab.start()
         L.wait_for(the_lab.programmed, 30, what="flows on every host's bridge")
         yield the_lab
     finally:
         the_lab.stop()
+
+
+@pytest.fixture(scope="module")
+def hosts_lab():
+    """The multi-host lab: an OVS and an agent per host (topologies/hosts.py),
+    joined by Geneve tunnels."""
+    yield from _multi_host_lab("/tmp/nsx-proxy-hosts-e2e", overlay=True)
+
+
+@pytest.fixture(scope="module")
+def fabric_hosts_lab():
+    """The same, its bridges joined by one L2 fabric (``--fabric``)."""
+    yield from _multi_host_lab("/tmp/nsx-proxy-hosts-fabric", overlay=False)
 
 
 @pytest.fixture

@@ -8,21 +8,8 @@ from topologies import lab as L
 pytestmark = pytest.mark.hosts
 
 
-@pytest.fixture(scope="module")
-def fabric_lab():
-    from topologies.hosts import HostsLab
-    the_lab = HostsLab(nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts-fabric",
-                       overlay=False)
-    try:
-        the_lab.start()
-        L.wait_for(the_lab.programmed, 30, what="flows on every host's bridge")
-        yield the_lab
-    finally:
-        the_lab.stop()
-
-
-def test_fabric_mode_carries_pod_service_and_node_port_traffic_across_hosts(fabric_lab):
-    lab = fabric_lab
+def test_fabric_mode_carries_pod_service_and_node_port_traffic_across_hosts(fabric_hosts_lab):
+    lab = fabric_hosts_lab
     for host in ("node1", "node2", "gw"):
         assert "br-phy" not in lab.ovs[host].vsctl("list-br").split()
         assert lab.ovs[host].vsctl("--columns=type", "find", "interface",
