@@ -158,7 +158,8 @@ class Lab:
 
     def _add_topology(self, net):
         """Every bridge in this host's Open vSwitch, each a remote controller's."""
-        from mininet.node import OVSBridge, OVSSwitch, RemoteController
+        from mininet.node import OVSBridge, OVSSwitch
+        from topologies.remote_controller import RemoteController
         if self.external_controller:
             host, _, port = self.external_controller.partition(":")
             ctl_ip, ctl_port = host, int(port or 6653)

@@ -53,6 +53,7 @@ from mininet.node import Host, OVSBridge, OVSSwitch  # noqa: E402
 from mininet.topo import Topo  # noqa: E402
 
 from topologies import plan  # noqa: E402
+from topologies.remote_controller import RemoteController  # noqa: E402
 from topologies.plan import INET_GW, INET_IP, ip_mac  # noqa: E402
 
 FABRIC, GATEWAY, INTERNET = "fabric", "br-gw", "inet"
@@ -207,6 +208,9 @@ class NsxTopo(Topo):
 
 
 topos = {"nsx": NsxTopo}
+# ``--controller remote,...`` gets ours: Mininet's own checks the controller
+# with telnet in a shell and dies now and then on its binary HELLO.
+controllers = {"remote": RemoteController}
 
 
 # --- at run time (the Mininet CLI's ``py``, or a topology script) ---------------

@@ -25,9 +25,8 @@ sys.path.insert(0, ROOT)
 
 from mininet.log import setLogLevel  # noqa: E402
 from mininet.net import Mininet  # noqa: E402
-from mininet.node import RemoteController  # noqa: E402
-
 from topologies import nsx_topo  # noqa: E402
+from topologies.remote_controller import RemoteController  # noqa: E402
 
 
 def main(argv=None):
