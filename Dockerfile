@@ -4,7 +4,7 @@
 FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
-      openvswitch-common ca-certificates containernetworking-plugins iproute2 ethtool \
+      openvswitch-common ca-certificates containernetworking-plugins iproute2 ethtool nftables \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/nsx-proxy
 COPY setup.cfg setup.py README.md ./

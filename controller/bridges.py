@@ -38,6 +38,12 @@ ROLE_HOST = "host"                 # the node's own network stack (an internal p
 # InternalIP as its tunnel destination.
 TUNNEL_TYPES = frozenset({"geneve", "vxlan"})
 HOST_NAMESPACE = "host"            # such a port is addressed like a pod: host/IFNAME
+# NodePorts that reach a node's own address from off the node are DNATed by
+# the node (nftables, controller/node_setup.py) to this link-local address,
+# routed into the bridge by the host port; the bridge serves it as one more
+# address of the node's nodePorts, and sends the replies back the same way
+# (Antrea's "virtual NodePort DNAT IP" is 169.254.0.252 too).
+NODE_PORT_STEER_IP = "169.254.0.252"
 
 
 class BadBridge(ValueError):
@@ -122,6 +128,11 @@ class BridgeContext:
     # nodeport_addresses (kube-proxy's --nodeport-addresses): the CIDRs a
     # node address must be in to serve nodePorts; empty: every address.
     node_port_cidrs: Tuple[str, ...] = ()
+
+    @property
+    def host_pod(self) -> Optional[Pod]:
+        """The node's own stack on this bridge (the ``host`` port), if any."""
+        return next((p for p in self.pods if p.namespace == HOST_NAMESPACE), None)
 
     def serves_node_ports(self, ip: str) -> bool:
         return not self.node_port_cidrs or _in_cidrs(ip, self.node_port_cidrs)

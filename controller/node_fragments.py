@@ -11,7 +11,8 @@ import ipaddress
 from controller import cookies
 from controller import flows as F
 from controller import pipeline as P
-from controller.bridges import BridgeContext, Pod, ROLE_NODE, ip_mac, router_mac
+from controller.bridges import (HOST_NAMESPACE, NODE_PORT_STEER_IP, ROLE_NODE, BridgeContext,
+                                Pod, ip_mac, router_mac)
 from controller.fragments import Fragment
 from controller.names import external_group_name, parts_for, service_port_name
 from controller.split_pool import part_match, pool_group_ids, pool_groups
@@ -92,7 +93,17 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
     to_pod = (F.SetField("eth_src", ctx.router_mac), F.SetField("eth_dst", pod.mac))
     new = (F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)
     old = (F.CT_TRK, F.CT_TRK | F.CT_NEW)
-    return Fragment(flows=[
+    steering = [
+        # The host port: NodePorts the node steered in from off the node
+        # keep their client's source; their replies (the source is the
+        # steering address again once un-NATed) go back to the node.
+        P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
+               in_port=pod.ofport, eth_type=F.ETH_IP, eth_src=pod.mac,
+               ipv4_dst=NODE_PORT_STEER_IP),
+        P.L3_FORWARDING.flow(P.PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
+               eth_type=F.ETH_IP, ipv4_src=NODE_PORT_STEER_IP),
+    ] if pod.namespace == HOST_NAMESPACE else []
+    return Fragment(flows=steering + [
         P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
                in_port=pod.ofport, eth_type=F.ETH_IP, eth_src=pod.mac, ipv4_src=pod.ip),
         P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.ARP_RESPONDER.id),), c,
@@ -235,6 +246,8 @@ def _external_frontends(ctx, svc, port, node):
     if port.node_port and svc.node_ports and node is not None and \
             ctx.serves_node_ports(node.internal_ip):
         out.append((node.internal_ip, port.node_port, ()))
+        if ctx.host_pod is not None:       # steered in by the node (node_setup)
+            out.append((NODE_PORT_STEER_IP, port.node_port, ()))
     return out
 
 

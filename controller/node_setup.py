@@ -16,7 +16,14 @@ part idempotent, so a restart or a repeat changes nothing that is right:
 - ``nsx-host0``, the node's own stack on the bridge (role ``host``): MAC
   ``0a:58:`` + the InternalIP, which it also holds as a /32; routes for
   every compute node's podCIDR and for ``service_cidr`` lead into it, via
-  this node's pod gateway.  The node's address stays on its NIC.
+  this node's pod gateway.  The node's address stays on its NIC;
+- NodePorts that reach the node's own address from off the node are
+  steered into the bridge (as Antrea does): the nftables table
+  ``ip nsx-proxy`` DNATs them, port kept, to ``NODE_PORT_STEER_IP``, routed
+  into ``nsx-host0``; the bridge serves that address like the node IP and
+  sends the replies back by the host port, where the kernel un-DNATs them.
+  Forwarding is turned on for it.  Health-check node ports stay the
+  kernel's (the agent answers them on every node address).
 
 The plan is pure (``ovsdb_args``, ``kernel_batch``); ``NodeSetup`` applies
 it when it changes.
@@ -33,6 +40,7 @@ LOG = logging.getLogger(__name__)
 TUNNEL_PORT = "nsx-tun0"
 HOST_PORT = "nsx-host0"
 TUNNEL_OVERHEAD = 50           # Geneve or VXLAN over IPv4: 14 + 20 + 8 + 8 bytes
+NFT_TABLE = "nsx-proxy"        # ip family: the NodePort steering
 
 
 def gateway_ip(nodes) -> Optional[str]:
@@ -85,21 +93,58 @@ def routed_cidrs(nodes, service_cidr: str) -> Tuple[str, ...]:
 def kernel_batch(node: model.Node, cidrs, mtu: int, stale=()) -> str:
     """``ip -batch`` lines for the host port: up, the InternalIP as a /32,
     a route per CIDR via this node's pod gateway (``stale``: routes of CIDRs
-    that went away)."""
+    that went away), and the steering address behind it (the bridge's
+    router MAC, so no ARP is needed)."""
     gw = B.gateway_ip(node.pod_cidr)
     lines = [f"link set {HOST_PORT} mtu {mtu} up",
-             f"addr replace {node.internal_ip}/32 dev {HOST_PORT}"]
+             f"addr replace {node.internal_ip}/32 dev {HOST_PORT}",
+             f"route replace {B.NODE_PORT_STEER_IP}/32 dev {HOST_PORT}",
+             f"neigh replace {B.NODE_PORT_STEER_IP} lladdr {B.router_mac(node.pod_cidr)} "
+             f"dev {HOST_PORT} nud permanent"]
     lines += [f"route replace {c} via {gw} dev {HOST_PORT} onlink src {node.internal_ip}"
               for c in cidrs]
     lines += [f"route del {c} dev {HOST_PORT}" for c in stale]
     return "\n".join(lines) + "\n"
 
 
+def node_ports(services) -> Tuple[Tuple[str, int], ...]:
+    """(protocol, nodePort) of every Service that has them: what the node
+    steers into its bridge."""
+    return tuple(sorted({(p.protocol.lower(), p.node_port) for svc in services
+                         if svc.node_ports for p in svc.ports if p.node_port}))
+
+
+def nft_ruleset(ports) -> str:
+    """The ``ip nsx-proxy`` table, replaced whole in one transaction (``nft
+    -f``: the add-then-delete makes the delete safe when it is missing)."""
+    elements = ", ".join(f"{proto} . {port}" for proto, port in ports)
+    steer = f"fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport " \
+            f"@node-ports dnat ip to {B.NODE_PORT_STEER_IP}"
+    return "\n".join([
+        f"add table ip {NFT_TABLE}",
+        f"delete table ip {NFT_TABLE}",
+        f"table ip {NFT_TABLE} {{",
+        "  set node-ports {",
+        "    type inet_proto . inet_service",
+        f"    elements = {{ {elements} }}" if ports else "",
+        "  }",
+        "  chain prerouting {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        f'    iifname != "{HOST_PORT}" {steer}',
+        "  }",
+        "  chain output {",            # the node's own connections to its nodePorts
+        "    type nat hook output priority -100; policy accept;",   # dstnat's number
+        f"    {steer}",
+        "  }",
+        "}", ""])
+
+
 class NodeSetup:
     """Applies the plan for ``node_name`` whenever the Node objects change it."""
 
     def __init__(self, node_name, bridge, datapath_type, tunnel_type, of_port,
-                 service_cidr, ovsdb, underlay_mtu=1500, run=subprocess.run):
+                 service_cidr, ovsdb, underlay_mtu=1500, run=subprocess.run,
+                 sysctl=None):
         self.node_name = node_name
         self.bridge = bridge
         self.datapath_type = datapath_type
@@ -109,12 +154,36 @@ class NodeSetup:
         self.ovsdb = ovsdb
         self.mtu = underlay_mtu - TUNNEL_OVERHEAD
         self.run = run
+        self.sysctl = sysctl or _write_sysctl
         self.applied = None              # (ovsdb args, routed CIDRs) last applied
+        self.steered = None              # the nodePorts the nftables table holds
         self.waiting_logged = False
 
-    def update(self, nodes) -> bool:
-        """Bring OVSDB and the kernel to the plan for these Node objects;
-        True when something was (re)applied."""
+    def update(self, nodes, services=()) -> bool:
+        """Bring OVSDB and the kernel to the plan for these Node objects, and
+        the NodePort steering to these Services; True when something was
+        (re)applied."""
+        changed = self._update_node(nodes)
+        if self.applied is not None:
+            changed = self._steer(node_ports(services)) or changed
+        return changed
+
+    def _steer(self, ports) -> bool:
+        if ports == self.steered:
+            return False
+        try:
+            if self.steered is None:      # steered NodePorts are forwarded into the bridge
+                self.sysctl("net/ipv4/ip_forward", "1")
+            self._call(["nft", "-f", "-"], nft_ruleset(ports))
+        except (OSError, subprocess.SubprocessError) as exc:
+            LOG.error("node setup: NodePort steering not applied (next change retries): %s",
+                      exc)
+            return False
+        self.steered = ports
+        LOG.info("node setup: %d nodePorts steered into %s", len(ports), self.bridge)
+        return True
+
+    def _update_node(self, nodes) -> bool:
         node = next((n for n in nodes if n.name == self.node_name), None)
         if node is None or not node.pod_cidr or not node.internal_ip:
             if not self.waiting_logged:
@@ -158,3 +227,9 @@ class NodeSetup:
         proc = self.run(cmd, input=stdin, capture_output=True, text=True, timeout=20)
         if proc.returncode:
             raise subprocess.SubprocessError(f"{' '.join(cmd[:3])}: {proc.stderr.strip()}")
+
+
+def _write_sysctl(name, value) -> None:
+    """A net.* sysctl of the namespace the agent runs in (the node's)."""
+    with open(f"/proc/sys/{name}", "w") as fh:
+        fh.write(value + "\n")

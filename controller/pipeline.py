@@ -112,9 +112,10 @@ _L4 = frozenset(F.L4_DST_FIELD.values()) | frozenset(F.L4_SRC_FIELD.values())
 CLASSIFIER = Table(0, "Classifier",
                    "admit traffic by ingress port: a pod's port only with its own "
                    "MAC and IP (anti-spoofing), the uplink only to this bridge's "
-                   "router MAC; ARP to ArpResponder, IP to ConntrackZone",
+                   "router MAC, the host port also to the NodePort steering "
+                   "address (any source); ARP to ArpResponder, IP to ConntrackZone",
                    frozenset({"in_port", "eth_type", "eth_src", "eth_dst", "ipv4_src",
-                              "arp_spa"}), (10, 15, 60))
+                              "ipv4_dst", "arp_spa"}), (10, 15, 60))
 ARP_RESPONDER = Table(10, "ArpResponder",
                       "answer ARP requests for the pod gateway, service VIPs and "
                       "local pods from the controller's knowledge; never flood",

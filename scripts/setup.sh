@@ -15,7 +15,7 @@ fi
 
 PACKAGES=(openvswitch-switch openvswitch-common mininet ethtool iproute2 curl tcpdump iptables
           python3-venv python3-dev iputils-ping procps gcc util-linux
-          containernetworking-plugins containerd runc busybox-static)
+          containernetworking-plugins containerd runc busybox-static nftables)
 missing=()
 # kubectl: any kubectl on PATH will do; else Debian's (kubernetes-client).
 command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)

@@ -342,6 +342,34 @@ def test_the_node_ip_reaches_the_nodes_own_stack_unless_a_service_claims_it():
     assert out.packet["ipv4_dst"] == P["pod3"].ip
 
 
+def test_a_node_port_the_node_steered_in_keeps_its_client_and_answers_by_the_host_port():
+    """Off the node, a client reached node1's own address; the node DNATed
+    it to the steering address into its host port (node_setup's nftables).
+    The bridge serves it like the nodePort on the node IP, and the reply,
+    un-NATed, leaves by the host port again for the node to un-DNAT."""
+    from controller.bridges import NODE_PORT_STEER_IP
+    host = dataclasses.replace(world.pod("host0", "192.168.100.1", 9), namespace="host")
+    svc = dataclasses.replace(world.web(endpoints=("pod3",)), type=model.NODE_PORT, ports=(
+        model.ServicePort("http", model.TCP, 80, 8080, (world.endpoint("pod3"),),
+                          node_port=30080),))
+    net, _ = ns_build(world.state(svc), pods=world.NODE1.pods + (host,))
+    client = "198.18.0.9"
+    steered = tcp(client, NODE_PORT_STEER_IP, 30080, sport=41000, eth_src=host.mac, in_port=9)
+    (out,) = net.send("br-node1", 9, steered)
+    assert (out.bridge, out.port, out.packet["ipv4_src"], out.packet["ipv4_dst"],
+            out.packet["tp_dst"]) == ("br-node2", 1, "192.168.100.1", P["pod3"].ip, 8080)
+    net.adopt(out)
+    reply = tcp(P["pod3"].ip, "192.168.100.1", out.packet["tp_src"], sport=8080,
+                tcp_flags="syn-ack")
+    (back,) = send(net, "pod3", reply)
+    assert (back.bridge, back.port, back.packet["ipv4_src"], back.packet["tp_src"],
+            back.packet["ipv4_dst"], back.packet["eth_dst"]) == \
+        ("br-node1", 9, NODE_PORT_STEER_IP, 30080, client, host.mac)
+    # anything else the host port sends keeps to the node's own address
+    spoofed = tcp(client, world.VIP, 80, eth_src=host.mac, in_port=9)
+    assert net.send("br-node1", 9, spoofed) == []
+
+
 def test_gateway_spreads_a_load_balancer_ip_over_serving_nodes():
     svc = dataclasses.replace(world.web(endpoints=("pod1", "pod3")),
                               type=model.LOAD_BALANCER, load_balancer_ips=("198.51.100.1",))

@@ -293,6 +293,39 @@ def http(lab, client, url):
     return int(code or 0), body
 
 
+def test_a_node_port_on_a_nodes_own_address_from_off_the_node_is_served_by_the_bridge(
+        hosts_lab):
+    """node2's and the gateway host's own stacks reach node1's address on the
+    underlay, not through the gateway router: node1 steers its nodePorts
+    into its bridge (nftables DNAT to the steering address, by nsx-host0)."""
+    lab = hosts_lab
+    cluster = service("steer", type_="NodePort", ports=[
+        {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30185}])
+    local = service("steer-local", type_="NodePort", externalTrafficPolicy="Local", ports=[
+        {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30186}])
+    try:
+        lab.cluster.apply_service(cluster)
+        lab.cluster.apply_service(local)
+        converged(lab)
+        L.wait_for(lambda: "tcp . 30186" in lab.net.get("node1").cmd(
+            "nft list set ip nsx-proxy node-ports"), 10, what="node1 to steer 30186")
+        for client in ("node2", "gw"):                   # off node1, on the underlay
+            assert who(lab, client, f"http://{NODE1}:30185/", EVERYONE) == EVERYONE
+            # Cluster: masqueraded to node1's address, as through the gateway
+            assert lab.curl(client, f"http://{NODE1}:30185/ip") == NODE1
+        # Local: only node1's own pods, and the client's address kept
+        assert who(lab, "gw", f"http://{NODE1}:30186/", {"pod1", "pod2"}) == {"pod1", "pod2"}
+        assert lab.curl("gw", f"http://{NODE1}:30186/ip") == "192.168.100.254"
+        # node1 itself on its own address, and a port no Service has: the kernel's
+        assert lab.curl("node1", f"http://{NODE1}:30185/") in EVERYONE
+        assert lab.curl("gw", f"http://{NODE1}:30199/", timeout=1) == ""
+    finally:
+        for name in ("steer", "steer-local"):
+            lab.cluster.delete_service(name)
+    L.wait_for(lambda: "30185" not in lab.net.get("node1").cmd(
+        "nft list set ip nsx-proxy node-ports"), 10, what="30185 no longer steered")
+
+
 def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hosts_lab):
     """kube-proxy's health checks, from the Internet host to each node's own
     network stack: 200 with the local endpoint count where the service has

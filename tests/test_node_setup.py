@@ -10,6 +10,10 @@ from nsx_proxy import model
 NODE1 = model.Node("node1", "192.168.100.1", "10.1.1.0/24")
 NODE2 = model.Node("node2", "192.168.100.2", "10.1.2.0/24")
 GW = model.Node("gw", "192.168.100.254", "10.1.250.0/24", gateway=True)
+NODE_PORT_SVC = model.Service(
+    "default", "np", "10.96.0.20", type=model.NODE_PORT, ports=(
+        model.ServicePort("http", model.TCP, 80, 8080, (), node_port=30080),
+        model.ServicePort("dns", model.UDP, 53, 5353, (), node_port=30053)))
 
 
 def args_of(**kw):
@@ -50,6 +54,8 @@ def test_the_node_routes_every_compute_nodes_pod_cidr_and_the_services_into_its_
     assert batch == [
         "link set nsx-host0 mtu 1450 up",
         "addr replace 192.168.100.1/32 dev nsx-host0",
+        "route replace 169.254.0.252/32 dev nsx-host0",
+        "neigh replace 169.254.0.252 lladdr 0a:58:0a:01:01:01 dev nsx-host0 nud permanent",
         "route replace 10.1.1.0/24 via 10.1.1.1 dev nsx-host0 onlink src 192.168.100.1",
         "route replace 10.1.2.0/24 via 10.1.1.1 dev nsx-host0 onlink src 192.168.100.1",
         "route replace 10.96.0.0/12 via 10.1.1.1 dev nsx-host0 onlink src 192.168.100.1",
@@ -79,8 +85,10 @@ class FakeRun:
 
 
 def setup(run, datapath="system"):
+    run.sysctls = []
     return NS.NodeSetup("node1", "br-nsx", datapath, "geneve", 6653, "10.96.0.0/12",
-                        "unix:/x/db.sock", run=run)
+                        "unix:/x/db.sock", run=run,
+                        sysctl=lambda name, value: run.sysctls.append((name, value)))
 
 
 def test_applied_once_per_change_and_routes_follow_the_nodes(caplog):
@@ -92,14 +100,20 @@ def test_applied_once_per_change_and_routes_follow_the_nodes(caplog):
         "node setup: waiting for Node node1 with a podCIDR and an InternalIP") == 1
     assert run.calls == []
     assert ns.update([NODE1, NODE2, GW]) is True
-    (vsctl, _), (ip, batch) = run.writes()
+    (vsctl, _), (ip, batch), (nft, ruleset) = run.writes()
     assert vsctl[:3] == ["ovs-vsctl", "--db=unix:/x/db.sock", "--timeout=10"]
     assert "set-controller" in vsctl                   # none was set
     assert ip == ["ip", "-batch", "-"] and "route replace 10.1.2.0/24" in batch
+    assert nft == ["nft", "-f", "-"] and "elements" not in ruleset   # no nodePorts yet
+    assert run.sysctls == [("net/ipv4/ip_forward", "1")]
     run.calls.clear()
     assert ns.update([NODE1, NODE2, GW]) is False and run.calls == []   # nothing changed
     assert ns.update([NODE1, GW]) is True                               # node2 went away
     assert "route del 10.1.2.0/24 dev nsx-host0" in run.writes()[1][1]
+    run.calls.clear()
+    assert ns.update([NODE1, GW], [NODE_PORT_SVC]) is True              # a nodePort
+    ((nft, ruleset),) = run.writes()
+    assert "elements = { tcp . 30080, udp . 30053 }" in ruleset
 
 
 def test_a_right_controller_is_kept_and_a_failure_is_retried_by_the_next_update():
@@ -109,6 +123,7 @@ def test_a_right_controller_is_kept_and_a_failure_is_retried_by_the_next_update(
     assert ns.update([NODE1]) is False and ns.applied is None
     run.fail = False
     assert ns.update([NODE1]) is True
-    vsctl = run.writes()[-3][0]
-    assert "set-controller" not in vsctl               # already ours: no reconnect
-    assert run.writes()[-1][0] == ["ethtool", "-K", "nsx-host0", "tx", "off"]   # userspace
+    vsctl, ip, ethtool, nft = [c for c, _ in run.writes()[-4:]]
+    assert vsctl[0] == "ovs-vsctl" and "set-controller" not in vsctl   # ours: no reconnect
+    assert ethtool == ["ethtool", "-K", "nsx-host0", "tx", "off"]       # userspace
+    assert nft == ["nft", "-f", "-"]
