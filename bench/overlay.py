@@ -14,6 +14,7 @@ root with OVS up, nothing else using the lab's names:
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 
 from bench.core import progress
@@ -25,8 +26,13 @@ VIP = "10.96.7.7"
 
 
 def measure(lab, target, seconds):
-    out = lab.net.get("pod1").cmd(
-        f"python3 -c '{CLIENT}' {target} {seconds} 2>&1 | tail -1")
+    ip, port = target.split()
+    proc = lab.net.get("pod1").popen(["python3", "-c", CLIENT, ip, port, str(seconds)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+    out, err = proc.communicate(timeout=seconds + 30)
+    if proc.returncode:
+        raise RuntimeError(f"client to {target}: {err.strip()}")
     return json.loads(out.strip().splitlines()[-1])
 
 
