@@ -1,7 +1,9 @@
-"""Encode plans into Ryu OpenFlow 1.3 messages, wrapped in one ONF bundle.
+"""Plans into ordered bundle steps, and the Ryu OpenFlow 1.3 messages the
+fast encoder (wire.py) leaves to Ryu: the learn action, a stale round's
+delete, bundle control, the meter, conntrack flushes.
 
-The only module that knows Ryu's message classes.  It never sends: the Ryu
-app does that, so everything here can be unit-tested against bytes.
+It never sends: the Ryu app does that, so everything here can be
+unit-tested against bytes.
 """
 import socket
 import struct

@@ -1,6 +1,6 @@
 """The desired-state model: what the cluster wants, independent of OpenFlow.
 
-Every source (the lab's YAML file today, the Kubernetes API next) produces a
+Every source (the Kubernetes API, or a YAML file for demos) produces a
 :class:`ClusterState`; the controller compiles it into flows.  All classes are
 frozen and hashable, so an unchanged object can be recognised by identity and
 its compiled flows reused.  Values are already validated (see validate.py):
