@@ -77,7 +77,8 @@ def busybox_rootfs(folder):
 def cni_dirs(tmp_path):
     """Our plugin and conflist in the runtime's folders; on teardown, only
     what this test added goes."""
-    made = [d for d in (CONF_DIR, BIN_DIR) if not os.path.isdir(d)]
+    # the folders this test makes (parents first), to remove them after
+    made = [d for d in ("/etc/cni", CONF_DIR, "/opt/cni", BIN_DIR) if not os.path.isdir(d)]
     others = sorted(f for f in os.listdir(CONF_DIR) if f < I.CONFLIST) \
         if os.path.isdir(CONF_DIR) else []
     assert not others, f"{CONF_DIR} holds {others}, which ctr would use before ours"
@@ -87,7 +88,7 @@ def cni_dirs(tmp_path):
     I.uninstall(BIN_DIR, CONF_DIR)
     for path in copied:
         os.unlink(path)
-    for folder in made:
+    for folder in reversed(made):            # children first
         if not os.listdir(folder):
             os.rmdir(folder)
 
