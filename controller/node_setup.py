@@ -163,9 +163,13 @@ class NodeSetup:
         """Bring OVSDB and the kernel to the plan for these Node objects, and
         the NodePort steering to these Services; True when something was
         (re)applied."""
-        changed = self._update_node(nodes)
-        if self.applied is not None:
-            changed = self._steer(node_ports(services)) or changed
+        try:
+            changed = self._update_node(nodes)
+            if self.applied is not None:
+                changed = self._steer(node_ports(services)) or changed
+        except Exception:      # noqa: BLE001 - never the programming's cost
+            LOG.exception("node setup of %s failed (next change retries)", self.bridge)
+            return False
         return changed
 
     def _steer(self, ports) -> bool:

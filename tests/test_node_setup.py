@@ -127,3 +127,13 @@ def test_a_right_controller_is_kept_and_a_failure_is_retried_by_the_next_update(
     assert vsctl[0] == "ovs-vsctl" and "set-controller" not in vsctl   # ours: no reconnect
     assert ethtool == ["ethtool", "-K", "nsx-host0", "tx", "off"]       # userspace
     assert nft == ["nft", "-f", "-"]
+
+
+def test_a_bug_in_node_setup_is_logged_and_never_reaches_the_caller(caplog):
+    def broken(*_a, **_kw):
+        raise KeyError("boom")
+    ns = setup(FakeRun())
+    ns.run = broken
+    with caplog.at_level(logging.ERROR):
+        assert ns.update([NODE1]) is False
+    assert "node setup of br-nsx failed" in caplog.text and ns.applied is None
