@@ -2,7 +2,9 @@
 import os
 import subprocess
 import sys
+import threading
 
+from nsx_proxy import model, translate
 from topologies.apiserver import ApiServer
 from topologies.apiserver.kinds import RESOURCES
 
@@ -78,3 +80,45 @@ def add_node(api, name, ip, cidr):
     api.create(RESOURCES["nodes"], None, {
         "metadata": {"name": name}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+
+
+WEB = model.ServiceKey("default", "web")
+
+
+class Recorder:
+    """A source's consumer that keeps every state and change set it was given."""
+    def __init__(self):
+        self.states = []
+        self.changes = []
+        self.lock = threading.Lock()
+
+    def __call__(self, state, change):
+        with self.lock:
+            self.states.append(state)
+            self.changes.append(change)
+
+    @property
+    def last(self):
+        return self.states[-1] if self.states else None
+
+    def endpoints(self, key=WEB):
+        svc = self.last.services.get(key) if self.last else None
+        return None if svc is None else sorted(e.ip for e in svc.ports[0].endpoints)
+
+
+class Rejects(list):
+    def __call__(self, kind, name, reason):
+        self.append((kind, name, reason))
+
+
+def ep(ip, node="node1", pod="p", **conditions):
+    return {"addresses": [ip], "nodeName": node, "conditions": conditions,
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod}}
+
+
+def eps(*endpoints, ports=(("http", 8080),), name="web-1", family="IPv4", service="web"):
+    return {"metadata": {"namespace": "default", "name": name,
+                         "labels": {translate.SERVICE_NAME_LABEL: service}},
+            "addressType": family,
+            "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
+            "endpoints": list(endpoints)}

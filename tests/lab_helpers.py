@@ -1,10 +1,14 @@
-"""Traffic and state helpers shared by the Mininet end-to-end modules."""
+"""Traffic and state helpers shared by the Mininet end-to-end modules (the
+central lab's and the multi-host lab's)."""
 import contextlib
+import functools
 import os
 import re
 import subprocess
+import time
 import urllib.request
 
+from kube_helpers import service as raw_service
 from nsx_proxy import model
 from topologies import lab as L
 
@@ -105,3 +109,27 @@ def normal(lines):
     """Flows without cookies and counters: what is installed, not when."""
     return sorted(re.sub(r"(cookie|duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?",
                          "", line) for line in lines)
+
+
+# --- the multi-host lab -------------------------------------------------------------
+NODE1, NODE2 = "192.168.100.1", "192.168.100.2"
+EVERYONE = {"pod1", "pod2", "pod3", "pod4"}
+
+
+service = functools.partial(raw_service, selector={"app": "web"},
+                            ports=[{"name": "http", "port": 80, "targetPort": "http"},
+                                   {"name": "dns", "port": 53, "protocol": "UDP",
+                                    "targetPort": "dns"}])
+
+
+def who(lab, client, url, want, timeout=20):
+    """Curl until every pod in ``want`` answered (or the time is up)."""
+    seen = set()
+    deadline = time.monotonic() + timeout
+    while not want <= seen and time.monotonic() < deadline:
+        seen.add(lab.curl(client, url, timeout=1))
+    return seen - {""}
+
+
+def converged(lab, timeout=30):
+    L.wait_for(lab.programmed, timeout, what="every host's bridge to match the API server")

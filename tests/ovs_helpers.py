@@ -40,3 +40,14 @@ def flow_lines(bridge):
 def group_lines(bridge):
     return [line.strip() for line in ofctl("dump-groups", bridge).splitlines()
             if "group_id=" in line]
+
+
+STATE = {
+    "nodes": [{"name": "node1", "internalIP": "192.168.100.1", "podCIDR": "10.1.1.0/24"},
+              {"name": "node2", "internalIP": "192.168.100.2", "podCIDR": "10.1.2.0/24"}],
+    "services": [{
+        "name": "web", "clusterIP": "10.96.0.10",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+        "endpoints": [{"ip": "10.1.1.2", "node": "node1"}, {"ip": "10.1.2.2", "node": "node2"}],
+    }],
+}

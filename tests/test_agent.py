@@ -6,8 +6,7 @@ import urllib.request
 
 import pytest
 
-from ovs_helpers import Controller, flow_lines, group_lines
-from test_ovs import STATE
+from ovs_helpers import STATE, Controller, flow_lines, group_lines
 from topologies.lab import run, wait_for
 
 pytestmark = pytest.mark.ovs

@@ -167,7 +167,6 @@ def test_the_gateway_hosts_node_gets_no_bucket_no_route_and_no_node_ip_flow():
     import dataclasses
     from controller.bridges import router_mac
     from controller.gateway_fragments import serving_nodes
-    from test_fuzz import GATEWAY
     from nsx_proxy import model, translate
     raw = {"metadata": {"name": "gw", "labels": {"nsx-proxy.io/gateway": "true"}},
            "spec": {"podCIDR": "10.1.250.0/24"},
@@ -179,7 +178,7 @@ def test_the_gateway_hosts_node_gets_no_bucket_no_route_and_no_node_ip_flow():
     state = model.ClusterState.build([svc], world.NODES + (gw,))
     assert [n.name for n in serving_nodes(state, "203.0.113.50")] == ["node1", "node2"]
     nowhere = router_mac(gw.pod_cidr)
-    for ctx in (GATEWAY, world.NODE1):
+    for ctx in (world.GATEWAY, world.NODE1):
         # buckets, node routes and node-IP routes all rewrite to the node's router MAC
         assert nowhere not in fragments.dump(world.compile_for(ctx, state)), ctx.name
 

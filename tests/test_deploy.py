@@ -8,7 +8,7 @@ import yaml
 
 from kube_helpers import add_node, add_pod, service
 from nsx_proxy import lb_ipam, model
-from test_kube_source import Recorder
+from kube_helpers import Recorder
 from nsx_proxy.kube_source import KubeSource, api_client
 from nsx_proxy.runner import thread_hub
 from topologies.apiserver.kinds import RESOURCES

@@ -9,7 +9,7 @@ from controller import compiler, cookies, diff, fragments, ofmsg
 from controller import flows as F
 from nsx_proxy import model, validate
 import world
-from test_switch import FakeDatapath
+from world import FakeDatapath
 
 
 def random_state(rng):

@@ -7,7 +7,7 @@ import pytest
 from controller import compiler, cookies, diff
 from controller import flows as F
 from fakeswitch import CONTROLLER, FakeNetwork, tcp, udp
-from controller.bridges import BridgeContext, ip_mac
+from controller.bridges import ip_mac
 from nsx_proxy import model
 import world
 
@@ -276,13 +276,10 @@ INET = "203.0.113.10"
 def ns_build(state_, **node1):
     """Two nodes with a fabric gateway, plus the gateway bridge (uplink 1,
     external 2); ``node1``: changes to node1's bridge context."""
-    from controller.bridges import ExternalPort
     net = FakeNetwork()
     ids = cookies.GroupIds()
-    gw = BridgeContext(name="br-gw", dpid=0x2000, role="gateway", ct_zone=300, uplink=1,
-                       fabric_ip=GW_FABRIC, external=ExternalPort(
-                           ofport=2, ip="203.0.113.1", prefix=24,
-                           next_hop_mac="0a:58:cb:00:71:0a"))
+    gw = world.GATEWAY
+    assert gw.fabric_ip == GW_FABRIC
     for ctx in (dataclasses.replace(world.NODE1, fabric_gateway=GW_FABRIC, **node1),
                 dataclasses.replace(world.NODE2, fabric_gateway=GW_FABRIC), gw):
         sw = net.add_switch(ctx.name)

@@ -4,7 +4,7 @@ import json
 
 from kube_helpers import service
 from nsx_proxy import healthcheck, model, translate
-from test_translate import Rejects, ep, eps
+from kube_helpers import Rejects, ep, eps
 from topologies.apiserver.api import Api
 from topologies.apiserver.kinds import RESOURCES
 from controller.health_server import HealthServer

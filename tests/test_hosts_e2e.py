@@ -2,7 +2,6 @@
 with its own Open vSwitch and its own agent, as on a real cluster.  Real
 TCP and UDP between hosts; agents killed, a leader killed, one host's OVS
 restarted.  Every test leaves the lab as it found it."""
-import functools
 import os
 import re
 import signal
@@ -11,29 +10,13 @@ import time
 
 import pytest
 
-from kube_helpers import service as raw_service
 from controller.cookies import GEN_SHIFT
-from lab_helpers import HERE, normal, serving_again
+from lab_helpers import (EVERYONE, HERE, NODE1, NODE2, converged, normal, service,
+                         serving_again, who)
 from topologies import lab as L
 
 pytestmark = [pytest.mark.mininet, pytest.mark.hosts]
-NODE1, NODE2 = "192.168.100.1", "192.168.100.2"
-EVERYONE = {"pod1", "pod2", "pod3", "pod4"}
 HOSTS = ("node1", "node2", "gw")
-
-service = functools.partial(raw_service, selector={"app": "web"},
-                            ports=[{"name": "http", "port": 80, "targetPort": "http"},
-                                   {"name": "dns", "port": 53, "protocol": "UDP",
-                                    "targetPort": "dns"}])
-
-
-def who(lab, client, url, want, timeout=20):
-    """Curl until every pod in ``want`` answered (or the time is up)."""
-    seen = set()
-    deadline = time.monotonic() + timeout
-    while not want <= seen and time.monotonic() < deadline:
-        seen.add(lab.curl(client, url, timeout=1))
-    return seen - {""}
 
 
 def udp(lab, client, ip, port):
@@ -69,10 +52,6 @@ def generations(lines):
 def youngest(lines):
     """Seconds since the newest of these flows was installed."""
     return min(float(re.search(r"duration=([0-9.]+)s", line).group(1)) for line in lines)
-
-
-def converged(lab, timeout=30):
-    L.wait_for(lab.programmed, timeout, what="every host's bridge to match the API server")
 
 
 def allocations(lab, name):

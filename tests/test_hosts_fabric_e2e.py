@@ -2,7 +2,7 @@
 one L2 fabric instead of Geneve tunnels; the same traffic must pass."""
 import pytest
 
-from test_hosts_e2e import EVERYONE, NODE1, NODE2, converged, service, who
+from lab_helpers import EVERYONE, NODE1, NODE2, converged, service, who
 from topologies import lab as L
 
 pytestmark = pytest.mark.hosts

@@ -1,10 +1,9 @@
 """The watch loop and the source against a local API server (no mocks of the client)."""
-import threading
 import time
 
 import pytest
 
-from kube_helpers import add_node, add_pod, service
+from kube_helpers import WEB, Recorder, add_node, add_pod, service
 from nsx_proxy import model
 from nsx_proxy.kube_source import KubeSource, api_client
 from nsx_proxy.runner import BoundedFrequencyRunner, thread_hub
@@ -12,27 +11,6 @@ from topologies.apiserver.kinds import RESOURCES
 from topologies.waiting import wait_for
 
 SVC, PODS = RESOURCES["services"], RESOURCES["pods"]
-WEB = model.ServiceKey("default", "web")
-
-
-class Recorder:
-    def __init__(self):
-        self.states = []
-        self.changes = []
-        self.lock = threading.Lock()
-
-    def __call__(self, state, change):
-        with self.lock:
-            self.states.append(state)
-            self.changes.append(change)
-
-    @property
-    def last(self):
-        return self.states[-1] if self.states else None
-
-    def endpoints(self, key=WEB):
-        svc = self.last.services.get(key) if self.last else None
-        return None if svc is None else sorted(e.ip for e in svc.ports[0].endpoints)
 
 
 SOURCES = []

@@ -11,26 +11,9 @@ from controller.fragments import Plan
 from controller.split_pool import split_pool
 from nsx_proxy import model
 import world
-from test_switch import FakeDatapath
+from world import FakeDatapath, big_service, big_state as state
 
 OF_MAX = 65535
-
-
-# node2's pod CIDR holds the big pools' endpoints (node1 routes it over the uplink)
-NODES = (model.Node("node1", "192.168.100.1", "10.1.1.0/24"),
-         model.Node("node2", "192.168.100.2", "10.2.0.0/16"))
-
-
-def state(*services):
-    return model.ClusterState.build(services, NODES)
-
-
-def big_service(n, affinity=None, name="big", vip="10.96.5.5"):
-    eps = tuple(model.Endpoint(ip=f"10.2.{i // 250}.{i % 250 + 2}", port=8080, node="node2")
-                for i in range(n))
-    return model.Service(namespace="default", name=name, cluster_ip=vip,
-                         ports=(model.ServicePort("http", model.TCP, 80, 8080, eps),),
-                         affinity_timeout=affinity)
 
 
 def test_parts_are_a_power_of_two_balanced_and_cover_every_endpoint():

@@ -7,7 +7,6 @@ tests, before the shared lab exists; each checks that ``exit`` leaves no
 bridge, interface or process behind.
 """
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,9 +14,8 @@ import time
 
 import pytest
 
-from test_lab_cli import ROOT, Terminal, leftovers, remove
+from terminal import ROOT, Terminal, leftovers, remove
 from topologies.controller_proc import RyuProcess
-from topologies.waiting import wait_for
 
 pytestmark = [pytest.mark.mininet, pytest.mark.interactive]
 OF_PORT = 16670

@@ -10,22 +10,13 @@ import signal
 import pytest
 
 from topologies.lab import run, wait_for
-from ovs_helpers import Controller, flow_lines, group_lines
+from ovs_helpers import STATE, Controller, flow_lines, group_lines
 
 pytestmark = pytest.mark.ovs
 
 BR = "nsxp-test0"
 POD_MAC = "0a:58:0a:01:01:02"
 ROUTER_MAC = "0a:58:0a:01:01:01"
-STATE = {
-    "nodes": [{"name": "node1", "internalIP": "192.168.100.1", "podCIDR": "10.1.1.0/24"},
-              {"name": "node2", "internalIP": "192.168.100.2", "podCIDR": "10.1.2.0/24"}],
-    "services": [{
-        "name": "web", "clusterIP": "10.96.0.10",
-        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
-        "endpoints": [{"ip": "10.1.1.2", "node": "node1"}, {"ip": "10.1.2.2", "node": "node2"}],
-    }],
-}
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,7 @@ from controller import flows as F
 from controller.switch import Switch
 from nsx_proxy import changes
 import world
-
-
-class FakeDatapath:
-    """What Switch needs of Ryu's Datapath: an id, the protocol modules, xids."""
-    ofproto, ofproto_parser = ofp, parser
-
-    def __init__(self, dpid=world.NODE1.dpid):
-        self.id = dpid
-        self._xids = itertools.count(1)
-
-    def set_xid(self, msg):
-        msg.set_xid(next(self._xids))
+from world import FakeDatapath
 
 
 def connected(dp=None, table0=(), groups=(), ctx=world.NODE1, rate=100, clock=None,

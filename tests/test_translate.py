@@ -4,31 +4,13 @@ import logging
 
 import pytest
 
-from kube_helpers import service
+from kube_helpers import Rejects, ep, eps, service
 from nsx_proxy import model, translate, validate
 from nsx_proxy.validate import Invalid
 
 
 svc = functools.partial(service, "web", vip="10.96.0.10",
                         ports=[{"name": "http", "port": 80, "targetPort": "http"}])
-
-
-def eps(*endpoints, ports=(("http", 8080),), name="web-1", family="IPv4", service="web"):
-    return {"metadata": {"namespace": "default", "name": name,
-                         "labels": {translate.SERVICE_NAME_LABEL: service}},
-            "addressType": family,
-            "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
-            "endpoints": list(endpoints)}
-
-
-def ep(ip, node="node1", pod="p", **conditions):
-    return {"addresses": [ip], "nodeName": node, "conditions": conditions,
-            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod}}
-
-
-class Rejects(list):
-    def __call__(self, kind, name, reason):
-        self.append((kind, name, reason))
 
 
 def test_cluster_ip_service_with_named_ports_resolved_per_slice():

@@ -9,9 +9,9 @@ from controller import cookies, fragments, ofmsg, wire
 from controller import flows as F
 from controller.compiler import Compiler
 import world
-from test_fuzz import GATEWAY, endpoint_slice, node, pod, service
-from test_large_services import big_service, state as big_state
-from test_switch import FakeDatapath
+from raw_objects import endpoint_slice, node, pod, service
+from world import big_service, big_state
+from world import FakeDatapath
 
 
 def ryu_bytes(msg, xid):
@@ -38,11 +38,11 @@ def states():
     cache.replace_pods([pod(rnd, i) for i in range(50)])
     st, _ = StateBuilder(validate.RejectLog(logging.getLogger("wire-fuzz"))).build(cache)
     yield "fuzz node", world.NODE1, st
-    yield "fuzz gateway", GATEWAY, st
+    yield "fuzz gateway", world.GATEWAY, st
     # overlay mode: every frame to another host names its tunnel destination
     yield "overlay node", dataclasses.replace(world.NODE1, tunnel=True,
                                               fabric_gateway="192.168.100.254"), st
-    yield "overlay gateway", dataclasses.replace(GATEWAY, tunnel=True), st
+    yield "overlay gateway", dataclasses.replace(world.GATEWAY, tunnel=True), st
 
 
 @pytest.mark.parametrize("name,ctx,st", list(states()), ids=lambda v: v if isinstance(v, str)

@@ -1,4 +1,10 @@
-"""A two-node cluster as plain data, shared by the unit and fake-switch tests."""
+"""A two-node cluster as plain data, shared by the unit and fake-switch tests,
+and a fake datapath for driving a Switch without Ryu's loop."""
+import itertools
+
+from ryu.ofproto import ofproto_v1_3 as ofp
+from ryu.ofproto import ofproto_v1_3_parser as parser
+
 from controller import cookies
 from controller.bridges import BridgeContext, ExternalPort, Pod
 from controller.compiler import Compiler
@@ -50,3 +56,33 @@ def state(*services):
 
 def compile_for(ctx, st, group_ids=None):
     return Compiler(ctx, group_ids or cookies.GroupIds()).compile(st)
+
+
+class FakeDatapath:
+    """What Switch needs of Ryu's Datapath: an id, the protocol modules, xids."""
+    ofproto, ofproto_parser = ofp, parser
+
+    def __init__(self, dpid=NODE1.dpid):
+        self.id = dpid
+        self._xids = itertools.count(1)
+
+    def set_xid(self, msg):
+        msg.set_xid(next(self._xids))
+
+
+# Large pools: node2's pod CIDR, a /16, holds their endpoints (node1 routes it
+# over the uplink).
+BIG_NODES = (model.Node("node1", "192.168.100.1", "10.1.1.0/24"),
+             model.Node("node2", "192.168.100.2", "10.2.0.0/16"))
+
+
+def big_state(*services):
+    return model.ClusterState.build(services, BIG_NODES)
+
+
+def big_service(n, affinity=None, name="big", vip="10.96.5.5"):
+    eps = tuple(model.Endpoint(ip=f"10.2.{i // 250}.{i % 250 + 2}", port=8080, node="node2")
+                for i in range(n))
+    return model.Service(namespace="default", name=name, cluster_ip=vip,
+                         ports=(model.ServicePort("http", model.TCP, 80, 8080, eps),),
+                         affinity_timeout=affinity)
