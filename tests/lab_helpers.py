@@ -114,16 +114,16 @@ def normal(lines):
 # --- the multi-host lab -------------------------------------------------------------
 NODE1, NODE2 = "192.168.100.1", "192.168.100.2"
 EVERYONE = {"pod1", "pod2", "pod3", "pod4"}
+# A Service over every pod (app=web), HTTP and DNS; keywords as kube_helpers.service.
+web_service = functools.partial(raw_service, selector={"app": "web"},
+                                ports=[{"name": "http", "port": 80, "targetPort": "http"},
+                                       {"name": "dns", "port": 53, "protocol": "UDP",
+                                        "targetPort": "dns"}])
 
 
-service = functools.partial(raw_service, selector={"app": "web"},
-                            ports=[{"name": "http", "port": 80, "targetPort": "http"},
-                                   {"name": "dns", "port": 53, "protocol": "UDP",
-                                    "targetPort": "dns"}])
-
-
-def who(lab, client, url, want, timeout=20):
-    """Curl until every pod in ``want`` answered (or the time is up)."""
+def who_until(lab, client, url, want, timeout=20):
+    """Who answered curls to ``url``, curling until every pod in ``want``
+    answered (or the time is up)."""
     seen = set()
     deadline = time.monotonic() + timeout
     while not want <= seen and time.monotonic() < deadline:

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from controller.cookies import GEN_SHIFT
-from lab_helpers import (EVERYONE, HERE, NODE1, NODE2, converged, normal, service,
-                         serving_again, who)
+from lab_helpers import (EVERYONE, HERE, NODE1, NODE2, converged, normal, serving_again,
+                         web_service, who_until)
 from topologies import lab as L
 
 pytestmark = [pytest.mark.mininet, pytest.mark.hosts]
@@ -102,7 +102,7 @@ def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(host
     assert "192.168.100.1." in underlay.communicate(timeout=10)[0]
     assert all(tunnel_packets(lab, h) > before[h] for h in before)
     for client in ("pod1", "pod3"):                          # one per node host
-        assert who(lab, client, f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+        assert who_until(lab, client, f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
         # UDP too (OVS hashes a UDP flow on its addresses only, so one
         # client's datagrams all reach one endpoint: README, Known limits)
         answers = {udp(lab, client, L.DEMO_VIP, 53) for _ in range(4)}
@@ -111,16 +111,16 @@ def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(host
 
 def test_node_port_load_balancer_and_floating_ip_from_the_internet(hosts_lab):
     lab = hosts_lab
-    body = service("edge", type_="LoadBalancer", ports=[
+    body = web_service("edge", type_="LoadBalancer", ports=[
         {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30180}])
     core = lab.cluster.core
     try:
         lab.cluster.apply_service(body)
         (ip,) = L.wait_for(lambda: lb_ips(lab, "edge"), 20, what="an LB IP")
         converged(lab)
-        assert who(lab, "inet", f"http://{ip}/", EVERYONE) == EVERYONE
+        assert who_until(lab, "inet", f"http://{ip}/", EVERYONE) == EVERYONE
         for node_ip in (NODE1, NODE2):
-            assert who(lab, "inet", f"http://{node_ip}:30180/", EVERYONE) == EVERYONE
+            assert who_until(lab, "inet", f"http://{node_ip}:30180/", EVERYONE) == EVERYONE
         assert len(allocations(lab, "edge")) == 1           # one agent wrote it, once
         # pod2 lives on node1: its floating IP is NATed there and routed by gw
         core.patch_namespaced_pod("pod2", "default", {"metadata": {"annotations": {
@@ -147,7 +147,7 @@ def test_the_gateway_hosts_node_joins_no_ecmp_group(hosts_lab):
     gw_node = lab.cluster.core.read_node(GATEWAY_NODE.name)
     assert gw_node.metadata.labels["nsx-proxy.io/gateway"] == "true"
     nowhere = router_mac(GATEWAY_NODE.pod_cidr)
-    body = service("edge-gw", type_="LoadBalancer", ports=[
+    body = web_service("edge-gw", type_="LoadBalancer", ports=[
         {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30181}])
     try:
         lab.cluster.apply_service(body)
@@ -171,7 +171,7 @@ def test_a_killed_agent_leaves_its_host_forwarding_and_the_others_untouched(host
     connects = {h: metric(lab, h, "nsx_proxy_switch_connects_total") for h in ("node2", "gw")}
     lab.stop_agent("node1", signal.SIGKILL)
     # secure fail mode: node1's flows stay; its pods still reach the VIP
-    assert who(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    assert who_until(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
     assert installed(lab.dump_flows("br-node1")) == before
     lab.start_agent("node1")
     lab.wait_ready("node1")
@@ -182,7 +182,7 @@ def test_a_killed_agent_leaves_its_host_forwarding_and_the_others_untouched(host
     assert normal(after) == normal_before
     (old,), (new,) = generations(before), generations(after)
     assert new != old
-    assert who(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    assert who_until(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
     for host, count in connects.items():
         assert metric(lab, host, "nsx_proxy_switch_connects_total") == count
 
@@ -211,7 +211,7 @@ def test_killing_the_elected_agent_moves_the_lease_and_ips_are_still_written_onc
         assert took <= lease_of(lab, leader) + 4, f"takeover took {took:.1f} s"
         L.wait_for(lambda: metric(lab, successor, "nsx_proxy_leader") == 1, 10,
                    what="the successor to say it leads")
-        lab.cluster.apply_service(service("after", type_="LoadBalancer", ports=[
+        lab.cluster.apply_service(web_service("after", type_="LoadBalancer", ports=[
             {"name": "http", "port": 80, "targetPort": "http"}]))
         (ip,) = L.wait_for(lambda: lb_ips(lab, "after"), 20, what="after's IP")
         time.sleep(1)
@@ -220,7 +220,7 @@ def test_killing_the_elected_agent_moves_the_lease_and_ips_are_still_written_onc
         lab.start_agent(leader)                           # back, as a follower
         lab.wait_ready(leader)
         converged(lab)
-        assert who(lab, "inet", f"http://{ip}/", EVERYONE) == EVERYONE
+        assert who_until(lab, "inet", f"http://{ip}/", EVERYONE) == EVERYONE
         assert lab.wait_leader() == successor and not lab.leading(leader)
     finally:
         lab.cluster.delete_service("after")
@@ -255,8 +255,8 @@ def test_one_hosts_ovs_restarted_reconverges_alone(hosts_lab):
     L.wait_for(lambda: metric(lab, "node2", "nsx_proxy_switch_connects_total")
                > connects["node2"], 20, what="br-node2 to reconnect")
     converged(lab)
-    assert who(lab, "pod3", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
-    assert who(lab, "pod1", f"http://{L.DEMO_VIP}/", {"pod3", "pod4"}) >= {"pod3", "pod4"}
+    assert who_until(lab, "pod3", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    assert who_until(lab, "pod1", f"http://{L.DEMO_VIP}/", {"pod3", "pod4"}) >= {"pod3", "pod4"}
     for host in ("node1", "gw"):                 # no reconnect, nothing reinstalled
         assert metric(lab, host, "nsx_proxy_switch_connects_total") == connects[host]
     assert installed(lab.dump_flows("br-node1")) == node1_flows
@@ -278,9 +278,9 @@ def test_a_node_port_on_a_nodes_own_address_from_off_the_node_is_served_by_the_b
     underlay, not through the gateway router: node1 steers its nodePorts
     into its bridge (nftables DNAT to the steering address, by nsx-host0)."""
     lab = hosts_lab
-    cluster = service("steer", type_="NodePort", ports=[
+    cluster = web_service("steer", type_="NodePort", ports=[
         {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30185}])
-    local = service("steer-local", type_="NodePort", externalTrafficPolicy="Local", ports=[
+    local = web_service("steer-local", type_="NodePort", externalTrafficPolicy="Local", ports=[
         {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30186}])
     try:
         lab.cluster.apply_service(cluster)
@@ -289,11 +289,11 @@ def test_a_node_port_on_a_nodes_own_address_from_off_the_node_is_served_by_the_b
         L.wait_for(lambda: "tcp . 30186" in lab.net.get("node1").cmd(
             "nft list set ip nsx-proxy node-ports"), 10, what="node1 to steer 30186")
         for client in ("node2", "gw"):                   # off node1, on the underlay
-            assert who(lab, client, f"http://{NODE1}:30185/", EVERYONE) == EVERYONE
+            assert who_until(lab, client, f"http://{NODE1}:30185/", EVERYONE) == EVERYONE
             # Cluster: masqueraded to node1's address, as through the gateway
             assert lab.curl(client, f"http://{NODE1}:30185/ip") == NODE1
         # Local: only node1's own pods, and the client's address kept
-        assert who(lab, "gw", f"http://{NODE1}:30186/", {"pod1", "pod2"}) == {"pod1", "pod2"}
+        assert who_until(lab, "gw", f"http://{NODE1}:30186/", {"pod1", "pod2"}) == {"pod1", "pod2"}
         assert lab.curl("gw", f"http://{NODE1}:30186/ip") == "192.168.100.254"
         # node1 itself on its own address, and a port no Service has: the kernel's
         assert lab.curl("node1", f"http://{NODE1}:30185/") in EVERYONE
@@ -312,7 +312,7 @@ def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hos
     import json
     lab = hosts_lab
     kubelet = lab.cluster.kubelet
-    body = service("hc", type_="LoadBalancer", externalTrafficPolicy="Local",
+    body = web_service("hc", type_="LoadBalancer", externalTrafficPolicy="Local",
                    selector={"app": "web", "side": "two"},
                    ports=[{"name": "http", "port": 80, "targetPort": "http"}])
     try:
@@ -352,20 +352,20 @@ def test_nodeport_addresses_keep_a_nodes_node_ports_off_its_ip(hosts_lab):
     its IP is not in serves no nodePorts (the port reaches node1's own
     stack, which refuses it); node2 still serves."""
     lab = hosts_lab
-    body = service("npa", type_="NodePort", ports=[
+    body = web_service("npa", type_="NodePort", ports=[
         {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30190}])
     agent = lab.agents["node1"]
     try:
         lab.cluster.apply_service(body)
         converged(lab)
-        assert who(lab, "inet", f"http://{NODE1}:30190/", EVERYONE) == EVERYONE
+        assert who_until(lab, "inet", f"http://{NODE1}:30190/", EVERYONE) == EVERYONE
         agent.options["nodeport_addresses"] = "10.0.0.0/8"
         lab.stop_agent("node1")
         lab.start_agent("node1")
         lab.wait_ready("node1")
         L.wait_for(lambda: http(lab, "inet", f"http://{NODE1}:30190/")[0] == 0, 20,
                    what="node1 to stop serving its nodePort")
-        assert who(lab, "inet", f"http://{NODE2}:30190/", EVERYONE) == EVERYONE
+        assert who_until(lab, "inet", f"http://{NODE2}:30190/", EVERYONE) == EVERYONE
     finally:
         agent.options.pop("nodeport_addresses", None)
         lab.stop_agent("node1")
