@@ -144,15 +144,29 @@ class LeaseLock:
 
     def release(self):
         """Hand the lease back (holder cleared): a follower takes it at its
-        next retry instead of waiting out the lease duration."""
-        if self._lease is None or (self._lease.spec and
-                                   self._lease.spec.holder_identity != self.identity):
-            return
-        self._lease.spec.holder_identity = None
-        try:
-            self.leases.replace_namespaced_lease(self.name, self.namespace, self._lease)
-        except Exception as exc:
-            self._failed("release", exc)
+        next retry instead of waiting out the lease duration.  A renewal
+        still in flight when the agent stops makes the lease read last stale
+        (409): read it again and retry, while it is still ours."""
+        for _ in range(3):
+            lease = self._lease
+            if lease is None or (lease.spec and lease.spec.holder_identity != self.identity):
+                return
+            lease.spec.holder_identity = None
+            try:
+                self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    self._failed("release", exc)
+                    return
+            except Exception as exc:
+                self._failed("release", exc)
+                return
+            try:
+                self._lease = self.leases.read_namespaced_lease(self.name, self.namespace)
+            except Exception as exc:
+                self._failed("release", exc)
+                return
 
 
 class Elector:
