@@ -155,7 +155,7 @@ class ServiceProxy(app_manager.RyuApp):
             self.health.update(healthcheck.service_checks(
                 state, self.node_name, rejects.reject if rejects else None))
         if self.node_setup is not None:     # this node's bridge, as its Node says
-            self.node_setup.update(state.nodes.values(), state.services.values())
+            self.node_setup.update(state.nodes.values(), state.services, change)
         self.state = state
         self.state_received = time.monotonic()
         self._event_at = getattr(self.source, "last_event_at", None)

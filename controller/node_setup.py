@@ -107,11 +107,13 @@ def kernel_batch(node: model.Node, cidrs, mtu: int, stale=()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def node_ports(services) -> Tuple[Tuple[str, int], ...]:
-    """(protocol, nodePort) of every Service that has them: what the node
-    steers into its bridge."""
-    return tuple(sorted({(p.protocol.lower(), p.node_port) for svc in services
-                         if svc.node_ports for p in svc.ports if p.node_port}))
+def node_ports(svc) -> Tuple[Tuple[str, int], ...]:
+    """(protocol, nodePort) of a Service (none unless it has nodePorts): what
+    the node steers into its bridge for it."""
+    if svc is None or not svc.node_ports:
+        return ()
+    return tuple(sorted({(p.protocol.lower(), p.node_port) for p in svc.ports
+                         if p.node_port}))
 
 
 def nft_ruleset(ports) -> str:
@@ -155,25 +157,46 @@ class NodeSetup:
         self.mtu = underlay_mtu - TUNNEL_OVERHEAD
         self.run = run
         self.sysctl = sysctl or _write_sysctl
-        self.applied = None              # (ovsdb args, routed CIDRs) last applied
+        self.applied = None              # (the plan's inputs, routed CIDRs) last applied
         self.steered = None              # the nodePorts the nftables table holds
+        self._ports = {}                 # service key -> its nodePorts (node_ports)
+        self._due = {"node": True, "ports": True}   # to (re)compute at the next update
         self.waiting_logged = False
 
-    def update(self, nodes, services=()) -> bool:
+    def update(self, nodes, services, change=None) -> bool:
         """Bring OVSDB and the kernel to the plan for these Node objects, and
-        the NodePort steering to these Services; True when something was
-        (re)applied."""
+        the NodePort steering to these Services (a mapping by key); True when
+        something was (re)applied.  ``change`` (the sync's change set) says
+        which of the two to look at again: a sync for endpoints alone costs
+        nothing here.  What failed is looked at again at the next update."""
+        full = change is None or change.full
+        if full or change.nodes:
+            self._due["node"] = True
+        if full:
+            self._ports = {k: p for k, p in ((k, node_ports(s)) for k, s in services.items())
+                           if p}
+            self._due["ports"] = True
+        elif change.services:
+            for key in change.services:
+                ports = node_ports(services.get(key))
+                if ports:
+                    self._ports[key] = ports
+                else:
+                    self._ports.pop(key, None)
+            self._due["ports"] = True
         try:
-            changed = self._update_node(nodes)
-            if self.applied is not None:
-                changed = self._steer(node_ports(services)) or changed
+            changed = self._due["node"] and self._update_node(nodes)
+            if self.applied is not None and self._due["ports"]:
+                changed = self._steer(tuple(sorted(
+                    {p for ports in self._ports.values() for p in ports}))) or changed
         except Exception:      # noqa: BLE001 - never the programming's cost
             LOG.exception("node setup of %s failed (next change retries)", self.bridge)
             return False
-        return changed
+        return bool(changed)
 
     def _steer(self, ports) -> bool:
         if ports == self.steered:
+            self._due["ports"] = False
             return False
         try:
             if self.steered is None:      # steered NodePorts are forwarded into the bridge
@@ -184,6 +207,7 @@ class NodeSetup:
                       exc)
             return False
         self.steered = ports
+        self._due["ports"] = False
         LOG.info("node setup: %d nodePorts steered into %s", len(ports), self.bridge)
         return True
 
@@ -195,10 +219,10 @@ class NodeSetup:
                             "InternalIP", self.node_name)
                 self.waiting_logged = True
             return False
-        args = ovsdb_args(node, gateway_ip(nodes), self.bridge, self.datapath_type,
-                          self.tunnel_type, self.of_port, self.mtu)
+        gateway = gateway_ip(nodes)
         cidrs = routed_cidrs(nodes, self.service_cidr)
-        if self.applied == (args, cidrs):
+        if self.applied == ((node, gateway), cidrs):
+            self._due["node"] = False
             return False
         stale = [c for c in (self.applied[1] if self.applied else ()) if c not in cidrs]
         vsctl = ["ovs-vsctl", f"--db={self.ovsdb}", "--timeout=10"]
@@ -206,9 +230,9 @@ class NodeSetup:
             keep = self.run(vsctl + ["get-controller", self.bridge], capture_output=True,
                             text=True, timeout=20).stdout.split() == \
                 [f"tcp:127.0.0.1:{self.of_port}"]
-            self._call(vsctl + ovsdb_args(node, gateway_ip(nodes), self.bridge,
-                                          self.datapath_type, self.tunnel_type,
-                                          self.of_port, self.mtu, set_controller=not keep))
+            self._call(vsctl + ovsdb_args(node, gateway, self.bridge, self.datapath_type,
+                                          self.tunnel_type, self.of_port, self.mtu,
+                                          set_controller=not keep))
             self._call(["ip", "-batch", "-"], kernel_batch(node, cidrs, self.mtu, stale))
             if self.datapath_type == "netdev":
                 # The userspace datapath's conntrack marks packets whose TCP
@@ -224,7 +248,8 @@ class NodeSetup:
                      else "not ours (fabric)", HOST_PORT, ", ".join(cidrs))
         else:
             LOG.info("node setup: %s now routes %s", HOST_PORT, ", ".join(cidrs))
-        self.applied = (args, cidrs)
+        self.applied = ((node, gateway), cidrs)
+        self._due["node"] = False
         return True
 
     def _call(self, cmd, stdin=None):

@@ -5,7 +5,7 @@ import logging
 import subprocess
 
 from controller import node_setup as NS
-from nsx_proxy import model
+from nsx_proxy import changes, model
 
 NODE1 = model.Node("node1", "192.168.100.1", "10.1.1.0/24")
 NODE2 = model.Node("node2", "192.168.100.2", "10.1.2.0/24")
@@ -95,11 +95,11 @@ def test_applied_once_per_change_and_routes_follow_the_nodes(caplog):
     run = FakeRun()
     ns = setup(run)
     with caplog.at_level(logging.WARNING):
-        assert ns.update([NODE2]) is False and ns.update([NODE2]) is False
+        assert ns.update([NODE2], {}) is False and ns.update([NODE2], {}) is False
     assert [r.message for r in caplog.records].count(
         "node setup: waiting for Node node1 with a podCIDR and an InternalIP") == 1
     assert run.calls == []
-    assert ns.update([NODE1, NODE2, GW]) is True
+    assert ns.update([NODE1, NODE2, GW], {}) is True
     (vsctl, _), (ip, batch), (nft, ruleset) = run.writes()
     assert vsctl[:3] == ["ovs-vsctl", "--db=unix:/x/db.sock", "--timeout=10"]
     assert "set-controller" in vsctl                   # none was set
@@ -107,11 +107,11 @@ def test_applied_once_per_change_and_routes_follow_the_nodes(caplog):
     assert nft == ["nft", "-f", "-"] and "elements" not in ruleset   # no nodePorts yet
     assert run.sysctls == [("net/ipv4/ip_forward", "1")]
     run.calls.clear()
-    assert ns.update([NODE1, NODE2, GW]) is False and run.calls == []   # nothing changed
-    assert ns.update([NODE1, GW]) is True                               # node2 went away
+    assert ns.update([NODE1, NODE2, GW], {}) is False and run.calls == []   # nothing changed
+    assert ns.update([NODE1, GW], {}) is True                               # node2 went away
     assert "route del 10.1.2.0/24 dev nsx-host0" in run.writes()[1][1]
     run.calls.clear()
-    assert ns.update([NODE1, GW], [NODE_PORT_SVC]) is True              # a nodePort
+    assert ns.update([NODE1, GW], {NODE_PORT_SVC.key: NODE_PORT_SVC}) is True   # a nodePort
     ((nft, ruleset),) = run.writes()
     assert "elements = { tcp . 30080, udp . 30053 }" in ruleset
 
@@ -120,9 +120,9 @@ def test_a_right_controller_is_kept_and_a_failure_is_retried_by_the_next_update(
     run = FakeRun(controller="tcp:127.0.0.1:6653\n")
     ns = setup(run, datapath="netdev")
     run.fail = True
-    assert ns.update([NODE1]) is False and ns.applied is None
+    assert ns.update([NODE1], {}) is False and ns.applied is None
     run.fail = False
-    assert ns.update([NODE1]) is True
+    assert ns.update([NODE1], {}) is True
     vsctl, ip, ethtool, nft = [c for c, _ in run.writes()[-4:]]
     assert vsctl[0] == "ovs-vsctl" and "set-controller" not in vsctl   # ours: no reconnect
     assert ethtool == ["ethtool", "-K", "nsx-host0", "tx", "off"]       # userspace
@@ -135,5 +135,32 @@ def test_a_bug_in_node_setup_is_logged_and_never_reaches_the_caller(caplog):
     ns = setup(FakeRun())
     ns.run = broken
     with caplog.at_level(logging.ERROR):
-        assert ns.update([NODE1]) is False
+        assert ns.update([NODE1], {}) is False
     assert "node setup of br-nsx failed" in caplog.text and ns.applied is None
+
+
+def test_a_sync_that_touches_neither_nodes_nor_node_ports_costs_nothing():
+    """Most syncs are endpoint changes: the plan is looked at again only for
+    what the change set names (and for what failed last time)."""
+    run = FakeRun()
+    ns = setup(run)
+    svcs = {NODE_PORT_SVC.key: NODE_PORT_SVC}
+    assert ns.update([NODE1, NODE2], svcs) is True            # the first, whole
+    run.calls.clear()
+    other = model.ServiceKey("default", "web")
+    assert ns.update([NODE1], svcs, changes.ChangeSet(services=frozenset({other}))) is False
+    assert run.calls == []                  # node2's removal is not looked at, no nft
+    assert ns.update([NODE1], svcs, changes.ChangeSet(nodes=True)) is True
+    assert "route del 10.1.2.0/24 dev nsx-host0" in run.writes()[1][1]
+    run.calls.clear()
+    assert ns.update([NODE1], {}, changes.ChangeSet(
+        services=frozenset({NODE_PORT_SVC.key}))) is True    # the nodePort Service gone
+    ((nft, ruleset),) = run.writes()
+    assert nft == ["nft", "-f", "-"] and "elements" not in ruleset
+    # a failed apply is tried again by the next sync, whatever it names
+    run.fail = True
+    assert ns.update([NODE1, NODE2], {}, changes.ChangeSet(nodes=True)) is False
+    run.fail = False
+    run.calls.clear()
+    assert ns.update([NODE1, NODE2], {}, changes.ChangeSet()) is True
+    assert "route replace 10.1.2.0/24" in run.writes()[1][1]
