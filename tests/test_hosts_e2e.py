@@ -73,7 +73,7 @@ def test_each_host_has_its_own_ovs_and_agent_and_programs_only_its_bridge(hosts_
         ns = os.readlink(f"/proc/{pids[host]}/ns/net")
         assert ns == os.readlink(f"/proc/{lab.agents[host].proc.pid}/ns/net")
         assert lab.status(host, "/readyz").strip() == "ok"
-        bridge = {"node1": "br-node1", "node2": "br-node2", "gw": "br-gw"}[host]
+        bridge = lab.bridge_of(host)
         assert lab.ovs[host].vsctl("list-br").split() == sorted([bridge, "br-phy"])
         # overlay: the bridge's uplink is a Geneve port with remote_ip=flow
         assert lab.ovs[host].vsctl("get", "interface", "nsx-tun0", "type",
@@ -85,7 +85,7 @@ def test_each_host_has_its_own_ovs_and_agent_and_programs_only_its_bridge(hosts_
 
 def tunnel_packets(lab, host):
     """Packets the host's tunnel port sent and received (OVS's live counters)."""
-    bridge = {"node1": "br-node1", "node2": "br-node2", "gw": "br-gw"}[host]
+    bridge = lab.bridge_of(host)
     out = lab.ofctl("dump-ports", bridge, "nsx-tun0")
     return sum(int(n) for n in re.findall(r"[rt]x pkts=(\d+)", out))
 

@@ -42,7 +42,7 @@ MGMT_BRIDGE = "nsx-mgmt"                 # the management network, in the root n
 MGMT_PREFIX = "172.31.0."                # .1: the API server; .N: host N
 GATEWAY_HOST = "gw"
 HOST_PORT = "host0"                      # a node's own stack on its bridge
-TUNNEL_PORT = "nsx-tun0"                 # overlay: the bridge's uplink, Geneve to any host
+TUNNEL_PORT = node_setup.TUNNEL_PORT     # overlay: the bridge's uplink, Geneve to any host
 UNDERLAY_BRIDGE = "br-phy"               # overlay: the NIC and the host's underlay address
 GENEVE_OVERHEAD = node_setup.TUNNEL_OVERHEAD   # outer Ethernet, IPv4, UDP, Geneve
 SERVICE_CIDR = "10.96.0.0/12"            # the lab's API server allocates cluster IPs here
@@ -149,6 +149,9 @@ class HostsLab(Lab):
 
     def host_of(self, bridge):
         return next(name for name, br, _ in self.hosts if br == bridge)
+
+    def bridge_of(self, host):
+        return next(br for name, br, _ in self.hosts if name == host)
 
     def logs_hint(self):
         return f"Agent logs: {self.run_dir}/HOST/agent.log"

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+from nsx_cni import install
 from topologies.plan import NodeSpec, PodSpec
 
 PLUGIN = os.path.join(os.path.dirname(sys.executable), "nsx-proxy-cni")
@@ -39,12 +40,9 @@ class Runtime:
     def config(self, node: NodeSpec) -> dict:
         """The plugin's entry of the conflist the DaemonSet would install on
         ``node`` (nsx_cni/install.py), with the lab's IPAM folder."""
-        conf = {"cniVersion": "1.0.0", "name": "nsx-proxy", "type": "nsx-proxy-cni",
-                "nodeName": node.name,
-                "ipam": {"type": "host-local", "dataDir": self.ipam_dir}}
-        if self.mtu:
-            conf["mtu"] = self.mtu
-        return conf
+        conflist = install.conflist(self.mtu, node.name, self.ipam_dir)
+        return dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"],
+                    name=conflist["name"])
 
     def call(self, command, node: NodeSpec, pod: PodSpec, pod_pid, prev=None):
         conf = self.config(node)
