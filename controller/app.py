@@ -1,15 +1,17 @@
 """The Ryu application: a thin shell around the per-switch objects.
 
-Events in (switch connects, OVSDB changes, a new cluster state, replies),
-messages out; each handler hands its event to the datapath's Switch.  This
-is the only module that sends.  Run it as::
+Events in (switch connects, OVSDB changes, a new cluster state, replies,
+the clock's tick), messages out; each handler hands its event and the time
+to the datapath's Switch and sends what it returns.  Every event, including
+those that start in another green thread (the cluster source, the OVSDB
+monitor, the clock), is posted to this app's one Ryu event queue, so one
+thread changes a Switch and one place sends (FAUCET's shape).  Run it as::
 
     ryu-manager --config-file nsx-proxy.conf controller.app
 
 The ``[nsx_proxy]`` options are declared in controller/config.py.
 """
 import collections
-import dataclasses
 import itertools
 import logging
 import os
@@ -24,9 +26,10 @@ from ryu.lib import hub
 from ryu.ofproto import ofproto_common, ofproto_v1_3
 
 from controller import bridges, config, cookies, names, pipeline, ryu_compat, status, wire
+from controller.events import EventContexts, EventState, EventTick
 from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
-from controller.switch import Switch
+from controller.switch import Periods, Switch
 from nsx_proxy import changes, healthcheck, kube_source, model, validate
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
@@ -44,6 +47,10 @@ CONF = config.CONF
 
 # Trigger times (kube-proxy's SLI) kept while no bundle commits; the oldest go.
 MAX_PENDING_TRIGGERS = 10000
+
+# The clock's period, seconds: a bundle's deadline, the audit and sweep
+# periods and a retry are looked at this often (Switch.timer).
+TICK = 0.5
 
 
 class ServiceProxy(app_manager.RyuApp):
@@ -88,6 +95,7 @@ class ServiceProxy(app_manager.RyuApp):
 
     def start(self):
         super().start()
+        hub.spawn(self._clock)
         OvsdbMonitor(self.conf.ovsdb, self.set_contexts, hub.spawn, hub.sleep).start()
         if self.conf.status_port:
             try:
@@ -161,29 +169,53 @@ class ServiceProxy(app_manager.RyuApp):
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
         self._trigger_times.extend(change.trigger_times)
-        for switch in self.switches.values():
-            switch.note(change)
+        self.send_event(self.name, EventState(state, change))
+
+    @set_ev_cls(EventState)
+    def _state(self, ev):
+        for switch in list(self.switches.values()):
+            self._handle(switch, lambda now: switch.state_changed(ev.state, ev.change, now))
 
     def set_contexts(self, contexts) -> None:
         """A new {dpid: BridgeContext} snapshot from OVSDB (in agent mode, only
-        this node's bridges, and the gateway's where this agent is it)."""
-        if self.node_port_cidrs:
-            contexts = {d: dataclasses.replace(c, node_port_cidrs=self.node_port_cidrs)
-                        for d, c in contexts.items()}
-        if self.node_name:
-            mine = {d: c for d, c in contexts.items()
-                    if c.programmed_by(self.node_name, self.conf.gateway)}
-            for dpid, ctx in contexts.items():
-                if dpid not in mine and dpid not in self._foreign:
-                    self._foreign.add(dpid)
-                    LOG.warning("bridge %s (%s %s) is not this agent's (node %s); "
-                                "left alone", ctx.name, ctx.role, ctx.node or "",
-                                self.node_name)
-            contexts = mine
+        this node's bridges, and the gateway's where this agent is it); called
+        in the OVSDB monitor's green thread, handled in the app's."""
+        self.send_event(self.name, EventContexts(contexts))
+
+    @set_ev_cls(EventContexts)
+    def _contexts(self, ev):
+        contexts, others = bridges.BridgeContext.programmed_here(
+            ev.contexts, self.node_name, self.conf.gateway, self.node_port_cidrs)
+        for dpid, ctx in others.items():
+            if dpid not in self._foreign:
+                self._foreign.add(dpid)
+                LOG.warning("bridge %s (%s %s) is not this agent's (node %s); left alone",
+                            ctx.name, ctx.role, ctx.node or "", self.node_name)
         self.contexts = contexts
-        for dpid, switch in self.switches.items():
+        for dpid, switch in list(self.switches.items()):
             if dpid in contexts:
-                switch.set_context(contexts[dpid])
+                self._handle(switch, lambda now, ctx=contexts[dpid]:
+                             switch.context_changed(ctx, now))
+
+    def _clock(self):
+        """Timers as events, as FAUCET posts them: the Switch decides what is due."""
+        while True:
+            hub.sleep(TICK)
+            self.send_event(self.name, EventTick())
+
+    @set_ev_cls(EventTick)
+    def _tick(self, ev):
+        for switch in list(self.switches.values()):
+            self._handle(switch, switch.timer)
+
+    def _handle(self, switch, event_fn) -> None:
+        """Hand one event to a Switch, with the time, and send what it returns.
+        A bug anywhere in it ends with one traceback and a full resync."""
+        now = time.monotonic()
+        try:
+            self._send(switch.dp, event_fn(now))
+        except Exception:                 # noqa: BLE001 - the switch starts over
+            switch.failed(now)
 
     # --- switch lifecycle -----------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
@@ -191,59 +223,70 @@ class ServiceProxy(app_manager.RyuApp):
         dp = ev.msg.datapath
         LOG.info("switch %016x connected from %s", dp.id, dp.address)
         self.switch_connects[dp.id] += 1
+        conf = self.conf
         switch = self.switches[dp.id] = Switch(
-            dp, self.group_ids, hub.Event, self._bundle_ids, self.conf.reject_rate,
-            counters=self.counters, audit_groups_every=self.conf.audit_groups_every)
-        if dp.id in self.contexts:
-            switch.set_context(self.contexts[dp.id])
-        self._send(dp, switch.hello())
+            dp, self.group_ids, self._bundle_ids,
+            Periods(conf.bundle_timeout, conf.audit_period, conf.affinity_sweep_period),
+            conf.reject_rate, counters=self.counters,
+            audit_groups_every=conf.audit_groups_every,
+            on_synced=lambda result: self._synced(switch, result))
+
+        def connected(now):
+            out = switch.connected(now)
+            if dp.id in self.contexts:
+                out += switch.context_changed(self.contexts[dp.id], now)
+            if self.state_received is not None:
+                out += switch.state_changed(self.state, changes.EVERYTHING, now)
+            return out
+        self._handle(switch, connected)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
-        if switch is not None and switch.is_sweep_reply(msg.xid):
-            self._send(msg.datapath, switch.sweep_reply(msg.xid, msg.body, _more(msg)))
+        if switch is not None and switch.sweep.is_reply(msg.xid):
+            self._handle(switch, lambda now: switch.sweep_reply(msg.xid, msg.body,
+                                                                _more(msg), now))
         else:
             self._stats_reply(ev, cookies_seen=[s.cookie for s in msg.body])
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
-        if switch is not None and switch.is_audit_reply(msg.xid):
-            self._send(msg.datapath, switch.audit_reply(
-                msg.xid, groups=wire.group_descs(bytes(msg.buf)), more=_more(msg)))
+        if switch is not None and switch.drift.is_reply(msg.xid):
+            self._handle(switch, lambda now: switch.audit_reply(
+                msg.xid, now, groups=wire.group_descs(bytes(msg.buf)), more=_more(msg)))
         else:
             self._stats_reply(ev, groups_seen=[g.group_id for g in msg.body])
 
     @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
     def _group_stats(self, ev):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
-        if switch is not None and switch.is_audit_reply(msg.xid):
-            self._send(msg.datapath, switch.audit_reply(
-                msg.xid, groups=[(g.group_id, len(g.bucket_stats)) for g in msg.body],
+        if switch is not None and switch.drift.is_reply(msg.xid):
+            self._handle(switch, lambda now: switch.audit_reply(
+                msg.xid, now, groups=[(g.group_id, len(g.bucket_stats)) for g in msg.body],
                 more=_more(msg)))
 
     @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)
     def _aggregate(self, ev):
-        switch = self._switch(ev.msg.datapath)
-        if switch is not None and switch.is_audit_reply(ev.msg.xid):
-            self._send(ev.msg.datapath,
-                       switch.audit_reply(ev.msg.xid, flows=ev.msg.body.flow_count))
+        switch, msg = self._switch(ev.msg.datapath), ev.msg
+        if switch is not None and switch.drift.is_reply(msg.xid):
+            self._handle(switch, lambda now: switch.audit_reply(
+                msg.xid, now, flows=msg.body.flow_count))
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meters(self, ev):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
-        if switch is not None and switch.is_audit_reply(msg.xid):
-            self._send(msg.datapath, switch.audit_reply(
-                msg.xid, meters=[m.meter_id for m in msg.body],
-                more=_more(msg)))
+        if switch is not None and switch.drift.is_reply(msg.xid):
+            self._handle(switch, lambda now: switch.audit_reply(
+                msg.xid, now, meters=[m.meter_id for m in msg.body], more=_more(msg)))
 
     @set_ev_cls(ofp_event.EventOFPExperimenterStatsReply, MAIN_DISPATCHER)
     def _flow_monitor(self, ev):
         switch, body = self._switch(ev.msg.datapath), ev.msg.body
         if switch is not None and body.experimenter == ofproto_common.ONF_EXPERIMENTER_ID \
                 and body.exp_type == wire.ONF_FLOW_MONITOR:
-            self._send(ev.msg.datapath, switch.flow_monitor_updates(bytes(body.data)))
+            self._handle(switch, lambda now: switch.flow_monitor_updates(bytes(body.data),
+                                                                         now))
 
     @set_ev_cls(ofp_event.EventOFPExperimenter, MAIN_DISPATCHER)
     def _flow_monitor_paused(self, ev):
@@ -251,22 +294,21 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None and msg.experimenter == ofproto_common.ONF_EXPERIMENTER_ID \
                 and msg.exp_type in (wire.ONF_FLOW_MONITOR_PAUSED,
                                      wire.ONF_FLOW_MONITOR_RESUMED):
-            self._send(msg.datapath, switch.flow_monitor_paused(
-                msg.exp_type == wire.ONF_FLOW_MONITOR_RESUMED))
+            self._handle(switch, lambda now: switch.flow_monitor_paused(
+                msg.exp_type == wire.ONF_FLOW_MONITOR_RESUMED, now))
 
     def _stats_reply(self, ev, **seen):
         switch = self._switch(ev.msg.datapath)
-        if switch is not None and switch.stats_reply(more=_more(ev.msg), **seen):
-            hub.spawn(self._sync_loop, switch)
-            hub.spawn(self._sweep_loop, switch)
-            hub.spawn(self._audit_loop, switch)
+        if switch is not None:
+            self._handle(switch, lambda now: switch.stats_reply(now, more=_more(ev.msg),
+                                                                **seen))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _switch_gone(self, ev):
         switch = self._switch(ev.datapath)
         if switch is not None:
             del self.switches[switch.dpid]
-            switch.disconnected()
+            switch.disconnected(time.monotonic())
 
     def _switch(self, dp):
         switch = self.switches.get(dp.id)
@@ -301,47 +343,12 @@ class ServiceProxy(app_manager.RyuApp):
         if run:
             dp.send(b"".join(run))
 
-    # --- syncing ----------------------------------------------------------------
-    def _sync_loop(self, switch):
-        while switch.alive:
-            switch.kick.wait()
-            switch.kick.clear()
-            if not switch.alive:
-                return
-            try:
-                msgs = switch.begin_sync(self.state if self.state_received else None)
-                if msgs is None:
-                    continue
-                self._send(switch.dp, msgs)
-                answered = switch.pending.done.wait(timeout=self.conf.bundle_timeout)
-                self._synced(switch, switch.end_sync(bool(answered),
-                                                     self.conf.bundle_timeout))
-            except Exception:
-                LOG.exception("switch %016x: sync failed; full resync next", switch.dpid)
-                switch.sync_failed()
-                hub.sleep(1)
-                switch.kick.set()
-
-    def _audit_loop(self, switch):
-        """Compare the switch with what was committed; repair drift."""
-        while switch.alive and self.conf.audit_period > 0:
-            hub.sleep(self.conf.audit_period)
-            if switch.alive:
-                self._send(switch.dp, switch.audit_requests())
-
-    def _sweep_loop(self, switch):
-        """Expire long session-affinity entries (see controller/affinity_sweeper.py)."""
-        while switch.alive:
-            hub.sleep(self.conf.affinity_sweep_period)
-            if switch.alive and self.state_received:
-                self._send(switch.dp, switch.sweep_requests(self.state))
-
+    # --- results -------------------------------------------------------------------
     def _synced(self, switch, result):
-        """Metrics and listeners after a bundle; the UDP flushes it asks for."""
+        """Metrics and listeners after a bundle (the Switch returns what to send)."""
         if not result.ok:
             self.bundle_failures[switch.dpid] += 1
             return
-        self._send(switch.dp, result.after)
         bridge = status.bridge_name(self, switch.dpid)
         self.last_programmed = time.time()
         self.metrics.sync_seconds.labels(bridge).observe(result.seconds)
@@ -366,21 +373,22 @@ class ServiceProxy(app_manager.RyuApp):
     def _barrier_reply(self, ev):
         switch = self._switch(ev.msg.datapath)
         if switch is not None:
-            switch.barrier_reply(ev.msg.xid)
+            self._handle(switch, lambda now: switch.barrier_reply(ev.msg.xid, now))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         switch = self._switch(ev.msg.datapath)
         if switch is not None:
-            switch.error(ev.msg.xid, ev.msg.type, ev.msg.code)
+            self._handle(switch, lambda now: switch.error(ev.msg.xid, ev.msg.type,
+                                                          ev.msg.code, now))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
         msg = ev.msg
         switch = self._switch(msg.datapath)
         if switch is not None:
-            self._send(msg.datapath, switch.packet_in(msg.cookie, msg.match["in_port"],
-                                                      msg.data))
+            self._handle(switch, lambda now: switch.packet_in(
+                msg.cookie, msg.match["in_port"], msg.data, now))
 
 
 def _more(msg) -> bool:

@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import logging
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -142,6 +143,19 @@ class BridgeContext:
         bridges, and the gateway bridge if it is told to be the gateway."""
         return (self.role == ROLE_NODE and self.node == node_name) or \
             (self.role == ROLE_GATEWAY and gateway)
+
+    @staticmethod
+    def programmed_here(contexts, node_name, gateway, node_port_cidrs=()):
+        """({dpid: context} this controller programs, {dpid: context} it
+        leaves alone): all of them centrally (``node_name`` empty), else
+        what ``programmed_by`` says; each with the NodePort CIDRs set."""
+        if node_port_cidrs:
+            contexts = {d: dataclasses.replace(c, node_port_cidrs=node_port_cidrs)
+                        for d, c in contexts.items()}
+        if not node_name:
+            return contexts, {}
+        mine = {d: c for d, c in contexts.items() if c.programmed_by(node_name, gateway)}
+        return mine, {d: c for d, c in contexts.items() if d not in mine}
 
     @property
     def nats_sctp(self) -> bool:

@@ -1,5 +1,7 @@
-"""A bundle's messages, encoded: the one path both an eagerly checked and a
-streamed bundle take (controller/switch.py decides which).
+"""A bundle: its messages, encoded by one generator, and what is known of it
+while it is in flight.  An eagerly checked bundle is that generator run to
+its end before anything is sent; a streamed one is sent as it runs
+(controller/switch.py decides which).
 
 Flow and group mods come from the fast encoder (controller/wire.py),
 anything it does not know (the learn action, a stale round's delete) from
@@ -8,8 +10,55 @@ is pinned on its object.
 """
 import contextlib
 import gc
+from dataclasses import dataclass, field
+from typing import Optional
 
 from controller import ofmsg, wire
+from controller.fragments import Plan
+
+
+@dataclass
+class InFlight:
+    """A bundle sent (or being sent) and not answered yet."""
+    deadline: float                   # its barrier must be answered by then
+    want: dict                        # the desired fragments it was planned from
+    plan: Plan
+    keys: object                      # the fragment keys the plan covers (session)
+    started: float
+    # planned as a resync (everything written again)?  Decided when planned:
+    # drift found while the bundle is out does not make it one.
+    full: bool
+    items_by_xid: dict = field(default_factory=dict)   # bundle-add xid -> plan item
+    count: int = 0                    # bundle-add messages
+    bad: dict = field(default_factory=dict)   # plan item -> why it cannot be encoded
+    barrier_xid: Optional[int] = None
+    errors: list = field(default_factory=list)   # (xid, why) the switch refused
+
+    @property
+    def discarded(self) -> bool:
+        """Closed with a discard: a step could not be encoded."""
+        return bool(self.bad)
+
+    def messages(self, dp, stale, generation, bundle_id):
+        """Open, every step of the plan as a bundle-add, commit, barrier;
+        each encoded when asked for.  A step that cannot be encoded is
+        noted in ``bad`` with why, and the bundle is closed with a discard
+        instead (the caller quarantines the objects and plans again)."""
+        yield control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
+        with gc_paused():         # held across the yields: the app's send yields
+            for item, xid, raw, why in steps(dp, self.plan, stale, generation, bundle_id):
+                if why is not None:
+                    self.bad[item] = why
+                elif not self.bad:     # after a failure: only look for more of them
+                    self.items_by_xid[xid] = item
+                    self.count += 1
+                    yield raw
+        yield control(dp, bundle_id, dp.ofproto.ONF_BCT_DISCARD_REQUEST if self.bad
+                      else dp.ofproto.ONF_BCT_COMMIT_REQUEST)
+        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+        dp.set_xid(barrier)
+        self.barrier_xid = barrier.xid
+        yield barrier
 
 
 def control(dp, bundle_id, kind):
@@ -70,7 +119,7 @@ def step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
     return wire.bundle_add(bundle_id, ofmsg.BUNDLE_FLAGS, inner, xid)
 
 
-# Plans of this many steps or more are streamed (Switch._stream): below it
+# Plans of this many steps or more are streamed (Switch._begin): below it
 # the whole bundle is encoded in a few milliseconds, and checking every
 # message before anything is sent keeps a failure the cheapest to handle.
 STREAM_AT = 2000

@@ -8,7 +8,8 @@ that object's flows and groups.  Fragments never share a flow key, so the
 diff can work object by object.
 """
 import logging
-from typing import Dict, Hashable, Set
+from types import MappingProxyType
+from typing import Dict, FrozenSet, Hashable, Mapping, Set, Tuple, Union
 
 from controller import cookies
 from controller.bridges import BridgeContext, ROLE_NODE
@@ -24,18 +25,22 @@ from nsx_proxy import changes, model
 
 LOG = logging.getLogger(__name__)
 
+# fragment keys that may have changed: a set of them, or changes.ALL
+Keys = Union[FrozenSet[Hashable], type(changes.ALL)]
+
 
 class Compiler:
     """Compiles states for one bridge, reusing fragments of unchanged objects.
 
-    ``compile`` is a pure function of (state, ctx) in its result; the memo
-    and the patch path only make it fast.  The caller says what changed
-    since its last call (the source's change set); when only
-    services without external IPs changed since the last call, the previous
-    output is patched for exactly those services (a one-endpoint change at
-    10,000 services touches one fragment and walks nothing else); anything
-    else recompiles from the memo.  A new context (a pod plugged in) gets a
-    new Compiler.
+    Its output is a pure function of (state, ctx); the memo and the patch
+    path only make it fast.  The compiler owns "what changed": the switch
+    tells it each change set (``note``), and ``desired`` answers with the
+    fragments and the keys of the ones that may differ from its last
+    answer: a frozenset, or :data:`~nsx_proxy.changes.ALL`.  When only
+    services without external IPs changed, the last output is patched for
+    exactly those services (a one-endpoint change at 10,000 services touches
+    one fragment and walks nothing else); anything else recompiles from the
+    memo.  A new context (a pod plugged in) gets a new Compiler.
     """
 
     def __init__(self, ctx: BridgeContext, group_ids: cookies.GroupIds):
@@ -43,43 +48,47 @@ class Compiler:
         self._group_ids = group_ids
         self._memo: Dict[Hashable, tuple] = {}
         self._last = None                    # (state, output) of the last call
+        self._change = changes.EVERYTHING    # what changed since the last call
 
-    def compile(self, state: model.ClusterState, change: changes.ChangeSet = None
-                ) -> Dict[Hashable, Fragment]:
-        """The bridge's desired fragments (a dict the caller owns)."""
-        return dict(self.compile_changes(state, change)[0])
+    def note(self, change: changes.ChangeSet) -> None:
+        """The cluster state changed like this (merged until the next call)."""
+        self._change = self._change.merge(change)
 
-    def compile_changes(self, state: model.ClusterState, change: changes.ChangeSet = None):
-        """(desired fragments, fragment keys that may differ from the last
-        call's output, or None for "any of them").  The dict is the
-        compiler's own and the next patch changes it in place: read it, copy
-        what must outlive the next call.
+    def compile(self, state: model.ClusterState) -> Dict[Hashable, Fragment]:
+        """The bridge's desired fragments for ``state``, as a dict the caller
+        owns (what changed since the last call is worked out by comparing)."""
+        if self._last is not None:
+            self.note(changes.between(self._last[0], state))
+        return dict(self.desired(state)[0])
 
-        ``change`` is what changed since the state of the last call (all the
-        change sets since then, merged); without one it is worked out by
-        comparing the two states.
-        """
+    def desired(self, state: model.ClusterState) -> Tuple[Mapping[Hashable, Fragment], Keys]:
+        """(the desired fragments, the keys that may differ from the last
+        call's output: a frozenset or ALL), given every change since the
+        last call was noted.  The fragments are a read-only view of the
+        compiler's own dict, which its next call patches in place: read
+        it, copy what must outlive that call (copying 20,000 entries on every
+        change would cost 80 us of a 1 ms change)."""
+        change, self._change = self._change, changes.ChangeSet()
         patched = None
         if self._last is not None:
             last_state, last_out = self._last
-            if change is None:
-                change = changes.between(last_state, state)
             before = [last_state.services[k] for k in change.services
-                      if k in last_state.services]
-            after = [state.services[k] for k in change.services if k in state.services]
+                      if k in last_state.services] if not change.everything else ()
+            after = [state.services[k] for k in change.services if k in state.services] \
+                if not change.everything else ()
             # Nodes, floating IPs and outside IPs (shared between services,
             # and the gateway's whole job) take the full path; anything else
             # patches a node's fragments and leaves the gateway as it is.
-            if not (change.full or change.nodes or change.floating_ips
+            if not (change.everything or change.nodes or change.floating_ips
                     or any(s.outside_ips for s in before + after)):
                 patched = self._patch(last_out, before, after, state) \
-                    if self.ctx.role == ROLE_NODE else (last_out, set())
+                    if self.ctx.role == ROLE_NODE else (last_out, frozenset())
         if patched is None:
-            out, touched = self._full(state), None
+            out, touched = self._full(state), changes.ALL
         else:
             out, touched = patched
         self._last = (state, out)
-        return out, touched                 # the caller must not change it
+        return MappingProxyType(out), touched
 
     def _cached(self, key, source, build) -> Fragment:
         hit = self._memo.get(key)
@@ -134,7 +143,7 @@ class Compiler:
         for svc in after:
             self._service(out, svc.key, svc, node)
             touched.update((service_key(svc.key), vip_key(svc.cluster_ip)))
-        return out, touched
+        return out, frozenset(touched)
 
     def _full(self, state):
         ctx = self.ctx

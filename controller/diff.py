@@ -21,11 +21,11 @@ bundle.
 Groups are never deleted and re-added to change buckets: OVS deletes every
 flow that points at a deleted group.
 """
-from typing import Hashable, Iterable, Optional
 
 from controller import cookies
 from controller import flows as F
 from controller.fragments import EMPTY, BridgeState, Fragment, Plan
+from nsx_proxy.changes import ALL
 
 
 def _diff_fragment(plan: Plan, key, old: Fragment, new: Fragment) -> None:
@@ -78,17 +78,16 @@ def _learners(flows) -> dict:
     return {cookie: frozenset(v) for cookie, v in out.items()}
 
 
-def diff(old: BridgeState, new: BridgeState,
-         keys: Optional[Iterable[Hashable]] = None) -> Plan:
+def diff(old: BridgeState, new: BridgeState, keys=ALL) -> Plan:
     """The plan that turns the installed ``old`` into the desired ``new``.
 
-    ``keys``, when given, are the only fragment keys that may differ (the
-    compiler says which it touched): a one-endpoint change then costs that
-    object's flows and nothing else.  Without them every fragment is
-    compared, unchanged ones by identity first.
+    ``keys`` are the only fragment keys that may differ (the compiler says
+    which it touched): a one-endpoint change then costs that object's flows
+    and nothing else.  With ALL every fragment is compared, unchanged ones
+    by identity first.
     """
     plan = Plan()
-    if keys is None:
+    if keys is ALL:
         keys = list(new) + [key for key in old if key not in new]
     for key in keys:
         before, frag = old.get(key, EMPTY), new.get(key, EMPTY)

@@ -2,7 +2,7 @@
 
 Two ways of seeing it, one repair:
 
-* OVS's flow monitor (asked for in ``Switch.hello``) reports every flow
+* OVS's flow monitor (asked for in ``Switch.connected``) reports every flow
   another connection adds, deletes or modifies, as it happens.  One of this
   round's flows changed: one line naming its object, then an audit at once.
 * The audit, every ``audit_period`` and at once after the monitor spoke:
@@ -12,13 +12,15 @@ Two ways of seeing it, one repair:
   change the monitor saw - rewrites the whole state in the same round
   (``SwitchSession.redo``); a missing meter is added back.
 
-One ``DriftWatch`` per connected switch, owned by its ``Switch``, whose
-session, pending bundle and counters it reads; like the Switch, it returns
+One ``DriftWatch`` per connected switch, owned by its ``Switch``, which
+hands it what it compares against (the round, what is installed, how many
+bundles committed) and acts on its verdicts; like the Switch, it returns
 the messages to send and never sends them itself.
 """
 import logging
+from typing import NamedTuple, Optional
 
-from controller import cookies, ofmsg, pipeline, wire
+from controller import cookies, pipeline, wire
 from controller.fragments import flatten
 
 LOG = logging.getLogger("nsx_proxy")
@@ -27,9 +29,19 @@ _EVENTS = {wire.FLOW_ADDED: "added", wire.FLOW_DELETED: "deleted",
            wire.FLOW_MODIFIED: "modified"}
 
 
+class Audit(NamedTuple):
+    """An audit's replies, all in: what the switch holds."""
+    commits: int                      # bundles committed when it was asked for
+    flows: Optional[int]              # flows of this round
+    groups: list                      # (group id, bucket count or bucket bytes)
+    meter_missing: bool
+    forced: bool                      # the flow monitor saw a change: repair anyway
+    contents: bool                    # ``groups`` holds bucket bytes
+
+
 class DriftWatch:
-    def __init__(self, switch, groups_every=3):
-        self._sw = switch
+    def __init__(self, dp, groups_every=3):
+        self._dp = dp
         self._audit = None                # the audit in flight (see requests)
         self._audits = 0                  # audits asked for on this connection
         self._groups_every = groups_every   # every Nth reads group contents
@@ -42,17 +54,16 @@ class DriftWatch:
         self.seen = self._logged = False
 
     # --- the audit -----------------------------------------------------------------
-    def requests(self) -> list:
-        """Ask the switch what it holds: how many flows of this round (one
-        aggregate reply), which groups, and the reject meter.  Skipped while
-        a bundle is in flight or before the first commit."""
-        sw = self._sw
-        if not sw.ready or sw.pending is not None or self._audit is not None \
-                or sw.session.needs_resync:
+    def requests(self, generation, commits) -> list:
+        """Ask the switch what it holds: how many flows of round
+        ``generation`` (one aggregate reply), which groups, and the reject
+        meter.  None while an audit is in flight (the Switch also asks for
+        none while a bundle is)."""
+        if self._audit is not None:
             return []
-        dp = sw.dp
+        dp = self._dp
         parser, ofp = dp.ofproto_parser, dp.ofproto
-        ours = cookies.with_generation(0, sw.session.generation)
+        ours = cookies.with_generation(0, generation)
         self._audits += 1
         # Group stats (a bucket count each) on most audits; every Nth reads
         # the groups' contents, which catches buckets changed in place (no
@@ -69,7 +80,7 @@ class DriftWatch:
                 parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)]
         for msg in msgs:
             dp.set_xid(msg)
-        self._audit = {"xids": {m.xid for m in msgs}, "commits": sw.commits,
+        self._audit = {"xids": {m.xid for m in msgs}, "commits": commits,
                        "flows": None, "groups": [], "meters": None, "open": 3,
                        "forced": self.seen, "contents": contents}
         self.seen = False
@@ -78,77 +89,64 @@ class DriftWatch:
     def is_reply(self, xid) -> bool:
         return self._audit is not None and xid in self._audit["xids"]
 
-    def request_failed(self) -> None:
+    def request_failed(self, xid=None) -> None:
         """A request of the audit was refused: that audit ends (the next asks again)."""
         self._audit = None
 
-    def reply(self, xid, flows=None, groups=(), meters=None, more=False) -> list:
+    def reply(self, xid, flows=None, groups=(), meters=None, more=False) -> Optional[Audit]:
         """One reply of the audit (``groups``: (id, bucket count) from group
-        stats, or (id, bucket bytes) from group descriptions, as asked); once
-        all are in, what to send: the meter if it is gone, and the whole
-        state again (a resync) if flows or groups are not what was committed."""
-        sw, audit = self._sw, self._audit
+        stats, or (id, bucket bytes) from group descriptions, as asked);
+        the :class:`Audit` once all are in, else None."""
+        audit = self._audit
         if flows is not None:
             audit["flows"] = flows
         audit["groups"] += list(groups)
         if meters is not None:
             audit["meters"] = (audit["meters"] or []) + list(meters)
         if more:
-            return []
+            return None
         audit["open"] -= 1
         if audit["open"]:
-            return []
+            return None
         self._audit = None
-        out = []
-        if pipeline.REJECT_METER not in (audit["meters"] or ()):
+        missing = pipeline.REJECT_METER not in (audit["meters"] or ())
+        if missing:
             LOG.warning("switch %016x: drift: the reject meter is gone; adding it again",
-                        sw.dpid)
-            out.append(ofmsg.meter_add(sw.dp, pipeline.REJECT_METER, sw.reject_rate,
-                                       sw.reject_rate))
-        session = sw.session
-        if audit["commits"] != sw.commits or session is None:
-            # a bundle landed meanwhile: ask again later (now, if the flow
-            # monitor saw a change)
-            if audit["forced"]:
-                self.seen = True
-                return out + self.requests()
-            return out
-        want_flows, want_groups = flatten(session.installed)
-        # group id -> its bucket bytes (a contents audit) or number of buckets
-        have = dict(audit["groups"])
-        if audit["contents"]:
+                        self._dp.id)
+        return Audit(audit["commits"], audit["flows"], audit["groups"], missing,
+                     audit["forced"], audit["contents"])
+
+    def judge(self, audit: Audit, installed, generation):
+        """The group ids on the switch if it differs from ``installed`` (or
+        the monitor saw a change): everything is to be written again; else
+        None."""
+        want_flows, want_groups = flatten(installed)
+        have = dict(audit.groups)   # group id -> its bucket bytes or number of buckets
+        if audit.contents:
             wrong = [gid for gid, g in want_groups.items()
                      if have.get(gid) != wire.group_buckets(g)]
         else:
             wrong = [gid for gid, g in want_groups.items()
                      if have.get(gid) != len(g.buckets)]
-        if audit["flows"] != len(want_flows) or wrong or audit["forced"]:
-            sw.counters[(sw.dpid, "drift")] += 1
-            if not audit["forced"]:          # (the monitor's line said it already)
-                LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
-                            "installed; %d of %d groups missing or with other buckets%s; "
-                            "reinstalling everything", sw.dpid, audit["flows"],
-                            session.generation, len(want_flows), len(wrong),
-                            len(want_groups), f" (first: group {min(wrong)})" if wrong
-                            else "")
-            session.redo(set(have))
-            sw.kick.set()
-        elif self.seen:                      # the monitor saw more while we counted
-            out += self.requests()
-        return out
+        if audit.flows == len(want_flows) and not wrong and not audit.forced:
+            return None
+        if not audit.forced:             # (the monitor's line said it already)
+            LOG.warning("switch %016x: drift: %d flows of round %d on the switch, %d "
+                        "installed; %d of %d groups missing or with other buckets%s; "
+                        "reinstalling everything", self._dp.id, audit.flows, generation,
+                        len(want_flows), len(wrong), len(want_groups),
+                        f" (first: group {min(wrong)})" if wrong else "")
+        return set(have)
 
     # --- the flow monitor ------------------------------------------------------------
-    def flow_updates(self, data: bytes) -> list:
-        """Flows that someone else added, deleted or modified.  One of this
-        round's changed: one line naming it, and an audit now whose reply
-        reinstalls everything in the same round (an ADD over a changed flow
-        restores it; every group is written with ADD_OR_MOD).  Flows that
-        are not ours are logged and left alone: the bridge may carry an
-        operator's own flows."""
-        sw = self._sw
-        if not sw.ready or sw.session.needs_resync:
-            return []                     # everything is written again anyway
-        generation = sw.session.generation
+    def flow_updates(self, data: bytes, installed, generation) -> bool:
+        """Flows that someone else added, deleted or modified; True when one
+        of round ``generation`` changed: one line naming it, and the Switch
+        audits now, whose reply reinstalls everything in the same round (an
+        ADD over a changed flow restores it; every group is written with
+        ADD_OR_MOD).  Flows that are not ours are logged and left alone: the
+        bridge may carry an operator's own flows."""
+        dpid = self._dp.id
         ours, foreign = [], []
         for event, table, priority, cookie in wire.flow_updates(data):
             if cookie is None:
@@ -161,30 +159,30 @@ class DriftWatch:
         if foreign:
             table, priority, cookie = foreign[0]
             LOG.warning("switch %016x: %d flow(s) not ours added behind our back (first: "
-                        "table %d priority %d cookie %#x); left alone", sw.dpid,
+                        "table %d priority %d cookie %#x); left alone", dpid,
                         len(foreign), table, priority, cookie)
         if not ours:
-            return []
+            return False
         if not self._logged:              # one line per repair, not per update
             event, table, priority, cookie = ours[0]
             LOG.warning("switch %016x: drift: %d of our flows %s behind our back "
-                        "(first: table %d priority %d, %s); reinstalling", sw.dpid,
+                        "(first: table %d priority %d, %s); reinstalling", dpid,
                         len(ours),
                         "/".join(sorted({_EVENTS.get(e, str(e)) for e, _, _, _ in ours})),
-                        table, priority, owner_of(sw.session.installed, cookie))
+                        table, priority, owner_of(installed, cookie))
             self._logged = True
         self.seen = True
-        return self.requests()            # [] while a bundle or an audit is in flight
+        return True
 
-    def monitor_paused(self, resumed: bool) -> list:
+    def monitor_paused(self, resumed: bool) -> bool:
         """OVS stops sending updates while we lag behind and says so; what
-        changed in between is unknown, so an audit follows the resume."""
+        changed in between is unknown, so an audit follows the resume (True)."""
         if not resumed:
             LOG.warning("switch %016x: flow monitor paused by the switch (we lag "
-                        "behind); auditing once it resumes", self._sw.dpid)
-            return []
+                        "behind); auditing once it resumes", self._dp.id)
+            return False
         self.seen = True
-        return self.requests()
+        return True
 
 
 def owner_of(installed, cookie) -> str:

@@ -70,7 +70,7 @@ def release_group_ids(group_ids, old: model.ClusterState, new: model.ClusterStat
     names still in use are worked out from every service (rare: an external
     or LB IP changed).
     """
-    if change.full:
+    if change.everything:
         candidates = None
     else:
         candidates = set()

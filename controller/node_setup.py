@@ -33,7 +33,7 @@ import subprocess
 from typing import List, Optional, Tuple
 
 from controller import bridges as B
-from nsx_proxy import model
+from nsx_proxy import changes, model
 
 LOG = logging.getLogger(__name__)
 
@@ -163,13 +163,13 @@ class NodeSetup:
         self._due = {"node": True, "ports": True}   # to (re)compute at the next update
         self.waiting_logged = False
 
-    def update(self, nodes, services, change=None) -> bool:
+    def update(self, nodes, services, change=changes.EVERYTHING) -> bool:
         """Bring OVSDB and the kernel to the plan for these Node objects, and
         the NodePort steering to these Services (a mapping by key); True when
         something was (re)applied.  ``change`` (the sync's change set) says
         which of the two to look at again: a sync for endpoints alone costs
         nothing here.  What failed is looked at again at the next update."""
-        full = change is None or change.full
+        full = change.everything
         if full or change.nodes:
             self._due["node"] = True
         if full:

@@ -7,7 +7,6 @@ the client tried to reach, so the client's stack fails the connect at once
 kube-proxy's REJECT rules give.  The bridge's meter limits how many packets
 get here; :class:`TokenBucket` is the controller's own second limit.
 """
-import time
 from typing import Optional
 
 from ryu.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
@@ -70,14 +69,13 @@ def reply_for(data: bytes) -> Optional[bytes]:
 
 
 class TokenBucket:
-    """At most ``rate`` answers a second, bursts of ``burst``."""
+    """At most ``rate`` answers a second, bursts of ``burst``; time is handed in."""
 
-    def __init__(self, rate=100.0, burst=100, clock=time.monotonic):
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._tokens, self._last = float(burst), clock()
+    def __init__(self, rate=100.0, burst=100, now=0.0):
+        self.rate, self.burst = rate, burst
+        self._tokens, self._last = float(burst), now
 
-    def take(self) -> bool:
-        now = self._clock()
+    def take(self, now) -> bool:
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if self._tokens >= 1:

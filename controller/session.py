@@ -11,36 +11,37 @@ compiler, which says which fragments it touched, and only those (plus the
 ones that failed or are quarantined) are diffed against what is installed.
 """
 import logging
-import time
-from typing import Dict, Hashable, Optional, Set
+from typing import Dict, Hashable, Mapping, Optional, Set
 
 from controller import cookies
-from controller.compiler import Compiler
+from controller.compiler import Compiler, Keys
 from controller.diff import diff, resync
 from controller.fragments import Fragment, Plan
 from nsx_proxy import changes
+from nsx_proxy.changes import ALL
 
 LOG = logging.getLogger(__name__)
 
 
 class SwitchSession:
+    """What one connection's switch holds: the fragments ``installed`` and
+    ``quarantined`` (refused, skipped until their object changes), the
+    round's facts, and which keys may differ from what is installed."""
+
     def __init__(self, dpid: int, group_ids: cookies.GroupIds):
         self.dpid = dpid
         self._group_ids = group_ids
         self.compiler: Optional[Compiler] = None
         self.installed: Dict[Hashable, Fragment] = {}
+        # fragments OVS refused, by key: skipped until the object changes
+        self.quarantined: Dict[Hashable, Fragment] = {}
         self.generation: Optional[int] = None      # set once the handshake is done
         self.stale_generations = set()
         self.groups_on_switch = set()
         self.needs_resync = True
-        # fragments OVS refused, by key: skipped until the object changes
-        self.quarantined: Dict[Hashable, Fragment] = {}
-        # cluster changes since the last compile; None: not told, so the
-        # compiler compares the states itself (correct, but a walk)
-        self._change: Optional[changes.ChangeSet] = changes.EVERYTHING
-        # fragment keys that may differ from what is installed (None: any)
-        self._dirty: Optional[Set[Hashable]] = None
-        self._planned: Optional[Set[Hashable]] = None   # the keys the last diff covered
+        # fragment keys that may differ from what is installed, gathered from
+        # the compiler's answers until a bundle carrying them commits
+        self._unsettled: Keys = ALL
 
     # --- handshake -------------------------------------------------------
     def learn_switch(self, table0_cookies, group_ids) -> None:
@@ -61,23 +62,20 @@ class SwitchSession:
 
     def set_context(self, ctx, make_compiler=Compiler) -> None:
         if self.compiler is None or self.compiler.ctx != ctx:
-            self.compiler = make_compiler(ctx, self._group_ids)
-            self._change = changes.EVERYTHING
+            self.compiler = make_compiler(ctx, self._group_ids)   # starts from ALL
+            self._unsettled = ALL
 
     def note(self, change: changes.ChangeSet) -> None:
-        """The cluster state changed like this (merged until the next plan)."""
-        self._change = change if self._change is None else self._change.merge(change)
+        """The cluster state changed like this (the compiler keeps it)."""
+        if self.compiler is not None:
+            self.compiler.note(change)
 
     # --- planning ----------------------------------------------------------
-    def desired(self, state) -> Dict[Hashable, Fragment]:
-        want, touched = self.compiler.compile_changes(state, self._change)
-        self._change = None
-        if touched is None:
-            self._dirty = None
-        elif self._dirty is not None:
-            self._dirty |= touched
+    def desired(self, state) -> Mapping[Hashable, Fragment]:
+        want, changed = self.compiler.desired(state)
+        self._unsettled = self._unsettled | changed
         if self.quarantined:
-            want = dict(want)                    # the compiler's own dict: copy to change
+            want = dict(want)                    # the compiler's own: copy to change
         for key, bad in list(self.quarantined.items()):
             current = want.get(key)
             if current is None or (current is not bad and current != bad):
@@ -89,14 +87,15 @@ class SwitchSession:
         return want
 
     def plan(self, state):
-        """(desired state, plan, stale generations to delete) for this pass."""
-        quarantined = set(self.quarantined)
+        """(desired state, plan, stale generations to delete, the keys the
+        plan covers) for this pass; the keys go back in ``committed``."""
+        quarantined = frozenset(self.quarantined)
         want = self.desired(state)
         if self.needs_resync:
-            return want, resync(want, self.groups_on_switch), set(self.stale_generations)
-        keys = None if self._dirty is None else self._dirty | quarantined
-        self._planned = keys
-        return want, diff(self.installed, want, keys), set()
+            return (want, resync(want, self.groups_on_switch), set(self.stale_generations),
+                    ALL)
+        keys = self._unsettled | quarantined
+        return want, diff(self.installed, want, keys), set(), keys
 
     def redo(self, groups_on_switch) -> None:
         """The switch lost or changed what was installed (drift): write all of
@@ -108,31 +107,26 @@ class SwitchSession:
         self.stale_generations = set()
 
     # --- results -------------------------------------------------------------
-    def committed(self, want, plan: Plan, started: float, full: bool = None) -> None:
-        """The plan is on the switch.  ``installed`` is the session's own copy
-        (the compiler patches its dict in place): a full plan (``full``: it
-        was planned as a resync; default: whether one is due) copies it
-        whole, an incremental one updates just the keys it covered.  A resync
-        asked for while an incremental plan was out (``redo``: drift) stays
-        due: that plan was not it."""
-        if full is None:
-            full = self.needs_resync
-        if full or self._planned is None:
+    def committed(self, want, keys: Keys, full: bool) -> None:
+        """The plan for ``keys`` is on the switch.  ``installed`` is the
+        session's own: a full plan (``full``: it was planned as a resync)
+        copies ``want`` whole, an incremental one takes just its keys.  A
+        resync asked for while an incremental plan was out (``redo``: drift)
+        stays due: that plan was not it."""
+        if full or keys is ALL:
             self.installed = dict(want)
         else:
-            for key in self._planned:
+            for key in keys:
                 frag = want.get(key)
                 if frag is None:
                     self.installed.pop(key, None)
                 else:
                     self.installed[key] = frag
-        self._dirty = set()
+        self._unsettled = frozenset()
         if full:
             self.needs_resync = False
             self.stale_generations = set()
             self.groups_on_switch = set()
-        LOG.info("switch %016x: committed %s in %.1f ms", self.dpid,
-                 plan.summary(), (time.monotonic() - started) * 1000)
 
     def unencodable(self, want, plan: Plan, bad) -> Set[Hashable]:
         """Messages that could not be encoded ({plan item: why}): their

@@ -13,18 +13,18 @@ LOG = logging.getLogger("nsx_proxy")
 
 
 class Sweep:
-    def __init__(self, switch):
-        self._sw = switch
+    def __init__(self, dp, group_ids):
+        self._dp = dp
+        self._group_ids = group_ids
         self.sweeper = AffinitySweeper()
         self._reads = {}                  # xid of a flow stats request -> (cookie, entries)
 
     def requests(self, state) -> list:
         """Flow stats requests for the learned entries the sweeper expires."""
-        sw = self._sw
-        dp = sw.dp
+        dp = self._dp
         parser, ofp = dp.ofproto_parser, dp.ofproto
         out = []
-        for cookie in self.sweeper.track(long_timeouts(state, sw._group_ids)):
+        for cookie in self.sweeper.track(long_timeouts(state, self._group_ids)):
             req = parser.OFPFlowStatsRequest(
                 dp, 0, pipeline.SESSION_AFFINITY.id, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie,
                 cookies.GEN_MASK | cookies.OBJECT_MASK, parser.OFPMatch())
@@ -40,9 +40,8 @@ class Sweep:
         """That read ends; the next period asks again."""
         self._reads.pop(xid, None)
 
-    def reply(self, xid, stats, more=False) -> list:
+    def reply(self, xid, stats, more, now) -> list:
         """One part of a read's flow stats; the deletes of expired entries."""
-        sw = self._sw
         cookie, entries = self._reads[xid]
         entries += [(s.cookie, s.priority, _match_key(s.match), s.packet_count, s.match)
                     for s in stats]
@@ -51,13 +50,13 @@ class Sweep:
         del self._reads[xid]
         matches = {(c, p, k): m for c, p, k, _, m in entries}
         expired = self.sweeper.observe([(c, p, k, n) for c, p, k, n, _ in entries],
-                                       sw._clock())
+                                       now)
         # entries of this cookie the switch no longer has (also when it has none)
         self.sweeper.forget_missing(cookie, set(matches))
         if expired:
             LOG.info("switch %016x: %d session-affinity entries idle for their "
-                     "timeout, deleted", sw.dpid, len(expired))
-        dp = sw.dp
+                     "timeout, deleted", self._dp.id, len(expired))
+        dp = self._dp
         parser, ofp = dp.ofproto_parser, dp.ofproto
         return [parser.OFPFlowMod(
             dp, cookie=cookie, cookie_mask=cookies.GEN_MASK | cookies.OBJECT_MASK,

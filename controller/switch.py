@@ -1,35 +1,42 @@
-"""One connected switch: everything the controller keeps about it, in one object.
+"""One connected switch: a state machine driven by events.
 
 FAUCET's ``Valve`` is the model: the Ryu app owns a ``Switch`` per datapath
-and forwards it the switch's events; the ``Switch`` decides and returns the
-messages to send.  When the connection goes, the object goes with it, so
-nothing about a switch (a pending bundle, a handshake, a meter xid, a token
-bucket, UDP flushes) can outlive its connection by accident.
+and hands it the switch's events, one at a time, on the app's one event
+thread; the ``Switch`` decides and returns the messages to send.  Nothing
+here sends, sleeps or waits, and no green thread of its own touches it:
+time passes only as ``now``, handed in with every event, and the app's clock
+posts ``timer`` events (controller/app.py).  When the connection goes, the
+object goes with it, so nothing about a switch (a bundle in flight, a
+handshake, a meter xid, a token bucket, UDP flushes) can outlive it.
 
-Lifecycle, each step a method::
+The events, each a method taking ``now`` (monotonic seconds) and returning
+the messages to send::
 
-    hello()                  -> the reject meter, flow and group stats requests,
-                                and the flow monitor (controller/drift.py)
-    stats_reply(...)         -> True once both replies are in: the session starts
-    set_context(ctx)         OVSDB says what the bridge is
-    note(change)             the cluster state changed (a change set)
-    begin_sync(state)        -> one atomic bundle and its barrier, or None
-    barrier_reply(xid) / error(xid, ...)
-    end_sync(answered)       -> SyncResult (and UDP conntrack flushes to send)
-    packet_in(...)           -> a TCP RST / ICMP unreachable, rate-limited
-    audit_requests() / audit_reply(...) / flow_monitor_updates(...)
-                             -> drift found and repaired (controller/drift.py)
-    disconnected()           a bundle in flight fails; the object is dropped
+    connected(now)                      the reject meter, the handshake's stats
+                                        requests, the flow monitor
+    stats_reply(now, ...)               the handshake's replies
+    context_changed(ctx, now)           OVSDB says what the bridge is
+    state_changed(state, change, now)   a new cluster state and what changed
+    barrier_reply(xid, now) / error(xid, type, code, now)   a bundle's outcome
+    audit_reply / flow_monitor_updates / flow_monitor_paused   drift
+    sweep_reply(...)                    long session-affinity entries
+    packet_in(...)                      a refused connection: RST / ICMP
+    timer(now)                          the bundle's deadline, the audit and
+                                        sweep periods, a retry after a failure
+    disconnected(now)
 
-No Ryu event machinery here (the messages are built with Ryu's parser, in
-``ofmsg``), so a test drives it with a fake datapath.
+One bundle is in flight at a time.  What changes meanwhile is merged and
+goes out in the next bundle, from the event that ends this one (its barrier
+reply, or the deadline).  So drift found while a bundle is out can only mark
+a resync as due; the bundle that ends was planned before and counts as what
+it was planned as (``bundle.InFlight.full``).
 """
 import collections
 import gc
+import itertools
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 from controller import bundle, cookies, ofmsg, pipeline, reject, wire
 from controller.drift import DriftWatch
@@ -47,64 +54,62 @@ class SyncResult:
     plan: Plan
     seconds: float
     messages: int
-    after: List[object] = field(default_factory=list)   # to send once committed
+    after: List[object] = field(default_factory=list)   # sent once committed
 
 
-class _Pending:
-    """A bundle in flight: its messages by xid, errors seen, a done event."""
-
-    def __init__(self, items_by_xid, barrier_xid, done, want, plan, started, count, full):
-        self.items_by_xid = items_by_xid
-        # planned as a resync (everything written again)?  Decided when
-        # planned: drift found while the bundle is out does not make it one.
-        self.full = full
-        self.barrier_xid = barrier_xid
-        self.errors = []
-        self.discarded = False            # a streamed bundle closed without commit
-        self.done = done
-        self.want, self.plan, self.started, self.count = want, plan, started, count
+@dataclass
+class Periods:
+    """How often the timer-driven work runs, in seconds (controller/config.py)."""
+    bundle_timeout: float = 30.0      # a bundle's barrier must be answered by then
+    audit: float = 10.0               # drift audit; 0: off
+    sweep: float = 60.0               # expiry of affinity entries over 65,535 s
+    retry: float = 1.0                # after a sync that raised
 
 
 class Switch:
-    def __init__(self, dp, group_ids: cookies.GroupIds, make_event, bundle_ids,
-                 reject_rate=100, clock=time.monotonic, counters=None,
-                 audit_groups_every=3):
+    def __init__(self, dp, group_ids: cookies.GroupIds, bundle_ids, periods=None,
+                 reject_rate=100, counters=None, audit_groups_every=3,
+                 on_synced: Callable[[SyncResult], None] = None):
         self.dp = dp
+        self.dpid = dp.id
         # (dpid, what) -> count: "quarantined encode" / "quarantined refused"
         # (objects skipped), "drift" (repairs); shared with the app, so the
         # counts outlive one connection
         self.counters = counters if counters is not None else collections.Counter()
-        self.dpid = dp.id
+        self.periods = periods or Periods()
+        self.on_synced = on_synced or (lambda result: None)
         self.session: Optional[SwitchSession] = None   # once the handshake is done
         self.context = None
-        self.kick = make_event()          # set: a sync is due
+        self.state = None                 # the newest cluster state (None: none yet)
         self.alive = True
+        self.pending: Optional[bundle.InFlight] = None
+        self.commits = 0                  # bundles committed on this connection
         self._group_ids = group_ids
-        self._make_event = make_event
         self._bundle_ids = bundle_ids
-        self._clock = clock
+        self._due = False                 # a bundle is wanted (something changed)
+        self._retry_at = 0.0              # no bundle before this (after a failure)
+        self._audit_at = self._sweep_at = None   # set when the session starts
         self._stats = ([], [], 2)         # table-0 cookies, group ids, replies to come
         self._meter_xid = None
         self.reject_rate = max(1, reject_rate)
-        self._reject_bucket = reject.TokenBucket(self.reject_rate, self.reject_rate, clock)
+        self._reject_bucket = None
         self._udp_flushes: List[changes.StaleUdp] = []
-        self.pending: Optional[_Pending] = None
-        self.sweep = Sweep(self)
-        self.drift = DriftWatch(self, audit_groups_every)
-        self.commits = 0                  # bundles committed on this connection
+        self.sweep = Sweep(dp, group_ids)
+        self.drift = DriftWatch(dp, audit_groups_every)
 
     @property
     def ready(self) -> bool:
         return self.session is not None and self.session.ready
 
-    # --- handshake --------------------------------------------------------------
-    def hello(self) -> list:
+    # --- the handshake ---------------------------------------------------------------
+    def connected(self, now) -> list:
         """The reject meter first (flows refer to it; after a controller
         restart it exists already, an error that is expected), then what is on
         the switch: table 0 tells the last round (every round has flows there),
         group descriptions tell which ids exist."""
         dp = self.dp
         parser, ofp = dp.ofproto_parser, dp.ofproto
+        self._reject_bucket = reject.TokenBucket(self.reject_rate, self.reject_rate, now)
         meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, self.reject_rate, self.reject_rate)
         dp.set_xid(meter)
         self._meter_xid = meter.xid
@@ -119,18 +124,17 @@ class Switch:
                     [t for t in pipeline.TABLES if t is not pipeline.SESSION_AFFINITY],
                     bundle.next_xid(dp))]
 
-    def stats_reply(self, cookies_seen=(), groups_seen=(), more=False) -> bool:
-        """One part of the flow or group stats reply; True when the session started."""
+    def stats_reply(self, now, cookies_seen=(), groups_seen=(), more=False) -> list:
+        """One part of the handshake's flow or group stats reply; once both
+        are in, the session starts and the first bundle goes out."""
         if self._stats is None:
-            return False
+            return []
         flows, groups, outstanding = self._stats
         flows.extend(cookies_seen)
         groups.extend(groups_seen)
-        if more:
-            return False
-        if outstanding > 1:
-            self._stats = (flows, groups, outstanding - 1)
-            return False
+        if more or outstanding > 1:
+            self._stats = (flows, groups, outstanding - (not more))
+            return []
         self._stats = None
         self.session = SwitchSession(self.dpid, self._group_ids)
         self.session.learn_switch(flows, groups)
@@ -139,189 +143,172 @@ class Switch:
         else:
             LOG.warning("switch %016x has no nsx-proxy-role in OVSDB yet; waiting",
                         self.dpid)
-        self.kick.set()
-        return True
+        self._audit_at = now + self.periods.audit
+        self._sweep_at = now + self.periods.sweep
+        self._due = True
+        return self._next(now)
 
-    # --- inputs ---------------------------------------------------------------------
-    def set_context(self, ctx) -> None:
+    # --- inputs ------------------------------------------------------------------------
+    def context_changed(self, ctx, now) -> list:
         self.context = ctx
         if self.session is not None:
             self.session.set_context(ctx)
-        self.kick.set()
+        self._due = True
+        return self._next(now)
 
-    def note(self, change: changes.ChangeSet) -> None:
+    def state_changed(self, state, change: changes.ChangeSet, now) -> list:
+        self.state = state
         if self.session is not None:
             self.session.note(change)
         self._udp_flushes.extend(change.udp_gone)
-        self.kick.set()
+        self._due = True
+        return self._next(now)
 
-    # --- syncing --------------------------------------------------------------------
-    def begin_sync(self, state) -> Optional[Iterable]:
-        """The next bundle (open, adds, commit) and a barrier, or None if
-        nothing is to be done.  Nothing is removed before ``state`` exists.
-        A plan of ``STREAM_AT`` steps or more comes as a generator that
-        encodes while the caller sends (see ``_stream``); a smaller one as a
-        list, every message encoded and checked before anything is sent."""
-        if not self.ready or state is None:
-            return None
-        started = self._clock()
+    def timer(self, now) -> list:
+        """Time passed: a bundle past its deadline fails, the audit and the
+        sweep run at their periods, a sync that raised is tried again."""
+        out = []
+        if self.pending is not None and now >= self.pending.deadline:
+            out += self._end([(None, f"no reply within {self.periods.bundle_timeout}s")],
+                             now)
+        if not self.ready:
+            return out
+        if self.periods.audit > 0 and now >= self._audit_at:
+            self._audit_at = now + self.periods.audit
+            out += self._audit()
+        if now >= self._sweep_at:
+            self._sweep_at = now + self.periods.sweep
+            if self.state is not None:
+                out += self.sweep.requests(self.state)
+        return _then(out, self._next(now))
+
+    # --- bundles -----------------------------------------------------------------------
+    def _next(self, now) -> list:
+        """The next bundle if one is wanted and none is in flight.  A plan of
+        ``STREAM_AT`` steps or more comes as a generator that encodes while
+        the app sends; a smaller one as a list, every message
+        encoded and checked before anything is sent."""
+        if not self._due or self.pending is not None or not self.ready \
+                or self.state is None or now < self._retry_at:
+            return []
+        self._due = False
+        try:
+            with bundle.gc_paused():
+                return self._begin(now)
+        except Exception:                 # noqa: BLE001 - a bug: start over cleanly
+            self.failed(now)
+            return []
+
+    def failed(self, now) -> None:
+        """Planning, encoding or sending raised: one traceback, then a full
+        resync from a clean round, tried again after ``periods.retry``."""
+        LOG.exception("switch %016x: sync failed; full resync next", self.dpid)
+        self.pending = None
+        if self.session is not None:
+            self.session.needs_resync = True
+        self._due = True
+        self._retry_at = now + self.periods.retry
+
+    def _begin(self, now) -> Iterable:
         session = self.session
-        with bundle.gc_paused():
-            first = session.plan(state)
-            if len(first[1]) >= bundle.STREAM_AT:
-                return self._stream(*first, started, session.needs_resync)
-            return self._begin_sync(state, session, started, first)
-
-    def _begin_sync(self, state, session, started, first):
         for attempt in range(3):  # each pass quarantines what it could not encode
-            want, plan, stale = first if attempt == 0 else session.plan(state)
+            want, plan, stale, keys = session.plan(self.state)
             if not len(plan) and not stale:
                 if session.needs_resync:
-                    session.committed(want, plan, started, full=True)
-                return None
-            pairs, msgs = self._encode(plan, stale)
-            bad = {item: why for item, _, why in pairs if why is not None}
-            if not bad:
-                break
-            self.counters[(self.dpid, "quarantined encode")] += len(
-                session.unencodable(want, plan, bad))
-        else:
-            raise RuntimeError("objects kept failing to encode")
-        dp = self.dp
-        items = {xid: item for item, xid, _ in pairs}
-        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
-        dp.set_xid(barrier)
-        self.pending = _Pending(items, barrier.xid, self._make_event(), want, plan,
-                                started, len(pairs), session.needs_resync)
-        LOG.debug("switch %016x: bundle %d with %d messages", self.dpid, msgs[0].bundle_id,
-                  len(pairs))
-        return msgs + [barrier]
+                    session.committed(want, keys, full=True)
+                return []
+            pending = self.pending = bundle.InFlight(
+                now + self.periods.bundle_timeout, want, plan, keys, now,
+                full=session.needs_resync)
+            msgs = pending.messages(self.dp, stale, session.generation,
+                                    next(self._bundle_ids) & 0xFFFFFFFF)
+            if len(plan) >= bundle.STREAM_AT:
+                # Streamed: each message is encoded when the app asks for it,
+                # so OVS parses the first runs while the rest are encoded (the
+                # two overlap on two cores; a cold sync of 10,000 services went
+                # from 1.10 s to 0.92 s).  A step that cannot be encoded
+                # discards the bundle; its end quarantines and plans again.
+                return msgs
+            msgs = list(msgs)     # checked whole before anything is sent
+            if not pending.bad:
+                LOG.debug("switch %016x: bundle with %d messages", self.dpid, pending.count)
+                return msgs
+            self.pending = None
+            self._quarantine(pending)
+        raise RuntimeError("objects kept failing to encode")
 
-    def _stream(self, want, plan, stale, started, full):
-        """A large bundle as a generator: each message is encoded when the
-        caller asks for it, so OVS parses the first runs while the rest are
-        encoded (the two overlap on two cores; a cold sync of 10,000
-        services went from 1.10 s to 0.92 s).  A message that cannot be
-        encoded quarantines its object as in the eager path, but part of
-        the bundle is on the switch already: it is discarded instead of
-        committed, ``end_sync`` says not ok and kicks, and the next pass
-        plans again from the newest state without that object."""
-        dp = self.dp
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        opening = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
-        items = {}
-        pending = self.pending = _Pending(items, None, self._make_event(), want, plan,
-                                          started, 0, full)
-        yield opening
-        bad = {}
-        with bundle.gc_paused():  # held across the yields: a green thread's GC pause
-            for item, xid, raw, why in bundle.steps(dp, plan, stale, self.session.generation,
-                                                    bundle_id):
-                if why is not None:
-                    bad[item] = why
-                elif not bad:        # after a failure: only look for more of them
-                    items[xid] = item
-                    pending.count += 1
-                    yield raw
-        if bad:
-            self.counters[(self.dpid, "quarantined encode")] += len(
-                self.session.unencodable(want, plan, bad))
-            pending.discarded = True
-            close = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_DISCARD_REQUEST)
-        else:
-            close = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
-        barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
-        dp.set_xid(barrier)
-        pending.barrier_xid = barrier.xid
-        LOG.debug("switch %016x: streamed bundle %d with %d messages", self.dpid, bundle_id,
-                  pending.count)
-        yield close
-        yield barrier
+    def _quarantine(self, pending) -> None:
+        """Objects whose messages could not be encoded: skipped until they change."""
+        self.counters[(self.dpid, "quarantined encode")] += len(
+            self.session.unencodable(pending.want, pending.plan, pending.bad))
 
-    def _encode(self, plan, stale):
-        """The bundle, each message encoded here, one by one, so a message
-        that cannot be encoded (a value out of range, a bug) is pinned on its
-        object before anything is sent.  Returns ([(plan item, xid, why it
-        failed or None)], [open, bundle-add bytes..., commit])."""
-        dp = self.dp
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        opening = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
-        steps = list(bundle.steps(dp, plan, stale, self.session.generation, bundle_id))
-        commit = bundle.control(dp, bundle_id, dp.ofproto.ONF_BCT_COMMIT_REQUEST)
-        return ([(item, xid, why) for item, xid, _, why in steps],
-                [opening] + [raw for _, _, raw, _ in steps] + [commit])
+    def barrier_reply(self, xid, now) -> list:
+        if self.pending is None or xid != self.pending.barrier_xid:
+            return []
+        return self._end(self.pending.errors, now)
 
-    def barrier_reply(self, xid) -> None:
-        if self.pending is not None and xid == self.pending.barrier_xid:
-            self.pending.done.set()
-
-    def error(self, xid, err_type, code) -> None:
+    def error(self, xid, err_type, code, now) -> list:
         if xid == self._meter_xid:
             LOG.debug("switch %016x: expected error type=%d code=%d (meter exists)",
                       self.dpid, err_type, code)
-            return
-        if self.sweep.is_reply(xid) or self.is_audit_reply(xid):
-            # a statistics request of ours failed: that read ends (the next
-            # period asks again); it is no reason to fail a bundle in flight
-            LOG.warning("switch %016x: error type=%d code=%d for a %s request; "
-                        "asking again next period", self.dpid, err_type, code,
-                        "sweep" if self.sweep.is_reply(xid) else "drift audit")
-            self.sweep.request_failed(xid)
-            if self.is_audit_reply(xid):
-                self.drift.request_failed()
-            return
+            return []
+        for name, watch in (("sweep", self.sweep), ("drift audit", self.drift)):
+            if watch.is_reply(xid):
+                # a statistics request of ours failed: that read ends (the next
+                # period asks again); no reason to fail a bundle in flight
+                LOG.warning("switch %016x: error type=%d code=%d for a %s request; "
+                            "asking again next period", self.dpid, err_type, code, name)
+                watch.request_failed(xid)
+                return []
         LOG.error("switch %016x: error type=%d code=%d for xid %d",
                   self.dpid, err_type, code, xid)
         if self.pending is not None:
             self.pending.errors.append((xid, f"error type={err_type} code={code}"))
+        return []
 
-    def end_sync(self, answered: bool, timeout: float = 0) -> SyncResult:
-        """The bundle's outcome, once its barrier was answered (or not in time)."""
+    def _end(self, errors, now) -> list:
+        """The bundle in flight is over: its barrier was answered (``errors``:
+        what the switch refused), or not in time, or the switch went.  Then
+        the next bundle, if something changed meanwhile."""
         pending, self.pending = self.pending, None
         session = self.session
-        elapsed = self._clock() - pending.started
-        if not answered:
-            errors = [(None, f"no reply within {timeout}s")]
-        else:
-            errors = pending.errors
-        if pending.discarded and not errors:
-            self.kick.set()                # plan again without the quarantined object
-            return SyncResult(False, pending.plan, elapsed, pending.count)
-        if errors or session is None:
+        result = SyncResult(False, pending.plan, now - pending.started, pending.count)
+        if pending.discarded:
+            self._quarantine(pending)
+            self._due = True               # plan again without the quarantined objects
+        if errors:
             failed = [pending.items_by_xid[xid] for xid, _ in errors
                       if pending.items_by_xid.get(xid) is not None]
-            if session is not None:
-                blamed = session.failed(pending.want, pending.plan, failed,
-                                        "; ".join(why for _, why in errors))
-                self.counters[(self.dpid, "quarantined refused")] += len(blamed)
-                self.kick.set()            # retry at once without what failed
-            return SyncResult(False, pending.plan, elapsed, pending.count)
-        full = pending.full
-        if full:
+            blamed = session.failed(pending.want, pending.plan, failed,
+                                    "; ".join(why for _, why in errors))
+            self.counters[(self.dpid, "quarantined refused")] += len(blamed)
+            self._due = True               # retry at once without what failed
+        elif not pending.discarded:
+            result = self._committed(pending, now)
+        self.on_synced(result)
+        return _then(result.after, self._next(now)) if self.alive else []
+
+    def _committed(self, pending, now) -> SyncResult:
+        session = self.session
+        if pending.full:
             # every flow was written again: changes the monitor reported
             # before this barrier's reply are overwritten
             self.drift.repaired()
-        session.committed(pending.want, pending.plan, pending.started, full)
+        session.committed(pending.want, pending.keys, pending.full)
         self.commits += 1
+        LOG.info("switch %016x: committed %s in %.1f ms", self.dpid,
+                 pending.plan.summary(), (now - pending.started) * 1000)
         if session.needs_resync:
-            self.kick.set()           # drift found while this bundle was out: repair now
-        if full:
+            self._due = True               # drift found while this bundle was out
+        if pending.full:
             # Millions of long-lived objects now: move them out of the cyclic
             # collector's way, or every full collection walks them all (the
             # tail of the change latency).
             gc.freeze()
-        LOG.debug("switch %016x: bundle of %d messages committed in %.1f ms",
-                  self.dpid, pending.count, elapsed * 1000)
         after = self._flushes()
         if self.drift.seen:           # the monitor saw a change while the bundle was out
-            after += self.drift.requests()
-        return SyncResult(True, pending.plan, elapsed, pending.count, after)
-
-    def sync_failed(self) -> None:
-        """Planning or encoding raised: start over from a clean round."""
-        self.pending = None
-        if self.session is not None:
-            self.session.needs_resync = True
+            after += self._audit()
+        return SyncResult(True, pending.plan, now - pending.started, pending.count, after)
 
     def _flushes(self) -> list:
         """The endpoints are out of the groups now: drop their UDP entries."""
@@ -339,38 +326,60 @@ class Switch:
                                       (entry.endpoint_ip, entry.endpoint_port)))
         return out
 
-    # --- session affinity longer than a learn action's timeout (controller/sweep.py) ---
-    def sweep_requests(self, state) -> list:
-        return self.sweep.requests(state) if self.ready and state is not None else []
+    # --- session affinity longer than a learn action's timeout (controller/sweep.py) -----
+    def sweep_reply(self, xid, stats, more, now) -> list:
+        return self.sweep.reply(xid, stats, more, now)
 
-    def is_sweep_reply(self, xid) -> bool:
-        return self.sweep.is_reply(xid)
+    # --- drift (controller/drift.py) ----------------------------------------------------
+    def _audit(self) -> list:
+        """The audit's requests, unless a bundle is out or a resync is due."""
+        if not self.ready or self.pending is not None or self.session.needs_resync:
+            return []
+        return self.drift.requests(self.session.generation, self.commits)
 
-    def sweep_reply(self, xid, stats, more=False) -> list:
-        return self.sweep.reply(xid, stats, more)
+    def audit_reply(self, xid, now, flows=None, groups=(), meters=None, more=False) -> list:
+        audit = self.drift.reply(xid, flows, groups, meters, more)
+        if audit is None:                  # more replies to come
+            return []
+        out = []
+        if audit.meter_missing:
+            out.append(ofmsg.meter_add(self.dp, pipeline.REJECT_METER, self.reject_rate,
+                                       self.reject_rate))
+        session = self.session
+        if audit.commits != self.commits:
+            # a bundle landed meanwhile: the counts are of another state; ask
+            # again later (at once, if the flow monitor saw a change).  (A
+            # bundle still out is fine: OVS answered before it applied it,
+            # and ``installed`` is still what was there before it.)
+            if audit.forced:
+                self.drift.seen = True
+                out += self._audit()
+            return out
+        drifted = self.drift.judge(audit, session.installed, session.generation)
+        if drifted is not None:
+            self.counters[(self.dpid, "drift")] += 1
+            session.redo(drifted)
+            self._due = True
+        elif self.drift.seen:                # the monitor saw more while we counted
+            out += self._audit()
+        return _then(out, self._next(now))
 
-    # --- drift (controller/drift.py) --------------------------------------------------
-    def audit_requests(self) -> list:
-        return self.drift.requests()
+    def flow_monitor_updates(self, data: bytes, now) -> list:
+        if not self.ready or self.session.needs_resync:
+            return []                     # everything is written again anyway
+        if self.drift.flow_updates(data, self.session.installed, self.session.generation):
+            return self._audit()          # [] while a bundle or an audit is in flight
+        return []
 
-    def is_audit_reply(self, xid) -> bool:
-        return self.drift.is_reply(xid)
+    def flow_monitor_paused(self, resumed: bool, now) -> list:
+        return self._audit() if self.drift.monitor_paused(resumed) else []
 
-    def audit_reply(self, xid, flows=None, groups=(), meters=None, more=False) -> list:
-        return self.drift.reply(xid, flows, groups, meters, more)
-
-    def flow_monitor_updates(self, data: bytes) -> list:
-        return self.drift.flow_updates(data)
-
-    def flow_monitor_paused(self, resumed: bool) -> list:
-        return self.drift.monitor_paused(resumed)
-
-    # --- refused connections ----------------------------------------------------------
-    def packet_in(self, cookie, in_port, data) -> list:
+    # --- refused connections --------------------------------------------------------------
+    def packet_in(self, cookie, in_port, data, now) -> list:
         """A refused new connection: answer with a TCP RST or ICMP unreachable."""
         if cookies.kind_of(cookie) not in (cookies.KIND_SERVICE_PORT, cookies.KIND_VIP):
             return []
-        if not self._reject_bucket.take():
+        if not self._reject_bucket.take(now):
             return []
         answer = reject.reply_for(bytes(data))
         if answer is None:
@@ -381,11 +390,14 @@ class Switch:
                                     in_port=ofp.OFPP_CONTROLLER,
                                     actions=[parser.OFPActionOutput(in_port)], data=answer)]
 
-    # --- the end ------------------------------------------------------------------------
-    def disconnected(self) -> None:
+    # --- the end --------------------------------------------------------------------------
+    def disconnected(self, now) -> None:
         LOG.info("switch %016x disconnected", self.dpid)
         self.alive = False
-        self.kick.set()                   # let the sync loop notice and exit
         if self.pending is not None:
-            self.pending.errors.append((None, "switch disconnected"))
-            self.pending.done.set()
+            self._end([(None, "switch disconnected")], now)
+
+
+def _then(out: list, more: Iterable) -> Iterable:
+    """``out``, then ``more``: a list, unless ``more`` is a streamed bundle."""
+    return out + more if isinstance(more, list) else itertools.chain(out, more)

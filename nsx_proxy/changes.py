@@ -5,16 +5,19 @@ it re-translated, so it hands the OpenFlow side the new state *and* what
 changed, and nothing downstream walks every service again to find out.
 
 * ``services``: keys of services added, changed or removed (by object
-  identity: an unchanged service keeps its object);
+  identity: an unchanged service keeps its object), or :data:`ALL`;
 * ``nodes`` / ``floating_ips``: whether those maps changed at all (they are
   small, and a change there touches every bridge anyway);
 * ``udp_gone``: UDP endpoints that stopped receiving new connections, per
   frontend - their conntrack entries must be flushed (see below);
-* ``full``: the change is unknown (a first state): treat everything as new;
 * ``trigger_times``: wall-clock times (epoch seconds) from the changed
   EndpointSlices' ``endpoints.kubernetes.io/last-change-trigger-time``: when
   the change that produced them happened (kube-proxy's network programming
   SLI measures from there to "programmed").
+
+"Everything changed" (a first state, a source that lost track) is said one
+way, here and downstream: :data:`ALL` where a set of keys goes.  The compiler
+answers in the same words: the fragment keys it touched, or ALL.
 
 UDP has no FIN: a client that keeps sending from one source port keeps
 matching its conntrack entry, DNATed to an endpoint that is gone, and
@@ -28,9 +31,33 @@ the keys they touched; others call :func:`between`, which compares every
 service by identity (the one place that walk is written).
 """
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, NamedTuple, Tuple
+from typing import FrozenSet, Iterable, NamedTuple, Tuple, Union
 
 from nsx_proxy import model
+
+
+class _All:
+    """Every key: "everything changed", the one way to say it.  Behaves as
+    the set of all keys where a change set's keys go: it holds every key,
+    and a union with it is itself."""
+    __slots__ = ()
+
+    def __contains__(self, key) -> bool:
+        return True
+
+    def __or__(self, other):
+        return self
+
+    __ror__ = __or__
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "ALL"
+
+
+ALL = _All()
 
 
 class StaleUdp(NamedTuple):
@@ -43,15 +70,18 @@ class StaleUdp(NamedTuple):
 
 @dataclass(frozen=True)
 class ChangeSet:
-    services: FrozenSet[model.ServiceKey] = frozenset()
+    services: Union[FrozenSet[model.ServiceKey], _All] = frozenset()
     nodes: bool = False
     floating_ips: bool = False
     udp_gone: Tuple[StaleUdp, ...] = ()
-    full: bool = False
     trigger_times: Tuple[float, ...] = ()
 
+    @property
+    def everything(self) -> bool:
+        return self.services is ALL
+
     def __bool__(self) -> bool:
-        return bool(self.full or self.services or self.nodes or self.floating_ips)
+        return bool(self.services or self.nodes or self.floating_ips)
 
     def merge(self, later: "ChangeSet") -> "ChangeSet":
         """This change followed by ``later``, as one."""
@@ -59,11 +89,10 @@ class ChangeSet:
                          nodes=self.nodes or later.nodes,
                          floating_ips=self.floating_ips or later.floating_ips,
                          udp_gone=self.udp_gone + later.udp_gone,
-                         full=self.full or later.full,
                          trigger_times=self.trigger_times + later.trigger_times)
 
 
-EVERYTHING = ChangeSet(full=True)
+EVERYTHING = ChangeSet(services=ALL, nodes=True, floating_ips=True)
 
 
 def compute(old: model.ClusterState, new: model.ClusterState,

@@ -84,33 +84,3 @@ def test_a_status_port_in_use_is_one_line_and_the_agent_programs_anyway(bridges,
             ctl.stop()
     finally:
         busy.close()
-
-
-def test_a_sync_that_raises_is_logged_and_followed_by_a_full_resync(caplog):
-    """A bug while planning or encoding (not one object's: those are
-    quarantined) ends that sync with one traceback; the switch is marked for
-    a full resync and kicked to try again."""
-    import threading
-    from types import SimpleNamespace
-    from controller.app import ServiceProxy
-    calls = []
-
-    class Stub:
-        alive, dpid, kick = True, 0x1001, threading.Event()
-
-        def begin_sync(self, state):
-            calls.append("begin")
-            raise RuntimeError("a bug")
-
-        def sync_failed(self):
-            calls.append("failed")
-            self.alive = False              # end the loop after this round
-
-    switch = Stub()
-    switch.kick.set()
-    proxy = SimpleNamespace(state=None, state_received=None)
-    ServiceProxy._sync_loop(proxy, switch)
-    assert calls == ["begin", "failed"] and switch.kick.is_set()
-    lines = [r for r in caplog.records if "sync failed" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].exc_info is not None
-    assert "switch 0000000000001001: sync failed; full resync next" == lines[0].getMessage()

@@ -45,7 +45,7 @@ def test_change_set_names_added_changed_and_removed_services_only():
     c = world.web(name="third", vip="10.96.0.12")
     new = world.state(a, b2, c)
     change = changes.between(old, new)
-    assert change.services == {b.key, c.key} and not change.nodes and not change.full
+    assert change.services == {b.key, c.key} and not change.nodes and not change.everything
     assert changes.between(new, world.state(a)).services == {b.key, c.key}
     assert not changes.between(old, old)
 
@@ -57,5 +57,7 @@ def test_compute_trusts_the_touched_keys_and_merge_adds_up():
     one = changes.compute(old, new, [a.key])
     assert one.services == {a.key}
     merged = changes.ChangeSet(nodes=True).merge(one)
-    assert merged.services == {a.key} and merged.nodes and not merged.full
-    assert changes.EVERYTHING.merge(changes.ChangeSet()).full
+    assert merged.services == {a.key} and merged.nodes and not merged.everything
+    assert changes.EVERYTHING.merge(changes.ChangeSet()).everything
+    later = changes.ChangeSet(services=frozenset({a.key})).merge(changes.EVERYTHING)
+    assert later.services is changes.ALL and a.key in later.services

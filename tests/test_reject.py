@@ -50,8 +50,7 @@ def test_udp_gets_icmp_port_unreachable_quoting_the_datagram():
 
 
 def test_token_bucket_caps_the_rate():
-    now = [0.0]
-    bucket = reject.TokenBucket(rate=10, burst=5, clock=lambda: now[0])
-    assert sum(bucket.take() for _ in range(20)) == 5
-    now[0] += 1.0
-    assert sum(bucket.take() for _ in range(20)) == 5      # refilled, capped at burst
+    bucket = reject.TokenBucket(rate=10, burst=5, now=0.0)
+    assert sum(bucket.take(0.0) for _ in range(20)) == 5
+    assert sum(bucket.take(0.2) for _ in range(20)) == 2    # 10 a second
+    assert sum(bucket.take(5.0) for _ in range(20)) == 5    # refilled, capped at burst
