@@ -10,6 +10,12 @@ midstream), and ``ct(table=N)``
 recirculates.  Each possible end is an :class:`Outcome` carrying the
 conntrack it would leave behind, so a test can follow one connection.
 
+It is strict where OVS would refuse or be arbitrary, so a wrong pipeline is
+a red test and not a silent drop: a packet sent to a group that does not
+exist, a ``goto_table`` that does not go forward, and two flows of one
+table and priority that both match one packet (OVS would pick either) raise
+:class:`PipelineFault`.
+
 Several bridges can share one conntrack (as netdev bridges share a
 datapath) and be wired together with :class:`FakeNetwork`.
 """
@@ -140,6 +146,10 @@ def _field_matches(pkt, name, want) -> bool:
     return have == want
 
 
+class PipelineFault(AssertionError):
+    """What OVS would refuse, or do arbitrarily: the flows are wrong."""
+
+
 def matches(flow: F.Flow, pkt) -> bool:
     return all(_field_matches(pkt, name, want) for name, want in flow.match)
 
@@ -156,12 +166,18 @@ class FakeSwitch:
         D.apply(self.flows, self.groups, plan)
 
     def lookup(self, table, pkt) -> Optional[F.Flow]:
-        best = None
+        best = []
         for f in self.flows.values():
-            if f.table == table and matches(f, pkt) and (
-                    best is None or f.priority > best.priority):
-                best = f
-        return best
+            if f.table == table and matches(f, pkt):
+                if not best or f.priority > best[0].priority:
+                    best = [f]
+                elif f.priority == best[0].priority:
+                    best.append(f)
+        if len(best) > 1:
+            raise PipelineFault(f"{self.name}: table {table} priority {best[0].priority}: "
+                                f"{len(best)} flows match {pkt}: "
+                                + "; ".join(F.flow_text(f) for f in best))
+        return best[0] if best else None
 
     def send(self, pkt, in_port) -> List[Outcome]:
         """Every (port, packet, conntrack) the packet can end up at."""
@@ -175,7 +191,7 @@ class FakeSwitch:
         if f is None:
             return []                          # table miss: drop
         self.hits[f.key] = self.hits.get(f.key, 0) + 1
-        return self._run_actions(f.actions, pkt, ct, depth)
+        return self._run_actions(f.actions, pkt, ct, depth, table=table)
 
     def _learn(self, action: F.Learn, pkt) -> None:
         """Install the flow OVS's learn action would, from its specs."""
@@ -195,7 +211,8 @@ class FakeSwitch:
         learned = F.flow(action.table, action.priority, loads, action.cookie, **match)
         self.flows[learned.key] = learned
 
-    def _run_actions(self, actions, pkt, ct, depth, in_place=False) -> List[Outcome]:
+    def _run_actions(self, actions, pkt, ct, depth, in_place=False,
+                     table=None) -> List[Outcome]:
         if not in_place:
             pkt = dict(pkt)
         out: List[Outcome] = []
@@ -210,7 +227,8 @@ class FakeSwitch:
                 f = self.lookup(action.table, pkt)    # like a call: loads stick
                 if f is not None:
                     self.hits[f.key] = self.hits.get(f.key, 0) + 1
-                    out += self._run_actions(f.actions, pkt, ct, depth + 1, in_place=True)
+                    out += self._run_actions(f.actions, pkt, ct, depth + 1, in_place=True,
+                                             table=action.table)
             elif isinstance(action, F.Learn):
                 self._learn(action, pkt)
             elif isinstance(action, F.Move):
@@ -221,6 +239,9 @@ class FakeSwitch:
                     continue                   # OpenFlow: never back out of in_port
                 out.append(Outcome(self.name, port, dict(pkt), ct))
             elif isinstance(action, F.GotoTable):
+                if table is not None and action.table <= table:
+                    raise PipelineFault(f"{self.name}: goto_table:{action.table} from "
+                                        f"table {table} (OpenFlow goes forward only)")
                 out += self._run_table(action.table, pkt, ct, depth + 1)
             elif isinstance(action, F.Meter):
                 pass                           # rate limiting: not modelled
@@ -228,9 +249,12 @@ class FakeSwitch:
                 out.append(Outcome(self.name, CONTROLLER, dict(pkt), ct))
             elif isinstance(action, F.Group):
                 group = self.groups.get(action.group_id)
-                for bucket in group.buckets if group else ():
+                if group is None:
+                    raise PipelineFault(f"{self.name}: group {action.group_id} does not "
+                                        "exist (OVS refuses a flow that points at it)")
+                for bucket in group.buckets:
                     fork = copy.deepcopy(ct)
-                    out += self._run_actions(bucket.actions, pkt, fork, depth + 1)
+                    out += self._run_actions(bucket.actions, pkt, fork, depth + 1, table=table)
             elif isinstance(action, F.Ct):
                 assert i == len(actions) - 1, "ct must end its action list"
                 pkt["ct_state"] = ct.execute(pkt, action)

@@ -389,3 +389,35 @@ def test_floating_ip_in_and_out():
     assert (out.bridge, out.port, out.packet["ipv4_src"]) == ("br-gw", 2, fip.ip)
     (out,) = send(net, "pod1", tcp(P["pod1"].ip, INET, 8080, sport=998))
     assert out.packet["ipv4_src"] == "192.168.100.1"           # no FIP: the node IP
+
+
+def _one_table_switch(*flows, groups=()):
+    from fakeswitch import FakeSwitch
+    sw = FakeSwitch("br-strict")
+    sw.flows = {f.key: f for f in flows}
+    sw.groups = {g.group_id: g for g in groups}
+    return sw
+
+
+def test_the_fake_switch_refuses_what_ovs_would_refuse_or_do_arbitrarily():
+    """A wrong pipeline is a red test, not a silent drop: a missing group, a
+    goto that does not go forward, two flows of one priority for one packet."""
+    from fakeswitch import PipelineFault
+    pkt = tcp("10.1.1.2", "10.96.0.10", 80)
+    missing = _one_table_switch(F.flow(0, 10, [F.Group(77)], eth_type=F.ETH_IP))
+    with pytest.raises(PipelineFault, match="group 77 does not exist"):
+        missing.send(pkt, 1)
+    empty = _one_table_switch(F.flow(0, 10, [F.Group(77)], eth_type=F.ETH_IP),
+                              groups=[F.SelectGroup(77, ())])
+    assert empty.send(pkt, 1) == []                       # an empty group drops: fine
+    backwards = _one_table_switch(F.flow(0, 10, [F.GotoTable(30)], eth_type=F.ETH_IP),
+                                  F.flow(30, 10, [F.GotoTable(20)], eth_type=F.ETH_IP))
+    with pytest.raises(PipelineFault, match="goto_table:20 from table 30"):
+        backwards.send(pkt, 1)
+    overlap = _one_table_switch(F.flow(0, 10, [F.Output(2)], eth_type=F.ETH_IP),
+                                F.flow(0, 10, [F.Output(3)], ipv4_dst="10.96.0.10"))
+    with pytest.raises(PipelineFault, match="table 0 priority 10: 2 flows match"):
+        overlap.send(pkt, 1)
+    ranked = _one_table_switch(F.flow(0, 10, [F.Output(2)], eth_type=F.ETH_IP),
+                               F.flow(0, 20, [F.Output(3)], ipv4_dst="10.96.0.10"))
+    assert [o.port for o in ranked.send(pkt, 1)] == [3]   # priorities decide: fine
