@@ -7,9 +7,7 @@ those that start in another green thread (the cluster source, the OVSDB
 monitor, the clock), is posted to this app's one Ryu event queue, so one
 thread changes a Switch and one place sends (FAUCET's shape).  Run it as::
 
-    ryu-manager --config-file nsx-proxy.conf controller.app
-
-The ``[nsx_proxy]`` options are declared in controller/config.py.
+    ryu-manager --config-file nsx-proxy.conf controller.app   # options: config.py
 """
 import collections
 import itertools
@@ -44,7 +42,6 @@ LOG = logging.getLogger("nsx_proxy")
 
 CONF = config.CONF
 
-
 # Trigger times (kube-proxy's SLI) kept while no bundle commits; the oldest go.
 MAX_PENDING_TRIGGERS = 10000
 
@@ -54,11 +51,7 @@ TICK = 0.5
 
 
 class ServiceProxy(app_manager.RyuApp):
-    """Ryu events in, a Switch per datapath decides, messages out.
-
-    The only module that calls ``send_msg``; each handler hands its event to
-    the datapath's :class:`~controller.switch.Switch`.
-    """
+    """Ryu events in, a Switch per datapath decides, messages out (``_send``)."""
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
     def __init__(self, *args, **kwargs):
@@ -92,6 +85,7 @@ class ServiceProxy(app_manager.RyuApp):
         except ValueError as exc:            # kube-proxy refuses to start; say why
             raise SystemExit(f"nsx-proxy: {exc}") from None
         self.last_programmed = time.time()   # wall time of the last committed bundle
+        self._queued_since = None            # a change handed to switches, not yet live
 
     def start(self):
         super().start()
@@ -140,10 +134,18 @@ class ServiceProxy(app_manager.RyuApp):
             logging.shutdown()
             os._exit(0)
 
+    def proxy_health(self, now):
+        """(healthy, why not): kube-proxy's verdict, for every health
+        endpoint: no change waits longer than two of the longest sync
+        periods, from its API event (or its hand-over) to a committed bundle."""
+        waiting = [t for t in (getattr(self.source, "pending_since", None),
+                               self._queued_since) if t is not None]
+        return healthcheck.proxy_health(min(waiting, default=None), now,
+                                        2 * self.conf.max_sync_period)
+
     def _proxy_status(self):
-        """(healthy, last programmed, now): for kube-proxy's /healthz."""
-        healthy, _ = status.health(self, time.monotonic())
-        return healthy and self.state_received is not None, self.last_programmed, time.time()
+        """(healthy, last programmed, now), wall clock: for kube-proxy's /healthz."""
+        return self.proxy_health(time.monotonic())[0], self.last_programmed, time.time()
 
     # --- inputs ----------------------------------------------------------------
     def set_state(self, state: model.ClusterState, change: changes.ChangeSet = None) -> None:
@@ -169,12 +171,21 @@ class ServiceProxy(app_manager.RyuApp):
         self._event_at = getattr(self.source, "last_event_at", None)
         self._event_observed = set()
         self._trigger_times.extend(change.trigger_times)
+        if self._queued_since is None:      # kube-proxy's QueuedUpdate
+            self._queued_since = self._event_at or self.state_received
         self.send_event(self.name, EventState(state, change))
 
     @set_ev_cls(EventState)
     def _state(self, ev):
         for switch in list(self.switches.values()):
             self._handle(switch, lambda now: switch.state_changed(ev.state, ev.change, now))
+        self._settled()
+
+    def _settled(self) -> None:
+        """kube-proxy's Updated: no switch has a bundle out or one to send,
+        so every change handed over is programmed (or changed nothing)."""
+        if self._queued_since is not None and all(s.idle for s in self.switches.values()):
+            self._queued_since = None
 
     def set_contexts(self, contexts) -> None:
         """A new {dpid: BridgeContext} snapshot from OVSDB (in agent mode, only
@@ -216,6 +227,7 @@ class ServiceProxy(app_manager.RyuApp):
             self._send(switch.dp, event_fn(now))
         except Exception:                 # noqa: BLE001 - the switch starts over
             switch.failed(now)
+        self._settled()
 
     # --- switch lifecycle -----------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
@@ -349,22 +361,13 @@ class ServiceProxy(app_manager.RyuApp):
         if not result.ok:
             self.bundle_failures[switch.dpid] += 1
             return
-        bridge = status.bridge_name(self, switch.dpid)
         self.last_programmed = time.time()
-        self.metrics.sync_seconds.labels(bridge).observe(result.seconds)
-        self.metrics.last_programmed.labels(bridge).set(self.last_programmed)
-        self.metrics.sync_proxy_rules.observe(result.seconds)
-        self.metrics.sync_proxy_rules_last.set(self.last_programmed)
-        # kube-proxy's SLI: a change is programmed with the first bundle that
-        # carries it (an agent has one node bridge; centrally, the first one)
-        for when in self._trigger_times:
-            self.metrics.network_programming.observe(max(0.0, self.last_programmed - when))
+        first = self._event_at is not None and switch.dpid not in self._event_observed
+        self._event_observed.add(switch.dpid)
+        self.metrics.committed(status.bridge_name(self, switch.dpid), result.seconds,
+                               self.last_programmed, self._trigger_times,
+                               time.monotonic() - self._event_at if first else None)
         self._trigger_times.clear()
-        if self._event_at is not None and switch.dpid not in self._event_observed:
-            self._event_observed.add(switch.dpid)
-            age = time.monotonic() - self._event_at
-            self.metrics.event_to_programmed.observe(age)
-            self.metrics.programmed_event.labels(bridge).set(time.time() - age)
         for listener in self.commit_listeners:
             listener(switch.dpid, result.plan, result.seconds)
 

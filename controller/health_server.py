@@ -40,11 +40,13 @@ class HealthServer:
         LOG.info("proxy health endpoint on http://%s/healthz", address)
 
     def _proxy_app(self, environ, start_response):
-        if environ.get("PATH_INFO") not in ("/healthz", "/livez"):
+        path = environ.get("PATH_INFO")
+        if path not in ("/healthz", "/livez"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"try /healthz or /livez\n"]
         healthy, last, now = self._proxy_status()
-        status, headers, body = healthcheck.proxy_answer(last, now, healthy)
+        status, headers, body = healthcheck.proxy_answer(last, now, healthy,
+                                                         livez=path == "/livez")
         start_response(status, headers)
         return [body]
 

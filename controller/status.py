@@ -5,10 +5,12 @@
                  service's frontends and groups, each cookie's owner, the
                  table names (JSON; the ``nsx-proxy`` CLI needs nothing else);
 ``GET /metrics`` Prometheus metrics.
-``GET /healthz`` 200 while the event loop answers and syncs keep running;
+``GET /healthz`` kube-proxy's verdict (nsx_proxy/healthcheck.py: no change
+                 has waited more than two of the longest sync periods to be
+                 programmed), as text: 200 "ok", or 503 with the reason;
 ``GET /readyz``  200 once every initial list arrived and every local bridge
                  is programmed; otherwise 503 with the reasons, one a line
-                 (the DaemonSet's probes).
+                 (the DaemonSet's liveness and readiness probes).
 
 It binds to 127.0.0.1 only: it is for the node's operator, not the network.
 The metrics are collected at scrape time from the app's own bookkeeping
@@ -17,6 +19,7 @@ app observes (sync duration, event to programmed).
 """
 import json
 import logging
+import time
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -71,6 +74,23 @@ class Metrics:
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced", registry=self.registry)
         self.registry.register(_AppCollector(app))
+
+
+    def committed(self, bridge, seconds, wall, trigger_times, event_age=None) -> None:
+        """A bundle committed on ``bridge`` at ``wall`` after ``seconds``.
+        kube-proxy's SLI: a change is programmed with the first bundle that
+        carries it (an agent has one node bridge; centrally, the first one),
+        measured from each trigger time; ``event_age``: the first API event
+        behind it, the first time this bridge commits it."""
+        self.sync_seconds.labels(bridge).observe(seconds)
+        self.last_programmed.labels(bridge).set(wall)
+        self.sync_proxy_rules.observe(seconds)
+        self.sync_proxy_rules_last.set(wall)
+        for when in trigger_times:
+            self.network_programming.observe(max(0.0, wall - when))
+        if event_age is not None:
+            self.event_to_programmed.observe(event_age)
+            self.programmed_event.labels(bridge).set(time.time() - event_age)
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)
@@ -184,17 +204,6 @@ def readiness(app):
         elif not switch.ready or switch.session.needs_resync:
             reasons.append(f"bridge {ctx.name} is not programmed yet")
     return not reasons, reasons
-
-
-def health(app, now):
-    """(healthy, reasons): answering at all proves the event loop runs; the
-    sync runner must have run within twice its longest period."""
-    runner = getattr(app.source, "runner", None)
-    if runner is not None and runner.last_run is not None:
-        late = now - runner.last_run - 2 * runner.max_interval
-        if late > 0:
-            return False, [f"no sync for {now - runner.last_run:.0f} s"]
-    return True, []
 
 
 def bridge_name(app, dpid):
@@ -321,7 +330,7 @@ def wsgi_app(app, metrics, clock=None):
     def handle(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
-            return probe(start_response, health(app, clock()), "500 Internal Server Error")
+            return probe(start_response, app.proxy_health(clock()), "503 Service Unavailable")
         if path == "/readyz":
             return probe(start_response, readiness(app), "503 Service Unavailable")
         if path == "/metrics":

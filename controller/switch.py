@@ -10,20 +10,10 @@ object goes with it, so nothing about a switch (a bundle in flight, a
 handshake, a meter xid, a token bucket, UDP flushes) can outlive it.
 
 The events, each a method taking ``now`` (monotonic seconds) and returning
-the messages to send::
-
-    connected(now)                      the reject meter, the handshake's stats
-                                        requests, the flow monitor
-    stats_reply(now, ...)               the handshake's replies
-    context_changed(ctx, now)           OVSDB says what the bridge is
-    state_changed(state, change, now)   a new cluster state and what changed
-    barrier_reply(xid, now) / error(xid, type, code, now)   a bundle's outcome
-    audit_reply / flow_monitor_updates / flow_monitor_paused   drift
-    sweep_reply(...)                    long session-affinity entries
-    packet_in(...)                      a refused connection: RST / ICMP
-    timer(now)                          the bundle's deadline, the audit and
-                                        sweep periods, a retry after a failure
-    disconnected(now)
+the messages to send, are listed in docs/architecture.md: the handshake,
+a new state or bridge context, a bundle's barrier reply or error, the
+audit's and the flow monitor's replies, the sweep's, a packet-in, the
+clock's ``timer``, the disconnection.
 
 One bundle is in flight at a time.  What changes meanwhile is merged and
 goes out in the next bundle, from the event that ends this one (its barrier
@@ -100,6 +90,11 @@ class Switch:
     @property
     def ready(self) -> bool:
         return self.session is not None and self.session.ready
+
+    @property
+    def idle(self) -> bool:
+        """No bundle out and none wanted: what it was told is programmed."""
+        return self.pending is None and not self._due
 
     # --- the handshake ---------------------------------------------------------------
     def connected(self, now) -> list:

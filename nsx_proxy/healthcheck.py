@@ -1,4 +1,7 @@
-"""What kube-proxy's two health servers answer, as pure functions.
+"""Health, in one place: what kube-proxy's two health servers answer, and
+the one verdict of "is the proxy healthy" every health endpoint gives.
+Pure functions; the sockets live in controller/health_server.py (kube-proxy's
+ports) and controller/status.py (the probe port).
 
 * The service health server: for every Service with externalTrafficPolicy
   Local and a ``healthCheckNodePort``, each node answers on that port with
@@ -6,8 +9,15 @@
   none, so an external load balancer sends only to nodes that can serve
   locally.  Only *ready* endpoints count: a node whose pods are all
   terminating fails the check and the load balancer drains it (KEP-1669).
-* The proxy's own ``/healthz`` (port 10256 by default): 200 while the
-  proxy keeps its rules in sync, 503 otherwise.
+* The proxy's own ``/healthz`` and ``/livez`` (port 10256 by default):
+  kube-proxy's verdict (``proxy_health``): healthy unless a change it was
+  told of has waited longer than ``timeout`` (two of its longest sync
+  periods) to be programmed; healthy while starting up, before any change.
+  200 or 503, with kube-proxy's JSON.
+* The probe port's ``/healthz`` (127.0.0.1:status_port, for the DaemonSet's
+  exec probe) gives the same verdict as plain text with the reason, 200 or
+  503; its ``/readyz`` says whether every list arrived and every bridge is
+  programmed (controller/status.py), which kube-proxy does not have.
 
 The bodies and headers are kube-proxy's (pkg/proxy/healthcheck), so
 existing load-balancer health checks and dashboards read them unchanged.
@@ -58,11 +68,27 @@ def _stamp(wall: float) -> str:
     return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).isoformat()
 
 
+def proxy_health(pending_since, now: float, timeout: float) -> Tuple[bool, List[str]]:
+    """(healthy, why not): kube-proxy's ProxyHealthServer verdict.
+    ``pending_since``: when the oldest change not yet programmed arrived
+    (None: nothing is waiting), on the same clock as ``now``."""
+    if pending_since is None or now - pending_since < timeout:
+        return True, []
+    return False, [f"a change has waited {now - pending_since:.0f} s to be programmed "
+                   f"(more than {timeout:.0f} s)"]
+
+
 def proxy_answer(last_updated: float, now: float, healthy: bool,
-                 node_eligible: bool = True) -> Answer:
-    """``/healthz`` (and ``/livez``): wall-clock times, as kube-proxy reports them."""
-    body = json.dumps({"lastUpdated": _stamp(last_updated), "currentTime": _stamp(now),
-                       "nodeEligible": node_eligible}).encode() + b"\n"
+                 node_eligible: bool = True, livez: bool = False) -> Answer:
+    """``/healthz`` (``livez``: ``/livez``, which leaves node eligibility out)
+    with wall-clock times, as kube-proxy reports them: a healthy proxy says
+    it was updated now."""
+    doc = {"lastUpdated": _stamp(now if healthy else last_updated),
+           "currentTime": _stamp(now)}
+    if not livez:
+        doc["nodeEligible"] = node_eligible
+        healthy = healthy and node_eligible
+    body = json.dumps(doc).encode() + b"\n"
     return ("200 OK" if healthy else "503 Service Unavailable",
             [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff"),
              ("Content-Length", str(len(body)))], body)

@@ -121,6 +121,12 @@ class KubeSource:
         self._changed()
 
     @property
+    def pending_since(self):
+        """When the oldest API event not yet handed on arrived (monotonic;
+        None: none is waiting): kube-proxy's QueuedUpdate."""
+        return self._pending_since
+
+    @property
     def synced(self) -> bool:
         return all(r.synced for r in self.reflectors)
 

@@ -75,8 +75,15 @@ def test_answers_are_kube_proxys():
     status, _, body = healthcheck.proxy_answer(1e9, 1e9 + 5, True)
     doc = json.loads(body)
     assert status == "200 OK" and doc["nodeEligible"] is True
-    assert doc["lastUpdated"].startswith("2001-09-09T01:46:40")
-    assert healthcheck.proxy_answer(1e9, 1e9, False)[0] == "503 Service Unavailable"
+    assert doc["lastUpdated"] == doc["currentTime"]      # healthy: "updated now"
+    assert doc["currentTime"].startswith("2001-09-09T01:46:45")
+    status, _, body = healthcheck.proxy_answer(1e9, 1e9 + 500, False)
+    assert status == "503 Service Unavailable"
+    assert json.loads(body)["lastUpdated"].startswith("2001-09-09T01:46:40")
+    status, _, body = healthcheck.proxy_answer(1e9, 1e9, True, livez=True)
+    assert status == "200 OK" and "nodeEligible" not in json.loads(body)
+    assert healthcheck.proxy_answer(1e9, 1e9, True, node_eligible=False)[0] == \
+        "503 Service Unavailable"
 
 
 def test_the_api_server_allocates_the_port_for_local_load_balancers_only():

@@ -30,9 +30,26 @@ def test_not_ready_says_why():
         == (True, [])
 
 
-def test_unhealthy_when_syncs_stop():
-    runner = SimpleNamespace(last_run=100.0, max_interval=60.0)
-    source = SimpleNamespace(runner=runner)
-    assert status.health(app(source=source), 219.0) == (True, [])
-    assert status.health(app(source=source), 221.0) == (False, ["no sync for 121 s"])
-    assert status.health(app(), 1e9) == (True, [])              # no source: nothing to run
+def test_the_probe_ports_healthz_gives_kube_proxys_verdict():
+    """Healthy while starting up and while changes are programmed in time;
+    503 with the reason once a change has waited two of the longest sync
+    periods (max_sync_period 60: 120 s) - the API event's own wait counts."""
+    from controller.app import ServiceProxy
+    from nsx_proxy import healthcheck
+    proxy = SimpleNamespace(source=SimpleNamespace(pending_since=None), _queued_since=None,
+                            conf=SimpleNamespace(max_sync_period=60.0))
+    verdict = lambda now: ServiceProxy.proxy_health(proxy, now)     # noqa: E731
+    assert verdict(1e6) == (True, [])                         # nothing waiting
+    proxy._queued_since = 100.0                               # handed to the switches
+    assert verdict(219.9) == (True, [])
+    assert verdict(220.0) == (False, ["a change has waited 120 s to be programmed "
+                                      "(more than 120 s)"])
+    proxy._queued_since, proxy.source.pending_since = None, 50.0   # stuck before that
+    assert not verdict(170.0)[0]
+    assert healthcheck.proxy_health(None, 1e9, 1.0) == (True, [])
+    handle = status.wsgi_app(SimpleNamespace(proxy_health=verdict), None, clock=lambda: 220.0)
+    seen = []
+    body = handle({"PATH_INFO": "/healthz"}, lambda code, headers: seen.append(code))
+    assert seen == ["503 Service Unavailable"] and b"waited 170 s" in body[0]
+
+
