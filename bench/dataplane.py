@@ -261,7 +261,7 @@ def run_size(n, rounds, seconds):
             # to one VIP do.  Reused tuples: a 1,000-port range wraps every
             # tenth of a second, so new connections meet their predecessors'
             # entries (TIME_WAIT) - the userspace conntrack then sometimes
-            # cannot NAT a SYN and drops it (README, Known limits); the
+            # cannot NAT a SYN and drops it (docs/known-limits.md); the
             # stalls and the spread of that row are the datapath's.
             cases["ovs vip reused"] = (NS["client"], target_vip, "10000 10999")
             for name, (ns, target, ports) in cases.items():

@@ -1,8 +1,8 @@
 """What a bridge is, read from OVSDB external_ids (the CNI's conventions).
 
 Pure functions from OVSDB row contents to a frozen :class:`BridgeContext`;
-the python-ovs monitor (ovsdb_monitor.py) feeds them.  The README's "OVSDB
-conventions" section documents the keys.
+the python-ovs monitor (ovsdb_monitor.py) feeds them.  The docs/ovsdb.md
+ section documents the keys.
 """
 import functools
 import ipaddress

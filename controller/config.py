@@ -1,43 +1,12 @@
 """The controller's options: the ``[nsx_proxy]`` section of its config file.
 
 Registered with Ryu's (oslo) config, so ``ryu-manager --config-file FILE``
-reads them and ``ryu-manager --help`` lists them.
-
-::
-
-    node_name =                    # agent mode: this node's bridges only ($NODE_NAME)
-    gateway = false                # agent mode: also the gateway bridge on this host
-    source = kubernetes            # or: file (a YAML state file, for demos), none
-    kubeconfig =                   # empty: in-cluster, else KUBECONFIG / ~/.kube/config
-    min_sync_period = 0.5          # coalesce API events: at most one sync per period
-    max_sync_period = 60           # and at least one per period
-    relist_period = 600            # full relist of every watched resource
-    state_file = /path/to/state.yaml   # with source = file
-    ovsdb = unix:/var/run/openvswitch/db.sock
-    bundle_timeout = 30
-    reject_rate = 100              # RST / ICMP answers per second and bridge
-    affinity_sweep_period = 60     # expiry of affinity entries over 65535 s
-    audit_period = 10              # drift check per switch (flows, groups, meter); 0: off
-    audit_groups_every = 3         # every 3rd check compares group contents; 0: never
-    fip_pools = default=198.51.100.0/24;blue=198.51.101.0/24
-    default_fip_pool = default
-    load_balancer_class =          # besides class-less LoadBalancers, this class is ours
-    leader_elect = true            # agent mode: a Lease elects the one agent that writes
-    leader_election_namespace =    # default $POD_NAMESPACE, else nsx-proxy
-    leader_election_lease = nsx-proxy-lb-writer
-    leader_election_lease_duration = 15
-    leader_election_renew_deadline = 10
-    leader_election_retry_period = 2
-    external_ip_cidrs =            # CIDRs spec.externalIPs may use (empty: any)
-    nodeport_addresses =           # CIDRs (or primary) whose node IPs serve nodePorts
-    healthz_bind_address = 0.0.0.0:10256   # agent mode: kube-proxy's node /healthz
-    status_port = 9910             # 127.0.0.1: /state /metrics /healthz /readyz; 0: off
-    node_setup = false             # agent mode: make this node's bridge (the DaemonSet: true)
-    node_bridge = br-nsx           # node_setup: the bridge's name
-    datapath_type = system         # node_setup: system (kernel) or netdev (userspace)
-    tunnel_type = geneve           # node_setup: geneve or vxlan; empty: a fabric uplink
-    service_cidr = 10.96.0.0/12    # node_setup: routed from the node into its bridge
-    underlay_mtu = 1500            # node_setup: the NIC's; pods get 50 bytes less
+reads them and ``ryu-manager --help`` lists them.  This list is the one
+source: docs/configuration.md holds what ``python -m controller.config``
+prints from it (tests/test_docs.py fails when they differ), and the
+DaemonSet's ConfigMap may set only options registered here
+(tests/test_deploy.py).  The builders below turn options into the objects
+the app needs, so the options are read in one place.
 """
 import os
 import uuid
@@ -49,7 +18,7 @@ from controller.node_setup import NodeSetup
 from nsx_proxy import lb_ipam
 
 CONF = cfg.CONF
-CONF.register_opts([
+OPTIONS = [
     cfg.StrOpt("node_name", default="",
                help="agent mode: program only the bridges OVSDB labels for this "
                     "Kubernetes node (default: $NODE_NAME; empty: every bridge, the "
@@ -143,7 +112,8 @@ CONF.register_opts([
     cfg.IntOpt("underlay_mtu", default=1500, min=1280,
                help="node_setup: the node's NIC MTU; the host port gets 50 bytes less "
                     "(the CNI conflist's mtu must say the same for pods)"),
-], group="nsx_proxy")
+]
+CONF.register_opts(OPTIONS, group="nsx_proxy")
 
 
 def ipam(conf):
@@ -176,3 +146,22 @@ def node_setup(conf, node_name):
                      CONF.ofp_tcp_listen_port or ofproto_common.OFP_TCP_PORT,
                      conf.service_cidr, conf.ovsdb,
                      conf.underlay_mtu)
+
+
+def reference() -> str:
+    """Every option as a Markdown table: what docs/configuration.md shows."""
+    rows = ["| option | type | default | what it does |", "|---|---|---|---|"]
+    for opt in sorted(OPTIONS, key=lambda o: o.name):
+        kind = type(opt).__name__[:-len("Opt")].lower()
+        choices = getattr(opt.type, "choices", None)
+        if choices:
+            kind += ": " + ", ".join(f"`{c}`" if c else "empty" for c in choices)
+        default = "" if opt.default in ("", None) else str(opt.default).lower() \
+            if isinstance(opt.default, bool) else str(opt.default)
+        rows.append(f"| `{opt.name}` | {kind} | {f'`{default}`' if default else 'empty'} "
+                    f"| {opt.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -1,8 +1,8 @@
 """The OpenFlow pipeline, declared once as data, and enforced when flows are built.
 
 Table ids leave gaps so later features can slot tables in without
-renumbering what users have learnt to read.  The README's "Flow tables"
-section is written from this list.
+renumbering what users have learnt to read.  docs/flow-tables.md shows
+this list (python -m controller.pipeline prints it).
 
 Each table declares the fields its flows may match and the tables its
 flows may hand packets to (goto, resubmit, ct recirculation, learn).  The
@@ -110,81 +110,89 @@ _IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst"})
 _L4 = frozenset(F.L4_DST_FIELD.values()) | frozenset(F.L4_SRC_FIELD.values())
 
 CLASSIFIER = Table(0, "Classifier",
-                   "admit traffic by ingress port: a pod's port only with its own "
-                   "MAC and IP (anti-spoofing), the uplink only to this bridge's "
-                   "router MAC, the host port also to the NodePort steering "
-                   "address (any source); ARP to ArpResponder, IP to ConntrackZone",
+                   "admit by ingress port: a pod's port only with its own MAC and IP "
+                   "(anti-spoofing), the uplink (fabric port or tunnel) only to this "
+                   "bridge's router MAC (a learning fabric floods unknown unicast; "
+                   "routing those would duplicate them), the host port also to the "
+                   "NodePort steering address 169.254.0.252 from any source; ARP -> "
+                   "10, IP -> 15",
                    frozenset({"in_port", "eth_type", "eth_src", "eth_dst", "ipv4_src",
                               "ipv4_dst", "arp_spa"}), (10, 15, 60))
 ARP_RESPONDER = Table(10, "ArpResponder",
-                      "answer ARP requests for the pod gateway, service VIPs and "
-                      "local pods from the controller's knowledge; never flood",
+                      "answer requests for the gateway IP and service VIPs with the "
+                      "router MAC, and for local pods with their MAC; never flood",
                       frozenset({"eth_type", "arp_op", "arp_tpa"}))
 HAIRPIN_UNSNAT = Table(15, "UnSNAT",
-                       "replies to an address this bridge source-NATs to (the pod "
+                       "packets to an address this bridge source-NATs to (the pods' "
                        "gateway IP for hairpin, the node IP, pods' floating IPs): "
-                       "undo that NAT (zone ct-zone+1) before the service zone",
+                       "`ct(zone=Z+1,nat)` undoes that SNAT; the rest -> 20",
                        frozenset({"eth_type", "ipv4_dst"}), (20,))
 CONNTRACK_ZONE = Table(20, "ConntrackZone",
-                       "send IP through conntrack in the bridge's zone, undoing "
-                       "the NAT of known connections (replies get their VIP back)",
+                       "`ct(zone=Z,nat,table=21)`: known connections get their NAT "
+                       "undone/applied",
                        frozenset({"eth_type"}), (21,))
 CONNTRACK_STATE = Table(21, "ConntrackState",
-                        "drop +inv; established, related and reply packets skip "
-                        "load balancing; new connections go to ServiceLB",
+                        "`+inv` dropped; established/related/reply -> 38 (never load-"
+                        "balanced again); new -> 30",
                         frozenset({"eth_type", "ct_state"}), (30, 38))
 SERVICE_LB = Table(30, "ServiceLB",
-                   "a new connection to a service frontend (VIP, protocol, port) "
-                   "goes to that service port's select group, whose buckets DNAT "
-                   "and commit; with no usable endpoint, or to a port the VIP "
-                   "does not have, it is rejected (RST / ICMP port unreachable, "
-                   "rate-limited by a meter); anything else is committed as is",
+                   "(VIP, protocol, port) -> `group:G`; no usable endpoint -> "
+                   "`meter:1,CONTROLLER:128` (reject); other TCP/UDP ports of a VIP ->"
+                   " reject too; affinity ports load the frontend into reg2/reg3, "
+                   "`resubmit(,31)`, -> 35; anything else `ct(commit,zone=Z,table=40)`"
+                   " so its replies are `+est` here too",
                    _IP | _L4, (31, 35, 38, 40))
 SESSION_AFFINITY = Table(31, "SessionAffinity",
-                         "learned entries (client IP, frontend) -> the endpoint chosen "
-                         "for that client; looked up with resubmit, so a miss just "
-                         "leaves reg0 empty",
+                         "learned entries (client IP, protocol, frontend) -> load the "
+                         "remembered endpoint into reg0/reg1; looked up by `resubmit`,"
+                         " so a miss leaves reg0 = 0",
                          _IP | {FRONTEND_IP.field, FRONTEND_PORT.field})
 ENDPOINT_DNAT = Table(35, "EndpointDNAT",
-                      "affinity services: the endpoint in reg0/reg1 (from an "
-                      "affinity entry or a group bucket) is DNATed and committed; "
-                      "no such endpoint (none chosen yet, or it went away) -> the "
-                      "service port's group picks one",
+                      "affinity ports: (frontend, endpoint in reg0/reg1) -> "
+                      "`ct(commit,zone=Z,nat(dst=EP),table=36)`; no such endpoint (no "
+                      "entry, or it went away) -> `group:G`, whose bucket loads a "
+                      "fresh pick and resubmits here",
                       frozenset({"eth_type", "ip_proto", ENDPOINT_IP.field,
                                  ENDPOINT_PORT.field, FRONTEND_IP.field,
                                  FRONTEND_PORT.field}) | frozenset(F.L4_SRC_FIELD.values()),
                       (35, 36))
 AFFINITY_LEARN = Table(36, "AffinityLearn",
-                       "after the DNAT: a freshly picked endpoint (reg1[17]) is "
-                       "learned into SessionAffinity for the service's timeout",
+                       "a fresh pick (reg1[17]) -> "
+                       "`learn(table=31,idle_timeout=timeoutSeconds,...)`, -> 38",
                        frozenset({"eth_type", "ip_proto", AFFINITY_FRESH.field,
                                   FRONTEND_IP.field, FRONTEND_PORT.field}), (31, 38))
 SERVICE_MASQUERADE = Table(38, "ServiceMasquerade",
-                           "connections marked for masquerade (ct_mark 1: NodePort, "
-                           "external and load-balancer IPs with externalTrafficPolicy "
-                           "Cluster) are source-NATed to the node IP in zone ct-zone+1, "
-                           "so replies come back through this node",
+                           "connections marked `ct_mark=1` (nodePort, external and LB "
+                           "IPs with externalTrafficPolicy Cluster), original "
+                           "direction: "
+                           "`ct(commit,zone=Z+1,nat(src=NODE_IP),table=40)`, so "
+                           "replies come back through this node; else -> 40",
                            frozenset({"eth_type", "ct_mark", "ct_state"}), (40,))
 L3_FORWARDING = Table(40, "L3Forwarding",
-                      "route on the (translated) destination: local pod -> its "
-                      "port, another node's pod CIDR -> the uplink; a pod "
-                      "reaching itself through a service is source-NATed to the "
-                      "gateway IP (hairpin) so its reply comes back to the bridge",
+                      "local pod IP -> its port (rewriting MACs); another node's pod "
+                      "CIDR -> the uplink, to that node's router MAC (overlay: "
+                      "`set_field:NODE_IP->tun_dst` too); replies from the NodePort "
+                      "steering address -> the host port; a pod reaching itself -> "
+                      "`ct(commit,zone=Z+1,nat(src=gateway),table=42)`",
                       frozenset({"in_port", "eth_type", "ipv4_src", "ipv4_dst",
                                  "ct_state"}), (41, 42))
 EGRESS_OUTPUT = Table(41, "EgressOutput",
-                      "leave the cluster: to the gateway router over the uplink (pods "
-                      "were source-NATed to their floating IP or the node IP first)",
+                      "leaving the cluster: to the gateway's fabric MAC out of the "
+                      "uplink. Table 40's last flows send traffic for unknown "
+                      "destinations here, pods first source-NATed (zone Z+1) to their "
+                      "floating IP or else the node IP",
                       frozenset({"in_port", "eth_type"}))
 HAIRPIN = Table(42, "HairpinOutput",
-                "send a source-NATed hairpin packet back out of the port it came in",
+                "hairpin packets back out of the port they came in (`IN_PORT`)",
                 frozenset({"eth_type", "ipv4_dst"}))
 GATEWAY_ROUTING = Table(60, "GatewayRouting",
-                        "gateway bridge: node IPs to their node; load-balancer and "
-                        "external IPs to a select group over the nodes that serve them "
-                        "(ECMP); floating IPs to the pod's node; traffic from the "
-                        "cluster to anywhere else out of the external port; nothing "
-                        "else (cluster and pod IPs) from outside",
+                        "gateway bridge only: node IPs -> that node (rewrite MACs, out"
+                        " of the uplink); LB and external IPs -> a select group, one "
+                        "bucket per node that serves the IP (every node for Cluster, "
+                        "nodes with a usable local endpoint for Local); floating IPs "
+                        "-> the pod's node; from the uplink, anything else -> out of "
+                        "the external port to the next hop; from outside, nothing else"
+                        " (cluster and pod IPs are unreachable)",
                         frozenset({"in_port", "eth_type", "ipv4_dst"}))
 
 TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
@@ -238,3 +246,18 @@ def affinity_learn(ip_proto: int, idle_timeout: int, cookie: int) -> F.Learn:
 def table_name(table_id: int) -> str:
     table = BY_ID.get(table_id)
     return table.name if table else f"table{table_id}"
+
+
+def reference() -> str:
+    """The tables as a Markdown table: what docs/flow-tables.md shows
+    (tests/test_docs.py fails when they differ)."""
+    rows = ["| id | name | what it does | may match | may go to |", "|---|---|---|---|---|"]
+    for t in TABLES:
+        goes = ", ".join(str(n) for n in t.next) or "-"
+        rows.append(f"| {t.id} | {t.name} | {t.job} | "
+                    f"{', '.join(f'`{m}`' for m in sorted(t.matches))} | {goes} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -90,7 +90,7 @@ def find_bridge(config: dict) -> NodeBridge:
 
 def port_ids(namespace: str, name: str, container_id: str, ifname: str,
              ip: str, mac: str) -> Dict[str, str]:
-    """The Interface keys the README's "OVSDB conventions" give a pod."""
+    """The Interface keys docs/ovsdb.md  give a pod."""
     return {B.ROLE: B.ROLE_POD, B.POD_NAMESPACE: namespace, B.POD_NAME: name,
             B.POD_IP: ip, B.POD_MAC: mac, CONTAINER_ID: container_id, CNI_IFNAME: ifname}
 

@@ -4,7 +4,7 @@ ADD: the node bridge from OVSDB -> an address from the IPAM plugin over the
 node's podCIDR -> a veth pair, the container end named CNI_IFNAME with the
 address, the MAC ``0a:58:`` + IP and the default route via the podCIDR's
 first address -> the host end a port of the bridge with every key of the
-README's "OVSDB conventions", in one transaction.  Anything failing half-way
+docs/ovsdb.md , in one transaction.  Anything failing half-way
 undoes what was done, address included.
 
 DEL removes the port, the pair and the address; each step tolerates what is

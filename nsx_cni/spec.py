@@ -168,7 +168,7 @@ class Address:
 
     @property
     def mac(self) -> str:
-        """The README's convention: 0a:58 + the IP (as the routers' MACs)."""
+        """The convention of docs/ovsdb.md: 0a:58 + the IP (as the routers' MACs)."""
         return ip_mac(self.ip)
 
 

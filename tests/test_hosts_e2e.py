@@ -104,7 +104,7 @@ def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(host
     for client in ("pod1", "pod3"):                          # one per node host
         assert who_until(lab, client, f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
         # UDP too (OVS hashes a UDP flow on its addresses only, so one
-        # client's datagrams all reach one endpoint: README, Known limits)
+        # client's datagrams all reach one endpoint: docs/known-limits.md)
         answers = {udp(lab, client, L.DEMO_VIP, 53) for _ in range(4)}
         assert len(answers) == 1 and answers <= EVERYONE
 

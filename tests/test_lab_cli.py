@@ -1,5 +1,6 @@
 """The lab as a person uses it: ./scripts/lab and the seed labs, typed into a
-real pseudo-terminal (pexpect), with the README's examples and their output.
+real pseudo-terminal (pexpect), with the examples of the README and
+docs/labs.md, and their output.
 
 These build their own labs with the shared lab's bridge names, so conftest
 runs them first, before the shared lab exists; each checks that ``exit``
@@ -47,7 +48,7 @@ def test_the_readme_lab_session_prints_what_the_readme_says(clean, tmp_path):
         assert "service/web" in table and "pod/pod4" in table and "10.96.0.10" in table
         assert term.type("sh ovs-ofctl -O OpenFlow13 dump-groups br-node1").count(
             "group_id=") == 2
-        # the README's LoadBalancer walk-through
+        # the README's LoadBalancer walk-through (its tour of the lab)
         assert "service/lb exposed" in term.type(
             "kubectl expose pod pod1 --type=LoadBalancer --port=80 --target-port=8080 "
             "--name=lb")

@@ -29,7 +29,7 @@ def test_udp_cluster_ip_is_translated_to_the_target_port_from_every_pod(lab):
 
     (Which endpoint answers is OVS's choice: under OpenFlow 1.3 its select
     groups hash UDP on addresses only, so one client sticks to one endpoint;
-    see the README's known limits.)
+    see docs/known-limits.md.)
     """
     script = ("import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
               "s.settimeout(2);s.sendto(b'hi',('%s',53));print(s.recv(100).decode())"
@@ -48,7 +48,7 @@ def test_removed_endpoint_gets_no_new_connections_and_others_keep_theirs(lab):
         set_ready(lab, [p.name for p in lab.pods if p.name != victim])
         # A failed connect is retried once: a client port reused within the
         # TIME_WAIT of an older connection can lose its SYN (seen once in CI;
-        # see the README's known limits); the victim must never answer.
+        # see docs/known-limits.md); the victim must never answer.
         got = [a or lab.curl("pod1", f"http://{L.DEMO_VIP}/") for a in answers(lab, "pod1", 30)]
         assert victim not in got and all(got)
         assert held.ping("still") == f"{owner} still"

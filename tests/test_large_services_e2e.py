@@ -52,7 +52,7 @@ class Watchdog(threading.Thread):
         url = f"http://{L.DEMO_VIP}/"
         while not self.done.is_set():
             # one retry: a new connection now and then stalls in OVS's userspace
-            # conntrack when a client port is reused (README, Known limits)
+            # conntrack when a client port is reused (docs/known-limits.md)
             if self.lab.curl("pod3", url) or self.lab.curl("pod3", url):
                 self.ok += 1
             else:

@@ -1,7 +1,7 @@
 """Real Open vSwitch, no hosts: install through the app, check what OVS holds.
 
 The bridge uses internal ports as pods and uplink, labelled in OVSDB the way
-the README's conventions say.  Packets are checked with ofproto/trace.
+docs/ovsdb.md say.  Packets are checked with ofproto/trace.
 """
 import os
 import re

@@ -12,7 +12,7 @@
 
 Every bridge is an OVS userspace (netdev) bridge in secure fail mode that
 speaks OpenFlow 1.3 to the controller; the lab labels bridges and ports in
-OVSDB exactly as the README's "OVSDB conventions" say.  The cluster side
+OVSDB exactly as docs/ovsdb.md  say.  The cluster side
 (topologies/cluster.py) is an embedded Kubernetes API server, or a real one
 with ``--kubeconfig``; the lab is the kubelet of its pods and starts
 ``ryu-manager controller.app`` watching that API server.  Run it as root

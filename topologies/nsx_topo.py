@@ -17,7 +17,7 @@ instead of the state file: topologies/examples/api-source.conf and
 lab's: compute nodes ``br-nodeK`` (podCIDR 10.1.K.0/24) with pods
 ``pod1..``, a learning ``fabric``, the gateway router ``br-gw`` and the
 Internet host ``inet`` (203.0.113.10).  Every bridge and port is labelled in
-OVSDB as the README's "OVSDB conventions" say, when its switch starts, so
+OVSDB as docs/ovsdb.md  say, when its switch starts, so
 the controller knows what it is looking at.  Each pod runs the lab's pod
 server (HTTP on 8080: its own name; UDP 5353).
 

@@ -3,8 +3,8 @@
 Every topology of this project - the bundled lab (lab.py), the multi-host
 lab (hosts.py) and the ``mn --custom`` topology (nsx_topo.py) - plans its
 nodes and pods here and labels bridges and ports with these functions, so a
-topology of your own labels them the same way (the README's "OVSDB
-conventions").  Standard library and controller/bridges.py only: nsx_topo.py
+topology of your own labels them the same way (docs/ovsdb.md
+).  Standard library and controller/bridges.py only: nsx_topo.py
 is loaded by Mininet's ``mn``, which runs Debian's python3 without the venv.
 """
 from dataclasses import dataclass, field
@@ -89,8 +89,8 @@ def pod_labels(ifname: str, pod: PodSpec) -> List[str]:
 
 def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
     """ovs-vsctl arguments labelling a node's bridge, its uplink and its pods'
-    ports (``pods``: [(interface name, PodSpec)]), as the README's "OVSDB
-    conventions" say a CNI plugin would."""
+    ports (``pods``: [(interface name, PodSpec)]), as docs/ovsdb.md
+     say a CNI plugin would."""
     cmds = ["--", "set", "bridge", node.bridge,
             f"external_ids:{B.ROLE}={B.ROLE_NODE}",
             f"external_ids:{B.NODE}={node.name}",

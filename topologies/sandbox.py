@@ -5,7 +5,7 @@ network config on stdin, ``host-local`` from the CNI path - and takes it
 away with DEL.  So every lab pod, and every end-to-end test, goes through
 the plugin a cluster runs.
 
-The lab's pods have planned addresses (tests and the README name them): the
+The lab's pods have planned addresses (tests and docs/labs.md name them): the
 runtime asks host-local for that address with ``CNI_ARGS`` ``IP=``, as
 runtimes that pin pod IPs do.
 """

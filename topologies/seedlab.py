@@ -4,7 +4,7 @@ Each seed is a manifest in topologies/seeds/ (Services, and labels for the
 lab's pods) plus a check that drives the traffic the seed shows: from a pod
 and from the Internet host through the gateway router.  Without --check the
 lab stays up in its CLI, with the seed loaded, for ``dump-flows`` /
-``dump-groups`` (the README walks through them).
+``dump-groups`` (docs/labs.md walks through them).
 """
 import argparse
 import os
