@@ -333,7 +333,7 @@ class ServiceProxy(app_manager.RyuApp):
         costs a queue hand-over and a sendall() per buffer, a fifth of a
         10,000-service cold sync when each of 50,000 messages went alone.
         After each full run the loop yields, so Ryu's send loop writes it
-        while a streamed bundle (Switch.begin_sync) encodes the next one
+        while a streamed bundle (Switch._next) encodes the next one
         and OVS parses the last one."""
         run, size = [], 0
         for msg in msgs:

@@ -46,10 +46,16 @@ class InFlight:
         instead (the caller quarantines the objects and plans again)."""
         yield control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
         with gc_paused():         # held across the yields: the app's send yields
-            for item, xid, raw, why in steps(dp, self.plan, stale, generation, bundle_id):
-                if why is not None:
-                    self.bad[item] = why
-                elif not self.bad:     # after a failure: only look for more of them
+            for step in ofmsg.plan_steps(self.plan, stale):
+                item, xid = ofmsg.step_item(step), next_xid(dp)
+                try:                # each step on its own: a failure costs its object
+                    raw = step_bytes(dp, step, generation, bundle_id, xid)
+                    if len(raw) > ofmsg.OFP_MAX_LEN:
+                        self.bad[item] = f"{len(raw)} bytes, over OpenFlow's " \
+                                         f"{ofmsg.OFP_MAX_LEN}"
+                except Exception as exc:   # noqa: BLE001 - it costs one object, not all
+                    self.bad[item] = f"{type(exc).__name__}: {exc}"
+                if not self.bad:     # after a failure: only look for more of them
                     self.items_by_xid[xid] = item
                     self.count += 1
                     yield raw
@@ -67,21 +73,6 @@ def control(dp, bundle_id, kind):
     dp.set_xid(msg)
     encoded(msg)
     return msg
-
-
-def steps(dp, plan, stale, generation, bundle_id):
-    """(plan item, xid, bundle-add bytes, why it could not be encoded or
-    None) for each step of the plan, encoded when asked for."""
-    for step in ofmsg.plan_steps(plan, stale):
-        xid = next_xid(dp)
-        item = ofmsg.step_item(step)
-        try:
-            raw = step_bytes(dp, step, generation, bundle_id, xid)
-            why = None if len(raw) <= ofmsg.OFP_MAX_LEN else \
-                f"{len(raw)} bytes, over OpenFlow's {ofmsg.OFP_MAX_LEN}"
-        except Exception as exc:   # noqa: BLE001 - it costs one object, not all
-            raw, why = b"", f"{type(exc).__name__}: {exc}"
-        yield item, xid, raw, why
 
 
 def encoded(msg) -> None:
@@ -119,7 +110,7 @@ def step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
     return wire.bundle_add(bundle_id, ofmsg.BUNDLE_FLAGS, inner, xid)
 
 
-# Plans of this many steps or more are streamed (Switch._begin): below it
+# Plans of this many steps or more are streamed (Switch._next): below it
 # the whole bundle is encoded in a few milliseconds, and checking every
 # message before anything is sent keeps a failure the cheapest to handle.
 STREAM_AT = 2000

@@ -11,7 +11,7 @@ compiler, which says which fragments it touched, and only those (plus the
 ones that failed or are quarantined) are diffed against what is installed.
 """
 import logging
-from typing import Dict, Hashable, Mapping, Optional, Set
+from typing import Dict, Hashable, Optional, Set
 
 from controller import cookies
 from controller.compiler import Compiler, Keys
@@ -71,7 +71,12 @@ class SwitchSession:
             self.compiler.note(change)
 
     # --- planning ----------------------------------------------------------
-    def desired(self, state) -> Mapping[Hashable, Fragment]:
+    def plan(self, state):
+        """(desired state, plan, stale generations to delete, the keys the
+        plan covers) for this pass; the keys go back in ``committed``.
+        Quarantined objects keep their last good version (or stay out)
+        until they change."""
+        quarantined = frozenset(self.quarantined)
         want, changed = self.compiler.desired(state)
         self._unsettled = self._unsettled | changed
         if self.quarantined:
@@ -84,13 +89,6 @@ class SwitchSession:
                 want[key] = self.installed[key]  # keep the last good version
             else:
                 del want[key]
-        return want
-
-    def plan(self, state):
-        """(desired state, plan, stale generations to delete, the keys the
-        plan covers) for this pass; the keys go back in ``committed``."""
-        quarantined = frozenset(self.quarantined)
-        want = self.desired(state)
         if self.needs_resync:
             return (want, resync(want, self.groups_on_switch), set(self.stale_generations),
                     ALL)
