@@ -5,9 +5,16 @@ Pods (only those that ask for a floating IP: all pods would be a lot) and
 Namespaces (their pool annotations).  Each event or relist marks what it
 may have changed, so the state builder translates only that; ``take_dirty``
 hands the marks over.  Pure data and dict updates: no I/O, no threads.
+
+Services and EndpointSlices, the many, are kept packed (:class:`Packed`):
+at 10,000 of each their dicts were 90 MB, the largest part of an agent's
+memory, where client-go's informers keep typed structs and drop
+managedFields with a transform.
 """
 import datetime
+import marshal
 import time
+from collections.abc import Mapping
 
 from nsx_proxy import model, rawjson, translate
 
@@ -45,14 +52,55 @@ def _apply(table, key, etype, obj):
 _rv = rawjson.resource_version
 
 
+class Packed(Mapping):
+    """{key: raw API object}, each kept as ``marshal`` bytes and unpacked
+    (a fresh dict) when read.  A 5-endpoint EndpointSlice is 540 bytes
+    instead of a 5.4 KB dict, packed in 1.3 us and read in 2.6 us; only the
+    objects a change names are read.  The resourceVersion is kept beside
+    it, so a relist compares without unpacking.  (marshal: the standard
+    library's fastest exact serializer of JSON's types; the bytes never
+    leave the process, so its version-specific format does not matter.)"""
+    __slots__ = ("_blobs",)
+
+    def __init__(self, items=()):
+        self._blobs = {}
+        for key, obj in items:
+            self[key] = obj
+
+    def __setitem__(self, key, obj):
+        self._blobs[key] = (_rv(obj), marshal.dumps(obj))
+
+    def __getitem__(self, key):
+        return marshal.loads(self._blobs[key][1])
+
+    def __iter__(self):
+        return iter(self._blobs)
+
+    def __len__(self):
+        return len(self._blobs)
+
+    def __contains__(self, key):
+        return key in self._blobs
+
+    def pop(self, key, default=None):
+        entry = self._blobs.pop(key, None)
+        return default if entry is None else marshal.loads(entry[1])
+
+    def version(self, key):
+        """The resourceVersion of ``key``'s object (None: no such object)."""
+        entry = self._blobs.get(key)
+        return None if entry is None else entry[0]
+
+
 class KubeCache:
     def __init__(self, started=None):
         # trigger times from before this cache existed are not ours to measure
         self.started = time.time() if started is None else started
         self.trigger_times = []              # of slices changed since the last build
-        self.services = {}                   # ServiceKey -> raw Service
-        self.slices = {}                     # (ns, name) -> raw EndpointSlice
-        self.slices_by_service = {}          # ServiceKey -> {(ns, name): raw slice}
+        self.services = Packed()             # ServiceKey -> raw Service
+        self.slices = Packed()               # (ns, name) -> raw EndpointSlice
+        self._slice_keys = {}                # ServiceKey -> {(ns, name): None}, in order
+        self._slice_owner = {}               # (ns, name) -> its ServiceKey
         self.nodes = {}                      # name -> raw Node
         self.pods = {}                       # (ns, name) -> raw Pod with a floating IP
         self.namespaces = {}                 # name -> raw Namespace
@@ -85,25 +133,30 @@ class KubeCache:
         self._dirty.add(key)
 
     def replace_services(self, items):
-        fresh = {model.ServiceKey(*_key(o)): o for o in items}
+        fresh = Packed((model.ServiceKey(*_key(o)), o) for o in items)
         for key in self.services.keys() | fresh.keys():
-            old, new = self.services.get(key), fresh.get(key)
-            if old is None or new is None or _rv(old) != _rv(new):
+            old, new = self.services.version(key), fresh.version(key)
+            if old is None or new is None or old != new:
                 self._dirty.add(key)
         self.services = fresh
 
+    def slices_of(self, service):
+        """The raw EndpointSlices of ``service`` (a ServiceKey), in the order
+        they arrived."""
+        return [self.slices[key] for key in self._slice_keys.get(service, ())]
+
     # --- endpoint slices ------------------------------------------------------------
     def _index_slice(self, key, obj):
-        old = self.slices.pop(key, None)
-        if old is not None:
-            owner = translate.slice_service(old)
-            self.slices_by_service.get(owner, {}).pop(key, None)
+        if key in self.slices:
+            self.slices.pop(key)
+            owner = self._slice_owner.pop(key)
+            self._slice_keys.get(owner, {}).pop(key, None)
             self._dirty.add(owner)
         if obj is not None:
             self.slices[key] = obj
-            owner = translate.slice_service(obj)
+            owner = self._slice_owner[key] = translate.slice_service(obj)
             if owner is not None:
-                self.slices_by_service.setdefault(owner, {})[key] = obj
+                self._slice_keys.setdefault(owner, {})[key] = None
                 self._dirty.add(owner)
                 when = trigger_time(obj)     # like kube-proxy: not for deletions
                 if when is not None and when > self.started:
@@ -118,7 +171,7 @@ class KubeCache:
             if key not in fresh:
                 self._index_slice(key, None)
         for key, obj in fresh.items():
-            if key not in self.slices or _rv(self.slices[key]) != _rv(obj):
+            if key not in self.slices or self.slices.version(key) != _rv(obj):
                 self._index_slice(key, obj)
 
     # --- nodes -------------------------------------------------------------------------

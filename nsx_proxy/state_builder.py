@@ -117,7 +117,7 @@ class StateBuilder:
             self._translated.pop(key, None)
             return
         try:
-            svc = translate.service(raw, cache.slices_by_service.get(key, {}).values(),
+            svc = translate.service(raw, cache.slices_of(key),
                                     self.rejects.reject)
         except Invalid as exc:
             self.rejects.reject("service", str(key), str(exc))
