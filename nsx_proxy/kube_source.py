@@ -20,10 +20,9 @@ import logging
 import os
 import time
 
-from kubernetes import client, config
-
 from nsx_proxy import translate, validate
 from nsx_proxy.kube_cache import KubeCache
+from nsx_proxy.kube_client import client, config
 from nsx_proxy.lb_writer import LbStatusWriter
 from nsx_proxy.leader import Elector
 from nsx_proxy.reflector import Reflector

@@ -9,9 +9,8 @@ failed write is retried on the next sync.
 """
 import logging
 
-from kubernetes.client.exceptions import ApiException
-
 from nsx_proxy import lb_ipam, rawjson
+from nsx_proxy.kube_client import ApiException
 
 LOG = logging.getLogger("nsx_proxy.kube_source")
 

@@ -17,8 +17,7 @@ algorithm itself stays the client's.
 import datetime
 import logging
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from nsx_proxy.kube_client import ApiException, client
 
 
 def _import_quietly():

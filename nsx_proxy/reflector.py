@@ -19,10 +19,8 @@ import logging
 import random
 import time
 
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
-
 from nsx_proxy import rawjson
+from nsx_proxy.kube_client import ApiException, iter_resp_lines
 
 LOG = logging.getLogger(__name__)
 

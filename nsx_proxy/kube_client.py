@@ -1,0 +1,86 @@
+"""The official Kubernetes client, loading only what the proxy runs.
+
+Every module here that talks to the API imports the client from this one.
+The reason is the client's package ``__init__`` files: ``import kubernetes``
+imports 1,000 modules, among them every generated API class and all 623
+model classes. The proxy uses a handful: ``ApiClient``, ``Configuration``,
+``CoreV1Api``, ``DiscoveryV1Api``, ``CoordinationV1Api``, the exceptions,
+the watch's line reader and the leader election. That eager import was about
+25 MB and 150 ms of every agent's start.
+
+So, before anything imports ``kubernetes``, its four package modules
+(``kubernetes``, ``.client``, ``.client.api`` and ``.client.models``) are
+put in ``sys.modules`` as empty packages over the installed files. A name
+such as ``client.CoreV1Api`` is imported when first used, from the module
+the real ``__init__`` would have imported it from. That mapping is read
+from the installed ``__init__`` text, so it follows the client's version.
+Nothing else of the client is changed.
+
+The client offers no lazy mode, and no well-kept library does this for an
+arbitrary package's ``__init__``; the standard library's ``LazyLoader``
+defers one module's code, not the ``from X import Y`` lines of a package.
+Hence this module.
+"""
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import types
+
+_FROM = re.compile(r"^from (kubernetes\.[\w.]+) import (\w+)\s*$", re.M)
+_VERSION = re.compile(r"^__version__ = ['\"]([^'\"]+)['\"]", re.M)
+# the package modules whose __init__ imports everything, as (name, folder)
+_PACKAGES = (("kubernetes", ""), ("kubernetes.client", "client"),
+             ("kubernetes.client.api", os.path.join("client", "api")),
+             ("kubernetes.client.models", os.path.join("client", "models")))
+
+
+def _lazy_package(name, folder):
+    """A package module over ``folder`` whose names load on first use."""
+    init = os.path.join(folder, "__init__.py")
+    with open(init) as fh:
+        text = fh.read()
+    origin = dict((attr, module) for module, attr in _FROM.findall(text))
+    mod = types.ModuleType(name)
+    mod.__file__, mod.__path__, mod.__package__ = init, [folder], name
+    mod.__spec__ = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[folder])
+    version = _VERSION.search(text)
+    if version:
+        mod.__version__ = version.group(1)
+
+    def __getattr__(attr):             # PEP 562: only for names not set yet
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if attr in origin:
+            value = getattr(importlib.import_module(origin[attr]), attr)
+        else:                          # a subpackage or module: kubernetes.config, ...
+            try:
+                value = importlib.import_module(f"{name}.{attr}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{name}.{attr}":
+                    raise
+                raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
+        setattr(mod, attr, value)
+        return value
+    mod.__getattr__ = __getattr__
+    return mod
+
+
+def _install():
+    if "kubernetes" in sys.modules:    # imported already (a test, a tool): keep it
+        return
+    spec = importlib.util.find_spec("kubernetes")
+    root = os.path.dirname(spec.origin)
+    for name, sub in _PACKAGES:
+        sys.modules[name] = _lazy_package(name, os.path.join(root, sub))
+
+
+_install()
+
+from kubernetes import client, config  # noqa: E402  (after the packages are in place)
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
+
+__all__ = ["client", "config", "ApiException", "iter_resp_lines"]
