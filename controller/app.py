@@ -35,8 +35,9 @@ from nsx_proxy.yaml_source import YamlFileSource
 
 _SEND_RUN = 256 * 1024
 
-# the contents audit reads group descriptions' bytes, not Ryu's parse of them
+# the drift audit reads groups' bytes and bucket counts, not Ryu's parse of them
 ryu_compat.parse_group_buckets_lazily()
+ryu_compat.parse_group_stats_lazily()
 
 LOG = logging.getLogger("nsx_proxy")
 
@@ -275,7 +276,7 @@ class ServiceProxy(app_manager.RyuApp):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
         if switch is not None and switch.drift.is_reply(msg.xid):
             self._handle(switch, lambda now: switch.audit_reply(
-                msg.xid, now, groups=[(g.group_id, len(g.bucket_stats)) for g in msg.body],
+                msg.xid, now, groups=[(g.group_id, g.bucket_count) for g in msg.body],
                 more=_more(msg)))
 
     @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)

@@ -103,3 +103,50 @@ def parse_group_buckets_lazily() -> None:
             self._raw, self._buckets = None, value
 
     reply.cls_stats_body_cls = LazyGroupDescStats
+
+
+def parse_group_stats_lazily() -> None:
+    """Make Ryu count a group stats reply's buckets without building them.
+
+    The drift audit reads the stats of every group each period and uses
+    only (group id, number of buckets); Ryu builds an object per bucket
+    counter first: 57 ms for 10,000 groups of 5 buckets, holding the event
+    loop on every audit and most of an idle agent's CPU.  Replies get a
+    stats class that reads the fixed header and counts the 16-byte bucket
+    counters (``bucket_count``); ``bucket_stats`` is parsed, by Ryu's own
+    parser, on first access.  Idempotent; only OFPGroupStatsReply is touched.
+    """
+    import struct
+
+    from ryu.ofproto import ofproto_v1_3 as ofp
+    from ryu.ofproto import ofproto_v1_3_parser as parser
+
+    reply = parser.OFPGroupStatsReply
+    if getattr(reply.cls_stats_body_cls, "lazy_buckets", False):
+        return
+    eager = parser.OFPGroupStats
+
+    class LazyGroupStats(eager):
+        lazy_buckets = True
+
+        @classmethod
+        def parser(cls, buf, offset):
+            stats = cls(*struct.unpack_from(ofp.OFP_GROUP_STATS_PACK_STR, buf, offset))
+            stats.bucket_count = (stats.length - ofp.OFP_GROUP_STATS_SIZE) // \
+                ofp.OFP_BUCKET_COUNTER_SIZE
+            stats._raw = (buf, offset)
+            return stats
+
+        @property
+        def bucket_stats(self):
+            if getattr(self, "_raw", None) is not None:
+                buf, offset = self._raw
+                self._raw = None
+                self._bucket_stats = eager.parser(buf, offset).bucket_stats
+            return self._bucket_stats
+
+        @bucket_stats.setter
+        def bucket_stats(self, value):
+            self._raw, self._bucket_stats = None, value
+
+    reply.cls_stats_body_cls = LazyGroupStats
