@@ -166,13 +166,13 @@ class KubeCache:
         self._index_slice(_key(obj), None if etype == "DELETED" else obj)
 
     def replace_slices(self, items):
-        fresh = {_key(o): o for o in items}
+        fresh = Packed((_key(o), o) for o in items)     # all of them before any change
         for key in list(self.slices):
             if key not in fresh:
                 self._index_slice(key, None)
-        for key, obj in fresh.items():
-            if key not in self.slices or self.slices.version(key) != _rv(obj):
-                self._index_slice(key, obj)
+        for key in fresh:
+            if key not in self.slices or self.slices.version(key) != fresh.version(key):
+                self._index_slice(key, fresh[key])
 
     # --- nodes -------------------------------------------------------------------------
     def node_event(self, etype, obj):
@@ -197,6 +197,7 @@ class KubeCache:
         return True
 
     def replace_pods(self, items):
+        items = list(items)                  # all of them before any change
         self.pods = {}
         for obj in items:
             self.pod_event("ADDED", obj)

@@ -35,7 +35,7 @@ class Reflector:
                  clock=time.monotonic):
         self.name = name
         self._list_fn = list_fn
-        self._replace = replace          # callable(list of objects)
+        self._replace = replace          # callable(the objects, as an iterable read once)
         self._apply = apply              # callable(event type, object)
         self._listed = listed            # callable() after each list is delivered
         self._hub = hub
@@ -59,28 +59,39 @@ class Reflector:
 
     # --- one list ------------------------------------------------------------------
     def list_once(self):
-        items, cont = [], None
-        while True:
-            kwargs = {"limit": self.page_size, "_preload_content": False,
-                      "_request_timeout": (10, 120)}
-            if cont:
-                kwargs["_continue"] = cont
-            body = json.loads(self._list_fn(**kwargs).data)
-            if not isinstance(body, dict):
-                raise ValueError(f"a list that is not an object: {body!r:.80}")
-            items.extend(self._objects(body.get("items")))
-            meta = rawjson.as_map(body.get("metadata"))
-            cont = meta.get("continue")
-            if not cont:
-                break
-        self._replace(items)
-        self.resource_version = meta.get("resourceVersion")
+        """List every object, a page at a time, and replace the cache's.  The
+        pages are handed over as they arrive (the cache packs each object), so
+        the dicts of a 10,000-object list never live all at once; the cache
+        swaps its contents in only after the last page, so a list that fails
+        half-way leaves them as they were."""
+        seen = {"count": 0, "meta": {}}
+
+        def objects():
+            cont = None
+            while True:
+                kwargs = {"limit": self.page_size, "_preload_content": False,
+                          "_request_timeout": (10, 120)}
+                if cont:
+                    kwargs["_continue"] = cont
+                body = json.loads(self._list_fn(**kwargs).data)
+                if not isinstance(body, dict):
+                    raise ValueError(f"a list that is not an object: {body!r:.80}")
+                page = self._objects(body.get("items"))
+                seen["count"] += len(page)
+                seen["meta"] = rawjson.as_map(body.get("metadata"))
+                del body
+                yield from page
+                cont = seen["meta"].get("continue")
+                if not cont:
+                    return
+        self._replace(objects())
+        self.resource_version = seen["meta"].get("resourceVersion")
         self.synced = True
         self.lists += 1
         if self._listed is not None:
             self._listed()
         LOG.info("%s: listed %d objects at resourceVersion %s",
-                 self.name, len(items), self.resource_version)
+                 self.name, seen["count"], self.resource_version)
 
     def _objects(self, items):
         """The list's items that are objects; anything else is logged and skipped."""

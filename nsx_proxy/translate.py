@@ -18,6 +18,7 @@ proxy implements, the way kube-proxy reads them:
 Anything the proxy cannot implement raises :class:`validate.Invalid` (the
 whole object) or is reported through ``reject`` (one port or endpoint).
 """
+import sys
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from nsx_proxy import model
@@ -276,13 +277,15 @@ def _slice_endpoints(slice_name, raw_slice, reject: Reject):
         node_hints = _hint_names(raw, "forNodes")
         pod = (f"{text(ref.get('namespace'))}/{text(ref.get('name'))}"
                if ref.get("kind", "Pod") == "Pod" and text(ref.get("name")) else None)
+        # a cluster has few node names and many endpoints: one string each
+        node = sys.intern(text(raw.get("nodeName"))) or None
         for ip in as_list(raw.get("addresses")):
             try:
                 ip = validate.ipv4(ip, "endpoint address")
             except Invalid as exc:
                 reject("endpointslice", slice_name, str(exc))
                 continue
-            out.append((ip, text(raw.get("nodeName")) or None, pod, ready,
+            out.append((ip, node, pod, ready,
                         _condition(conditions, "serving", ready),
                         _condition(conditions, "terminating", False), zones, node_hints))
     return out

@@ -420,3 +420,42 @@ def test_a_failing_run_is_retried_with_a_doubling_interval_up_to_max_interval():
     wait_for(lambda: len(runs) == 3, 5, what="two retries, then a good run")
     runner.stop()
     assert runner.failures == 2 and runner._failing == 0
+
+
+def test_a_list_is_packed_page_by_page_and_a_list_failing_half_way_changes_nothing():
+    """The reflector hands the cache the list's pages as they come (so the
+    dicts of 10,000 objects never live at once); the cache swaps its
+    contents only after the last page."""
+    import json as _json
+    from types import SimpleNamespace
+    from nsx_proxy.kube_cache import KubeCache
+    from nsx_proxy.reflector import Reflector
+
+    def svc(name, rv):
+        return {"metadata": {"namespace": "default", "name": name, "resourceVersion": rv},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}}
+
+    pages = {None: ([svc("a", "1"), svc("b", "1")], "p2"), "p2": ([svc("c", "1")], None)}
+    calls = []
+
+    def list_fn(limit, _continue=None, **_):
+        calls.append((limit, _continue))
+        if _continue == "broken":
+            raise OSError("connection reset")
+        items, cont = pages[_continue]
+        meta = {"resourceVersion": "9"}
+        if cont:
+            meta["continue"] = cont
+        return SimpleNamespace(data=_json.dumps({"items": items, "metadata": meta}))
+
+    cache = KubeCache()
+    Reflector("services", list_fn, cache.replace_services, None, None, page_size=2).list_once()
+    assert calls == [(2, None), (2, "p2")]
+    assert sorted(k.name for k in cache.services) == ["a", "b", "c"]
+    assert cache.services[next(iter(cache.services))]["spec"]["clusterIP"] == "10.96.0.1"
+    pages[None] = ([svc("a", "2")], "broken")                 # the next list breaks
+    with pytest.raises(OSError):
+        Reflector("services", list_fn, cache.replace_services, None, None,
+                  page_size=2).list_once()
+    assert sorted(k.name for k in cache.services) == ["a", "b", "c"]   # as they were
+    assert {cache.services.version(k) for k in cache.services} == {"1"}
