@@ -78,6 +78,7 @@ class ServiceProxy(app_manager.RyuApp):
         self.node_name = self.conf.node_name or os.environ.get("NODE_NAME", "")
         self._foreign = set()                # dpids of bridges another agent programs
         self.health = None                   # kube-proxy's health servers (agent mode)
+        self.checks = healthcheck.ServiceChecks(self.node_name)   # ... their answers
         self.node_setup = config.node_setup(self.conf, self.node_name)   # or None
         try:
             self.node_port_cidrs = bridges.parse_nodeport_addresses(
@@ -124,8 +125,7 @@ class ServiceProxy(app_manager.RyuApp):
             self.source.start()
 
     def _terminate(self):
-        """SIGTERM in an agent that stands for the Lease: release it (for at
-        most 2 s: an unreachable API server must not hold the exit up), exit."""
+        """SIGTERM: release the Lease (for at most 2 s: a lost API server must not hold us)."""
         hub.spawn(lambda: (hub.sleep(2), os._exit(0)))
         held = self.source.elector.leading
         try:
@@ -161,10 +161,10 @@ class ServiceProxy(app_manager.RyuApp):
             change = changes.between(previous, state)
         names.release_group_ids(self.group_ids, previous, state, change,
                                 pipeline.MAX_BUCKETS_PER_GROUP)
-        if self.health is not None:
+        if self.health is not None:         # only the Services the change names
             rejects = getattr(self.source, "rejects", None)
-            self.health.update(healthcheck.service_checks(
-                state, self.node_name, rejects.reject if rejects else None))
+            self.checks.reject = rejects.reject if rejects else None
+            self.health.update(self.checks.update(state, change))
         if self.node_setup is not None:     # this node's bridge, as its Node says
             self.node_setup.update(state.nodes.values(), state.services, change)
         self.state = state

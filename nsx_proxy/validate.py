@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import ipaddress
 import logging
+import re
 
 from nsx_proxy import model
 
@@ -34,7 +35,21 @@ def json_list(obj, name):
     return value or ()
 
 
+# A dotted quad as ipaddress writes it (no leading zeros, octets <= 255).
+_CANONICAL_IPV4 = re.compile(r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+                             r"(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+
+
 def ipv4(value, what="IP") -> str:
+    """``value`` if it is a unicast IPv4 address, written as ipaddress writes
+    it; else :class:`Invalid` saying why."""
+    # Fast path, for the 50,000 endpoint addresses of 10,000 Services: a
+    # canonical dotted quad outside 0.0.0.0, 127/8 and 224/4 is what the
+    # checks below accept, unchanged (ipaddress took a third of a first build).
+    if isinstance(value, str) and _CANONICAL_IPV4.fullmatch(value):
+        first = int(value[:value.index(".")])
+        if first != 127 and not 224 <= first <= 239 and value != "0.0.0.0":
+            return value
     if not isinstance(value, str) or not value:
         raise Invalid(f"{what} missing")
     try:

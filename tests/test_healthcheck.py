@@ -170,3 +170,25 @@ def test_a_port_in_use_costs_only_its_listener_with_one_line(caplog):
         busy.close()
         for sock, _ in server._listeners.values():
             sock.close()
+
+
+def test_the_checks_follow_change_sets_and_agree_with_a_full_walk():
+    """ServiceChecks looks only at the Services a change names; after each
+    change it answers what service_checks' walk of every Service answers."""
+    from nsx_proxy import changes
+    slices = [eps(ep("10.1.1.2", ready=True), service="lb")]
+    other = local_lb(name="lb2", port=31001)
+    plain = (service("plain", {"app": "web"}, vip="10.96.0.21"), [])
+    first, _ = state_of((local_lb(), slices), (other, []), plain)
+    checks = healthcheck.ServiceChecks("node1")
+    assert checks.update(first, changes.EVERYTHING) == \
+        healthcheck.service_checks(first, "node1") and len(first.services) == 3
+    no_port = service("lb2", {"app": "web"}, vip="10.96.0.20",
+                      ports=[{"name": "http", "port": 80, "targetPort": "http"}])
+    second, _ = state_of((local_lb(), slices), (no_port, []), plain)
+    got = checks.update(second, changes.between(first, second))
+    assert got == healthcheck.service_checks(second, "node1") and set(got) == {31000}
+    third, _ = state_of((other, []), plain)
+    got = checks.update(third, changes.between(second, third))
+    assert got == healthcheck.service_checks(third, "node1") and set(got) == {31001}
+    assert set(checks.update(first, changes.ChangeSet())) == {31001}   # told nothing

@@ -160,3 +160,36 @@ def test_services_of_another_service_proxy_are_left_alone():
     raw = svc()
     raw["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "other-proxy"}
     assert translate.ignored_reason(raw) == "another service proxy's"
+
+
+def test_the_fast_ipv4_check_agrees_with_ipaddress():
+    """validate.ipv4's fast path (a canonical dotted quad) answers as the
+    ipaddress-based checks do, for addresses and near-misses alike."""
+    import ipaddress
+    import random
+    from nsx_proxy import validate
+    rng = random.Random(7)
+
+    def slow(value):
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            return None
+        if addr.version != 4 or addr.is_unspecified or addr.is_multicast or \
+                addr.is_loopback:
+            return None
+        return str(addr)
+
+    samples = ["0.0.0.0", "127.0.0.1", "126.255.255.255", "128.0.0.1", "223.255.255.255",
+               "224.0.0.1", "239.9.9.9", "240.0.0.1", "255.255.255.255", "1.2.3.4",
+               "01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4.5", " 1.2.3.4",
+               "1.2.3.4\n", "::1", "fd00::1", "10.1.1.2", "1..2.3", "", "a.b.c.d"]
+    samples += [".".join(str(rng.choice([0, 1, 9, 10, 99, 100, 127, 199, 200, 224, 249,
+                                          250, 255, 256, 300])) for _ in range(4))
+                for _ in range(2000)]
+    for value in samples:
+        try:
+            got = validate.ipv4(value)
+        except validate.Invalid:
+            got = None
+        assert got == slow(value), value
