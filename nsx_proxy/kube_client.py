@@ -21,6 +21,7 @@ arbitrary package's ``__init__``; the standard library's ``LazyLoader``
 defers one module's code, not the ``from X import Y`` lines of a package.
 Hence this module.
 """
+import ast
 import importlib
 import importlib.util
 import os
@@ -28,12 +29,31 @@ import re
 import sys
 import types
 
-_FROM = re.compile(r"^from (kubernetes\.[\w.]+) import (\w+)\s*$", re.M)
 _VERSION = re.compile(r"^__version__ = ['\"]([^'\"]+)['\"]", re.M)
-# the package modules whose __init__ imports everything, as (name, folder)
+# the package modules whose __init__ imports everything, as (name, folder);
+# kubernetes.config's brings google-auth, oauthlib and cryptography (150
+# modules) for kubeconfig auth plugins an in-cluster agent never uses
 _PACKAGES = (("kubernetes", ""), ("kubernetes.client", "client"),
              ("kubernetes.client.api", os.path.join("client", "api")),
-             ("kubernetes.client.models", os.path.join("client", "models")))
+             ("kubernetes.client.models", os.path.join("client", "models")),
+             ("kubernetes.config", "config"))
+
+
+def _origins(name, text):
+    """{attribute: (module, its name there)} from the package's ``from X
+    import a`` lines; (submodule, None) for ``from . import a``."""
+    out = {}
+    for node in ast.parse(text).body:
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module if not node.level else \
+            ".".join(p for p in (name, node.module) if p)
+        for alias in node.names:
+            if node.level and node.module is None:          # from . import sub
+                out[alias.asname or alias.name] = (f"{name}.{alias.name}", None)
+            else:
+                out[alias.asname or alias.name] = (module, alias.name)
+    return out
 
 
 def _lazy_package(name, folder):
@@ -41,7 +61,7 @@ def _lazy_package(name, folder):
     init = os.path.join(folder, "__init__.py")
     with open(init) as fh:
         text = fh.read()
-    origin = dict((attr, module) for module, attr in _FROM.findall(text))
+    origin = _origins(name, text)
     mod = types.ModuleType(name)
     mod.__file__, mod.__path__, mod.__package__ = init, [folder], name
     mod.__spec__ = importlib.util.spec_from_file_location(
@@ -54,7 +74,10 @@ def _lazy_package(name, folder):
         if attr.startswith("__"):
             raise AttributeError(attr)
         if attr in origin:
-            value = getattr(importlib.import_module(origin[attr]), attr)
+            module, there = origin[attr]
+            value = importlib.import_module(module)
+            if there is not None:
+                value = getattr(value, there)
         else:                          # a subpackage or module: kubernetes.config, ...
             try:
                 value = importlib.import_module(f"{name}.{attr}")
@@ -79,8 +102,21 @@ def _install():
 
 _install()
 
-from kubernetes import client, config  # noqa: E402  (after the packages are in place)
+from kubernetes import client  # noqa: E402  (after the packages are in place)
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 
-__all__ = ["client", "config", "ApiException", "iter_resp_lines"]
+__all__ = ["client", "load_config", "ApiException", "iter_resp_lines"]
+
+
+def load_config(kubeconfig, configuration) -> None:
+    """Fill ``configuration`` as kubectl would: in-cluster when the pod's
+    environment says so and no kubeconfig is given, else from the kubeconfig
+    (``kubeconfig``, else ``KUBECONFIG`` / ``~/.kube/config``).  Only the loader
+    that runs is imported."""
+    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        from kubernetes.config.incluster_config import load_incluster_config
+        load_incluster_config(client_configuration=configuration)
+    else:
+        from kubernetes.config.kube_config import load_kube_config
+        load_kube_config(config_file=kubeconfig, client_configuration=configuration)

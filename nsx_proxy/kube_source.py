@@ -22,7 +22,7 @@ import time
 
 from nsx_proxy import translate, validate
 from nsx_proxy.kube_cache import KubeCache
-from nsx_proxy.kube_client import client, config
+from nsx_proxy.kube_client import client, load_config
 from nsx_proxy.lb_writer import LbStatusWriter
 from nsx_proxy.leader import Elector
 from nsx_proxy.reflector import Reflector
@@ -40,10 +40,7 @@ SERVICE_SELECTOR = f"!{translate.HEADLESS_LABEL},!{translate.SERVICE_PROXY_NAME_
 def api_client(kubeconfig=None) -> client.ApiClient:
     """An ApiClient configured like kubectl would be."""
     cfg = client.Configuration()
-    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
-    else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    load_config(kubeconfig, cfg)
     cfg.retries = 0        # the reflectors back off themselves, with jitter, forever
     return client.ApiClient(cfg)
 
