@@ -57,6 +57,35 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder())
 
 
+def _parse_lazily(reply, attr, header) -> None:
+    """Give ``reply`` (a stats reply class) a stats class whose ``attr`` is
+    parsed, by Ryu's own parser, on first access; ``header(cls, buf,
+    offset)`` builds the object from what is read at once.  Idempotent."""
+    eager = reply.cls_stats_body_cls
+    if getattr(eager, "lazy_" + attr, False):
+        return
+    private = "_lazy_" + attr
+
+    def parser(cls, buf, offset):
+        stats = header(cls, buf, offset)
+        stats._raw = (buf, offset)
+        return stats
+
+    def read(self):
+        raw = getattr(self, "_raw", None)
+        if raw is not None:
+            self._raw = None
+            setattr(self, private, getattr(eager.parser(*raw), attr))
+        return getattr(self, private)
+
+    def write(self, value):
+        self._raw = None
+        setattr(self, private, value)
+
+    reply.cls_stats_body_cls = type(f"Lazy{eager.__name__}", (eager,), {
+        "lazy_" + attr: True, "parser": classmethod(parser), attr: property(read, write)})
+
+
 def parse_group_buckets_lazily() -> None:
     """Make Ryu parse a group description's buckets only when they are read.
 
@@ -74,35 +103,12 @@ def parse_group_buckets_lazily() -> None:
     from ryu.ofproto import ofproto_v1_3 as ofp
     from ryu.ofproto import ofproto_v1_3_parser as parser
 
-    reply = parser.OFPGroupDescStatsReply
-    if getattr(reply.cls_stats_body_cls, "lazy_buckets", False):
-        return
-    eager = parser.OFPGroupDescStats
-
-    class LazyGroupDescStats(eager):
-        lazy_buckets = True
-
-        @classmethod
-        def parser(cls, buf, offset):
-            stats = cls()
-            stats.length, stats.type, stats.group_id = struct.unpack_from(
-                ofp.OFP_GROUP_DESC_STATS_PACK_STR, buf, offset)
-            stats._raw = (buf, offset)
-            return stats
-
-        @property
-        def buckets(self):
-            if getattr(self, "_raw", None) is not None:
-                buf, offset = self._raw
-                self._raw = None
-                self._buckets = eager.parser(buf, offset).buckets
-            return self._buckets
-
-        @buckets.setter
-        def buckets(self, value):
-            self._raw, self._buckets = None, value
-
-    reply.cls_stats_body_cls = LazyGroupDescStats
+    def header(cls, buf, offset):
+        stats = cls()
+        stats.length, stats.type, stats.group_id = struct.unpack_from(
+            ofp.OFP_GROUP_DESC_STATS_PACK_STR, buf, offset)
+        return stats
+    _parse_lazily(parser.OFPGroupDescStatsReply, "buckets", header)
 
 
 def parse_group_stats_lazily() -> None:
@@ -121,32 +127,9 @@ def parse_group_stats_lazily() -> None:
     from ryu.ofproto import ofproto_v1_3 as ofp
     from ryu.ofproto import ofproto_v1_3_parser as parser
 
-    reply = parser.OFPGroupStatsReply
-    if getattr(reply.cls_stats_body_cls, "lazy_buckets", False):
-        return
-    eager = parser.OFPGroupStats
-
-    class LazyGroupStats(eager):
-        lazy_buckets = True
-
-        @classmethod
-        def parser(cls, buf, offset):
-            stats = cls(*struct.unpack_from(ofp.OFP_GROUP_STATS_PACK_STR, buf, offset))
-            stats.bucket_count = (stats.length - ofp.OFP_GROUP_STATS_SIZE) // \
-                ofp.OFP_BUCKET_COUNTER_SIZE
-            stats._raw = (buf, offset)
-            return stats
-
-        @property
-        def bucket_stats(self):
-            if getattr(self, "_raw", None) is not None:
-                buf, offset = self._raw
-                self._raw = None
-                self._bucket_stats = eager.parser(buf, offset).bucket_stats
-            return self._bucket_stats
-
-        @bucket_stats.setter
-        def bucket_stats(self, value):
-            self._raw, self._bucket_stats = None, value
-
-    reply.cls_stats_body_cls = LazyGroupStats
+    def header(cls, buf, offset):
+        stats = cls(*struct.unpack_from(ofp.OFP_GROUP_STATS_PACK_STR, buf, offset))
+        stats.bucket_count = (stats.length - ofp.OFP_GROUP_STATS_SIZE) // \
+            ofp.OFP_BUCKET_COUNTER_SIZE
+        return stats
+    _parse_lazily(parser.OFPGroupStatsReply, "bucket_stats", header)

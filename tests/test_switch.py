@@ -716,6 +716,22 @@ def test_a_switch_ovsdb_has_not_labelled_yet_waits_with_one_line_then_syncs(capl
     assert sw.ready and isinstance(msgs[-1], parser.OFPBarrierRequest)
 
 
+def parses_of(monkeypatch, cls):
+    """The offsets Ryu's parser of ``cls`` is called at, from now on."""
+    seen, real = [], cls.parser
+    monkeypatch.setattr(cls, "parser", classmethod(
+        lambda c, buf, off: seen.append(off) or real.__func__(c, buf, off)))
+    return seen
+
+
+def multipart_reply(kind, body):
+    """A multipart reply of ``kind`` carrying ``body``, parsed by Ryu."""
+    reply = struct.pack("!BBHIHH4x", 4, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), 5,
+                        kind, 0) + body
+    return ofproto_parser.msg(FakeDatapath(), 4, ofp.OFPT_MULTIPART_REPLY, len(reply), 5,
+                              reply)
+
+
 def test_group_descriptions_parse_their_buckets_only_when_read(monkeypatch):
     """What keeps a contents audit of 10,000 groups from holding the event
     loop: the ids come at once, the buckets (Ryu's own parse) on first read."""
@@ -727,15 +743,8 @@ def test_group_descriptions_parse_their_buckets_only_when_read(monkeypatch):
                           F.Bucket((F.Output(2),))))
     entry = struct.pack("!HBxI", 8 + len(wire.group_buckets(g)), 1, 7) + \
         wire.group_buckets(g)
-    reply = struct.pack("!BBHIHH4x", 4, ofp.OFPT_MULTIPART_REPLY, 16 + len(entry), 5,
-                        ofp.OFPMP_GROUP_DESC, 0) + entry
-    parsed = []
-    real = parser.OFPBucket.parser
-    monkeypatch.setattr(parser.OFPBucket, "parser",
-                        classmethod(lambda cls, buf, off: parsed.append(off) or
-                                    real.__func__(cls, buf, off)))
-    msg = ofproto_parser.msg(FakeDatapath(), 4, ofp.OFPT_MULTIPART_REPLY, len(reply), 5,
-                             reply)
+    parsed = parses_of(monkeypatch, parser.OFPBucket)
+    msg = multipart_reply(ofp.OFPMP_GROUP_DESC, entry)
     assert [s.group_id for s in msg.body] == [7] and parsed == []
     buckets = msg.body[0].buckets
     assert len(parsed) == 2 and len(buckets) == 2
@@ -752,15 +761,8 @@ def test_group_stats_count_their_buckets_without_building_them(monkeypatch):
     entries = b"".join(struct.pack("!H2xII4xQQII", 40 + 16 * n, gid, 1, 9, 99, 3, 0)
                        + b"".join(struct.pack("!QQ", k, 10 * k) for k in range(n))
                        for gid, n in ((7, 3), (9, 0)))
-    reply = struct.pack("!BBHIHH4x", 4, ofp.OFPT_MULTIPART_REPLY, 16 + len(entries), 5,
-                        ofp.OFPMP_GROUP, 0) + entries
-    built = []
-    real = parser.OFPBucketCounter.parser
-    monkeypatch.setattr(parser.OFPBucketCounter, "parser",
-                        classmethod(lambda cls, buf, off: built.append(off) or
-                                    real.__func__(cls, buf, off)))
-    msg = ofproto_parser.msg(FakeDatapath(), 4, ofp.OFPT_MULTIPART_REPLY, len(reply), 5,
-                             reply)
+    built = parses_of(monkeypatch, parser.OFPBucketCounter)
+    msg = multipart_reply(ofp.OFPMP_GROUP, entries)
     assert [(g.group_id, g.bucket_count) for g in msg.body] == [(7, 3), (9, 0)]
     assert built == [] and msg.body[0].packet_count == 9
     counters = msg.body[0].bucket_stats
