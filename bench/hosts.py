@@ -20,7 +20,7 @@ embedded API server.  For every agent:
 The gateway agent programs no ClusterIP service (it has no node bridge),
 so it pays the watch and translation only.  Run as root with OVS up::
 
-    .venv/bin/python -m bench.hosts [--services 10000] [--changes 1000]
+    .venv/bin/python -m bench.hosts [--services 10000] [--changes 1000] [--phases]
 """
 import argparse
 import os
@@ -97,7 +97,36 @@ def live_at(lab, host, written):
     return done if event >= written else None
 
 
-def run(n, changes, latency_changes, rounds):
+def phases(lab, host, n):
+    """One more restart of ``host``'s agent, its status endpoint polled every
+    50 ms: when it answers (imports done), when its state holds the
+    services (lists and translation), when its first bundle committed, and
+    how long that bundle took from its plan (the agent's own histogram).
+    The polling costs the agent some CPU: this is a breakdown, not the
+    start -> ready figure."""
+    lab.stop_agent(host, signal.SIGTERM)
+    began = time.monotonic()
+    lab.start_agent(host)
+    label = f'{{bridge="{bridge_of(host)}"}}'
+    marks = {}
+    while "ready" not in marks and time.monotonic() - began < 120:
+        m = metrics(lab, host)
+        at = time.monotonic() - began
+        if m:
+            marks.setdefault("status endpoint answers (imports done)", at)
+        if m.get("nsx_proxy_services") == n + 1:
+            marks.setdefault("state holds the services (lists, translation)", at)
+        if m.get(f"nsx_proxy_sync_duration_seconds_count{label}", 0) >= 1:
+            marks.setdefault("first bundle committed", at)
+            marks.setdefault("(that bundle, plan -> commit)",
+                             m[f"nsx_proxy_sync_duration_seconds_sum{label}"])
+            if lab.status(host, "/readyz").strip() == "ok":
+                marks["ready"] = at
+        time.sleep(0.05)
+    return marks
+
+
+def run(n, changes, latency_changes, rounds, breakdown=False):
     # The agents' default drift-audit period (the lab's own 2 s checks drift
     # fast for its tests, at a cost that grows with the services).
     lab = HostsLab(nodes=2, pods_per_node=1, run_dir="/tmp/nsx-proxy-bench-hosts",
@@ -171,7 +200,8 @@ def run(n, changes, latency_changes, rounds):
                 per_host[host].append(seconds * 1000)
             every.append(max(done.values()) * 1000)
             time.sleep(GAP)
-        return starts, rss, idle, cpu, per_host, every
+        marks = phases(lab, nodes[0], n) if breakdown else {}
+        return starts, rss, idle, cpu, per_host, every, marks
     finally:
         lab.stop()
 
@@ -188,9 +218,11 @@ def main(argv=None):
     parser.add_argument("--latency-changes", type=int, default=300,
                         help="endpoint changes timed write -> live")
     parser.add_argument("--rounds", type=int, default=3, help="agent restarts per host")
+    parser.add_argument("--phases", action="store_true",
+                        help="then one more restart of node1, broken down")
     args = parser.parse_args(argv)
-    starts, rss, idle, cpu, per_host, every = run(args.services, args.changes,
-                                           args.latency_changes, args.rounds)
+    starts, rss, idle, cpu, per_host, every, marks = run(
+        args.services, args.changes, args.latency_changes, args.rounds, args.phases)
     per_1000 = 1000 / args.changes
     print(f"\n{args.services} services x {ENDPOINTS} endpoints, {args.changes} endpoint "
           f"changes; start -> ready: median (min-max) of {args.rounds} restarts")
@@ -206,6 +238,10 @@ def main(argv=None):
               f"{(f'{pct(lat, 0.99):.1f}' if lat else '-'):>8}")
     print(f"{'every node':8} {'':>20} {'':>8} {'':>17} {pct(every, 0.5):19.1f} "
           f"{pct(every, 0.99):8.1f}")
+    if marks:
+        print("\nnode1 restarted once more, its status endpoint polled every 50 ms:")
+        for what, seconds in marks.items():
+            print(f"  {seconds:6.2f} s  {what}")
 
 
 if __name__ == "__main__":
