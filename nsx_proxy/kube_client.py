@@ -8,13 +8,17 @@ model classes. The proxy uses a handful: ``ApiClient``, ``Configuration``,
 the watch's line reader and the leader election. That eager import was about
 25 MB and 150 ms of every agent's start.
 
-So, before anything imports ``kubernetes``, its four package modules
-(``kubernetes``, ``.client``, ``.client.api`` and ``.client.models``) are
-put in ``sys.modules`` as empty packages over the installed files. A name
-such as ``client.CoreV1Api`` is imported when first used, from the module
-the real ``__init__`` would have imported it from. That mapping is read
-from the installed ``__init__`` text, so it follows the client's version.
-Nothing else of the client is changed.
+So, before anything imports ``kubernetes``, its five package modules
+(``kubernetes``, ``.client``, ``.client.api``, ``.client.models`` and
+``.config``) are put in ``sys.modules`` as empty packages over the
+installed files. A name such as ``client.CoreV1Api`` is imported when first
+used, from the module the real ``__init__`` would have imported it from.
+That mapping is read from the installed ``__init__`` (its ``from ... import``
+statements, parsed), so it follows the client's version. ``load_config``
+imports only the loader that runs: in a pod, the kubeconfig loader and its
+auth plugins (google-auth, oauthlib) stay out. Nothing else of the client
+is changed; code in a package ``__init__`` besides its imports (such as
+``kubernetes.config.load_config``) is not available.
 
 The client offers no lazy mode, and no well-kept library does this for an
 arbitrary package's ``__init__``; the standard library's ``LazyLoader``
