@@ -167,7 +167,7 @@ class Switch:
             out += self._end([(None, f"no reply within {self.periods.bundle_timeout}s")],
                              now)
         if not self.ready:
-            return out
+            return _then(out, self._next(now))
         if self.periods.audit > 0 and now >= self._audit_at:
             self._audit_at = now + self.periods.audit
             out += self._audit()
@@ -234,7 +234,7 @@ class Switch:
     def barrier_reply(self, xid, now) -> list:
         if self.pending is None or xid != self.pending.barrier_xid:
             return []
-        return self._end(self.pending.errors, now)
+        return _then(self._end(self.pending.errors, now), self._next(now))
 
     def error(self, xid, err_type, code, now) -> list:
         if xid == self._meter_xid:
@@ -257,8 +257,9 @@ class Switch:
 
     def _end(self, errors, now) -> list:
         """The bundle in flight is over: its barrier was answered (``errors``:
-        what the switch refused), or not in time, or the switch went.  Then
-        the next bundle, if something changed meanwhile."""
+        what the switch refused), or not in time, or the switch went.  What
+        to send now that it is (UDP flushes, an audit); the caller then asks
+        ``_next`` for the next bundle, if something changed meanwhile."""
         pending, self.pending = self.pending, None
         session = self.session
         result = SyncResult(False, pending.plan, now - pending.started, pending.count)
@@ -275,7 +276,7 @@ class Switch:
         elif not pending.discarded:
             result = self._committed(pending, now)
         self.on_synced(result)
-        return _then(result.after, self._next(now)) if self.alive else []
+        return result.after
 
     def _committed(self, pending, now) -> SyncResult:
         session = self.session
