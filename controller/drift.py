@@ -47,7 +47,7 @@ class DriftWatch:
         self.seen = False                 # the flow monitor saw our flows change
         self._logged = False              # ... and said so (until the repair is in)
         self._encoded = {}                # group id -> (group, its buckets' bytes)
-        self._want = None                 # ((commits, installed), flows, groups)
+        self._want = None                 # (commits, installed, flows, groups)
 
     def repaired(self) -> None:
         """A full resync committed: every flow was written again, so what the
@@ -124,11 +124,13 @@ class DriftWatch:
         # What was installed changes only when a bundle commits: counted once
         # per commit (fragments never share a flow key or a group id, so
         # counting them is flattening them, at a third of the cost).
-        key = (audit.commits, id(installed))
-        if self._want is None or self._want[0] != key:
-            self._want = (key, sum(len(frag.flows) for frag in installed.values()),
+        # (The dict itself is kept, not its id: a freed dict's id is reused.)
+        if self._want is None or self._want[0] != audit.commits \
+                or self._want[1] is not installed:
+            self._want = (audit.commits, installed,
+                          sum(len(frag.flows) for frag in installed.values()),
                           {g.group_id: g for frag in installed.values() for g in frag.groups})
-        _, flows, want_groups = self._want
+        _, _, flows, want_groups = self._want
         have = dict(audit.groups)   # group id -> its bucket bytes or number of buckets
         if audit.contents:
             wrong = [gid for gid, g in want_groups.items()
