@@ -317,7 +317,6 @@ def state_view(app) -> dict:
 
 
 def wsgi_app(app, metrics, clock=None):
-    import time
     clock = clock or time.monotonic
 
     def probe(start_response, result, bad_status):

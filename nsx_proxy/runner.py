@@ -42,7 +42,6 @@ class BoundedFrequencyRunner:
         self._clock = clock
         self._wanted = hub.event()
         self._last = None
-        self.last_run = None             # when a run last started (health checks)
         self._stopped = False
         self.runs = 0
         self.failures = 0                    # runs that raised (a counter for metrics)
@@ -71,7 +70,6 @@ class BoundedFrequencyRunner:
                     self._hub.sleep(wait)        # let more events pile up
             self._wanted.clear()
             self._last = self._clock()
-            self.last_run = self._last
             self.runs += 1
             try:
                 self._fn()
