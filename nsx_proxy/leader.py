@@ -15,6 +15,7 @@ this.  ``LeaseLock`` implements the same three-method lock interface
 algorithm itself stays the client's.
 """
 import datetime
+import json
 import logging
 
 from nsx_proxy.kube_client import ApiException, client
@@ -62,17 +63,35 @@ def _from_utc(value: datetime.datetime) -> str:
     return str(value.astimezone().replace(tzinfo=None))
 
 
+def _parse_time(text: str) -> datetime.datetime:
+    """A Lease's MicroTime (RFC 3339, a Z or an offset) as an aware datetime."""
+    when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"a time without its zone: {text!r}")
+    return when
+
+
+def _micro_time(value: datetime.datetime) -> str:
+    """What the API server writes for a MicroTime: UTC, microseconds, a Z."""
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class _Stopped(Exception):
     """Raised inside the client's election loops to end them."""
 
 
 class LeaseLock:
-    """The lock interface ``kubernetes.leaderelection`` drives, over a Lease."""
+    """The lock interface ``kubernetes.leaderelection`` drives, over a Lease.
+
+    The Lease travels as plain JSON (``_preload_content=False`` and dict
+    bodies): the client's model classes cost more than the rest of an idle
+    agent's work, as every agent reads the Lease every ``retry_period``
+    (the leader also writes it), for the whole life of the cluster."""
 
     def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str):
         self.leases = client.CoordinationV1Api(api)
         self.namespace, self.name, self.identity = namespace, name, identity
-        self._lease = None                   # the last one read: its resourceVersion
+        self._lease = None                   # the last one read (a dict): its resourceVersion
         self._failing = None                 # the error logged last (log each once)
         self.stopping = False
 
@@ -84,11 +103,22 @@ class LeaseLock:
             self._failing = reason
         return False
 
+    def _read(self, name, namespace) -> dict:
+        lease = json.loads(self.leases.read_namespaced_lease(
+            name, namespace, _preload_content=False).data)
+        if not isinstance(lease, dict):
+            raise ValueError(f"a Lease that is not an object: {lease!r:.80}")
+        return lease
+
+    def _replace(self, name, namespace, lease) -> dict:
+        return json.loads(self.leases.replace_namespaced_lease(
+            name, namespace, lease, _preload_content=False).data)
+
     def get(self, name, namespace):
         if self.stopping:
             raise _Stopped()                 # the client's loops know no other exit
         try:
-            self._lease = self.leases.read_namespaced_lease(name, namespace)
+            self._lease = self._read(name, namespace)
         except ApiException as exc:
             if exc.status != 404:
                 self._failed("read", exc)
@@ -99,27 +129,31 @@ class LeaseLock:
             unreachable.body = '{"code": 0}'  # what the algorithm parses: not a 404
             return False, unreachable
         self._failing = None
-        spec = self._lease.spec or client.V1LeaseSpec()
-        if not (spec.holder_identity and spec.lease_duration_seconds and
-                spec.acquire_time and spec.renew_time):
+        spec = self._lease.get("spec")
+        spec = spec if isinstance(spec, dict) else {}
+        holder, duration = spec.get("holderIdentity"), spec.get("leaseDurationSeconds")
+        try:
+            acquired, renewed = _parse_time(spec["acquireTime"]), _parse_time(spec["renewTime"])
+        except (KeyError, TypeError, ValueError):
+            acquired = renewed = None
+        if not (holder and duration and acquired and renewed):
             return True, None                 # taken over like an empty lock
-        return True, LeaderElectionRecord(
-            spec.holder_identity, str(spec.lease_duration_seconds),
-            _from_utc(spec.acquire_time), _from_utc(spec.renew_time))
+        return True, LeaderElectionRecord(holder, str(duration), _from_utc(acquired),
+                                          _from_utc(renewed))
 
     @staticmethod
-    def _spec(record) -> client.V1LeaseSpec:
-        return client.V1LeaseSpec(
-            holder_identity=record.holder_identity,
-            lease_duration_seconds=int(float(record.lease_duration)),
-            acquire_time=_to_utc(record.acquire_time),
-            renew_time=_to_utc(record.renew_time))
+    def _spec(record) -> dict:
+        return {"holderIdentity": record.holder_identity,
+                "leaseDurationSeconds": int(float(record.lease_duration)),
+                "acquireTime": _micro_time(_to_utc(record.acquire_time)),
+                "renewTime": _micro_time(_to_utc(record.renew_time))}
 
     def create(self, name, namespace, election_record) -> bool:
-        body = client.V1Lease(metadata=client.V1ObjectMeta(name=name),
-                              spec=self._spec(election_record))
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name}, "spec": self._spec(election_record)}
         try:
-            self._lease = self.leases.create_namespaced_lease(namespace, body)
+            self._lease = json.loads(self.leases.create_namespaced_lease(
+                namespace, body, _preload_content=False).data)
         except ApiException as exc:
             return self._failed("create", exc) if exc.status != 409 else False
         except Exception as exc:
@@ -129,12 +163,12 @@ class LeaseLock:
     def update(self, name, namespace, updated_record) -> bool:
         if self._lease is None:
             return False
-        self._lease.spec = self._spec(updated_record)
+        self._lease["spec"] = self._spec(updated_record)
         try:
             # replace carries the resourceVersion read last: if another agent
             # renewed or took the lease since, the API server answers 409 and
             # this agent stays a follower (no two leaders).
-            self._lease = self.leases.replace_namespaced_lease(name, namespace, self._lease)
+            self._lease = self._replace(name, namespace, self._lease)
         except ApiException as exc:
             return self._failed("update", exc) if exc.status != 409 else False
         except Exception as exc:
@@ -148,11 +182,12 @@ class LeaseLock:
         (409): read it again and retry, while it is still ours."""
         for _ in range(3):
             lease = self._lease
-            if lease is None or (lease.spec and lease.spec.holder_identity != self.identity):
+            spec = lease.get("spec") if isinstance(lease, dict) else None
+            if not isinstance(spec, dict) or spec.get("holderIdentity") != self.identity:
                 return
-            lease.spec.holder_identity = None
+            spec.pop("holderIdentity")
             try:
-                self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
+                self._replace(self.name, self.namespace, lease)
                 return
             except ApiException as exc:
                 if exc.status != 409:
@@ -162,7 +197,7 @@ class LeaseLock:
                 self._failed("release", exc)
                 return
             try:
-                self._lease = self.leases.read_namespaced_lease(self.name, self.namespace)
+                self._lease = self._read(self.name, self.namespace)
             except Exception as exc:
                 self._failed("release", exc)
                 return
