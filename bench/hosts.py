@@ -30,6 +30,7 @@ import time
 
 from bench import kube
 from bench.core import pct, progress
+from controller import config
 from topologies.apiserver.kinds import RESOURCES
 from topologies.hosts import GATEWAY_HOST, HostsLab
 from topologies.waiting import wait_for
@@ -130,7 +131,7 @@ def run(n, changes, latency_changes, rounds, breakdown=False):
     # The agents' default drift-audit period (the lab's own 2 s checks drift
     # fast for its tests, at a cost that grows with the services).
     lab = HostsLab(nodes=2, pods_per_node=1, run_dir="/tmp/nsx-proxy-bench-hosts",
-                   audit_period=10)
+                   audit_period=config.CONF.nsx_proxy.audit_period)
     nodes = [node.name for node in lab.nodes]
     try:
         progress(f"multi-host lab, {n} services x {ENDPOINTS} endpoints")

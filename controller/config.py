@@ -82,14 +82,17 @@ OPTIONS = [
                     "served on every address of the node"),
     cfg.IntOpt("status_port", default=9910,
                help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
-    cfg.FloatOpt("audit_period", default=10.0,
+    # 30 s: kube-proxy's syncPeriod.  OVS's flow monitor reports changes to
+    # our flows at once; the audit is the backstop for groups (no monitor)
+    # and lost monitor events, and at 10 s it was half an idle agent's CPU.
+    cfg.FloatOpt("audit_period", default=30.0,
                  help="seconds between checks that each switch still holds what was "
                       "installed (flow count, groups and their buckets, the reject "
                       "meter); drift is reinstalled at once; 0: off"),
-    cfg.IntOpt("audit_groups_every", default=3, min=0,
+    cfg.IntOpt("audit_groups_every", default=2, min=0,
                help="every Nth drift check reads the groups' contents (buckets "
-                    "changed in place keep their number; with audit_period 10, a "
-                    "group changed behind our back is rewritten within 30 s); the "
+                    "changed in place keep their number; with audit_period 30, a "
+                    "group changed behind our back is rewritten within 60 s); the "
                     "others count buckets (OVS's flow monitor covers flows); 0: never"),
     cfg.FloatOpt("affinity_sweep_period", default=60.0,
                  help="seconds between reads of session-affinity entries whose "

@@ -82,7 +82,7 @@ def test_a_flow_modified_in_place_is_restored_at_once_and_named_in_the_log(lab):
 
 def test_a_group_changed_in_place_comes_back_within_the_content_audit(lab):
     """Groups have no monitor, and a bucket pointed elsewhere keeps the
-    bucket count: every third audit (audit_groups_every) reads the groups'
+    bucket count: every second audit (audit_groups_every) reads the groups'
     contents and the repair rewrites the group."""
     converge(lab)
     groups = sorted(lab.dump_groups("br-node1"))
@@ -92,5 +92,5 @@ def test_a_group_changed_in_place_comes_back_within_the_content_audit(lab):
     assert sorted(lab.dump_groups("br-node1")) != groups
     changed = time.monotonic()
     L.wait_for(lambda: sorted(lab.dump_groups("br-node1")) == groups,
-               3 * 3 * L.AUDIT_PERIOD + 5, what="the group's buckets back on br-node1")
+               3 * 2 * L.AUDIT_PERIOD + 5, what="the group's buckets back on br-node1")
     print(f"group restored in {time.monotonic() - changed:.1f} s")
