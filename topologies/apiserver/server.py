@@ -157,7 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- responses -------------------------------------------------------------
     def _send_json(self, code, body):
-        data = json.dumps(body).encode()
+        self._send_bytes(code, json.dumps(body).encode())
+
+    def _send_bytes(self, code, data):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -301,10 +303,16 @@ class _Handler(BaseHTTPRequestHandler):
         return out
 
     def _list(self, api, res, ns, query):
-        items, rv = api.store.list(res.name, ns, self._predicate(query))
-        meta = {"resourceVersion": str(rv)}
-        self._send_json(200, tables.maybe_table(self.headers.get("Accept", ""), res, items,
-                                                meta, as_list=True))
+        accept = self.headers.get("Accept", "")
+        if tables.wants_table(accept):
+            items, rv = api.store.list(res.name, ns, self._predicate(query))
+            self._send_json(200, tables.maybe_table(accept, res, items,
+                                                    {"resourceVersion": str(rv)}, as_list=True))
+            return
+        items, rv = api.store.list_json(res.name, ns, self._predicate(query))
+        head = json.dumps({"kind": f"{res.kind}List", "apiVersion": res.api_version,
+                           "metadata": {"resourceVersion": str(rv)}})
+        self._send_bytes(200, (head[:-1] + ', "items": ' + items + "}").encode())
 
     def _watch(self, api, res, ns, query):
         owner, store = self.server.owner, api.store

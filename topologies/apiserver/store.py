@@ -9,6 +9,7 @@ on demand, which is how tests force a relist.
 import collections
 import copy
 import datetime
+import json
 import threading
 import uuid
 
@@ -48,6 +49,18 @@ class Store:
             items = [o for (ons, _), o in sorted(self.objects[resource].items())
                      if (ns is None or ons == ns) and (predicate is None or predicate(o))]
             return copy.deepcopy(items), self.rv
+
+    def list_json(self, resource, ns=None, predicate=None):
+        """(the matching objects as one JSON array, the store's resourceVersion).
+
+        Serialised under the lock instead of deep-copied: the JSON is the
+        copy.  A list of 10,000 EndpointSlices took 0.73 s as copies and
+        then JSON, and takes 0.1 s this way; kube-apiserver serves lists
+        from its watch cache, and the benchmarks time the agent, not us."""
+        with self.cond:
+            items = [o for (ons, _), o in sorted(self.objects[resource].items())
+                     if (ns is None or ons == ns) and (predicate is None or predicate(o))]
+            return json.dumps(items), self.rv
 
     def peek(self, resource, ns=None):
         """Live objects (no copy) for controllers that run under the lock."""

@@ -73,9 +73,14 @@ COLUMNS = {
 }
 
 
+def wants_table(accept) -> bool:
+    """The client asked for a Table (kubectl get)."""
+    return "as=Table" in accept
+
+
 def maybe_table(accept, res, items, meta, as_list=False):
     """A Table if the client asked for one (kubectl get), else the object or list."""
-    if "as=Table" not in accept:
+    if not wants_table(accept):
         if not as_list:
             return items[0]
         return {"kind": f"{res.kind}List", "apiVersion": res.api_version,
