@@ -8,13 +8,13 @@ anything it does not know (the learn action, a stale round's delete) from
 Ryu.  Each step is encoded on its own, so a message that cannot be encoded
 is pinned on its object.
 """
-import contextlib
 import gc
 from dataclasses import dataclass, field
 from typing import Optional
 
 from controller import ofmsg, wire
 from controller.fragments import Plan
+from nsx_proxy import gc_pause
 
 
 @dataclass
@@ -45,7 +45,7 @@ class InFlight:
         noted in ``bad`` with why, and the bundle is closed with a discard
         instead (the caller quarantines the objects and plans again)."""
         yield control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
-        with gc_paused():         # held across the yields: the app's send yields
+        with gc_pause.paused():   # held across the yields: the app's send yields
             for step in ofmsg.plan_steps(self.plan, stale):
                 item, xid = ofmsg.step_item(step), next_xid(dp)
                 try:                # each step on its own: a failure costs its object
@@ -114,26 +114,3 @@ def step_bytes(dp, step, generation, bundle_id, xid) -> bytes:
 # the whole bundle is encoded in a few milliseconds, and checking every
 # message before anything is sent keeps a failure the cheapest to handle.
 STREAM_AT = 2000
-
-_gc_pauses = 0
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """No cyclic garbage collection while a bundle is built: the compiler and
-    the encoder allocate a few objects per flow, and at 10,000 services the
-    collections they trigger cost more than the work (measured: 2.1 s ->
-    1.0 s).  Counted, because a streamed bundle holds its pause across
-    yields while another switch's sync may take and end its own."""
-    global _gc_pauses
-    if _gc_pauses == 0 and not gc.isenabled():
-        yield                     # paused by someone else (a test, the runtime)
-        return
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
-            gc.enable()

@@ -33,7 +33,7 @@ from controller.drift import DriftWatch
 from controller.fragments import Plan
 from controller.session import SwitchSession
 from controller.sweep import Sweep
-from nsx_proxy import changes
+from nsx_proxy import changes, gc_pause
 
 LOG = logging.getLogger("nsx_proxy")
 
@@ -192,7 +192,7 @@ class Switch:
         self._due = False
         session = self.session
         try:
-            with bundle.gc_paused():
+            with gc_pause.paused():
                 for attempt in range(3):   # each pass quarantines what failed to encode
                     want, plan, stale, keys = session.plan(self.state)
                     if not len(plan) and not stale:

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 
-from nsx_proxy import translate, validate
+from nsx_proxy import gc_pause, translate, validate
 from nsx_proxy.kube_cache import KubeCache
 from nsx_proxy.kube_client import client, load_config
 from nsx_proxy.lb_writer import LbStatusWriter
@@ -150,7 +150,8 @@ class KubeSource:
         compiler), so a retry does not meet the same exception again."""
         if not self.synced:
             return None
-        state, change = self.builder.build(self.cache)
+        with gc_pause.paused():       # the first build: 10,000 services at once
+            state, change = self.builder.build(self.cache)
         if self.writes:
             moved = self.cache.namespaces_version != self._namespaces_planned
             self.lb_writer.sync(self.cache.services, self.cache.namespaces,

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 
-from nsx_proxy import rawjson
+from nsx_proxy import gc_pause, rawjson
 from nsx_proxy.kube_client import ApiException, iter_resp_lines
 
 LOG = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class Reflector:
                 cont = seen["meta"].get("continue")
                 if not cont:
                     return
-        self._replace(objects())
+        with gc_pause.paused():       # held across the pages' reads
+            self._replace(objects())
         self.resource_version = seen["meta"].get("resourceVersion")
         self.synced = True
         self.lists += 1

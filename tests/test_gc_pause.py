@@ -1,0 +1,36 @@
+"""The collector's pause: overlapping pauses (a streamed bundle and a list,
+each held across yields to other green threads) keep it off until the last
+one ends, and a collector someone else turned off stays off."""
+import gc
+
+from nsx_proxy import gc_pause
+
+
+def test_overlapping_pauses_turn_the_collector_back_on_once_the_last_ends():
+    assert gc.isenabled()
+    bundle, listing = gc_pause.paused(), gc_pause.paused()
+    bundle.__enter__()
+    listing.__enter__()
+    bundle.__exit__(None, None, None)          # not nested: the first ends first
+    assert not gc.isenabled()
+    listing.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
+def test_a_pause_that_raises_still_ends():
+    try:
+        with gc_pause.paused():
+            raise KeyError("a step failed")
+    except KeyError:
+        pass
+    assert gc.isenabled()
+
+
+def test_a_collector_turned_off_by_someone_else_stays_off():
+    gc.disable()
+    try:
+        with gc_pause.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
