@@ -18,6 +18,7 @@ import time
 
 from ryu.base import app_manager
 from ryu.controller import ofp_event
+from ryu.controller.controller import datapath_connection_factory
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER
 from ryu.controller.handler import set_ev_cls
 from ryu.lib import hub
@@ -46,8 +47,7 @@ CONF = config.CONF
 # Trigger times (kube-proxy's SLI) kept while no bundle commits; the oldest go.
 MAX_PENDING_TRIGGERS = 10000
 
-# The clock's period, seconds: a bundle's deadline, the audit and sweep
-# periods and a retry are looked at this often (Switch.timer).
+# The clock's period, seconds: how often Switch.timer looks at what is due.
 TICK = 0.5
 
 
@@ -80,6 +80,8 @@ class ServiceProxy(app_manager.RyuApp):
         self.health = None                   # kube-proxy's health servers (agent mode)
         self.checks = healthcheck.ServiceChecks(self.node_name)   # ... their answers
         self.node_setup = config.node_setup(self.conf, self.node_name)   # or None
+        self.dialer = config.bridge_dialer(self.conf, datapath_connection_factory,
+                                           hub.spawn, hub.sleep)     # or None: OVS dials
         try:
             self.node_port_cidrs = bridges.parse_nodeport_addresses(
                 self.conf.nodeport_addresses)
@@ -118,9 +120,8 @@ class ServiceProxy(app_manager.RyuApp):
                 election=config.election(self.conf, self.node_name),
                 external_cidrs=self.external_cidrs)
             if self.source.elector is not None:
-                # A DaemonSet rollout stops agents with SIGTERM: hand the
-                # writer Lease back first, so another agent takes it at its
-                # next retry instead of after the whole lease duration.
+                # A rollout stops agents with SIGTERM: hand the writer Lease back
+                # first, so another agent takes it at its next retry, not later.
                 signal.signal(signal.SIGTERM, lambda *_: hub.spawn(self._terminate))
             self.source.start()
 
@@ -204,6 +205,8 @@ class ServiceProxy(app_manager.RyuApp):
                 LOG.warning("bridge %s (%s %s) is not this agent's (node %s); left alone",
                             ctx.name, ctx.role, ctx.node or "", self.node_name)
         self.contexts = contexts
+        if self.dialer is not None:            # bridge_connection mgmt: we dial them
+            self.dialer.want(ctx.name for ctx in contexts.values())
         for dpid, switch in list(self.switches.items()):
             if dpid in contexts:
                 self._handle(switch, lambda now, ctx=contexts[dpid]:
@@ -234,6 +237,8 @@ class ServiceProxy(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _switch_features(self, ev):
         dp = ev.msg.datapath
+        if self.dialer is not None and not self.dialer.dialed(dp.address, dp.id):
+            return dp.close()                  # a second connection: we dial this one
         LOG.info("switch %016x connected from %s", dp.id, dp.address)
         self.switch_connects[dp.id] += 1
         conf = self.conf
@@ -258,7 +263,7 @@ class ServiceProxy(app_manager.RyuApp):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
         if switch is not None and switch.sweep.is_reply(msg.xid):
             self._handle(switch, lambda now: switch.sweep_reply(msg.xid, msg.body,
-                                                                _more(msg), now))
+                                                                wire.more(msg), now))
         else:
             self._stats_reply(ev, cookies_seen=[s.cookie for s in msg.body])
 
@@ -267,7 +272,7 @@ class ServiceProxy(app_manager.RyuApp):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
         if switch is not None and switch.drift.is_reply(msg.xid):
             self._handle(switch, lambda now: switch.audit_reply(
-                msg.xid, now, groups=wire.group_descs(bytes(msg.buf)), more=_more(msg)))
+                msg.xid, now, groups=wire.group_descs(bytes(msg.buf)), more=wire.more(msg)))
         else:
             self._stats_reply(ev, groups_seen=[g.group_id for g in msg.body])
 
@@ -277,7 +282,7 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None and switch.drift.is_reply(msg.xid):
             self._handle(switch, lambda now: switch.audit_reply(
                 msg.xid, now, groups=[(g.group_id, g.bucket_count) for g in msg.body],
-                more=_more(msg)))
+                more=wire.more(msg)))
 
     @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)
     def _aggregate(self, ev):
@@ -291,7 +296,7 @@ class ServiceProxy(app_manager.RyuApp):
         switch, msg = self._switch(ev.msg.datapath), ev.msg
         if switch is not None and switch.drift.is_reply(msg.xid):
             self._handle(switch, lambda now: switch.audit_reply(
-                msg.xid, now, meters=[m.meter_id for m in msg.body], more=_more(msg)))
+                msg.xid, now, meters=[m.meter_id for m in msg.body], more=wire.more(msg)))
 
     @set_ev_cls(ofp_event.EventOFPExperimenterStatsReply, MAIN_DISPATCHER)
     def _flow_monitor(self, ev):
@@ -313,7 +318,7 @@ class ServiceProxy(app_manager.RyuApp):
     def _stats_reply(self, ev, **seen):
         switch = self._switch(ev.msg.datapath)
         if switch is not None:
-            self._handle(switch, lambda now: switch.stats_reply(now, more=_more(ev.msg),
+            self._handle(switch, lambda now: switch.stats_reply(now, more=wire.more(ev.msg),
                                                                 **seen))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
@@ -329,13 +334,10 @@ class ServiceProxy(app_manager.RyuApp):
 
     @staticmethod
     def _send(dp, msgs):
-        """Send what a Switch returned.  Encoded messages (checked by the
-        Switch already) go out in runs of up to 256 KiB: Ryu's send loop
-        costs a queue hand-over and a sendall() per buffer, a fifth of a
-        10,000-service cold sync when each of 50,000 messages went alone.
-        After each full run the loop yields, so Ryu's send loop writes it
-        while a streamed bundle (Switch._next) encodes the next one
-        and OVS parses the last one."""
+        """Send what a Switch returned: encoded messages in runs of up to
+        256 KiB (one queue hand-over and sendall() each: a fifth of a cold
+        sync when 50,000 went alone), yielding after each so that Ryu
+        writes it while a streamed bundle encodes the next one."""
         run, size = [], 0
         for msg in msgs:
             if isinstance(msg, bytes):
@@ -393,8 +395,3 @@ class ServiceProxy(app_manager.RyuApp):
         if switch is not None:
             self._handle(switch, lambda now: switch.packet_in(
                 msg.cookie, msg.match["in_port"], msg.data, now))
-
-
-def _more(msg) -> bool:
-    """A multipart reply that more parts follow."""
-    return bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)

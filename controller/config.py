@@ -14,6 +14,7 @@ import uuid
 from ryu import cfg
 from ryu.ofproto import ofproto_common
 
+from controller import bridge_dialer as bridge_dialer_module
 from controller.node_setup import NodeSetup
 from nsx_proxy import lb_ipam
 
@@ -100,6 +101,15 @@ OPTIONS = [
     cfg.IntOpt("reject_rate", default=100,
                help="refused connections answered (RST / ICMP) per second and bridge; "
                     "the bridge's meter drops the rest before they reach us"),
+    cfg.StrOpt("bridge_connection", default="listen", choices=("listen", "mgmt"),
+               help="how the OpenFlow connection to a bridge is made: listen (OVS dials "
+                    "the agent: the bridge's controller target, set by you or by "
+                    "node_setup) or mgmt (the agent dials the bridge's management socket, "
+                    "<ovs_rundir>/<bridge>.mgmt, as Antrea does: no controller target, "
+                    "and no reconnect backoff after a restart)"),
+    cfg.StrOpt("ovs_rundir", default="",
+               help="bridge_connection mgmt: OVS's run directory (empty: the directory "
+                    "of the ovsdb unix: socket)"),
     cfg.BoolOpt("node_setup", default=False,
                 help="agent mode: make this node's bridge, its tunnel port and the "
                      "node's host port from the Node object, and route the podCIDRs "
@@ -142,13 +152,26 @@ def election(conf, node_name):
 
 
 def node_setup(conf, node_name):
-    """The agent's node setup, or None (off, or not an agent of a node)."""
+    """The agent's node setup, or None (off, or not an agent of a node).
+    With bridge_connection mgmt the bridge gets no controller target."""
     if not (conf.node_setup and node_name and not conf.gateway):
         return None
     return NodeSetup(node_name, conf.node_bridge, conf.datapath_type, conf.tunnel_type,
+                     None if conf.bridge_connection == "mgmt" else
                      CONF.ofp_tcp_listen_port or ofproto_common.OFP_TCP_PORT,
                      conf.service_cidr, conf.ovsdb,
                      conf.underlay_mtu)
+
+
+def bridge_dialer(conf, serve, spawn, sleep):
+    """The dialer of bridge_connection mgmt, or None (listen)."""
+    if conf.bridge_connection != "mgmt":
+        return None
+    try:
+        directory = conf.ovs_rundir or bridge_dialer_module.rundir(conf.ovsdb)
+    except ValueError as exc:
+        raise SystemExit(f"nsx-proxy: {exc}") from None
+    return bridge_dialer_module.BridgeDialer(directory, serve, spawn, sleep)
 
 
 def reference() -> str:

@@ -51,12 +51,14 @@ def gateway_ip(nodes) -> Optional[str]:
 
 
 def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_type: str,
-               tunnel_type: str, of_port: int, mtu: int,
+               tunnel_type: str, of_port: Optional[int], mtu: int,
                set_controller: bool = True) -> List[str]:
     """One ovs-vsctl transaction that makes (or corrects) the bridge and its
     ports (no tunnel port without a ``tunnel_type``: a fabric's uplink is the
-    operator's).  ``set_controller`` False keeps a controller that is right
-    already (setting it again would make OVS reconnect)."""
+    operator's).  The bridge's controller target is the agent's ``of_port``
+    on 127.0.0.1, or none when ``of_port`` is None (bridge_connection mgmt);
+    ``set_controller`` False keeps a target that is right already (setting
+    it again would make OVS reconnect)."""
     mac = B.ip_mac(node.internal_ip)
     labels = [f"external_ids:{B.ROLE}={B.ROLE_NODE}", f"external_ids:{B.NODE}={node.name}",
               f"external_ids:{B.POD_CIDR}={node.pod_cidr}"]
@@ -68,9 +70,11 @@ def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_t
         args.append(f"external_ids:{B.FABRIC_GATEWAY}={gateway}")
     else:
         args += ["--", "remove", "bridge", bridge, "external_ids", B.FABRIC_GATEWAY]
-    if set_controller:
+    if set_controller and of_port:
         args += ["--", "set-controller", bridge, f"tcp:127.0.0.1:{of_port}",
                  "--", "set", "controller", bridge, "max_backoff=1000"]
+    elif set_controller:          # the agent dials <bridge>.mgmt: a target would connect twice
+        args += ["--", "del-controller", bridge]
     if tunnel_type:
         args += ["--", "--may-exist", "add-port", bridge, TUNNEL_PORT,
                  "--", "set", "interface", TUNNEL_PORT, f"type={tunnel_type}",
@@ -227,9 +231,10 @@ class NodeSetup:
         stale = [c for c in (self.applied[1] if self.applied else ()) if c not in cidrs]
         vsctl = ["ovs-vsctl", f"--db={self.ovsdb}", "--timeout=10"]
         try:
+            # the one target wanted (none: the agent dials the bridge itself)
             keep = self.run(vsctl + ["get-controller", self.bridge], capture_output=True,
                             text=True, timeout=20).stdout.split() == \
-                [f"tcp:127.0.0.1:{self.of_port}"]
+                ([f"tcp:127.0.0.1:{self.of_port}"] if self.of_port else [])
             self._call(vsctl + ovsdb_args(node, gateway, self.bridge, self.datapath_type,
                                           self.tunnel_type, self.of_port, self.mtu,
                                           set_controller=not keep))

@@ -98,7 +98,7 @@ class Switch:
 
     # --- the handshake ---------------------------------------------------------------
     def connected(self, now) -> list:
-        """The reject meter first (flows refer to it; after a controller
+        """A miss_send_len, the reject meter (flows refer to it; after a controller
         restart it exists already, an error that is expected), then what is on
         the switch: table 0 tells the last round (every round has flows there),
         group descriptions tell which ids exist."""
@@ -108,7 +108,11 @@ class Switch:
         meter = ofmsg.meter_add(dp, pipeline.REJECT_METER, self.reject_rate, self.reject_rate)
         dp.set_xid(meter)
         self._meter_xid = meter.xid
-        return [meter,
+        # OpenFlow's default miss_send_len (128), said out loud: a connection
+        # to the bridge's management socket (bridge_dialer) gets no packet-in
+        # (the reject path) until it sets one; a controller target's has it
+        return [parser.OFPSetConfig(dp, ofp.OFPC_FRAG_NORMAL, 128),
+                meter,
                 parser.OFPFlowStatsRequest(dp, 0, 0, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0,
                                            parser.OFPMatch()),
                 parser.OFPGroupDescStatsRequest(dp, 0),

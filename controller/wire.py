@@ -84,6 +84,11 @@ def _oxm(name, value) -> tuple:
     return key, plain + _value(kind, width, value)
 
 
+def more(msg) -> bool:
+    """A multipart reply (as Ryu parsed it) that more parts follow."""
+    return bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+
+
 def _pad8(data: bytes) -> bytes:
     return data + bytes(-len(data) % 8)
 

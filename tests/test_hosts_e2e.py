@@ -79,7 +79,11 @@ def test_each_host_has_its_own_ovs_and_agent_and_programs_only_its_bridge(hosts_
         assert lab.ovs[host].vsctl("get", "interface", "nsx-tun0", "type",
                                    "options:remote_ip").split() == ["geneve", "flow"]
         assert lab.ovs[host].vsctl("port-to-br", "nsx-tun0").strip() == bridge
-    # agents listen for OpenFlow on their host's 127.0.0.1 only
+        # no controller target: the agent dialed the bridge's management socket
+        assert lab.ovs[host].vsctl("get-controller", bridge).strip() == ""
+        with open(lab.agent_log(host)) as fh:
+            assert f"connected from {lab.ovs[host].dir}/{bridge}.mgmt" in fh.read()
+    # Ryu still listens for OpenFlow, on the host's 127.0.0.1 only
     assert "127.0.0.1:6653" in lab.net.get("node1").cmd("ss -Hltn 'sport = :6653'")
 
 
@@ -107,6 +111,38 @@ def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(host
         # client's datagrams all reach one endpoint: docs/known-limits.md)
         answers = {udp(lab, client, L.DEMO_VIP, 53) for _ in range(4)}
         assert len(answers) == 1 and answers <= EVERYONE
+
+
+def test_a_port_the_vip_does_not_have_is_refused_at_once_from_every_node(hosts_lab):
+    """Refusals are packet-ins, and the agents reach their bridges through the
+    management socket, an OVS service connection, which gets packet-ins only
+    once the agent sets a miss_send_len (Switch.connected)."""
+    lab = hosts_lab
+    for client in ("pod1", "pod3"):                          # one per node host
+        started = time.monotonic()
+        out = lab.net.get(client).cmd(
+            f"curl -s --max-time 3 http://{L.DEMO_VIP}:81/; echo rc=$?").strip()
+        assert out.endswith("rc=7") and time.monotonic() - started < 1.5, out
+        assert udp(lab, client, L.DEMO_VIP, 54) == "refused"
+
+
+def test_a_controller_target_left_pointing_at_a_dialing_agent_is_refused(hosts_lab):
+    """bridge_connection mgmt: OVS dialing the agent as well would make two
+    writers of one bridge; the agent closes that connection, says so once,
+    and the bridge it dialed keeps working."""
+    lab = hosts_lab
+    ovs, log = lab.ovs["node1"], lab.agent_log("node1")
+    with open(log) as fh:
+        before = fh.read().count("bridge_connection is mgmt")
+    try:
+        ovs.vsctl("set-controller", "br-node1", "tcp:127.0.0.1:6653")
+        L.wait_for(lambda: open(log).read().count("bridge_connection is mgmt") > before, 15,
+                   what="the agent to refuse OVS's connection")
+        time.sleep(2.5)                                # OVS dials again: no new line
+        assert open(log).read().count("bridge_connection is mgmt") == before + 1
+        assert who_until(lab, "pod1", f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
+    finally:
+        ovs.vsctl("del-controller", "br-node1")
 
 
 def test_node_port_load_balancer_and_floating_ip_from_the_internet(hosts_lab):

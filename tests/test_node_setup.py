@@ -84,9 +84,9 @@ class FakeRun:
         return [(c, i) for c, i in self.calls if "get-controller" not in c]
 
 
-def setup(run, datapath="system"):
+def setup(run, datapath="system", of_port=6653):
     run.sysctls = []
-    return NS.NodeSetup("node1", "br-nsx", datapath, "geneve", 6653, "10.96.0.0/12",
+    return NS.NodeSetup("node1", "br-nsx", datapath, "geneve", of_port, "10.96.0.0/12",
                         "unix:/x/db.sock", run=run,
                         sysctl=lambda name, value: run.sysctls.append((name, value)))
 
@@ -127,6 +127,19 @@ def test_a_right_controller_is_kept_and_a_failure_is_retried_by_the_next_update(
     assert vsctl[0] == "ovs-vsctl" and "set-controller" not in vsctl   # ours: no reconnect
     assert ethtool == ["ethtool", "-K", "nsx-host0", "tx", "off"]       # userspace
     assert nft == ["nft", "-f", "-"]
+
+
+def test_an_agent_that_dials_its_bridge_removes_a_controller_target_and_sets_none():
+    """bridge_connection mgmt (no OpenFlow port): a target left from listen
+    mode would connect the bridge to the agent a second time."""
+    run = FakeRun(controller="tcp:127.0.0.1:6653\n")
+    assert setup(run, of_port=None).update([NODE1], {}) is True
+    vsctl = run.writes()[0][0]
+    assert "del-controller" in vsctl and "set-controller" not in vsctl
+    run = FakeRun(controller="")                  # none: nothing to change
+    assert setup(run, of_port=None).update([NODE1], {}) is True
+    vsctl = run.writes()[0][0]
+    assert "del-controller" not in vsctl and "set-controller" not in vsctl
 
 
 def test_a_bug_in_node_setup_is_logged_and_never_reaches_the_caller(caplog):

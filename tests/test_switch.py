@@ -29,8 +29,11 @@ def connected(dp=None, table0=(), groups=(), ctx=world.NODE1, rate=100, groups_e
                 audit_groups_every=groups_every, on_synced=results.append)
     sw.results = results
     hello = sw.connected(0.0)
-    assert [type(m) for m in hello] == [parser.OFPMeterMod, parser.OFPFlowStatsRequest,
+    # a miss_send_len first: a management-socket connection gets no packet-in without it
+    assert [type(m) for m in hello] == [parser.OFPSetConfig, parser.OFPMeterMod,
+                                        parser.OFPFlowStatsRequest,
                                         parser.OFPGroupDescStatsRequest, bytes]
+    assert hello[0].miss_send_len == 128
     assert sw.context_changed(ctx, 0.0) == []                # no session yet
     assert sw.stats_reply(0.0, cookies_seen=table0) == []    # the group reply is still due
     assert sw.stats_reply(0.0, groups_seen=groups) == []     # no state yet: nothing to send

@@ -230,14 +230,11 @@ class HostsLab(Lab):
             if self._agent_sets_up(name):
                 continue              # its agent makes the bridge (node_setup)
             dpid = "%016x" % ((0x1000 + index - 1) if name != GATEWAY_HOST else 0x2000)
-            # The agent's controller is local: no in-band control.  Reconnect
-            # fast after an agent restart (the default backs off to 8 s).
+            # No controller target: the agent dials the bridge's management
+            # socket (bridge_connection = mgmt); no in-band control.
             cmds = ["add-br", bridge, "--", "set", "bridge", bridge,
                     "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13",
-                    f"other-config:datapath-id={dpid}", "other-config:disable-in-band=true",
-                    "--", "set-controller", bridge, f"tcp:127.0.0.1:{self.of_port}",
-                    "--", "set", "controller", bridge, "max_backoff=1000",
-                    "inactivity_probe=5000"]
+                    f"other-config:datapath-id={dpid}", "other-config:disable-in-band=true"]
             for port in ports:
                 cmds += ["--", "add-port", bridge, port]
             if self.overlay:
@@ -351,7 +348,7 @@ class HostsLab(Lab):
         setup = dict(node_setup="true", node_bridge=self._node(name).bridge,
                      datapath_type="netdev", tunnel_type="geneve",
                      service_cidr=SERVICE_CIDR) if self._agent_sets_up(name) else {}
-        return dict(self._controller_options(), node_name=name,
+        return dict(self._controller_options(), node_name=name, bridge_connection="mgmt",
                     gateway=str(name == GATEWAY_HOST).lower(), ovsdb=ovs.db,
                     status_port=self.status_port,
                     leader_election_namespace=LEASE_NAMESPACE, **LEASE, **setup)
