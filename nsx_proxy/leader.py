@@ -93,6 +93,7 @@ class LeaseLock:
         self.namespace, self.name, self.identity = namespace, name, identity
         self._lease = None                   # the last one read (a dict): its resourceVersion
         self._failing = None                 # the error logged last (log each once)
+        self._renewed = None                 # our record, while our last write held
         self.stopping = False
 
     def _failed(self, what, exc) -> bool:
@@ -117,6 +118,11 @@ class LeaseLock:
     def get(self, name, namespace):
         if self.stopping:
             raise _Stopped()                 # the client's loops know no other exit
+        if self._renewed is not None:
+            # client-go's fast path: the holder renews without reading first;
+            # if another agent took the lease since, the update carries a
+            # stale resourceVersion and fails (409), and the next get reads
+            return True, self._renewed
         try:
             self._lease = self._read(name, namespace)
         except ApiException as exc:
@@ -158,12 +164,17 @@ class LeaseLock:
             return self._failed("create", exc) if exc.status != 409 else False
         except Exception as exc:
             return self._failed("create", exc)
+        return self._wrote(election_record)
+
+    def _wrote(self, record) -> bool:
+        self._renewed = record if record.holder_identity == self.identity else None
         return True
 
     def update(self, name, namespace, updated_record) -> bool:
         if self._lease is None:
             return False
         self._lease["spec"] = self._spec(updated_record)
+        self._renewed = None                 # read again unless this write holds
         try:
             # replace carries the resourceVersion read last: if another agent
             # renewed or took the lease since, the API server answers 409 and
@@ -173,13 +184,14 @@ class LeaseLock:
             return self._failed("update", exc) if exc.status != 409 else False
         except Exception as exc:
             return self._failed("update", exc)
-        return True
+        return self._wrote(updated_record)
 
     def release(self):
         """Hand the lease back (holder cleared): a follower takes it at its
         next retry instead of waiting out the lease duration.  A renewal
         still in flight when the agent stops makes the lease read last stale
         (409): read it again and retry, while it is still ours."""
+        self._renewed = None
         for _ in range(3):
             lease = self._lease
             spec = lease.get("spec") if isinstance(lease, dict) else None

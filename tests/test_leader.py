@@ -173,6 +173,20 @@ def test_a_write_planned_on_an_old_version_of_the_service_does_not_land(server, 
                for r in caplog.records)
 
 
+def test_a_leader_renews_without_reading_the_lease_first(server):
+    """client-go's fast path: while its writes hold, the leader's renewal is
+    one write (every agent reads the Lease every retry period otherwise)."""
+    a = elector(server, "node1_a")
+    wait_for(lambda: a.leading, 10, what="a to lead")
+    reads, read = [], a.lock.leases.read_namespaced_lease
+    a.lock.leases.read_namespaced_lease = lambda *args, **kw: (reads.append(1),
+                                                               read(*args, **kw))[1]
+    renewed = server.api.get(LEASE, "default", "writer")["spec"]["renewTime"]
+    time.sleep(3.5 * TIMINGS["retry_period"])
+    assert a.leading and reads == []
+    assert server.api.get(LEASE, "default", "writer")["spec"]["renewTime"] > renewed
+
+
 def test_a_leader_whose_lease_is_taken_stops_writing_with_one_line(server, caplog):
     """Someone else holds the lease now (an operator, a partitioned agent's
     successor): this agent's renewals are refused, and within the renew
