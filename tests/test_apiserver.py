@@ -192,3 +192,29 @@ def test_the_lab_kubelets_grace_timer_takes_only_its_own_pod(server):
         assert core.read_namespaced_pod("p", "default").metadata.uid == new
     finally:
         kubelet.stop()
+
+
+def test_lists_come_in_pages_as_kube_apiserver_pages_them(server, core):
+    """limit and continue: every page says the first page's resourceVersion
+    (a watch from it replays what changed meanwhile); resourceVersion=0 is
+    served whole, as from the watch cache; a bad token is a 400."""
+    names = [f"p{i}" for i in range(5)]
+    for name in names:
+        core.create_namespaced_service("default", {"metadata": {"name": name},
+                                                   "spec": {"ports": [{"port": 80}]}})
+    first = core.list_namespaced_service("default", limit=2)
+    assert [s.metadata.name for s in first.items] == names[:2]
+    core.create_namespaced_service("default", {"metadata": {"name": "p9"},
+                                               "spec": {"ports": [{"port": 80}]}})
+    pages, token = [first], first.metadata._continue
+    while token:
+        pages.append(core.list_namespaced_service("default", limit=2, _continue=token))
+        token = pages[-1].metadata._continue
+    assert [len(p.items) for p in pages] == [2, 2, 2]
+    assert [s.metadata.name for p in pages for s in p.items] == names + ["p9"]
+    assert {p.metadata.resource_version for p in pages} == {first.metadata.resource_version}
+    whole = core.list_namespaced_service("default", limit=2, resource_version="0")
+    assert len(whole.items) == 6 and whole.metadata._continue is None
+    with pytest.raises(ApiException) as exc:
+        core.list_namespaced_service("default", limit=2, _continue="not-a-token")
+    assert exc.value.status == 400

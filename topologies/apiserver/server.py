@@ -10,6 +10,7 @@ HTTP/1.1, resume from ``resourceVersion``, send BOOKMARK events when asked
 ``stop()`` closes the listener and every open connection, like a killed
 process; ``start()`` again serves the same store on the same port.
 """
+import base64
 import json
 import logging
 import socket
@@ -109,6 +110,26 @@ def _openapi(path):
 def _flag(value) -> bool:
     """A boolean query parameter, parsed like Go's strconv.ParseBool."""
     return value in ("1", "t", "T", "true", "TRUE", "True")
+
+
+def _count(value) -> int:
+    """A list's ``limit``: a positive count, else 0 (everything)."""
+    try:
+        return max(int(value or 0), 0)
+    except ValueError:
+        raise ApiError(400, "BadRequest", f"invalid limit {value!r}") from None
+
+
+def _continued(token):
+    """(the first page's resourceVersion, the last key it sent) of a continue
+    token, or (None, None) for a first page."""
+    if not token:
+        return None, None
+    try:
+        rv, ns, name = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(rv), (str(ns), str(name))
+    except (ValueError, TypeError):
+        raise ApiError(400, "BadRequest", "invalid continue token") from None
 
 
 def route(path):
@@ -309,9 +330,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, tables.maybe_table(accept, res, items,
                                                     {"resourceVersion": str(rv)}, as_list=True))
             return
-        items, rv = api.store.list_json(res.name, ns, self._predicate(query))
+        # Pages as kube-apiserver makes them: ``limit`` objects, then a
+        # continue token (the first page's resourceVersion and the last key);
+        # every page says that first resourceVersion, so a watch from it
+        # replays what changed while the pages were read.  resourceVersion=0
+        # is served whole, as from kube-apiserver's watch cache.
+        limit = 0 if query.get("resourceVersion") == "0" else _count(query.get("limit"))
+        snapshot, after = _continued(query.get("continue"))
+        if snapshot is not None:
+            api.store.check_resumable(snapshot)
+        items, rv, more = api.store.list_json(res.name, ns, self._predicate(query),
+                                              limit, after)
+        meta = {"resourceVersion": str(snapshot or rv)}
+        if more is not None:
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps([snapshot or rv, *more]).encode()).decode()
         head = json.dumps({"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                           "metadata": {"resourceVersion": str(rv)}})
+                           "metadata": meta})
         self._send_bytes(200, (head[:-1] + ', "items": ' + items + "}").encode())
 
     def _watch(self, api, res, ns, query):
