@@ -1,6 +1,10 @@
 """List, then watch, one resource: the loop at the heart of every informer.
 
-* Start with a (paginated) list; hand the whole set to ``replace``.
+* Start with a (paginated) list; hand the whole set to ``replace``.  Which
+  list, as client-go's reflector asks: the first at resourceVersion "0"
+  (kube-apiserver answers from its watch cache, whole: an agent's start in
+  a DaemonSet rollout costs etcd nothing), a later relist "not older than"
+  the version last seen, and after a 410 a consistent (paged) read.
 * Watch from the list's resourceVersion with bookmarks; hand each event to
   ``apply`` and remember the newest version (bookmarks advance it too).
 * A watch that ends normally (the server's timeout) resumes from that
@@ -46,6 +50,7 @@ class Reflector:
         self._clock = clock
         self.synced = False              # True once the first list has been delivered
         self.resource_version = None
+        self._expired = False            # a 410 said our version is gone: read consistently
         self.lists = 0                   # relists included
         self.watch_restarts = 0
         self.errors = 0
@@ -65,6 +70,7 @@ class Reflector:
         swaps its contents in only after the last page, so a list that fails
         half-way leaves them as they were."""
         seen = {"count": 0, "meta": {}}
+        version = None if self._expired else (self.resource_version or "0")
 
         def objects():
             cont = None
@@ -72,7 +78,9 @@ class Reflector:
                 kwargs = {"limit": self.page_size, "_preload_content": False,
                           "_request_timeout": (10, 120)}
                 if cont:
-                    kwargs["_continue"] = cont
+                    kwargs["_continue"] = cont      # a continued page names no version
+                elif version is not None:
+                    kwargs["resource_version"] = version
                 body = json.loads(self._list_fn(**kwargs).data)
                 if not isinstance(body, dict):
                     raise ValueError(f"a list that is not an object: {body!r:.80}")
@@ -87,6 +95,7 @@ class Reflector:
         with gc_pause.paused():       # held across the pages' reads
             self._replace(objects())
         self.resource_version = seen["meta"].get("resourceVersion")
+        self._expired = False
         self.synced = True
         self.lists += 1
         if self._listed is not None:
@@ -153,11 +162,11 @@ class Reflector:
                 continue
             except Expired as exc:
                 LOG.info("%s: watch expired (%s); relisting", self.name, exc)
-                self.resource_version = None
+                self.resource_version, self._expired = None, True
                 continue
             except ApiException as exc:
                 if exc.status == 410:
-                    self.resource_version = None
+                    self.resource_version, self._expired = None, True
                     continue
                 why = f"API error {exc.status}: {exc.reason}"
             except Exception as exc:  # connection refused, reset, timeouts, bad JSON

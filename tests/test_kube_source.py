@@ -512,3 +512,41 @@ def test_the_cache_keeps_what_the_proxy_reads_and_drops_what_it_never_does():
     assert translate.service(kept_svc, [kept_slice], rejects.reject) == \
         translate.service(svc, [sl], rejects.reject)
     assert len(marshal.dumps(kept_svc)) < len(marshal.dumps(svc))
+
+
+def test_the_reflector_lists_as_client_go_does_from_the_cache_then_consistently_after_410():
+    """First list at resourceVersion 0 (kube-apiserver's watch cache, no etcd
+    read for an agent's start), a relist at the version last seen, and
+    after a 410 a consistent read, paged without a version."""
+    import json as _json
+    from types import SimpleNamespace
+    from nsx_proxy.kube_client import ApiException
+    from nsx_proxy.reflector import Reflector
+
+    asked, watches = [], []
+
+    def list_fn(watch=False, **kw):
+        if watch:
+            watches.append(kw["resource_version"])
+            if len(watches) == 1:
+                now[0] += 601                         # the next round relists
+                raise ApiException(status=500, reason="a blip")
+            if len(watches) == 2:
+                raise ApiException(status=410, reason="Gone")
+            reflector.stop()
+            raise ApiException(status=500, reason="done")
+        asked.append((kw.get("resource_version"), kw.get("_continue")))
+        more = kw.get("_continue") is None and len(asked) >= 3
+        meta = {"resourceVersion": str(10 + len(asked))}
+        if more:
+            meta["continue"] = "page2"
+        return SimpleNamespace(data=_json.dumps({"items": [], "metadata": meta}))
+
+    hub, now = SimpleNamespace(sleep=lambda s: None, spawn=None), [0.0]
+    reflector = Reflector("services", list_fn, lambda objs: list(objs), None, hub,
+                          clock=lambda: now[0])
+    reflector.run()
+    assert asked == [("0", None),          # the start: from the watch cache
+                     ("11", None),         # a relist: not older than what was seen
+                     (None, None),         # after a 410: consistent, paged
+                     (None, "page2")]      # ... a continued page names no version

@@ -1,0 +1,117 @@
+"""Where an agent's start goes, in this process: each step of a node agent's
+first sync at N Services x 5 endpoints, timed and (once) weighed.
+
+The steps are the agent's own functions, in its order: parse the two lists'
+JSON (the objects the lab's API server sends), pack them into the cache,
+translate every Service (the first build), compile node1's bridge, encode
+every message of the bundle.  No OVS, no API server, no Ryu event loop:
+what is left of bench.hosts' start -> ready is theirs (see its --phases).
+Memory is tracemalloc's count of what each step keeps: the cache, the
+model, the compiled fragments.  The collector is paused around the steps
+as the agent pauses it (nsx_proxy/gc_pause)::
+
+    .venv/bin/python -m bench.start [--services 10000] [--rounds 3]
+"""
+import argparse
+import gc
+import json
+import statistics
+import time
+import tracemalloc
+
+from bench.hosts import ENDPOINTS, _slice
+from controller import cookies, fragments, ofmsg
+from controller.bridges import BridgeContext
+from controller.bundle import step_bytes
+from controller.compiler import Compiler
+from nsx_proxy import gc_pause, kube_cache, state_builder, validate
+from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+CTX = BridgeContext(name="br-node1", dpid=1, role="node", ct_zone=100, node="node1",
+                    pod_cidr="10.1.1.0/24", uplink=1)
+
+
+class Datapath:
+    ofproto, ofproto_parser, id = ofproto_v1_3, ofproto_v1_3_parser, 1
+
+
+def lists(n):
+    """The two lists' bodies as the lab's API server writes them."""
+    services, slices = [], []
+    for i in range(n):
+        meta = {"namespace": "bench", "resourceVersion": str(2 * i + 1),
+                "uid": f"{i:08x}-0000-4000-8000-000000000000",
+                "creationTimestamp": "2026-12-06T10:00:00Z"}
+        services.append({"metadata": dict(meta, name=f"svc{i}"), "spec": {
+            "clusterIP": f"10.97.{i // 250 % 250}.{i % 250 + 1}", "type": "ClusterIP",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+        sl = _slice(i)
+        sl["metadata"].update(meta, resourceVersion=str(2 * i + 2))
+        slices.append(sl)
+    return json.dumps({"items": services}).encode(), json.dumps({"items": slices}).encode()
+
+
+def one_start(bodies, weigh):
+    """{step: seconds} and, when ``weigh``, {what is kept: bytes}."""
+    times, kept = {}, {}
+    if weigh:
+        tracemalloc.start()
+    with gc_pause.paused():
+        mark = tracemalloc.get_traced_memory()[0] if weigh else 0
+        began = time.perf_counter()
+        services, slices = (json.loads(b)["items"] for b in bodies)
+        times["parse the lists' JSON"] = time.perf_counter() - began
+        began = time.perf_counter()
+        cache = kube_cache.KubeCache(started=0)
+        cache.replace_services(iter(services))
+        cache.replace_slices(iter(slices))
+        times["pack them into the cache"] = time.perf_counter() - began
+        del services, slices
+        if weigh:
+            gc.collect()
+            kept["the cache"] = tracemalloc.get_traced_memory()[0] - mark
+            mark = tracemalloc.get_traced_memory()[0]
+        began = time.perf_counter()
+        builder = state_builder.StateBuilder(validate.RejectLog())
+        state, _ = builder.build(cache)
+        times["translate (the first build)"] = time.perf_counter() - began
+        if weigh:
+            kept["the model"] = tracemalloc.get_traced_memory()[0] - mark
+            mark = tracemalloc.get_traced_memory()[0]
+        began = time.perf_counter()
+        want, _ = Compiler(CTX, cookies.GroupIds()).desired(state)
+        times["compile node1's bridge"] = time.perf_counter() - began
+        if weigh:
+            kept["the fragments (and the compiler's memo)"] = \
+                tracemalloc.get_traced_memory()[0] - mark
+            tracemalloc.stop()
+        began = time.perf_counter()
+        flows, groups = fragments.flatten(want)
+        plan = fragments.Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
+        size = sum(len(step_bytes(Datapath(), step, 1, 1, 0)) for step in ofmsg.plan_steps(plan))
+        times[f"encode the bundle ({len(plan)} messages, {size / 1e6:.1f} MB)"] = \
+            time.perf_counter() - began
+    return times, kept
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    bodies = lists(args.services)
+    runs = [one_start(bodies, weigh=False) for _ in range(args.rounds)]
+    _, kept = one_start(bodies, weigh=True)
+    print(f"{args.services} services x {ENDPOINTS} endpoints, an agent's first sync in "
+          f"process: median (min-max) of {args.rounds} rounds")
+    for step in runs[0][0]:
+        values = [times[step] for times, _ in runs]
+        print(f"  {statistics.median(values):6.3f} s ({min(values):.3f}-{max(values):.3f})"
+              f"  {step}")
+    print("kept (tracemalloc, one more round):")
+    for what, size in kept.items():
+        print(f"  {size / 1e6:6.1f} MB  {what}")
+
+
+if __name__ == "__main__":
+    main()
