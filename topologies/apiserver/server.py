@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -110,6 +111,14 @@ def _openapi(path):
 def _flag(value) -> bool:
     """A boolean query parameter, parsed like Go's strconv.ParseBool."""
     return value in ("1", "t", "T", "true", "TRUE", "True")
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that went away mid-request (an agent killed or restarted)
+        is no error of ours; anything else prints its traceback as usual."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _count(value) -> int:
@@ -441,7 +450,7 @@ class ApiServer:
 
     def start(self):
         self.stopping = False
-        httpd = ThreadingHTTPServer((self.host, self.port), _Handler, bind_and_activate=False)
+        httpd = _Server((self.host, self.port), _Handler, bind_and_activate=False)
         httpd.allow_reuse_address = True
         httpd.daemon_threads = True
         httpd.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
