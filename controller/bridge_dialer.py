@@ -7,8 +7,9 @@ agent programs br-int.  Why: OVS dials a controller target again after a
 backoff of at least one second, counted in whole seconds, so a restarted
 agent waited up to a second for its bridges (measured at 1,000 Services:
 the switch connected 0.9 s after the agent's state was ready, half of its
-start); a dialing agent connects as soon as it listens to OVSDB.  Nor is
-there a listening OpenFlow port for another local process to take first.
+start); a dialing agent connects as soon as it listens to OVSDB.  Nor can
+a local process that took the OpenFlow port first become the bridge's
+controller: the bridge has no target to dial.
 
 A connection to that socket is an OVS *service* connection: OVS sends it
 no asynchronous message (packet-ins: the reject path) until it sets a

@@ -8,7 +8,6 @@ anything it does not know (the learn action, a stale round's delete) from
 Ryu.  Each step is encoded on its own, so a message that cannot be encoded
 is pinned on its object.
 """
-import gc
 from dataclasses import dataclass, field
 from typing import Optional
 

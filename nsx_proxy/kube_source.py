@@ -17,7 +17,6 @@ else in-cluster, else ``KUBECONFIG`` / ``~/.kube/config``).
 """
 import functools
 import logging
-import os
 import time
 
 from nsx_proxy import gc_pause, translate, validate
