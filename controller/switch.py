@@ -22,7 +22,6 @@ a resync as due; the bundle that ends was planned before and counts as what
 it was planned as (``bundle.InFlight.full``).
 """
 import collections
-import gc
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -295,10 +294,7 @@ class Switch:
         if session.needs_resync:
             self._due = True               # drift found while this bundle was out
         if pending.full:
-            # Millions of long-lived objects now: move them out of the cyclic
-            # collector's way, or every full collection walks them all (the
-            # tail of the change latency).
-            gc.freeze()
+            gc_pause.settled()              # long-lived now: frozen, free pages back
         after = self._flushes()
         if self.drift.seen:           # the monitor saw a change while the bundle was out
             after += self._audit()

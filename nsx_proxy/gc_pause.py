@@ -11,11 +11,25 @@ off; it runs again, once, after the last one ends.
 
 Counted, because pauses overlap: a streamed bundle and a list hold theirs
 across yields to other green threads, which may take and end their own.
+After a full sync, :func:`settled` freezes what is alive and hands free
+pages back to the OS.
 """
 import contextlib
+import ctypes
 import gc
 
 _pauses = 0
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another libc: nothing to hand back)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
 
 
 @contextlib.contextmanager
@@ -32,3 +46,14 @@ def paused():
         _pauses -= 1
         if _pauses == 0:
             gc.enable()
+
+
+def settled() -> None:
+    """After a full sync the millions of objects alive are long-lived: move
+    them out of the collector's way (every full collection would walk them
+    all: the tail of the change latency), and hand back to the OS the pages
+    the start's transients left free, which glibc keeps otherwise (4-5 MB of
+    a node agent's 158 at 10,000 Services)."""
+    gc.freeze()
+    if _TRIM is not None:
+        _TRIM(0)

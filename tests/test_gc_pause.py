@@ -1,6 +1,7 @@
 """The collector's pause: overlapping pauses (a streamed bundle and a list,
 each held across yields to other green threads) keep it off until the last
-one ends, and a collector someone else turned off stays off."""
+one ends, and a collector someone else turned off stays off; after a full
+sync the live objects are frozen and free pages handed back."""
 import gc
 
 from nsx_proxy import gc_pause
@@ -34,3 +35,13 @@ def test_a_collector_turned_off_by_someone_else_stays_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_after_a_full_sync_the_live_objects_are_frozen_and_free_pages_handed_back():
+    before = gc.get_freeze_count()
+    try:
+        gc_pause.settled()
+        assert gc.get_freeze_count() > before
+        assert gc_pause._TRIM is not None          # glibc here, as in the image
+    finally:
+        gc.unfreeze()
