@@ -98,28 +98,39 @@ def ofctl_floor(workdir):
     return elapsed, count
 
 
-def message_sizes(n, endpoints):
-    """Bytes of every bundle-add message of the cold sync for this benchmark's
-    state, as the switch object encodes and sends them (compiled and encoded
-    in this process)."""
-    from bench.driver import NODES, make_services
-    from controller import cookies, fragments, ofmsg
+def node_context(name=BR):
+    """node1's bridge, as the in-process benchmarks compile it."""
     from controller.bridges import BridgeContext
-    from controller.compiler import Compiler
+    return BridgeContext(name=name, dpid=1, role="node", ct_zone=100, node="node1",
+                         pod_cidr="10.1.0.0/16", uplink=1)
+
+
+def cold_sync_messages(want):
+    """Every bundle-add message of a cold sync of ``want`` (a bridge state),
+    as the switch object encodes and sends them, in this process."""
+    from controller import fragments, ofmsg
     from controller.bundle import step_bytes
-    from nsx_proxy import model
     from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
     class Datapath:
         ofproto, ofproto_parser, id = ofproto_v1_3, ofproto_v1_3_parser, 1
 
-    ctx = BridgeContext(name=BR, dpid=1, role="node", ct_zone=100, node="node1",
-                        pod_cidr="10.1.0.0/16", uplink=1)
-    want = Compiler(ctx, cookies.GroupIds()).compile(
-        model.ClusterState.build(make_services(n, endpoints), NODES))
     flows, groups = fragments.flatten(want)
     plan = fragments.Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
-    return [len(step_bytes(Datapath(), step, 1, 1, 0)) for step in ofmsg.plan_steps(plan)]
+    return [step_bytes(Datapath(), step, 1, 1, 0) for step in ofmsg.plan_steps(plan)]
+
+
+def message_sizes(n, endpoints):
+    """Bytes of every bundle-add message of the cold sync for this benchmark's
+    state (compiled and encoded in this process)."""
+    from bench.driver import NODES, make_services
+    from controller import cookies
+    from controller.compiler import Compiler
+    from nsx_proxy import model
+
+    want = Compiler(node_context(), cookies.GroupIds()).compile(
+        model.ClusterState.build(make_services(n, endpoints), NODES))
+    return [len(msg) for msg in cold_sync_messages(want)]
 
 
 def pct(values, q):

@@ -46,12 +46,16 @@ def populate(api, n, slice_of=two_on_node2, first_octet=96):
     10.<first_octet>.0.1 on, 62,500 per /16) and ``slice_of(i)`` for each."""
     api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
     for i in range(n):
-        api.create(RESOURCES["services"], "bench", {
-            "metadata": {"name": f"svc{i}"},
+        api.create(RESOURCES["services"], "bench", service(i, first_octet))
+        api.create(RESOURCES["endpointslices"], "bench", slice_of(i))
+
+
+def service(i, first_octet=96):
+    """``svc{i}``, as the benchmarks write it (the API server fills in the rest)."""
+    return {"metadata": {"name": f"svc{i}"},
             "spec": {"clusterIP": f"10.{first_octet + i // 62500}.{i // 250 % 250}."
                                   f"{i % 250 + 1}",
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-        api.create(RESOURCES["endpointslices"], "bench", slice_of(i))
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
 
 
 def run_once(n, changes, workdir):

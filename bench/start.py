@@ -19,32 +19,27 @@ import statistics
 import time
 import tracemalloc
 
+from bench import kube
+from bench.core import cold_sync_messages, node_context
 from bench.hosts import ENDPOINTS, _slice
-from controller import cookies, fragments, ofmsg
-from controller.bridges import BridgeContext
-from controller.bundle import step_bytes
+from controller import cookies
 from controller.compiler import Compiler
 from nsx_proxy import gc_pause, kube_cache, state_builder, validate
-from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
-
-CTX = BridgeContext(name="br-node1", dpid=1, role="node", ct_zone=100, node="node1",
-                    pod_cidr="10.1.1.0/24", uplink=1)
-
-
-class Datapath:
-    ofproto, ofproto_parser, id = ofproto_v1_3, ofproto_v1_3_parser, 1
 
 
 def lists(n):
-    """The two lists' bodies as the lab's API server writes them."""
+    """The two lists' bodies as the lab's API server writes them (bench.hosts'
+    objects, with what the server fills in)."""
     services, slices = [], []
     for i in range(n):
         meta = {"namespace": "bench", "resourceVersion": str(2 * i + 1),
                 "uid": f"{i:08x}-0000-4000-8000-000000000000",
                 "creationTimestamp": "2026-12-06T10:00:00Z"}
-        services.append({"metadata": dict(meta, name=f"svc{i}"), "spec": {
-            "clusterIP": f"10.97.{i // 250 % 250}.{i % 250 + 1}", "type": "ClusterIP",
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+        svc = kube.service(i, first_octet=97)
+        svc["metadata"].update(meta)
+        svc["spec"]["type"] = "ClusterIP"
+        svc["spec"]["ports"][0]["protocol"] = "TCP"
+        services.append(svc)
         sl = _slice(i)
         sl["metadata"].update(meta, resourceVersion=str(2 * i + 2))
         slices.append(sl)
@@ -79,18 +74,16 @@ def one_start(bodies, weigh):
             kept["the model"] = tracemalloc.get_traced_memory()[0] - mark
             mark = tracemalloc.get_traced_memory()[0]
         began = time.perf_counter()
-        want, _ = Compiler(CTX, cookies.GroupIds()).desired(state)
+        want, _ = Compiler(node_context(), cookies.GroupIds()).desired(state)
         times["compile node1's bridge"] = time.perf_counter() - began
         if weigh:
             kept["the fragments (and the compiler's memo)"] = \
                 tracemalloc.get_traced_memory()[0] - mark
             tracemalloc.stop()
         began = time.perf_counter()
-        flows, groups = fragments.flatten(want)
-        plan = fragments.Plan(group_adds=list(groups.values()), flow_adds=list(flows.values()))
-        size = sum(len(step_bytes(Datapath(), step, 1, 1, 0)) for step in ofmsg.plan_steps(plan))
-        times[f"encode the bundle ({len(plan)} messages, {size / 1e6:.1f} MB)"] = \
-            time.perf_counter() - began
+        msgs = cold_sync_messages(want)
+        times[f"encode the bundle ({len(msgs)} messages, "
+              f"{sum(map(len, msgs)) / 1e6:.1f} MB)"] = time.perf_counter() - began
     return times, kept
 
 
