@@ -104,16 +104,21 @@ class LeaseLock:
             self._failing = reason
         return False
 
-    def _read(self, name, namespace) -> dict:
-        lease = json.loads(self.leases.read_namespaced_lease(
-            name, namespace, _preload_content=False).data)
+    @staticmethod
+    def _lease_of(resp) -> dict:
+        """The Lease an API call answered with (``_preload_content=False``)."""
+        lease = json.loads(resp.data)
         if not isinstance(lease, dict):
             raise ValueError(f"a Lease that is not an object: {lease!r:.80}")
         return lease
 
+    def _read(self, name, namespace) -> dict:
+        return self._lease_of(self.leases.read_namespaced_lease(
+            name, namespace, _preload_content=False))
+
     def _replace(self, name, namespace, lease) -> dict:
-        return json.loads(self.leases.replace_namespaced_lease(
-            name, namespace, lease, _preload_content=False).data)
+        return self._lease_of(self.leases.replace_namespaced_lease(
+            name, namespace, lease, _preload_content=False))
 
     def get(self, name, namespace):
         if self.stopping:
@@ -158,8 +163,8 @@ class LeaseLock:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name}, "spec": self._spec(election_record)}
         try:
-            self._lease = json.loads(self.leases.create_namespaced_lease(
-                namespace, body, _preload_content=False).data)
+            self._lease = self._lease_of(self.leases.create_namespaced_lease(
+                namespace, body, _preload_content=False))
         except ApiException as exc:
             return self._failed("create", exc) if exc.status != 409 else False
         except Exception as exc:
