@@ -44,7 +44,8 @@ _key = rawjson.key
 def _apply(table, key, etype, obj):
     """One watch event on a cache keyed by ``key``."""
     if etype == "DELETED":
-        table.pop(key, None)
+        if key in table:
+            del table[key]
     else:
         table[key] = obj
 
@@ -122,9 +123,12 @@ class Packed(Mapping):
     def __contains__(self, key):
         return key in self._blobs
 
-    def pop(self, key, default=None):
-        entry = self._blobs.pop(key, None)
-        return default if entry is None else marshal.loads(entry[1])
+    def __delitem__(self, key):
+        del self._blobs[key]             # not unpacked: nobody reads what goes
+
+    def adopt(self, key, other: "Packed"):
+        """``other``'s object for ``key``, as packed there (not packed again)."""
+        self._blobs[key] = other._blobs[key]
 
     def version(self, key):
         """The resourceVersion of ``key``'s object (None: no such object)."""
@@ -186,14 +190,19 @@ class KubeCache:
         return [self.slices[key] for key in self._slice_keys.get(service, ())]
 
     # --- endpoint slices ------------------------------------------------------------
-    def _index_slice(self, key, obj):
+    def _index_slice(self, key, obj, packed=None):
+        """``obj`` (None: gone) as ``key``'s slice; ``packed``: a Packed that
+        holds it already, its bytes taken as they are."""
         if key in self.slices:
-            self.slices.pop(key)
+            del self.slices[key]
             owner = self._slice_owner.pop(key)
             self._slice_keys.get(owner, {}).pop(key, None)
             self._dirty.add(owner)
         if obj is not None:
-            self.slices[key] = obj
+            if packed is not None:
+                self.slices.adopt(key, packed)
+            else:
+                self.slices[key] = obj
             owner = self._slice_owner[key] = translate.slice_service(obj)
             if owner is not None:
                 self._slice_keys.setdefault(owner, {})[key] = None
@@ -212,7 +221,7 @@ class KubeCache:
                 self._index_slice(key, None)
         for key in fresh:
             if key not in self.slices or self.slices.version(key) != fresh.version(key):
-                self._index_slice(key, fresh[key])
+                self._index_slice(key, fresh[key], packed=fresh)
 
     # --- nodes -------------------------------------------------------------------------
     def node_event(self, etype, obj):
