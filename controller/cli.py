@@ -137,6 +137,27 @@ def group_buckets(dump_groups_text):
     return out
 
 
+_PICK = re.compile(r"n_packets=(\d+), n_bytes=(\d+),.*\breg4=(0x[0-9a-f]+|\d+),"
+                   r"reg5=(0x[0-9a-f]+|\d+)\b.*nat\(dst=([\d.]+):(\d+)\)")
+
+
+def spread_picks(dump_flows_text):
+    """({pool id: [(endpoint ip, port), ...]}, {pool id: [(packets, bytes), ...]})
+    in pick order, from UdpSpread's flows (``dump-flows BR table=33``): a UDP
+    pool's members and counters, as group_buckets and group_stats give a
+    group's."""
+    picks = {}
+    for line in dump_flows_text.splitlines():
+        m = _PICK.search(line)
+        if m:
+            pk, by, pool, pick, ip, port = m.groups()
+            picks.setdefault(int(pool, 0), {})[int(pick, 0)] = ((ip, int(port)),
+                                                                 (int(pk), int(by)))
+    layout = {pool: [p[i][0] for i in sorted(p)] for pool, p in picks.items()}
+    stats = {pool: [p[i][1] for i in sorted(p)] for pool, p in picks.items()}
+    return layout, stats
+
+
 def group_stats(dump_group_stats_text):
     """{group id: [(packets, bytes) per bucket]} from dump-group-stats."""
     out = {}
@@ -183,12 +204,22 @@ def cookie_owner(state, cookie):
 
 # --- subcommands ------------------------------------------------------------------
 
+def _table_id(state, name):
+    """A table's id by its name, from the endpoint's table names."""
+    return next(int(t) for t, n in state["tables"].items() if n == name)
+
+
 def cmd_services(args, state):
     bridges = _node_bridges(state)
+    spread_table = _table_id(state, "UdpSpread")     # UDP pools: a flow per endpoint
     layout, stats = {}, {}
     for b in bridges:
         layout[b["name"]] = group_buckets(_run(OFCTL + ["dump-groups", b["name"]]))
         stats[b["name"]] = group_stats(_run(OFCTL + ["dump-group-stats", b["name"]]))
+        picks, counters = spread_picks(_run(OFCTL + ["dump-flows", b["name"],
+                                                     f"table={spread_table}"]))
+        layout[b["name"]].update(picks)
+        stats[b["name"]].update(counters)
     out = []
     chosen = [_service(state, args.name)] if args.name else state["services"]
     for s in chosen:
@@ -212,6 +243,7 @@ def cmd_services(args, state):
                     pk, by = counted.get((e["ip"], e["port"]), (0, 0))
                     members.append(dict(e, packets=pk, bytes=by))
                 pools.append({"pool": label, "group_id": gids[0], "group_ids": gids,
+                              "spread_per_flow": p.get("spread_per_flow", False),
                               "members": members})
             listeners.append({"protocol": p["protocol"], "port": p["port"], "name": p["name"],
                               "node_port": p["node_port"], "cookie": p["cookie"],
@@ -228,8 +260,11 @@ def cmd_services(args, state):
             print(f"  listener {li['protocol']}/{li['port']} {li['name'] or ''}{np}"
                   f"  cookie {li['cookie']}")
             for pool in li["pools"]:
-                print(f"    pool {pool['pool']}  group "
-                      f"{', '.join(map(str, pool['group_ids']))}")
+                if pool["spread_per_flow"]:
+                    where = f"flows reg4={pool['group_id']:#x} (table {spread_table})"
+                else:
+                    where = f"group {', '.join(map(str, pool['group_ids']))}"
+                print(f"    pool {pool['pool']}  {where}")
                 for m in pool["members"] or [{"ip": "(no members)", "port": ""}]:
                     cond = ("ready" if m.get("ready") else "terminating"
                             if m.get("terminating") else "not ready") if "ready" in m else ""

@@ -148,6 +148,17 @@ class Learn:
 
 
 @dataclass(frozen=True, slots=True)
+class Multipath:
+    """NXAST_MULTIPATH: load ``dst`` with a number in [0, links), a hash of
+    the packet's addresses, protocol and L4 ports - UDP's too
+    (``symmetric_l3l4+udp``) - modulo ``links``.  Each new UDP flow of a
+    client (a new source port) so picks its own endpoint; OpenFlow 1.3
+    select groups hash UDP on addresses only."""
+    links: int
+    dst: Bits
+
+
+@dataclass(frozen=True, slots=True)
 class Controller:
     """Send the packet (its first ``max_len`` bytes) to the controller."""
     max_len: int = 128
@@ -172,6 +183,13 @@ def instruction_parts(actions):
         else:
             apply.append(action)
     return meter, apply, goto
+
+
+# How Multipath hashes and picks, as ovs-ofctl names them (the encoders use
+# the matching numbers): modulo_n spreads evenly; a pool that changes
+# reshuffles new flows only, as conntrack keeps each existing one where it is.
+MULTIPATH_FIELDS = "symmetric_l3l4+udp"
+MULTIPATH_ALGORITHM = "modulo_n"
 
 
 # --- flows and groups ------------------------------------------------------
@@ -282,6 +300,9 @@ def action_text(action) -> str:
         return f"learn({','.join([head] + [_learn_spec_text(s) for s in action.specs])})"
     if isinstance(action, Meter):
         return f"meter:{action.meter_id}"
+    if isinstance(action, Multipath):
+        return (f"multipath({MULTIPATH_FIELDS},0,{MULTIPATH_ALGORITHM},{action.links},0,"
+                f"{_bits_text(action.dst)})")
     if isinstance(action, Group):
         return f"group:{action.group_id}"
     if isinstance(action, SetField):

@@ -43,13 +43,26 @@ def parts_for(count: int, max_buckets: int) -> int:
     return parts
 
 
+def spread_per_flow(svc: model.Service, port: model.ServicePort) -> bool:
+    """Whether the port's pools are flows, not select groups: UDP without
+    session affinity (controller/udp_pool.py says why)."""
+    return port.protocol == model.UDP and not svc.affinity_timeout
+
+
+def pool_parts(svc: model.Service, port: model.ServicePort, count: int,
+               max_buckets: int) -> int:
+    """How many groups a pool of ``count`` of the port's endpoints needs
+    (``parts_for``); a pool spread per flow is one, whatever its size."""
+    return 1 if spread_per_flow(svc, port) else parts_for(count, max_buckets)
+
+
 def group_names(svc: model.Service, max_buckets: int):
     """Every group name the service may use (to keep their ids allocated):
     per port its pool's group, its external pool's, and the extra parts of a
     pool too large for one group (sized for all of the port's endpoints,
     which no node's choice exceeds)."""
     for port in svc.ports:
-        parts = parts_for(len(port.endpoints), max_buckets)
+        parts = pool_parts(svc, port, len(port.endpoints), max_buckets)
         names = [service_port_name(svc, port)]
         if svc.outside_ips or svc.node_ports:
             names.append(external_group_name(svc, port))

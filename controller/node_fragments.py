@@ -14,7 +14,8 @@ from controller import pipeline as P
 from controller.bridges import (HOST_NAMESPACE, NODE_PORT_STEER_IP, ROLE_NODE, BridgeContext,
                                 Pod, ip_mac, router_mac)
 from controller.fragments import Fragment
-from controller.names import external_group_name, parts_for, service_port_name
+from controller import udp_pool
+from controller.names import external_group_name, pool_parts, service_port_name, spread_per_flow
 from controller.split_pool import part_match, pool_group_ids, pool_groups
 from nsx_proxy import endpoint_selection, model
 
@@ -177,11 +178,13 @@ def skipped_ports(ctx: BridgeContext, svc: model.Service):
     return tuple(p for p in svc.ports if p.protocol == model.SCTP)
 
 
+def _dnat(ctx, ep, mark=None):
+    return (F.Ct(zone=ctx.ct_zone, table=P.SERVICE_MASQUERADE.id, commit=True,
+                 nat=F.Nat(ep.ip, ep.port), mark=mark),)
+
+
 def _buckets(ctx, endpoints, mark=None):
-    return tuple(
-        P.SERVICE_LB.bucket((F.Ct(zone=ctx.ct_zone, table=P.SERVICE_MASQUERADE.id,
-                                  commit=True, nat=F.Nat(ep.ip, ep.port), mark=mark),))
-        for ep in endpoints)
+    return tuple(P.SERVICE_LB.bucket(_dnat(ctx, ep, mark)) for ep in endpoints)
 
 
 def _ip_int(ip: str) -> int:
@@ -278,7 +281,8 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                      node: model.Node = None, previous: Fragment = None) -> Fragment:
     """Per port: a select group for the cluster IP and, when the service has
     external frontends (externalIPs, load-balancer IPs, a nodePort), one for
-    those; one bucket per endpoint this node may use.  ``previous`` is the
+    those; one bucket per endpoint this node may use.  UDP pools without
+    session affinity are flows instead, one per endpoint (udp_pool.py).  ``previous`` is the
     service's fragment as compiled last: a pool split over several groups
     keeps its buckets where they were (see split_pool).
 
@@ -306,9 +310,15 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))
         for frontends, endpoints, group_name, mark, refuse in pools:
-            gids = pool_group_ids(group_ids, group_name,
-                                  parts_for(len(endpoints), P.MAX_BUCKETS_PER_GROUP))
-            if svc.affinity_timeout:
+            gids = pool_group_ids(group_ids, group_name, pool_parts(
+                svc, port, len(endpoints), P.MAX_BUCKETS_PER_GROUP))
+            if spread_per_flow(svc, port):
+                parts = []
+                pool_flows = _frontend_flows(port, frontends, [({}, udp_pool.pick_actions(
+                    gids[0], len(endpoints)) if endpoints else refuse)], cookie)
+                pool_flows += udp_pool.endpoint_flows(
+                    gids[0], [_dnat(ctx, ep, mark) for ep in endpoints], cookie)
+            elif svc.affinity_timeout:
                 pool_flows, parts = _affinity_pool(ctx, svc, port, frontends, endpoints,
                                                    gids, cookie, mark, refuse, previous)
             else:

@@ -86,6 +86,9 @@ AFFINITY_HIT = F.Bits("reg1", 16, 1)      # the endpoint came from a SessionAffi
 AFFINITY_FRESH = F.Bits("reg1", 17, 1)    # the group just picked it: learn it
 FRONTEND_IP = F.Bits("reg2")              # the frontend IPv4 address the client asked for
 FRONTEND_PORT = F.Bits("reg3", 0, 16)     # the frontend port (ServiceLB loads all of reg3)
+# --- registers (UDP pools spread per flow) --------------------------------------
+POOL_ID = F.Bits("reg4")                  # the pool's id (its group id, were it a group)
+POOL_PICK = F.Bits("reg5")                # multipath's pick: 0 .. endpoints - 1
 AFFINITY_HIT_BIT = 1 << AFFINITY_HIT.start
 AFFINITY_LEARN_BIT = 1 << AFFINITY_FRESH.start
 
@@ -136,17 +139,26 @@ CONNTRACK_STATE = Table(21, "ConntrackState",
                         "balanced again); new -> 30",
                         frozenset({"eth_type", "ct_state"}), (30, 38))
 SERVICE_LB = Table(30, "ServiceLB",
-                   "(VIP, protocol, port) -> `group:G`; no usable endpoint -> "
+                   "(VIP, protocol, port) -> `group:G`; UDP (without affinity) loads "
+                   "the pool into reg4 and a hash of the 5-tuple into reg5 "
+                   "(`multipath(symmetric_l3l4+udp,...)`), -> 33; no usable endpoint -> "
                    "`meter:1,CONTROLLER:128` (reject); other TCP/UDP ports of a VIP ->"
                    " reject too; affinity ports load the frontend into reg2/reg3, "
                    "`resubmit(,31)`, -> 35; anything else `ct(commit,zone=Z,table=40)`"
                    " so its replies are `+est` here too",
-                   _IP | _L4, (31, 35, 38, 40))
+                   _IP | _L4, (31, 33, 35, 38, 40))
 SESSION_AFFINITY = Table(31, "SessionAffinity",
                          "learned entries (client IP, protocol, frontend) -> load the "
                          "remembered endpoint into reg0/reg1; looked up by `resubmit`,"
                          " so a miss leaves reg0 = 0",
                          _IP | {FRONTEND_IP.field, FRONTEND_PORT.field})
+UDP_SPREAD = Table(33, "UdpSpread",
+                   "UDP pools: (pool in reg4, pick in reg5) -> that endpoint's "
+                   "`ct(commit,zone=Z,nat(dst=EP),table=38)`, one flow per endpoint: "
+                   "a select group hashes UDP on addresses only under OpenFlow 1.3, "
+                   "so this spreads each new flow (source port) instead",
+                   frozenset({"eth_type", "ip_proto", POOL_ID.field, POOL_PICK.field}),
+                   (38,))
 ENDPOINT_DNAT = Table(35, "EndpointDNAT",
                       "affinity ports: (frontend, endpoint in reg0/reg1) -> "
                       "`ct(commit,zone=Z,nat(dst=EP),table=36)`; no such endpoint (no "
@@ -196,7 +208,8 @@ GATEWAY_ROUTING = Table(60, "GatewayRouting",
                         frozenset({"in_port", "eth_type", "ipv4_dst"}))
 
 TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
-          CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, ENDPOINT_DNAT, AFFINITY_LEARN,
+          CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, UDP_SPREAD, ENDPOINT_DNAT,
+          AFFINITY_LEARN,
           SERVICE_MASQUERADE, L3_FORWARDING, EGRESS_OUTPUT, HAIRPIN, GATEWAY_ROUTING)
 BY_ID = {t.id: t for t in TABLES}
 

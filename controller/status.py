@@ -26,7 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controller import cookies, pipeline
 from controller.names import (
-    external_group_name, gateway_group_name, part_name, parts_for, service_port_name)
+    external_group_name, gateway_group_name, part_name, pool_parts, service_port_name,
+    spread_per_flow)
 
 LOG = logging.getLogger(__name__)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -273,7 +274,7 @@ def state_view(app) -> dict:
         for port in svc.ports:
             gid = ids.peek(service_port_name(svc, port))
             ext = ids.peek(external_group_name(svc, port))
-            parts = parts_for(len(port.endpoints), pipeline.MAX_BUCKETS_PER_GROUP)
+            parts = pool_parts(svc, port, len(port.endpoints), pipeline.MAX_BUCKETS_PER_GROUP)
             what = f"service {svc.key} {port.protocol}/{port.port}"
             for group in (gid, ext):
                 if group is not None:
@@ -292,6 +293,9 @@ def state_view(app) -> dict:
                 "group_ids": _parts(ids, service_port_name(svc, port), gid, parts),
                 "external_group_ids": _parts(ids, external_group_name(svc, port), ext,
                                              parts),
+                # UDP without affinity: no group; the ids are the pools' reg4
+                # values in UdpSpread's flows (controller/udp_pool.py)
+                "spread_per_flow": spread_per_flow(svc, port),
                 "cookie": _cookie(cookies.KIND_SERVICE_PORT, gid or 0),
                 "endpoints": [{"ip": e.ip, "port": e.port, "node": e.node, "pod": e.pod,
                                "ready": e.ready, "serving": e.serving,

@@ -23,7 +23,7 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 
 from controller import cookies
 from controller import flows as F
-from controller.ofmsg import NX_NAT_F_DST, NX_NAT_F_SRC
+from controller.ofmsg import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS, NX_NAT_F_DST, NX_NAT_F_SRC
 
 _NX_VENDOR = 0x00002320
 _ONF_VENDOR = 0x4F4E4600
@@ -38,6 +38,7 @@ _SAMPLES = {"in_port": 1, "eth_src": "00:00:00:00:00:01", "eth_dst": "00:00:00:0
             "sctp_dst": 1, "arp_op": 1, "arp_spa": "0.0.0.1", "arp_tpa": "0.0.0.1",
             "arp_sha": "00:00:00:00:00:01", "arp_tha": "00:00:00:00:00:01",
             "ct_state": 1, "ct_mark": 1, "reg0": 1, "reg1": 1, "reg2": 1, "reg3": 1,
+            "reg4": 1, "reg5": 1,
             "tun_ipv4_dst": "0.0.0.1"}
 
 
@@ -179,6 +180,13 @@ def _move(a: F.Move) -> bytes:
                + _OXM[a.src][1] + _OXM[a.dst][1])
 
 
+def _multipath(a: F.Multipath) -> bytes:
+    end = a.dst.start + a.dst.nbits - 1
+    return _nx(nicira_ext.NXAST_MULTIPATH, struct.pack(
+        "!HH2xHHI2xH4s", MULTIPATH_FIELDS, 0, MULTIPATH_ALGORITHM, a.links - 1, 0,
+        nicira_ext.ofs_nbits(a.dst.start, end), _OXM[a.dst.field][1]))
+
+
 _ACTIONS = {
     F.Output: _output,
     F.Group: lambda a: struct.pack("!HHI", ofp.OFPAT_GROUP, 8, a.group_id),
@@ -190,6 +198,7 @@ _ACTIONS = {
     F.Resubmit: lambda a: _nx(nicira_ext.NXAST_RESUBMIT_TABLE,
                               struct.pack("!HB3x", 0xfff8, a.table)),
     F.Move: _move,
+    F.Multipath: _multipath,
 }
 
 

@@ -245,6 +245,16 @@ class FakeSwitch:
                 out += self._run_table(action.table, pkt, ct, depth + 1)
             elif isinstance(action, F.Meter):
                 pass                           # rate limiting: not modelled
+            elif isinstance(action, F.Multipath):
+                # like a select group: every pick the hash could make, forked
+                mask = ((1 << action.dst.nbits) - 1) << action.dst.start
+                for pick in range(action.links):
+                    fork = dict(pkt)
+                    fork[action.dst.field] = (fork.get(action.dst.field, 0) & ~mask) | \
+                        (pick << action.dst.start)
+                    out += self._run_actions(actions[i + 1:], fork, copy.deepcopy(ct),
+                                             depth + 1, in_place=True, table=table)
+                return out
             elif isinstance(action, F.Controller):
                 out.append(Outcome(self.name, CONTROLLER, dict(pkt), ct))
             elif isinstance(action, F.Group):

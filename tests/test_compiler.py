@@ -58,15 +58,41 @@ def test_every_flow_sits_in_a_declared_table_and_jumps_forward():
     assert groups
 
 
-def test_one_group_per_service_port_one_bucket_per_ready_endpoint():
+def test_one_group_per_tcp_port_one_flow_per_endpoint_for_udp():
     svc = world.web(endpoints=("pod1", "pod2", "pod3"))
     flows, groups = fragments.flatten(world.compile_for(world.NODE1, world.state(svc)))
-    assert len(groups) == 2
-    for g in groups.values():
-        assert len(g.buckets) == 3
-        # a bucket is one ct action and nothing else (OVS drops ct otherwise)
-        assert all(len(b.actions) == 1 and isinstance(b.actions[0], F.Ct)
-                   for b in g.buckets)
+    (g,) = groups.values()                       # the TCP port's
+    assert len(g.buckets) == 3
+    # a bucket is one ct action and nothing else (OVS drops ct otherwise)
+    assert all(len(b.actions) == 1 and isinstance(b.actions[0], F.Ct) for b in g.buckets)
+    # UDP: the frontend hashes the 5-tuple into one of 3 picks, each pick a flow
+    (front,) = [f for f in flows.values() if f.table == pipeline.SERVICE_LB.id
+                and dict(f.match).get("udp_dst") == 53]
+    load, multipath, goto = front.actions
+    assert multipath == F.Multipath(3, pipeline.POOL_PICK)
+    assert goto == F.GotoTable(pipeline.UDP_SPREAD.id)
+    picks = {dict(f.match)["reg5"]: f.actions for f in flows.values()
+             if f.table == pipeline.UDP_SPREAD.id and dict(f.match).get("reg4") == load.value}
+    assert sorted(picks) == [0, 1, 2]
+    assert {a.nat.dst_ip for (a,) in picks.values()} == \
+        {b.actions[0].nat.dst_ip for b in g.buckets}
+
+
+def test_a_large_udp_pool_is_not_split_and_sticky_udp_keeps_its_group():
+    from nsx_proxy import model
+    eps = tuple(model.Endpoint(f"10.50.{i // 250}.{i % 250 + 1}", 5353, node=None)
+                for i in range(1200))
+    port = model.ServicePort("dns", model.UDP, 53, 5353, eps)
+    svc = dataclasses.replace(world.web(), ports=(port,))
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1, world.state(svc)))
+    assert not groups
+    assert sum(f.table == pipeline.UDP_SPREAD.id and f.priority > 0
+               for f in flows.values()) == 1200
+    sticky = dataclasses.replace(svc, affinity_timeout=60)
+    flows, groups = fragments.flatten(world.compile_for(world.NODE1, world.state(sticky)))
+    assert len(groups) == 4                      # 1,200 buckets: split in 4 parts
+    assert not any(f.table == pipeline.UDP_SPREAD.id and f.priority > 0
+                   for f in flows.values())
 
 
 def test_not_ready_endpoints_get_no_bucket_but_terminating_serving_ones_are_fallback():

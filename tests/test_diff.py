@@ -5,7 +5,7 @@ import pytest
 
 from ryu.ofproto import ofproto_v1_3 as ofp
 
-from controller import compiler, cookies, diff, fragments, ofmsg
+from controller import compiler, cookies, diff, fragments, ofmsg, pipeline
 from controller import flows as F
 from nsx_proxy import model, validate
 import world
@@ -108,14 +108,18 @@ def test_diff_properties(seed):
     assert (flows, groups) == installed(a)
 
 
-def test_endpoint_change_is_a_group_modify_and_touches_no_flow():
+def test_endpoint_change_is_a_group_modify_for_tcp_and_two_flows_for_udp():
     comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
     a = dict(comp.compile(world.state(world.web(endpoints=("pod1", "pod3")))))
     b = dict(comp.compile(world.state(world.web(endpoints=("pod1",)))))
     plan = diff.diff(a, b)
-    assert len(plan.group_modifies) == 2
-    assert not (plan.flow_adds or plan.flow_modifies or plan.flow_deletes
-                or plan.group_adds or plan.group_deletes)
+    assert len(plan.group_modifies) == 1                  # TCP: its group, no flow
+    # UDP: the frontend now picks among one endpoint, and the second pick goes
+    (front,) = plan.flow_modifies
+    assert F.Multipath(1, pipeline.POOL_PICK) in front.actions
+    (gone,) = plan.flow_deletes
+    assert gone.table == pipeline.UDP_SPREAD.id and dict(gone.match)["reg5"] == 1
+    assert not (plan.flow_adds or plan.group_adds or plan.group_deletes)
 
 
 def test_unrelated_services_are_never_touched():

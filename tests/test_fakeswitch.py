@@ -72,6 +72,22 @@ def test_udp_service_port_translates_to_its_own_target_port():
     assert landing(outs) == [("br-node2", 1, P["pod3"].ip, 5353)]
 
 
+def test_a_new_udp_flow_can_pick_every_endpoint_and_its_reply_is_unnated():
+    """UDP pools are a multipath pick and a flow per endpoint (UdpSpread):
+    each pick DNATs to its endpoint, on either node, and the reply comes
+    back from the VIP."""
+    net = build(world.state(world.web(endpoints=("pod2", "pod3", "pod4"))))
+    outs = send(net, "pod1", udp(P["pod1"].ip, world.VIP, 53, sport=4000))
+    assert sorted(o.packet["ipv4_dst"] for o in outs) == \
+        sorted(P[p].ip for p in ("pod2", "pod3", "pod4"))
+    assert {o.packet["tp_dst"] for o in outs} == {5353}
+    (to_pod3,) = [o for o in outs if o.packet["ipv4_dst"] == P["pod3"].ip]
+    net.adopt(to_pod3)
+    reply = udp(P["pod3"].ip, P["pod1"].ip, 4000, sport=5353)
+    back = send(net, "pod3", reply)
+    assert [(o.packet["ipv4_src"], o.packet["tp_src"]) for o in back] == [(world.VIP, 53)]
+
+
 def test_hairpin_pod_reaching_itself_is_snated_to_the_gateway():
     net = build(world.state(world.web(endpoints=("pod1",))))
     outs = send(net, "pod1", tcp(P["pod1"].ip, world.VIP, 80, sport=7777))

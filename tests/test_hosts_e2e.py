@@ -2,6 +2,7 @@
 with its own Open vSwitch and its own agent, as on a real cluster.  Real
 TCP and UDP between hosts; agents killed, a leader killed, one host's OVS
 restarted.  Every test leaves the lab as it found it."""
+import json
 import os
 import re
 import signal
@@ -107,10 +108,13 @@ def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(host
     assert all(tunnel_packets(lab, h) > before[h] for h in before)
     for client in ("pod1", "pod3"):                          # one per node host
         assert who_until(lab, client, f"http://{L.DEMO_VIP}/", EVERYONE) == EVERYONE
-        # UDP too (OVS hashes a UDP flow on its addresses only, so one
-        # client's datagrams all reach one endpoint: docs/known-limits.md)
-        answers = {udp(lab, client, L.DEMO_VIP, 53) for _ in range(4)}
-        assert len(answers) == 1 and answers <= EVERYONE
+        # UDP too, each query from a new source port a new pick: 200 of them
+        # reach every endpoint, on both hosts
+        out = lab.net.get(client).cmd(f"python3 {HERE}/spread.py --udp {L.DEMO_VIP} 53 200")
+        got = json.loads(out.strip().splitlines()[-1])
+        # (about 1 datagram in 500 from pod1 goes unanswered on this lab, with
+        # groups as with these flows: 499 of 500 before this spread, too)
+        assert got["failed"] <= 2 and set(got["answers"]) == EVERYONE, got
 
 
 def test_a_port_the_vip_does_not_have_is_refused_at_once_from_every_node(hosts_lab):

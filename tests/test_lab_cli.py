@@ -44,10 +44,15 @@ def test_the_readme_lab_session_prints_what_the_readme_says(clean, tmp_path):
         view = term.type(f"sh {sys.executable.rsplit('/', 1)[0]}/nsx-proxy services default/web")
         assert "loadbalancer default/web (ClusterIP)  VIPs 10.96.0.10" in view
         assert re.search(r"member 10\.1\.1\.2:8080 +node1 +ready", view), view
+        # UDP/53 is spread per flow: no group, a flow per member in table 33
+        assert re.search(r"pool cluster IP  flows reg4=0x[0-9a-f]+ \(table 33\)", view), view
+        assert re.search(r"member 10\.1\.1\.2:5353 +node1 +ready", view), view
         table = term.type("kubectl get svc,pods,endpointslices -o wide")
         assert "service/web" in table and "pod/pod4" in table and "10.96.0.10" in table
         assert term.type("sh ovs-ofctl -O OpenFlow13 dump-groups br-node1").count(
-            "group_id=") == 2
+            "group_id=") == 1                  # TCP/80's; UDP/53 is flows
+        assert term.type("sh ovs-ofctl -O OpenFlow13 dump-flows br-node1 table=33").count(
+            "nat(dst=") == 4
         # the README's LoadBalancer walk-through (its tour of the lab)
         assert "service/lb exposed" in term.type(
             "kubectl expose pod pod1 --type=LoadBalancer --port=80 --target-port=8080 "
@@ -89,7 +94,7 @@ def test_the_multi_host_lab_session_prints_what_the_readme_says(clean):
                          r"\d+\.\d s", term.banner), term.banner
         assert re.fullmatch(PODS, term.type("pod3 curl -s 10.96.0.10").strip())
         assert term.type("node1 ovs-ofctl -O OpenFlow13 dump-groups br-node1").count(
-            "group_id=") == 2
+            "group_id=") == 1                  # TCP/80's; UDP/53 is flows (table 33)
         show = term.type("node1 ovs-vsctl show")
         # no controller target: the agent dials br-node1.mgmt itself
         assert "Bridge br-node1" in show and "br-node2" not in show \

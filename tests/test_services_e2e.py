@@ -283,6 +283,25 @@ def test_should_be_able_to_preserve_udp_traffic_when_server_pod_cycles(lab):
         serving_again(lab, first)
 
 
+def test_udp_queries_from_one_client_spread_over_every_endpoint(lab):
+    """kube-proxy gives each new UDP conntrack entry a random endpoint, so a
+    resolver that sends each query from a new source port spreads its load.
+    1,000 queries from pod1 to the demo service's 4 endpoints: each answers
+    about a quarter (an OpenFlow 1.3 select group hashes UDP on addresses
+    only, and one endpoint would answer them all)."""
+    out = lab.net.get("pod1").cmd(f"python3 {HERE}/spread.py --udp {L.DEMO_VIP} 53 1000")
+    got = json.loads(out.strip().splitlines()[-1])
+    print(f"1,000 UDP queries, pod1 -> {L.DEMO_VIP}:53, answers per endpoint: {got}")
+    assert got["failed"] == 0
+    assert set(got["answers"]) == {p.name for p in lab.pods}
+    # uniform picks: binomial(1000, 1/4), sd 13.7; 150 and 350 are 7 sd out
+    assert all(150 <= n <= 350 for n in got["answers"].values()), got
+    # ...and a client that keeps its source port keeps its endpoint
+    same = {lab.net.get("pod1").cmd(f"python3 {HERE}/udpask.py {L.DEMO_VIP} 53 2 40404")
+            .strip() for _ in range(5)}
+    assert len(same) == 1 and same <= {p.name for p in lab.pods}, same
+
+
 @pytest.mark.parametrize("timeout,vip", [(65535, "10.96.1.24"), (65536, "10.96.1.25"),
                                          (86400, "10.96.1.26")])
 def test_session_affinity_honours_every_timeout_the_api_accepts(lab, timeout, vip):

@@ -9,7 +9,7 @@ from ryu.ofproto import ofproto_parser
 from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto import ofproto_v1_3_parser as parser
 
-from controller import cookies, ofmsg
+from controller import cookies, ofmsg, pipeline
 from controller import flows as F
 from controller.switch import Periods, Switch
 from nsx_proxy import changes
@@ -127,16 +127,19 @@ def test_a_sync_that_raises_is_logged_then_tried_again_as_a_full_resync(monkeypa
     assert sw.pending.full and finish(sw, msgs)[0].ok and not sw.session.needs_resync
 
 
-def test_one_endpoint_change_is_one_group_modify():
+def test_one_endpoint_change_is_one_group_modify_or_two_udp_flows():
     sw = connected()
     old = world.state(world.web(endpoints=("pod1", "pod3")))
     run_bundle(sw, old)
     new = world.state(world.web(endpoints=("pod1",)))
     msgs, result = run_bundle(sw, new)
     inner = adds(msgs)
-    assert result.ok and len(inner) == 2                    # TCP and UDP port groups
-    assert all(isinstance(m, GroupMod) and m.command == ofp.OFPGC_MODIFY
-               for m in inner)
+    assert result.ok and len(inner) == 3
+    # TCP: its group; UDP: its frontend's pick count, and the second pick's flow
+    assert [m.command for m in inner if isinstance(m, GroupMod)] == [ofp.OFPGC_MODIFY]
+    flow_mods = sorted((m.command, m.table_id) for m in inner if not isinstance(m, GroupMod))
+    assert flow_mods == [(ofp.OFPFC_MODIFY_STRICT, pipeline.SERVICE_LB.id),
+                         (ofp.OFPFC_DELETE_STRICT, pipeline.UDP_SPREAD.id)]
     # ...and the UDP endpoint that went away is flushed once the bundle is in
     assert [type(m) for m in result.after] == [parser.OFPExperimenter]
 
@@ -274,7 +277,9 @@ def test_a_message_that_cannot_be_encoded_costs_only_its_object(monkeypatch, cap
     good2 = world.web(endpoints=("pod1",))
     st2 = world.state(good2, bad)
     msgs, result = run_bundle(sw, st2)
-    assert result.ok and all(isinstance(m, GroupMod) for m in adds(msgs))
+    assert result.ok and adds(msgs)
+    assert all(isinstance(m, GroupMod) or m.match.get("ipv4_dst", world.VIP) == world.VIP
+               for m in adds(msgs))
     bad2 = world.web(name="bad", vip="10.96.0.66", endpoints=("pod2",))
     st3 = world.state(good2, bad2)
     assert sync(sw, st3) == []              # retried, still broken: nothing else to send

@@ -28,8 +28,8 @@ from typing import List
 
 from controller.bridges import ip_mac
 from controller.gateway_fragments import serving_nodes
-from controller.names import parts_for
-from controller.pipeline import MAX_BUCKETS_PER_GROUP
+from controller.names import pool_parts, spread_per_flow
+from controller.pipeline import MAX_BUCKETS_PER_GROUP, UDP_SPREAD
 from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
@@ -333,10 +333,11 @@ class Lab:
     def programmed(self) -> bool:
         """Every node bridge has the groups and buckets the API server's state
         asks of it: per service port, one group per distinct pool (cluster IP,
-        external IPs), one bucket per endpoint that node may use."""
+        external IPs), one bucket per endpoint that node may use - or, for a
+        UDP pool, one UdpSpread flow per endpoint."""
         state = self.cluster.desired_state()
         for node in self.nodes:
-            groups, buckets = 0, 0
+            groups, buckets, picks = 0, 0, 0
             for svc in state.services.values():
                 for port in svc.ports:
                     if port.protocol == "SCTP":
@@ -345,11 +346,18 @@ class Lab:
                     pools = [chosen.internal]
                     if svc.outside_ips or svc.node_ports:
                         pools.append(chosen.external)
+                    if spread_per_flow(svc, port):
+                        picks += sum(len(p) for p in pools)
+                        continue
                     # a pool too large for one group is split over several
-                    groups += sum(parts_for(len(p), MAX_BUCKETS_PER_GROUP) for p in pools)
+                    groups += sum(pool_parts(svc, port, len(p), MAX_BUCKETS_PER_GROUP)
+                                  for p in pools)
                     buckets += sum(len(p) for p in pools)
             have = self.dump_groups(node.bridge)
             if len(have) != groups or sum(g.count("bucket=") for g in have) != buckets:
+                return False
+            spread = self.ofctl("dump-flows", node.bridge, f"table={UDP_SPREAD.id}")
+            if spread.count("nat(dst=") != picks:
                 return False
         # The gateway: one group per external / load-balancer IP, a bucket per
         # node that serves it.

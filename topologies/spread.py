@@ -1,9 +1,12 @@
 """Open many short connections to one frontend and count who answered.
 
     python3 spread.py IP PORT COUNT [PATH]
+    python3 spread.py --udp IP PORT COUNT
 
 Each connection sends ``GET PATH`` (default ``/``) and reads the one-line
-body; prints JSON: {"answers": {body: count}, "failed": n}.  Standard library
+body; with ``--udp``, each query is a datagram from a socket of its own (a
+new source port, as a resolver sends) answered by the server's name.
+Prints JSON: {"answers": {body: count}, "failed": n}.  Standard library
 only: it runs with Debian's python3 inside a pod's network namespace.
 """
 import collections
@@ -24,13 +27,23 @@ def ask(ip, port, path):
     return data.split(b"\r\n\r\n", 1)[-1].decode().strip()
 
 
+def ask_udp(ip, port):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.connect((ip, port))
+        sock.send(b"who")
+        return sock.recv(100).decode().strip()
+
+
 def main():
-    ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    path = sys.argv[4] if len(sys.argv) > 4 else "/"
+    args = sys.argv[1:]
+    udp = args[:1] == ["--udp"]
+    ip, port, count = args[udp], int(args[udp + 1]), int(args[udp + 2])
+    path = args[udp + 3] if len(args) > udp + 3 else "/"
     answers, failed = collections.Counter(), 0
     for _ in range(count):
         try:
-            answers[ask(ip, port, path)] += 1
+            answers[ask_udp(ip, port) if udp else ask(ip, port, path)] += 1
         except OSError:
             failed += 1
     print(json.dumps({"answers": answers, "failed": failed}))
