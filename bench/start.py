@@ -10,7 +10,10 @@ Memory is tracemalloc's count of what each step keeps: the cache, the
 model, the compiled fragments.  The collector is paused around the steps
 as the agent pauses it (nsx_proxy/gc_pause)::
 
-    .venv/bin/python -m bench.start [--services 10000] [--rounds 3]
+    .venv/bin/python -m bench.start [--services 10000] [--rounds 3] [--protocol UDP]
+
+``--protocol UDP`` makes every Service's port UDP: what a pool spread per
+flow (a flow per endpoint, controller/udp_pool.py) costs against a group.
 """
 import argparse
 import gc
@@ -27,7 +30,7 @@ from controller.compiler import Compiler
 from nsx_proxy import gc_pause, kube_cache, state_builder, validate
 
 
-def lists(n):
+def lists(n, protocol="TCP"):
     """The two lists' bodies as the lab's API server writes them (bench.hosts'
     objects, with what the server fills in)."""
     services, slices = [], []
@@ -38,9 +41,11 @@ def lists(n):
         svc = kube.service(i, first_octet=97)
         svc["metadata"].update(meta)
         svc["spec"]["type"] = "ClusterIP"
-        svc["spec"]["ports"][0]["protocol"] = "TCP"
+        svc["spec"]["ports"][0]["protocol"] = protocol
         services.append(svc)
         sl = _slice(i)
+        for port in sl["ports"]:
+            port["protocol"] = protocol
         sl["metadata"].update(meta, resourceVersion=str(2 * i + 2))
         slices.append(sl)
     return json.dumps({"items": services}).encode(), json.dumps({"items": slices}).encode()
@@ -91,11 +96,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--protocol", choices=("TCP", "UDP"), default="TCP")
     args = parser.parse_args(argv)
-    bodies = lists(args.services)
+    bodies = lists(args.services, args.protocol)
     runs = [one_start(bodies, weigh=False) for _ in range(args.rounds)]
     _, kept = one_start(bodies, weigh=True)
-    print(f"{args.services} services x {ENDPOINTS} endpoints, an agent's first sync in "
+    print(f"{args.services} {args.protocol} services x {ENDPOINTS} endpoints, an agent's "
+          f"first sync in "
           f"process: median (min-max) of {args.rounds} rounds")
     for step in runs[0][0]:
         values = [times[step] for times, _ in runs]

@@ -8,13 +8,12 @@ it against the pipeline's declaration.
 import functools
 import ipaddress
 
-from controller import cookies
+from controller import cookies, udp_pool
 from controller import flows as F
 from controller import pipeline as P
 from controller.bridges import (HOST_NAMESPACE, NODE_PORT_STEER_IP, ROLE_NODE, BridgeContext,
                                 Pod, ip_mac, router_mac)
 from controller.fragments import Fragment
-from controller import udp_pool
 from controller.names import external_group_name, pool_parts, service_port_name, spread_per_flow
 from controller.split_pool import part_match, pool_group_ids, pool_groups
 from nsx_proxy import endpoint_selection, model
@@ -282,9 +281,9 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
     """Per port: a select group for the cluster IP and, when the service has
     external frontends (externalIPs, load-balancer IPs, a nodePort), one for
     those; one bucket per endpoint this node may use.  UDP pools without
-    session affinity are flows instead, one per endpoint (udp_pool.py).  ``previous`` is the
-    service's fragment as compiled last: a pool split over several groups
-    keeps its buckets where they were (see split_pool).
+    session affinity are flows instead, one per endpoint (udp_pool.py).
+    ``previous`` is the service's fragment as compiled last: a pool split
+    over several groups keeps its buckets where they were (see split_pool).
 
     A bucket holds nothing but ``ct(commit,nat(dst=...),table=...)``: OVS
     treats bucket actions as an action set, and a ct followed by anything

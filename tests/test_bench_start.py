@@ -12,3 +12,10 @@ def test_the_start_breakdown_runs_every_step_and_weighs_what_is_kept(capsys):
         assert step in out
     times, kept = start.one_start(start.lists(40), weigh=True)
     assert all(size > 0 for size in kept.values())
+
+
+def test_udp_services_cost_a_flow_per_endpoint_instead_of_a_group(capsys):
+    start.main(["--services", "40", "--rounds", "1", "--protocol", "UDP"])
+    out = capsys.readouterr().out
+    # 40 x (4 flows of the VIP and port + 5 UdpSpread flows) + the pipeline's 25: no group
+    assert "40 UDP services" in out and "(385 messages" in out, out
