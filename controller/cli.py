@@ -142,10 +142,8 @@ _PICK = re.compile(r"n_packets=(\d+), n_bytes=(\d+),.*\breg4=(0x[0-9a-f]+|\d+),"
 
 
 def spread_picks(dump_flows_text):
-    """({pool id: [(endpoint ip, port), ...]}, {pool id: [(packets, bytes), ...]})
-    in pick order, from UdpSpread's flows (``dump-flows BR table=33``): a UDP
-    pool's members and counters, as group_buckets and group_stats give a
-    group's."""
+    """A UDP pool's members and counters from UdpSpread's flows, in pick
+    order, as group_buckets and group_stats give a group's."""
     picks = {}
     for line in dump_flows_text.splitlines():
         m = _PICK.search(line)
@@ -205,8 +203,9 @@ def cookie_owner(state, cookie):
 # --- subcommands ------------------------------------------------------------------
 
 def _table_id(state, name):
-    """A table's id by its name, from the endpoint's table names."""
-    return next(int(t) for t, n in state["tables"].items() if n == name)
+    """A table's id by its name, from the endpoint's table names (None from
+    a controller older than the table)."""
+    return next((int(t) for t, n in state["tables"].items() if n == name), None)
 
 
 def cmd_services(args, state):
@@ -216,10 +215,11 @@ def cmd_services(args, state):
     for b in bridges:
         layout[b["name"]] = group_buckets(_run(OFCTL + ["dump-groups", b["name"]]))
         stats[b["name"]] = group_stats(_run(OFCTL + ["dump-group-stats", b["name"]]))
-        picks, counters = spread_picks(_run(OFCTL + ["dump-flows", b["name"],
-                                                     f"table={spread_table}"]))
-        layout[b["name"]].update(picks)
-        stats[b["name"]].update(counters)
+        if spread_table is not None:
+            picks, counters = spread_picks(_run(OFCTL + ["dump-flows", b["name"],
+                                                         f"table={spread_table}"]))
+            layout[b["name"]].update(picks)
+            stats[b["name"]].update(counters)
     out = []
     chosen = [_service(state, args.name)] if args.name else state["services"]
     for s in chosen:

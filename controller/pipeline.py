@@ -86,11 +86,11 @@ AFFINITY_HIT = F.Bits("reg1", 16, 1)      # the endpoint came from a SessionAffi
 AFFINITY_FRESH = F.Bits("reg1", 17, 1)    # the group just picked it: learn it
 FRONTEND_IP = F.Bits("reg2")              # the frontend IPv4 address the client asked for
 FRONTEND_PORT = F.Bits("reg3", 0, 16)     # the frontend port (ServiceLB loads all of reg3)
+AFFINITY_HIT_BIT = 1 << AFFINITY_HIT.start
+AFFINITY_LEARN_BIT = 1 << AFFINITY_FRESH.start
 # --- registers (UDP pools spread per flow) --------------------------------------
 POOL_ID = F.Bits("reg4")                  # the pool's id (its group id, were it a group)
 POOL_PICK = F.Bits("reg5")                # multipath's pick: 0 .. endpoints - 1
-AFFINITY_HIT_BIT = 1 << AFFINITY_HIT.start
-AFFINITY_LEARN_BIT = 1 << AFFINITY_FRESH.start
 
 # --- priorities ----------------------------------------------------------------
 PRIO_MISS = 0              # every table's last flow: drop, never flood
