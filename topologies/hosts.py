@@ -128,9 +128,10 @@ class HostsLab(Lab):
     api_host = MGMT_PREFIX + "1"
 
     def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts",
-                 overlay=True, **kw):
+                 overlay=True, lease=None, **kw):
         super().__init__(nodes, pods_per_node, run_dir=run_dir, **kw)
         self.overlay = overlay               # Geneve between hosts; False: the L2 fabric
+        self.lease = LEASE if lease is None else lease   # the agents' Lease timings
         self.ovs = {}                        # host name -> OvsInstance
         self.agents = {}                     # host name -> RyuProcess
 
@@ -351,7 +352,7 @@ class HostsLab(Lab):
         return dict(self._controller_options(), node_name=name, bridge_connection="mgmt",
                     gateway=str(name == GATEWAY_HOST).lower(), ovsdb=ovs.db,
                     status_port=self.status_port,
-                    leader_election_namespace=LEASE_NAMESPACE, **LEASE, **setup)
+                    leader_election_namespace=LEASE_NAMESPACE, **self.lease, **setup)
 
     def start_agent(self, name):
         agent = self.agents.get(name)
