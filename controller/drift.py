@@ -46,7 +46,11 @@ class DriftWatch:
         self._groups_every = groups_every   # every Nth reads group contents
         self.seen = False                 # the flow monitor saw our flows change
         self._logged = False              # ... and said so (until the repair is in)
-        self._encoded = {}                # group id -> (group, its buckets' bytes)
+        # group id -> (group, its buckets' bytes): what the contents audit
+        # compares the switch's groups with; the bundles fill it as they
+        # encode group mods (bundle.step_bytes), so even the first contents
+        # audit after a start (60-80 ms for 10,000 groups) encodes nothing
+        self.encoded = {}
         self._want = None                 # (commits, installed, flows, groups)
 
     def repaired(self) -> None:
@@ -135,8 +139,9 @@ class DriftWatch:
         if audit.contents:
             wrong = [gid for gid, g in want_groups.items()
                      if have.get(gid) != self._buckets(gid, g)]
-            if len(self._encoded) > len(want_groups):      # groups that went
-                self._encoded = {gid: self._encoded[gid] for gid in want_groups}
+            if len(self.encoded) > len(want_groups):      # groups that went
+                for gid in [gid for gid in self.encoded if gid not in want_groups]:
+                    del self.encoded[gid]     # in place: a bundle may be filling it
         else:
             wrong = [gid for gid, g in want_groups.items()
                      if have.get(gid) != len(g.buckets)]
@@ -153,10 +158,10 @@ class DriftWatch:
     def _buckets(self, gid, group) -> bytes:
         """The group's bucket bytes, encoded once per group object (installed
         groups are immutable: 60 ms for 10,000 on every contents audit, 2 ms
-        when they did not change)."""
-        cached = self._encoded.get(gid)
+        when they did not change), or taken from the bundle that wrote it."""
+        cached = self.encoded.get(gid)
         if cached is None or cached[0] is not group:
-            cached = self._encoded[gid] = (group, wire.group_buckets(group))
+            cached = self.encoded[gid] = (group, wire.group_buckets(group))
         return cached[1]
 
     # --- the flow monitor ------------------------------------------------------------

@@ -206,7 +206,8 @@ class Switch:
                         now + self.periods.bundle_timeout, want, plan, keys, now,
                         full=session.needs_resync)
                     msgs = pending.messages(self.dp, stale, session.generation,
-                                            next(self._bundle_ids) & 0xFFFFFFFF)
+                                            next(self._bundle_ids) & 0xFFFFFFFF,
+                                            self.drift.encoded)
                     if len(plan) >= bundle.STREAM_AT:
                         return msgs
                     msgs = list(msgs)

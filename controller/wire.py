@@ -257,9 +257,14 @@ def group_buckets(g: F.SelectGroup) -> Optional[bytes]:
     return b"".join(buckets)
 
 
-def group_mod(g: F.SelectGroup, command: int, xid: int) -> Optional[bytes]:
-    """OFPT_GROUP_MOD for ``g`` (as ofmsg.group_mod builds it), or None."""
-    buckets = b"" if command == ofp.OFPGC_DELETE else group_buckets(g)
+def group_mod(g: F.SelectGroup, command: int, xid: int,
+              buckets: Optional[bytes] = None) -> Optional[bytes]:
+    """OFPT_GROUP_MOD for ``g`` (as ofmsg.group_mod builds it), or None;
+    ``buckets``: ``group_buckets(g)``, when the caller has it already."""
+    if command == ofp.OFPGC_DELETE:
+        buckets = b""
+    elif buckets is None:
+        buckets = group_buckets(g)
     if buckets is None:
         return None
     body = struct.pack("!HBxI", command, ofp.OFPGT_SELECT, g.group_id) + buckets
