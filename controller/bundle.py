@@ -38,18 +38,18 @@ class InFlight:
         """Closed with a discard: a step could not be encoded."""
         return bool(self.bad)
 
-    def messages(self, dp, stale, generation, bundle_id, encoded=None):
+    def messages(self, dp, stale, generation, bundle_id, digests=None):
         """Open, every step of the plan as a bundle-add, commit, barrier;
         each encoded when asked for.  A step that cannot be encoded is
         noted in ``bad`` with why, and the bundle is closed with a discard
         instead (the caller quarantines the objects and plans again).
-        ``encoded``: see step_bytes."""
+        ``digests``: see step_bytes."""
         yield control(dp, bundle_id, dp.ofproto.ONF_BCT_OPEN_REQUEST)
         with gc_pause.paused():   # held across the yields: the app's send yields
             for step in ofmsg.plan_steps(self.plan, stale):
                 item, xid = ofmsg.step_item(step), next_xid(dp)
                 try:                # each step on its own: a failure costs its object
-                    raw = step_bytes(dp, step, generation, bundle_id, xid, encoded)
+                    raw = step_bytes(dp, step, generation, bundle_id, xid, digests)
                     if len(raw) > ofmsg.OFP_MAX_LEN:
                         self.bad[item] = f"{len(raw)} bytes, over OpenFlow's " \
                                          f"{ofmsg.OFP_MAX_LEN}"
@@ -96,22 +96,22 @@ def next_xid(dp) -> int:
     return box.xid
 
 
-def step_bytes(dp, step, generation, bundle_id, xid, encoded=None) -> bytes:
+def step_bytes(dp, step, generation, bundle_id, xid, digests=None) -> bytes:
     """One plan step as a bundle-add message: the fast encoder's bytes, or
     Ryu's for what it does not encode (the learn action, a stale round).
-    ``encoded`` (group id -> (group, its bucket bytes)), if given, gets the
-    buckets of each group written: the drift audit compares the switch's
-    groups with those bytes, and need not encode them again."""
+    ``digests`` (group id -> (group, hash of its bucket bytes)), if given,
+    gets each group written: the drift audit compares the switch's groups
+    with them (controller/drift.py), and need not encode them again."""
     kind, obj, command = step
     inner = None
     if kind == "flow":
         inner = wire.flow_mod(obj, command, generation, 0)
     elif kind == "group":
         buckets = None
-        if encoded is not None and command != dp.ofproto.OFPGC_DELETE:
+        if digests is not None and command != dp.ofproto.OFPGC_DELETE:
             buckets = wire.group_buckets(obj)
             if buckets is not None:
-                encoded[obj.group_id] = (obj, buckets)
+                digests[obj.group_id] = (obj, hash(buckets))
         inner = wire.group_mod(obj, command, 0, buckets)
     if inner is None:
         msg = ofmsg.step_message(dp, step, generation)

@@ -207,7 +207,7 @@ class Switch:
                         full=session.needs_resync)
                     msgs = pending.messages(self.dp, stale, session.generation,
                                             next(self._bundle_ids) & 0xFFFFFFFF,
-                                            self.drift.encoded)
+                                            self.drift.digests)
                     if len(plan) >= bundle.STREAM_AT:
                         return msgs
                     msgs = list(msgs)
