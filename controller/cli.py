@@ -138,7 +138,7 @@ def group_buckets(dump_groups_text):
 
 
 _PICK = re.compile(r"n_packets=(\d+), n_bytes=(\d+),.*\breg4=(0x[0-9a-f]+|\d+),"
-                   r"reg5=(0x[0-9a-f]+|\d+)\b.*nat\(dst=([\d.]+):(\d+)\)")
+                   r"reg5=(0x[0-9a-f]+|\d+)\b")
 
 
 def spread_picks(dump_flows_text):
@@ -146,11 +146,11 @@ def spread_picks(dump_flows_text):
     order, as group_buckets and group_stats give a group's."""
     picks = {}
     for line in dump_flows_text.splitlines():
-        m = _PICK.search(line)
-        if m:
-            pk, by, pool, pick, ip, port = m.groups()
-            picks.setdefault(int(pool, 0), {})[int(pick, 0)] = ((ip, int(port)),
-                                                                 (int(pk), int(by)))
+        m, nat = _PICK.search(line), _NAT.search(line)
+        if m and nat:
+            pk, by, pool, pick = m.groups()
+            picks.setdefault(int(pool, 0), {})[int(pick, 0)] = (
+                (nat.group(1), int(nat.group(2))), (int(pk), int(by)))
     layout = {pool: [p[i][0] for i in sorted(p)] for pool, p in picks.items()}
     stats = {pool: [p[i][1] for i in sorted(p)] for pool, p in picks.items()}
     return layout, stats

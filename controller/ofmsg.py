@@ -20,10 +20,9 @@ BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _NX_HEADER = 10          # experimenter action header + NX subtype
 NX_NAT_F_SRC = 1 << 0    # OVS's nx_nat_flags; Ryu does not define them
 NX_NAT_F_DST = 1 << 1
-# OVS's nx_hash_fields / nx_mp_algorithm for flows.MULTIPATH_FIELDS and
-# MULTIPATH_ALGORITHM; Ryu names neither symmetric_l3l4+udp nor these two.
-MULTIPATH_FIELDS = 3     # NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP
-MULTIPATH_ALGORITHM = nicira_ext.NX_MP_ALG_MODULO_N
+# OVS's nx_hash_fields value for symmetric_l3l4+udp (flows.MULTIPATH_FIELDS),
+# which Ryu does not name; the algorithm, modulo_n, Ryu does.
+NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
 
 
 class NXActionNATPadded(parser.NXActionNAT):
@@ -113,7 +112,8 @@ def encode_action(action):
         return _learn(action)
     if isinstance(action, F.Multipath):
         return parser.NXActionMultipath(
-            fields=MULTIPATH_FIELDS, basis=0, algorithm=MULTIPATH_ALGORITHM,
+            fields=NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, basis=0,
+            algorithm=nicira_ext.NX_MP_ALG_MODULO_N,
             max_link=action.links - 1, arg=0,
             ofs_nbits=nicira_ext.ofs_nbits(action.dst.start,
                                            action.dst.start + action.dst.nbits - 1),

@@ -23,7 +23,7 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 
 from controller import cookies
 from controller import flows as F
-from controller.ofmsg import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS, NX_NAT_F_DST, NX_NAT_F_SRC
+from controller.ofmsg import NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, NX_NAT_F_DST, NX_NAT_F_SRC
 
 _NX_VENDOR = 0x00002320
 _ONF_VENDOR = 0x4F4E4600
@@ -183,7 +183,8 @@ def _move(a: F.Move) -> bytes:
 def _multipath(a: F.Multipath) -> bytes:
     end = a.dst.start + a.dst.nbits - 1
     return _nx(nicira_ext.NXAST_MULTIPATH, struct.pack(
-        "!HH2xHHI2xH4s", MULTIPATH_FIELDS, 0, MULTIPATH_ALGORITHM, a.links - 1, 0,
+        "!HH2xHHI2xH4s", NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, 0, nicira_ext.NX_MP_ALG_MODULO_N,
+        a.links - 1, 0,
         nicira_ext.ofs_nbits(a.dst.start, end), _OXM[a.dst.field][1]))
 
 

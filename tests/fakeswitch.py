@@ -247,13 +247,12 @@ class FakeSwitch:
                 pass                           # rate limiting: not modelled
             elif isinstance(action, F.Multipath):
                 # like a select group: every pick the hash could make, forked
-                mask = ((1 << action.dst.nbits) - 1) << action.dst.start
+                # (a pick is a load of its number into the register)
+                dst = action.dst
                 for pick in range(action.links):
-                    fork = dict(pkt)
-                    fork[action.dst.field] = (fork.get(action.dst.field, 0) & ~mask) | \
-                        (pick << action.dst.start)
-                    out += self._run_actions(actions[i + 1:], fork, copy.deepcopy(ct),
-                                             depth + 1, in_place=True, table=table)
+                    load = F.Load(dst.field, pick, dst.start, dst.nbits)
+                    out += self._run_actions((load,) + tuple(actions[i + 1:]), pkt,
+                                             copy.deepcopy(ct), depth + 1, table=table)
                 return out
             elif isinstance(action, F.Controller):
                 out.append(Outcome(self.name, CONTROLLER, dict(pkt), ct))

@@ -38,8 +38,10 @@ def ask_udp(ip, port):
 def main():
     args = sys.argv[1:]
     udp = args[:1] == ["--udp"]
-    ip, port, count = args[udp], int(args[udp + 1]), int(args[udp + 2])
-    path = args[udp + 3] if len(args) > udp + 3 else "/"
+    if udp:
+        args = args[1:]
+    ip, port, count = args[0], int(args[1]), int(args[2])
+    path = args[3] if len(args) > 3 else "/"
     answers, failed = collections.Counter(), 0
     for _ in range(count):
         try:
