@@ -17,7 +17,7 @@ LOG = logging.getLogger(__name__)
 PREFIX = "nsx-proxy-"
 ROLE = PREFIX + "role"             # bridge: node | gateway; interface: pod | uplink
 NODE = PREFIX + "node"             # bridge: Kubernetes node name
-POD_CIDR = PREFIX + "pod-cidr"     # bridge: this node's pod subnet
+POD_CIDR = PREFIX + "pod-cidr"     # bridge: this node's pod subnets (IPv4[,IPv6])
 CT_ZONE = PREFIX + "ct-zone"       # bridge: conntrack zone Z (optional); Z+1 is for SNAT
 FABRIC_GATEWAY = PREFIX + "fabric-gateway"  # node bridge: the gateway router's fabric IP
 FABRIC_IP = PREFIX + "fabric-ip"   # gateway bridge: its own IP on the fabric
@@ -25,7 +25,7 @@ NEXT_HOP_MAC = PREFIX + "next-hop-mac"      # external interface: the upstream r
 # Interface keys for pods follow the names CNI plugins already use.
 POD_NAMESPACE = "pod-namespace"
 POD_NAME = "pod-name"
-POD_IP = "ip-address"
+POD_IP = "ip-address"              # IPv4[/len][,IPv6[/len]]: a dual-stack pod has both
 POD_MAC = "attached-mac"
 
 ROLE_NODE = "node"
@@ -92,6 +92,7 @@ class Pod:
     ip: str
     mac: str
     ofport: int
+    ip6: Optional[str] = None          # a dual-stack pod's IPv6 address
 
     @property
     def full_name(self) -> str:
@@ -119,6 +120,7 @@ class BridgeContext:
     ct_zone: int
     node: Optional[str] = None
     pod_cidr: Optional[str] = None
+    pod_cidr6: Optional[str] = None    # a dual-stack node's IPv6 pod subnet
     uplink: Optional[int] = None       # ofport of the fabric uplink, or of the tunnel
     tunnel: bool = False               # the uplink is a tunnel port (overlay mode)
     pods: Tuple[Pod, ...] = ()
@@ -171,6 +173,11 @@ class BridgeContext:
         return gateway_ip(self.pod_cidr)
 
     @property
+    def gateway_ip6(self) -> Optional[str]:
+        """The pods' IPv6 gateway (the subnet's first address), if dual-stack."""
+        return gateway_ip(self.pod_cidr6) if self.pod_cidr6 else None
+
+    @property
     def router_mac(self) -> str:
         return router_mac(self.pod_cidr)
 
@@ -187,9 +194,9 @@ def parse_pod(ifname: str, ofport, ids) -> Optional[Pod]:
     try:
         if not isinstance(ofport, int) or ofport <= 0:
             return None            # not attached yet; OVS fills ofport in later
-        ip = str(ipaddress.IPv4Address(ids[POD_IP].split("/")[0]))
+        ip, ip6 = _dual_stack(ids[POD_IP], ipaddress.ip_interface, lambda i: str(i.ip))
         return Pod(namespace=ids.get(POD_NAMESPACE, "default"), name=ids[POD_NAME],
-                   ip=ip, mac=_mac(ids[POD_MAC]), ofport=ofport)
+                   ip=ip, mac=_mac(ids[POD_MAC]), ofport=ofport, ip6=ip6)
     except KeyError as exc:
         LOG.warning("interface %s: pod without external_ids:%s; ignored",
                     ifname, exc.args[0])
@@ -215,15 +222,15 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
             raise ValueError
     except ValueError:
         raise BadBridge(f"external_ids:{CT_ZONE} {ids.get(CT_ZONE)!r} is not 1-65534")
-    pod_cidr = None
+    pod_cidr = pod_cidr6 = None
     if role == ROLE_NODE:
         if not ids.get(NODE):
             raise BadBridge(f"node bridge without external_ids:{NODE}")
         try:
-            pod_cidr = str(ipaddress.IPv4Network(ids.get(POD_CIDR, "")))
+            pod_cidr, pod_cidr6 = _dual_stack(ids.get(POD_CIDR, ""), ipaddress.ip_network)
         except ValueError:
-            raise BadBridge(f"external_ids:{POD_CIDR} {ids.get(POD_CIDR)!r} "
-                            "is not an IPv4 network") from None
+            raise BadBridge(f"external_ids:{POD_CIDR} {ids.get(POD_CIDR)!r} is not an "
+                            "IPv4 network, or one IPv4 and one IPv6 network") from None
     uplink, tunnel, pods, external = None, False, [], None
     for ifname, ofport, if_ids, *if_type in interfaces:
         if_role = if_ids.get(ROLE)
@@ -243,10 +250,22 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
                 pods.append(pod)
     pods.sort(key=lambda p: (p.namespace, p.name))
     return BridgeContext(name=name, dpid=dpid, role=role, ct_zone=zone,
-                         node=ids.get(NODE), pod_cidr=pod_cidr, uplink=uplink, tunnel=tunnel,
+                         node=ids.get(NODE), pod_cidr=pod_cidr, pod_cidr6=pod_cidr6,
+                         uplink=uplink, tunnel=tunnel,
                          pods=tuple(pods), datapath_type=datapath_type or "",
                          fabric_gateway=_optional_ip(ids, FABRIC_GATEWAY),
                          fabric_ip=_optional_ip(ids, FABRIC_IP), external=external)
+
+
+def _dual_stack(text: str, parse, show=str) -> Tuple[str, Optional[str]]:
+    """(IPv4, IPv6 or None) from "IPv4[,IPv6]", each parsed with ``parse``
+    and written with ``show``; raises ValueError otherwise.  IPv4 comes
+    first and is required: the router MAC is derived from the IPv4 gateway."""
+    items = [parse(t.strip()) for t in text.split(",")]
+    if not 1 <= len(items) <= 2 or items[0].version != 4 or \
+            (len(items) == 2 and items[1].version != 6):
+        raise ValueError(text)
+    return show(items[0]), (show(items[1]) if len(items) == 2 else None)
 
 
 @functools.lru_cache(maxsize=4096)      # asked for every nodePort service compiled

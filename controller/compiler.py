@@ -18,9 +18,10 @@ from controller.gateway_fragments import (
     gateway_fip_fragment, gateway_fragment, gateway_node_fragment,
     gateway_vip_fragment, serving_nodes)
 from controller.names import service_key, vip_key
+from controller.nat_fragments import floating_ip_fragment, local_node_fragment
 from controller.node_fragments import (
-    floating_ip_fragment, local_node_fragment, node_fragment, pipeline_fragment,
-    pod_fragment, service_fragment, skipped_ports, vip_fragment)
+    node_fragment, pipeline_fragment, pod_fragment, service_fragment, skipped_ports,
+    vip_fragment)
 from nsx_proxy import changes, model
 
 LOG = logging.getLogger(__name__)
@@ -120,21 +121,21 @@ class Compiler:
 
     def _service(self, out, key, svc, node) -> None:
         ctx = self.ctx
-        skey, vkey = service_key(key), vip_key(svc.cluster_ip)
+        skey = service_key(key)
         # the service's last fragment: a split pool keeps its layout (only
         # the parts an endpoint change touches are rewritten)
         last = self._memo.get(skey)
         self._put(out, skey, (svc, node), lambda: self._build_service(
             svc, node, last[1] if last is not None else None))
-        self._put(out, vkey, svc.cluster_ip,
-                                 lambda: vip_fragment(ctx, svc.cluster_ip))
+        for ip in svc.cluster_ips:
+            self._put(out, vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
 
     def _patch(self, out, before, after, state) -> tuple:
         """A node's fragments with only these services compiled again."""
         new = state.services                 # ``out`` is patched in place: no copy
         touched: Set[Hashable] = set()
         for svc in before:                   # drop old versions first: a VIP may move
-            for key in (service_key(svc.key), vip_key(svc.cluster_ip)):
+            for key in [service_key(svc.key)] + [vip_key(ip) for ip in svc.cluster_ips]:
                 out.pop(key, None)
                 touched.add(key)
                 if svc.key not in new:
@@ -142,7 +143,8 @@ class Compiler:
         node = state.nodes.get(self.ctx.node)
         for svc in after:
             self._service(out, svc.key, svc, node)
-            touched.update((service_key(svc.key), vip_key(svc.cluster_ip)))
+            touched.add(service_key(svc.key))
+            touched.update(vip_key(ip) for ip in svc.cluster_ips)
         return out, frozenset(touched)
 
     def _full(self, state):
@@ -170,7 +172,7 @@ class Compiler:
         for skey, svc in state.services.items():
             self._service(out, skey, svc, node)
             shared_vips.update(svc.outside_ips)
-        for ip in shared_vips - {s.cluster_ip for s in state.services.values()}:
+        for ip in shared_vips - {ip for s in state.services.values() for ip in s.cluster_ips}:
             self._put(out, vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
         return self._forget_stale(out)
 

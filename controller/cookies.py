@@ -51,7 +51,10 @@ def for_name(kind: int, name: str) -> int:
 
 
 def for_ip(kind: int, ip: str) -> int:
-    """``ip`` is a validated IPv4 address (translation checks every one)."""
+    """``ip`` is a validated address (translation checks every one): an
+    IPv4 address is its own id; an IPv6 one, 128 bits, its stable_id."""
+    if ":" in ip:
+        return for_name(kind, ip)
     a, b, c, d = (int(x) for x in ip.split("."))
     return make(kind, (a << 24) | (b << 16) | (c << 8) | d)
 

@@ -24,9 +24,12 @@ CT_TRK = 0x20
 
 ETH_IP = 0x0800
 ETH_ARP = 0x0806
+ETH_IPV6 = 0x86dd
 # The protocol numbers, once: Kubernetes' names -> IP protocol numbers, and
 # what follows from them (ovs-ofctl's names, the L4 port match fields).
 IP_PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
+ICMPV6 = 58
+ICMPV6_NS, ICMPV6_NA = 135, 136     # Neighbor Solicitation / Advertisement
 PROTO_NAMES = {num: name.lower() for name, num in IP_PROTO.items()}
 L4_DST_FIELD = {num: f"{PROTO_NAMES[num]}_dst" for num in (6, 17, 132)}
 L4_SRC_FIELD = {num: f"{PROTO_NAMES[num]}_src" for num in (6, 17, 132)}
@@ -116,7 +119,8 @@ class Bits:
 # widths of the fields a learn action copies or a move moves; registers are 32 bits
 FIELD_BITS = {"eth_type": 16, "ip_proto": 8, "ipv4_src": 32, "ipv4_dst": 32,
               "eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
-              "arp_spa": 32, "arp_tpa": 32}
+              "arp_spa": 32, "arp_tpa": 32, "ipv6_src": 128, "ipv6_dst": 128,
+              "ipv6_nd_tll": 48}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,7 @@ _FIELD_NAMES = {
     "eth_src": "dl_src", "eth_dst": "dl_dst", "ipv4_src": "nw_src",
     "ipv4_dst": "nw_dst", "tcp_dst": "tp_dst", "udp_dst": "tp_dst",
     "sctp_dst": "tp_dst", "tcp_src": "tp_src", "udp_src": "tp_src",
+    "icmpv6_type": "icmp_type", "icmpv6_code": "icmp_code", "ipv6_nd_target": "nd_target",
 }
 
 
@@ -252,9 +257,9 @@ def _value_text(name, value) -> str:
         val, mask = value
         if name == "ct_state":
             return _ct_state_text(val, mask)
-        if name.startswith("ipv4"):
-            net = ipaddress.ip_network(f"{val}/{mask}")
-            return str(net)
+        if name.startswith(("ipv4", "ipv6")):          # masks are prefixes here
+            prefix = bin(int(ipaddress.ip_address(mask))).count("1")
+            return str(ipaddress.ip_network(f"{val}/{prefix}"))
         if name.startswith("reg") and mask == 0xFFFF:
             return f"{val:#x}/0xffff"
         return f"{val:#x}/{mask:#x}"
@@ -272,13 +277,19 @@ def match_text(match) -> str:
         parts.append(PROTO_NAMES.get(proto, "ip") if proto is not None else "ip")
         if proto is not None and proto not in PROTO_NAMES:
             parts.append(f"nw_proto={proto}")
+    elif eth_type == ETH_IPV6:             # as ovs-ofctl: tcp6, udp6, icmp6, ipv6
+        parts.append("icmp6" if proto == ICMPV6 else
+                     PROTO_NAMES[proto] + "6" if proto in PROTO_NAMES and proto != 1
+                     else "ipv6")
+        if proto is not None and proto not in PROTO_NAMES and proto != ICMPV6:
+            parts.append(f"nw_proto={proto}")
     for name, value in fields.items():
         parts.append(f"{_FIELD_NAMES.get(name, name)}={_value_text(name, value)}")
     return ",".join(parts)
 
 
 # Ryu's OXM names where ovs-ofctl prints another one.
-_SET_FIELD_NAMES = {"tun_ipv4_dst": "tun_dst"}
+_SET_FIELD_NAMES = {"tun_ipv4_dst": "tun_dst", "ipv6_nd_tll": "nd_tll"}
 
 
 def action_text(action) -> str:
@@ -317,7 +328,8 @@ def action_text(action) -> str:
         if action.nat is not None:
             nat = action.nat
             if nat.dst_ip is not None:
-                dst = nat.dst_ip + (f":{nat.dst_port}" if nat.dst_port else "")
+                ip = f"[{nat.dst_ip}]" if ":" in nat.dst_ip and nat.dst_port else nat.dst_ip
+                dst = ip + (f":{nat.dst_port}" if nat.dst_port else "")
                 args.append(f"nat(dst={dst})")
             elif nat.src_ip is not None:
                 args.append(f"nat(src={nat.src_ip})")
@@ -330,6 +342,7 @@ def action_text(action) -> str:
 
 
 _NXM_NAMES = {"ipv4_src": "NXM_OF_IP_SRC", "ipv4_dst": "NXM_OF_IP_DST",
+              "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST",
               **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(8)}}
 _LEARN_VALUE_TEXT = {"eth_type": "eth_type={:#x}", "ip_proto": "nw_proto={}"}
 

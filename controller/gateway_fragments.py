@@ -10,7 +10,8 @@ from controller import pipeline as P
 from controller.bridges import BridgeContext, ip_mac, router_mac
 from controller.fragments import Fragment
 from controller.names import gateway_group_name
-from controller.node_fragments import arp_flow, tunnel_to
+from controller.neighbor import arp_flow
+from controller.node_fragments import tunnel_to
 from nsx_proxy import endpoint_selection, model
 
 

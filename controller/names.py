@@ -21,6 +21,12 @@ def service_port_name(svc: model.Service, port: model.ServicePort) -> str:
     return f"{svc.namespace}/{svc.name}:{port.protocol}/{port.port}"
 
 
+def family_group_name(name: str, ip: str) -> str:
+    """The group of a pool for frontend ``ip``: the IPv4 pool keeps the
+    name (and group id) it had before dual-stack; the IPv6 pool is another."""
+    return name + "/IPv6" if ":" in ip else name
+
+
 def external_group_name(svc: model.Service, port: model.ServicePort) -> str:
     return service_port_name(svc, port) + "/external"
 
@@ -63,7 +69,9 @@ def group_names(svc: model.Service, max_buckets: int):
     which no node's choice exceeds)."""
     for port in svc.ports:
         parts = pool_parts(svc, port, len(port.endpoints), max_buckets)
+        # the plain name's id is the port's cookie, whatever its families
         names = [service_port_name(svc, port)]
+        names += [family_group_name(names[0], ip) for ip in svc.cluster_ips if ":" in ip]
         if svc.outside_ips or svc.node_ports:
             names.append(external_group_name(svc, port))
         for name in names:

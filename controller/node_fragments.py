@@ -1,48 +1,30 @@
 """Fragments of a node bridge: the pipeline skeleton, pods, routes to other
-nodes, this node's own IP, service ports, service IPs and floating IPs.
+nodes, service ports and service IPs (nat_fragments.py has this node's own
+IP and floating IPs).  Dual-stack: a pod, a node route and a service's
+cluster IP get the flows of each family they have; a bridge without an
+IPv6 pod CIDR gets no IPv6 flow at all.
 
 Pure functions of (bridge context, one object): no Ryu, no I/O, no state.
 Every flow is built through its table (pipeline.Table.flow), which checks
 it against the pipeline's declaration.
 """
-import functools
 import ipaddress
+import zlib
 
+from controller import addresses as A
 from controller import cookies, udp_pool
 from controller import flows as F
 from controller import pipeline as P
 from controller.bridges import (HOST_NAMESPACE, NODE_PORT_STEER_IP, ROLE_NODE, BridgeContext,
-                                Pod, ip_mac, router_mac)
+                                Pod, router_mac)
 from controller.fragments import Fragment
-from controller.names import external_group_name, pool_parts, service_port_name, spread_per_flow
+from controller.neighbor import answer_flow, nd_pipeline_flows
+from controller.names import (external_group_name, family_group_name, pool_parts,
+                              service_port_name, spread_per_flow)
 from controller.split_pool import part_match, pool_group_ids, pool_groups
 from nsx_proxy import endpoint_selection, model
 
 REJECT = (F.Meter(P.REJECT_METER), F.Controller(128))
-
-
-def _arp_reply(ip: str, mac: str) -> tuple:
-    """Turn an ARP request for ``ip`` into the reply 'ip is at mac'."""
-    head, tail = _arp_reply_parts(mac)
-    return head + (F.SetField("arp_spa", ip),) + tail
-
-
-@functools.lru_cache(maxsize=64)
-def _arp_reply_parts(mac: str) -> tuple:
-    """The actions of an ARP reply that do not depend on the address, built
-    once per MAC: every service IP has an ARP flow, and sharing these seven
-    objects saves about 3 MB at 10,000 services."""
-    return ((F.Move("eth_src", "eth_dst"), F.SetField("eth_src", mac),
-             F.SetField("arp_op", 2),
-             F.Move("arp_sha", "arp_tha"), F.SetField("arp_sha", mac),
-             F.Move("arp_spa", "arp_tpa")),
-            (F.Output(F.IN_PORT),))
-
-
-def arp_flow(ip, mac, priority, cookie) -> F.Flow:
-    return P.ARP_RESPONDER.flow(priority, _arp_reply(ip, mac), cookie,
-                  eth_type=F.ETH_ARP, arp_op=1, arp_tpa=ip)
-
 
 
 # --- fragments -------------------------------------------------------------
@@ -51,39 +33,50 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
     """Table skeleton: misses, conntrack, the gateway's ARP, the uplink."""
     c = cookies.make(cookies.KIND_PIPELINE, 0)
     zone = ctx.ct_zone
-    out = [t.flow(P.PRIO_MISS, (), c) for t in P.TABLES   # miss = drop, never flood
-           if t is not P.HAIRPIN_UNSNAT]
+    # miss = drop, never flood; NdAdvertise only where pods have IPv6, so an
+    # IPv4-only bridge's flows stay exactly as they were
+    out = [t.flow(P.PRIO_MISS, (), c) for t in P.TABLES
+           if t is not P.HAIRPIN_UNSNAT and (t is not P.ND_ADVERTISE or ctx.gateway_ip6)]
     out += [
         P.HAIRPIN_UNSNAT.flow(P.PRIO_MISS, (F.GotoTable(P.CONNTRACK_ZONE.id),), c),
         P.AFFINITY_LEARN.flow(P.PRIO_FALLBACK, (F.GotoTable(P.SERVICE_MASQUERADE.id),), c),
         P.SERVICE_MASQUERADE.flow(P.PRIO_FALLBACK, (F.GotoTable(P.L3_FORWARDING.id),), c),
-        P.CONNTRACK_ZONE.flow(P.PRIO_HIGH,
-               (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
-               eth_type=F.ETH_IP),
         P.CONNTRACK_STATE.flow(P.PRIO_HIGH, (), c,
                ct_state=(F.CT_INV | F.CT_TRK, F.CT_INV | F.CT_TRK)),
-        P.CONNTRACK_STATE.flow(P.PRIO_MID, (F.GotoTable(P.SERVICE_MASQUERADE.id),), c,
-               eth_type=F.ETH_IP, ct_state=(F.CT_TRK, F.CT_TRK | F.CT_NEW)),
-        P.CONNTRACK_STATE.flow(P.PRIO_LOW, (F.GotoTable(P.SERVICE_LB.id),), c,
-               eth_type=F.ETH_IP, ct_state=(F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)),
-        # Not a service: commit as is, so replies are +est on this bridge too.
-        P.SERVICE_LB.flow(P.PRIO_FALLBACK,
-               (F.Ct(zone=zone, table=P.L3_FORWARDING.id, commit=True),), c,
-               eth_type=F.ETH_IP),
     ]
-    if ctx.role == ROLE_NODE:
-        out.append(arp_flow(ctx.gateway_ip, ctx.router_mac, P.PRIO_HIGH, c))
+    # IPv6 only where pods have it: an IPv4-only bridge stays as it was
+    gateways = [ctx.gateway_ip] + ([ctx.gateway_ip6] if ctx.gateway_ip6 and
+                                   ctx.role == ROLE_NODE else [])
+    for eth_type in (A.eth_type_of(ip) for ip in gateways):
+        out += [
+            P.CONNTRACK_ZONE.flow(P.PRIO_HIGH,
+                   (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
+                   eth_type=eth_type),
+            P.CONNTRACK_STATE.flow(P.PRIO_MID, (F.GotoTable(P.SERVICE_MASQUERADE.id),), c,
+                   eth_type=eth_type, ct_state=(F.CT_TRK, F.CT_TRK | F.CT_NEW)),
+            P.CONNTRACK_STATE.flow(P.PRIO_LOW, (F.GotoTable(P.SERVICE_LB.id),), c,
+                   eth_type=eth_type, ct_state=(F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)),
+            # Not a service: commit as is, so replies are +est on this bridge too.
+            P.SERVICE_LB.flow(P.PRIO_FALLBACK,
+                   (F.Ct(zone=zone, table=P.L3_FORWARDING.id, commit=True),), c,
+                   eth_type=eth_type),
+        ]
+    if ctx.role != ROLE_NODE:
+        return Fragment(flows=out)
+    if ctx.gateway_ip6:
+        out += nd_pipeline_flows(c)
+    for gateway in gateways:
+        out.append(answer_flow(gateway, ctx.router_mac, P.PRIO_HIGH, c))
         # Hairpin replies are addressed to the gateway IP: un-SNAT them first.
         out.append(P.HAIRPIN_UNSNAT.flow(P.PRIO_HIGH,
                           (F.Ct(zone=ctx.snat_zone, table=P.CONNTRACK_ZONE.id,
-                                nat=F.Nat()),), c,
-                          eth_type=F.ETH_IP, ipv4_dst=ctx.gateway_ip))
+                                nat=F.Nat()),), c, **A.addr(gateway)))
         if ctx.uplink is not None:
             # Only frames addressed to this router: a learning fabric floods
             # unknown unicast, and routing those twice would duplicate them.
             out.append(P.CLASSIFIER.flow(P.PRIO_HIGH,
                               (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
-                              in_port=ctx.uplink, eth_type=F.ETH_IP,
+                              in_port=ctx.uplink, eth_type=A.eth_type_of(gateway),
                               eth_dst=ctx.router_mac))
     return Fragment(flows=out)
 
@@ -103,29 +96,40 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
         P.L3_FORWARDING.flow(P.PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
                eth_type=F.ETH_IP, ipv4_src=NODE_PORT_STEER_IP),
     ] if pod.namespace == HOST_NAMESPACE else []
-    return Fragment(flows=steering + [
-        P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
-               in_port=pod.ofport, eth_type=F.ETH_IP, eth_src=pod.mac, ipv4_src=pod.ip),
+    flows = steering + [
         P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.ARP_RESPONDER.id),), c,
-               in_port=pod.ofport, eth_type=F.ETH_ARP, eth_src=pod.mac, arp_spa=pod.ip),
-        arp_flow(pod.ip, pod.mac, P.PRIO_MID, c),
-        P.L3_FORWARDING.flow(P.PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
-               eth_type=F.ETH_IP, ipv4_dst=pod.ip),
-        # Hairpin: the pod reached itself through a service.  SNAT to the
-        # gateway IP, or the pod would drop a packet from its own address.
-        P.L3_FORWARDING.flow(P.PRIO_HAIRPIN,
-               (F.Ct(zone=ctx.snat_zone, table=P.HAIRPIN.id, commit=True,
-                     nat=F.Nat(src_ip=ctx.gateway_ip)),), c,
-               eth_type=F.ETH_IP, ipv4_src=pod.ip, ipv4_dst=pod.ip, ct_state=new),
-        P.L3_FORWARDING.flow(P.PRIO_HAIRPIN,
-               (F.Ct(zone=ctx.snat_zone, table=P.HAIRPIN.id, nat=F.Nat()),), c,
-               eth_type=F.ETH_IP, ipv4_src=pod.ip, ipv4_dst=pod.ip, ct_state=old),
-        # ...and its replies (and un-SNATed hairpin replies) leave by in_port.
-        P.L3_FORWARDING.flow(P.PRIO_POD_REPLY, to_pod + (F.Output(F.IN_PORT),), c,
-               in_port=pod.ofport, eth_type=F.ETH_IP, ipv4_dst=pod.ip),
-        P.HAIRPIN.flow(P.PRIO_HIGH, to_pod + (F.Output(F.IN_PORT),), c,
-               eth_type=F.ETH_IP, ipv4_dst=pod.ip),
-    ])
+               in_port=pod.ofport, eth_type=F.ETH_ARP, eth_src=pod.mac, arp_spa=pod.ip)]
+    if pod.ip6 and ctx.gateway_ip6:
+        # Solicitations come from the pod's global or link-local address (or
+        # from :: while it checks its own address): admitted from its MAC
+        flows.append(P.CLASSIFIER.flow(P.PRIO_NEIGHBOR, (F.GotoTable(P.ARP_RESPONDER.id),),
+                                       c, in_port=pod.ofport, eth_type=F.ETH_IPV6,
+                                       eth_src=pod.mac, ip_proto=F.ICMPV6,
+                                       icmpv6_type=F.ICMPV6_NS))
+    for ip, gateway in ((pod.ip, ctx.gateway_ip), (pod.ip6, ctx.gateway_ip6)):
+        if not ip or not gateway:
+            continue
+        flows += [
+            P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
+                   in_port=pod.ofport, eth_src=pod.mac, **A.addr(ip, "src")),
+            answer_flow(ip, pod.mac, P.PRIO_MID, c),
+            P.L3_FORWARDING.flow(P.PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
+                   **A.addr(ip)),
+            # Hairpin: the pod reached itself through a service.  SNAT to the
+            # gateway IP, or the pod would drop a packet from its own address.
+            P.L3_FORWARDING.flow(P.PRIO_HAIRPIN,
+                   (F.Ct(zone=ctx.snat_zone, table=P.HAIRPIN.id, commit=True,
+                         nat=F.Nat(src_ip=gateway)),), c,
+                   **A.addrs(ip, ip), ct_state=new),
+            P.L3_FORWARDING.flow(P.PRIO_HAIRPIN,
+                   (F.Ct(zone=ctx.snat_zone, table=P.HAIRPIN.id, nat=F.Nat()),), c,
+                   **A.addrs(ip, ip), ct_state=old),
+            # ...and its replies (and un-SNATed hairpin replies) leave by in_port.
+            P.L3_FORWARDING.flow(P.PRIO_POD_REPLY, to_pod + (F.Output(F.IN_PORT),), c,
+                   in_port=pod.ofport, **A.addr(ip)),
+            P.HAIRPIN.flow(P.PRIO_HIGH, to_pod + (F.Output(F.IN_PORT),), c, **A.addr(ip)),
+        ]
+    return Fragment(flows=flows)
 
 
 def tunnel_to(ctx: BridgeContext, ip: str) -> tuple:
@@ -135,7 +139,7 @@ def tunnel_to(ctx: BridgeContext, ip: str) -> tuple:
     return (F.SetField("tun_ipv4_dst", ip),) if ctx.tunnel else ()
 
 
-def _out_uplink(ctx, table, priority, rewrite, cookie, **match):
+def out_uplink(ctx, table, priority, rewrite, cookie, **match):
     """Flows that send out of the uplink; a second one for packets that came
     in on it (north-south traffic to a remote endpoint), because OpenFlow
     never outputs to the ingress port unless told IN_PORT."""
@@ -148,25 +152,26 @@ def node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
     """Route another node's pod CIDR and node IP over the uplink to that
     node's router (replies to a node's masquerade go straight back to it);
     in overlay mode through the tunnel to the node's InternalIP."""
-    net = ipaddress.IPv4Network(node.pod_cidr)
     c = cookies.for_name(cookies.KIND_NODE, node.name)
     to_node = (F.SetField("eth_src", ctx.router_mac),
                F.SetField("eth_dst", router_mac(node.pod_cidr))) + \
         tunnel_to(ctx, node.internal_ip)
-    return Fragment(flows=(
-        _out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c, eth_type=F.ETH_IP,
-                    ipv4_dst=(str(net.network_address), str(net.netmask)))
-        + _out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c, eth_type=F.ETH_IP,
-                      ipv4_dst=node.internal_ip)))
+    flows = out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c,
+                        **A.net(node.pod_cidr, "dst"))
+    if node.pod_cidr6 and ctx.pod_cidr6:          # both ends dual-stack
+        flows += out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c,
+                             **A.net(node.pod_cidr6, "dst"))
+    return Fragment(flows=flows + out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c,
+                                              **A.addr(node.internal_ip)))
 
 
 def vip_fragment(ctx: BridgeContext, ip: str) -> Fragment:
-    """ARP for a service IP, and reject TCP/UDP to ports it does not have
-    (the service ports' own flows sit above these)."""
+    """ARP (IPv4) or ND (IPv6) for a service IP, and reject TCP/UDP to ports
+    it does not have (the service ports' own flows sit above these)."""
     c = cookies.for_ip(cookies.KIND_VIP, ip)
-    return Fragment(flows=[arp_flow(ip, ctx.router_mac, P.PRIO_HIGH, c)] + [
-        P.SERVICE_LB.flow(P.PRIO_MID, REJECT, c, eth_type=F.ETH_IP, ip_proto=proto,
-               ipv4_dst=ip) for proto in (F.IP_PROTO["TCP"], F.IP_PROTO["UDP"])])
+    return Fragment(flows=[answer_flow(ip, ctx.router_mac, P.PRIO_HIGH, c)] + [
+        P.SERVICE_LB.flow(P.PRIO_MID, REJECT, c, ip_proto=proto, **A.addr(ip))
+        for proto in (F.IP_PROTO["TCP"], F.IP_PROTO["UDP"])])
 
 
 def skipped_ports(ctx: BridgeContext, svc: model.Service):
@@ -187,6 +192,11 @@ def _buckets(ctx, endpoints, mark=None):
 
 
 def _ip_int(ip: str) -> int:
+    """An address as the 32-bit register value session affinity keys on
+    (reg0, reg2): an IPv4 address itself, an IPv6 one by its CRC-32 (two
+    endpoints of one pool share a CRC with odds of 1 in 2**32 per pair)."""
+    if ":" in ip:
+        return zlib.crc32(ipaddress.IPv6Address(ip).packed)
     return int(ipaddress.IPv4Address(ip))
 
 
@@ -213,7 +223,7 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
     flows = []
     for ip, dport, ranges in frontends:
         # ServiceLB loads the whole of reg2 and reg3, so they match whole too.
-        fe = dict(eth_type=F.ETH_IP, ip_proto=proto, **{
+        fe = dict(eth_type=A.eth_type_of(ip), ip_proto=proto, **{
             P.FRONTEND_IP.field: _ip_int(ip), P.FRONTEND_PORT.field: dport})
         flows += _frontend_flows(port, [(ip, dport, ranges)], [({}, (
             F.Load(P.FRONTEND_IP.field, _ip_int(ip)), F.Load(P.FRONTEND_PORT.field, dport),
@@ -233,10 +243,17 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
                 **fe))
         flows.append(P.AFFINITY_LEARN.flow(P.PRIO_HIGH, (
             P.affinity_learn(proto, P.learn_idle_timeout(svc.affinity_timeout),
-                             learned_cookie),
+                             learned_cookie, A.eth_type_of(ip)),
             F.GotoTable(P.SERVICE_MASQUERADE.id)), cookie,
             **fe, **P.AFFINITY_FRESH.match(1)))
     return flows, groups
+
+
+def _family(endpoints, ip):
+    """The endpoints of ``ip``'s address family (a dual-stack service's
+    slices hold both)."""
+    v6 = ":" in ip
+    return tuple(e for e in endpoints if (":" in e.ip) == v6)
 
 
 def _external_frontends(ctx, svc, port, node):
@@ -261,18 +278,15 @@ def _frontend_flows(port, frontends, actions, cookie):
     proto = F.IP_PROTO[port.protocol]
     flows = []
     for ip, dport, ranges in frontends:
-        match = dict(eth_type=F.ETH_IP, ip_proto=proto, ipv4_dst=ip,
-                     **{F.L4_DST_FIELD[proto]: dport})
+        match = dict(ip_proto=proto, **A.addr(ip), **{F.L4_DST_FIELD[proto]: dport})
         if ranges:
             flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH, (), cookie, **match))
         for extra, action in actions:
             if not ranges:
                 flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH, action, cookie, **match, **extra))
             for cidr in ranges:
-                net = ipaddress.IPv4Network(cidr)
                 flows.append(P.SERVICE_LB.flow(
-                    P.PRIO_SOURCE_RANGE, action, cookie,
-                    ipv4_src=(str(net.network_address), str(net.netmask)), **match, **extra))
+                    P.PRIO_SOURCE_RANGE, action, cookie, **A.net(cidr), **match, **extra))
     return flows
 
 
@@ -302,10 +316,14 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
         cookie = cookies.make(cookies.KIND_SERVICE_PORT, group_ids.get(name))
         proto = F.IP_PROTO[port.protocol]
         chosen = endpoint_selection.select(svc, port, ctx.node, node)
-        pools = [([(svc.cluster_ip, port.port, ())], chosen.internal, name, None, REJECT)]
+        # one pool per cluster IP, of the endpoints of its family
+        pools = [([(ip, port.port, ())], _family(chosen.internal, ip),
+                  family_group_name(name, ip), None, REJECT) for ip in svc.cluster_ips]
         external = _external_frontends(ctx, svc, port, node)
         if external:
-            pools.append((external, chosen.external, external_group_name(svc, port),
+            # externalIPs, LB IPs and node IPs are IPv4 (translate.py says so)
+            pools.append((external, _family(chosen.external, external[0][0]),
+                          external_group_name(svc, port),
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))
         for frontends, endpoints, group_name, mark, refuse in pools:
@@ -316,7 +334,8 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
                 pool_flows = _frontend_flows(port, frontends, [({}, udp_pool.pick_actions(
                     gids[0], len(endpoints)) if endpoints else refuse)], cookie)
                 pool_flows += udp_pool.endpoint_flows(
-                    gids[0], [_dnat(ctx, ep, mark) for ep in endpoints], cookie)
+                    gids[0], [_dnat(ctx, ep, mark) for ep in endpoints], cookie,
+                    A.eth_type_of(frontends[0][0]))
             elif svc.affinity_timeout:
                 pool_flows, parts = _affinity_pool(ctx, svc, port, frontends, endpoints,
                                                    gids, cookie, mark, refuse, previous)
@@ -328,60 +347,3 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
             flows += pool_flows
             groups += parts
     return Fragment(flows=flows, groups=groups)
-
-
-def local_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
-    """This node's own IP: masquerade to it, un-SNAT its replies, and route
-    what leaves the cluster to the gateway (pods source-NATed to the node IP)."""
-    c = cookies.for_name(cookies.KIND_NODE, node.name)
-    snat = ctx.snat_zone
-    flows = [
-        P.HAIRPIN_UNSNAT.flow(P.PRIO_HIGH, (F.Ct(zone=snat, table=P.CONNTRACK_ZONE.id,
-                                                  nat=F.Nat()),), c,
-               eth_type=F.ETH_IP, ipv4_dst=node.internal_ip),
-        P.SERVICE_MASQUERADE.flow(P.PRIO_HIGH,
-               (F.Ct(zone=snat, table=P.L3_FORWARDING.id, commit=True,
-                     nat=F.Nat(src_ip=node.internal_ip)),), c,
-               eth_type=F.ETH_IP, ct_mark=P.MASQUERADE_MARK,
-               ct_state=(F.CT_TRK, F.CT_TRK | F.CT_RPL)),
-    ]
-    if ctx.fabric_gateway and ctx.uplink is not None:
-        net = ipaddress.IPv4Network(ctx.pod_cidr)
-        flows += [
-            P.L3_FORWARDING.flow(P.PRIO_EGRESS_NODE_SNAT,
-                   (F.Ct(zone=snat, table=P.EGRESS_OUTPUT.id, commit=True,
-                         nat=F.Nat(src_ip=node.internal_ip)),), c,
-                   eth_type=F.ETH_IP,
-                   ipv4_src=(str(net.network_address), str(net.netmask))),
-            P.L3_FORWARDING.flow(P.PRIO_FALLBACK, (F.GotoTable(P.EGRESS_OUTPUT.id),), c,
-                   eth_type=F.ETH_IP),
-        ] + _out_uplink(ctx, P.EGRESS_OUTPUT, P.PRIO_HIGH,
-                        (F.SetField("eth_src", ctx.router_mac),
-                         F.SetField("eth_dst", ip_mac(ctx.fabric_gateway)))
-                        + tunnel_to(ctx, ctx.fabric_gateway), c,
-                        eth_type=F.ETH_IP)
-    return Fragment(flows=flows)
-
-
-def floating_ip_fragment(ctx: BridgeContext, fip: model.FloatingIP) -> Fragment:
-    """1:1 NAT for a pod on this node: DNAT what arrives for the floating IP
-    (zone Z, like a one-endpoint service), SNAT what the pod sends out of the
-    cluster (zone Z+1, like the node IP's masquerade)."""
-    c = cookies.for_ip(cookies.KIND_FLOATING_IP, fip.ip)
-    flows = [P.HAIRPIN_UNSNAT.flow(P.PRIO_HIGH, (F.Ct(zone=ctx.snat_zone,
-                                                       table=P.CONNTRACK_ZONE.id,
-                                                       nat=F.Nat()),), c,
-                    eth_type=F.ETH_IP, ipv4_dst=fip.ip)]
-    for proto in ("TCP", "UDP", "ICMP"):
-        flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH,
-                            (F.Ct(zone=ctx.ct_zone, table=P.SERVICE_MASQUERADE.id,
-                                  commit=True, nat=F.Nat(fip.pod_ip)),), c,
-                            eth_type=F.ETH_IP, ip_proto=F.IP_PROTO[proto], ipv4_dst=fip.ip))
-    if ctx.fabric_gateway and ctx.uplink is not None:
-        flows.append(P.L3_FORWARDING.flow(P.PRIO_EGRESS_FIP_SNAT,
-                            (F.Ct(zone=ctx.snat_zone, table=P.EGRESS_OUTPUT.id, commit=True,
-                                  nat=F.Nat(src_ip=fip.ip)),), c,
-                            eth_type=F.ETH_IP, ipv4_src=fip.pod_ip))
-    return Fragment(flows=flows)
-
-

@@ -11,6 +11,7 @@ import struct
 from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto import ofproto_v1_3_parser as parser
 from ryu.ofproto import nicira_ext
+from ryu.lib.pack_utils import msg_pack_into
 
 from controller import cookies, pipeline
 from controller import flows as F
@@ -23,6 +24,29 @@ NX_NAT_F_DST = 1 << 1
 # OVS's nx_hash_fields value for symmetric_l3l4+udp (flows.MULTIPATH_FIELDS),
 # which Ryu does not name; the algorithm, modulo_n, Ryu does.
 NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP = 3
+# OVS 2.11+'s fields for answering IPv6 neighbor solicitations in flows,
+# which Ryu 4.34 does not know: name -> (OXM header, width).  Class 0x1000
+# (ERICOXM_OF), fields 1 (nd_reserved: the R/S/O flags) and 2
+# (nd_options_type: 1 source, 2 target link-layer address); ovs-fields(7).
+ERICSSON_FIELDS = {"nd_reserved": (0x1000 << 16 | 1 << 9 | 4, 4),
+                   "nd_options_type": (0x1000 << 16 | 2 << 9 | 1, 1)}
+
+
+class SetRawField(parser.OFPAction):
+    """set_field of a field Ryu lacks (ERICSSON_FIELDS), packed by hand."""
+    cls_action_type = ofp.OFPAT_SET_FIELD
+    cls_action_len = 8
+
+    def __init__(self, name, value):
+        super().__init__()
+        header, width = ERICSSON_FIELDS[name]
+        tlv = struct.pack("!I", header) + value.to_bytes(width, "big")
+        pad = -(4 + len(tlv)) % 8
+        self.type, self.len = ofp.OFPAT_SET_FIELD, 4 + len(tlv) + pad
+        self._body = tlv + bytes(pad)
+
+    def serialize(self, buf, offset):
+        msg_pack_into(f"!HH{len(self._body)}s", buf, offset, self.type, self.len, self._body)
 
 
 class NXActionNATPadded(parser.NXActionNAT):
@@ -44,12 +68,14 @@ def _ct(action: F.Ct):
     if action.nat is not None:
         nat = action.nat
         if nat.src_ip is not None:
-            nat_actions.append(NXActionNATPadded(
-                flags=NX_NAT_F_SRC, range_ipv4_min=nat.src_ip, range_ipv4_max=nat.src_ip))
+            family = "ipv6" if ":" in nat.src_ip else "ipv4"
+            nat_actions.append(NXActionNATPadded(flags=NX_NAT_F_SRC, **{
+                f"range_{family}_min": nat.src_ip, f"range_{family}_max": nat.src_ip}))
         elif nat.dst_ip is None:
             nat_actions.append(NXActionNATPadded(flags=0))
         else:
-            kwargs = {"range_ipv4_min": nat.dst_ip, "range_ipv4_max": nat.dst_ip}
+            family = "ipv6" if ":" in nat.dst_ip else "ipv4"
+            kwargs = {f"range_{family}_min": nat.dst_ip, f"range_{family}_max": nat.dst_ip}
             if nat.dst_port:
                 kwargs.update(range_proto_min=nat.dst_port, range_proto_max=nat.dst_port)
             nat_actions.append(NXActionNATPadded(flags=NX_NAT_F_DST, **kwargs))
@@ -64,7 +90,8 @@ def _ct(action: F.Ct):
 
 # Ryu's names for the NXM fields a learn action copies or sets.
 _RYU_NXM = {"eth_type": "eth_type_nxm", "ip_proto": "ip_proto_nxm",
-            "ipv4_src": "ipv4_src_nxm", "ipv4_dst": "ipv4_dst_nxm"}
+            "ipv4_src": "ipv4_src_nxm", "ipv4_dst": "ipv4_dst_nxm",
+            "ipv6_src": "ipv6_src_nxm", "ipv6_dst": "ipv6_dst_nxm"}
 
 
 def _nxm(bits: F.Bits):
@@ -93,6 +120,8 @@ def encode_action(action):
     if isinstance(action, F.Group):
         return parser.OFPActionGroup(action.group_id)
     if isinstance(action, F.SetField):
+        if action.field in ERICSSON_FIELDS:
+            return SetRawField(action.field, action.value)
         return parser.OFPActionSetField(**{action.field: action.value})
     if isinstance(action, F.Move):
         return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst,

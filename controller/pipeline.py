@@ -104,11 +104,12 @@ PRIO_FROM_UPLINK = 1       # added for the IN_PORT twin of a flow whose packets 
                            # in on the port they leave by
 PRIO_SOURCE_RANGE = PRIO_HIGH + 5    # loadBalancerSourceRanges: allowed sources
                                      # above the frontend's drop
+PRIO_NEIGHBOR = PRIO_HIGH + 1       # a pod's neighbor solicitations, above its IPv6
 PRIO_POD_REPLY = PRIO_HIGH + 10      # a pod's own packets back to it leave by in_port
 PRIO_HAIRPIN = PRIO_HIGH + 20        # a pod reaching itself through a service
 
 # --- tables ----------------------------------------------------------------------
-_IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst"})
+_IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst"})
 # L4 source ports too: a pool too large for one group is split on their low bits
 _L4 = frozenset(F.L4_DST_FIELD.values()) | frozenset(F.L4_SRC_FIELD.values())
 
@@ -117,19 +118,29 @@ CLASSIFIER = Table(0, "Classifier",
                    "(anti-spoofing), the uplink (fabric port or tunnel) only to this "
                    "bridge's router MAC (a learning fabric floods unknown unicast; "
                    "routing those would duplicate them), the host port also to the "
-                   "NodePort steering address 169.254.0.252 from any source; ARP -> "
-                   "10, IP -> 15",
-                   frozenset({"in_port", "eth_type", "eth_src", "eth_dst", "ipv4_src",
-                              "ipv4_dst", "arp_spa"}), (10, 15, 60))
+                   "NodePort steering address 169.254.0.252 from any source; ARP and "
+                   "IPv6 neighbor solicitations -> 10, IP -> 15",
+                   _IP | {"in_port", "eth_src", "eth_dst", "arp_spa", "icmpv6_type"},
+                   (10, 15, 60))
 ARP_RESPONDER = Table(10, "ArpResponder",
-                      "answer requests for the gateway IP and service VIPs with the "
-                      "router MAC, and for local pods with their MAC; never flood",
-                      frozenset({"eth_type", "arp_op", "arp_tpa"}))
+                      "answer ARP requests and IPv6 neighbor solicitations for the "
+                      "gateway IPs and service VIPs with the router MAC, and for local "
+                      "pods with their MAC (a solicitation becomes the advertisement, "
+                      "-> 11); never flood; duplicate address detection (from ::) is "
+                      "never answered",
+                      frozenset({"eth_type", "arp_op", "arp_tpa", "ip_proto", "icmpv6_type",
+                                 "ipv6_nd_target", "ipv6_src"}), (11,))
+ND_ADVERTISE = Table(11, "NdAdvertise",
+                     "finish a neighbor advertisement: the target link-layer address "
+                     "option := the answering MAC (OVS checks set_field's prerequisites "
+                     "against the match, so an nd_tll write needs a flow that matches "
+                     "an advertisement), back out of `IN_PORT`",
+                     frozenset({"eth_type", "ip_proto", "icmpv6_type", "icmpv6_code"}))
 HAIRPIN_UNSNAT = Table(15, "UnSNAT",
                        "packets to an address this bridge source-NATs to (the pods' "
                        "gateway IP for hairpin, the node IP, pods' floating IPs): "
                        "`ct(zone=Z+1,nat)` undoes that SNAT; the rest -> 20",
-                       frozenset({"eth_type", "ipv4_dst"}), (20,))
+                       frozenset({"eth_type", "ipv4_dst", "ipv6_dst"}), (20,))
 CONNTRACK_ZONE = Table(20, "ConntrackZone",
                        "`ct(zone=Z,nat,table=21)`: known connections get their NAT "
                        "undone/applied",
@@ -186,8 +197,7 @@ L3_FORWARDING = Table(40, "L3Forwarding",
                       "`set_field:NODE_IP->tun_dst` too); replies from the NodePort "
                       "steering address -> the host port; a pod reaching itself -> "
                       "`ct(commit,zone=Z+1,nat(src=gateway),table=42)`",
-                      frozenset({"in_port", "eth_type", "ipv4_src", "ipv4_dst",
-                                 "ct_state"}), (41, 42))
+                      _IP - {"ip_proto"} | {"in_port", "ct_state"}, (41, 42))
 EGRESS_OUTPUT = Table(41, "EgressOutput",
                       "leaving the cluster: to the gateway's fabric MAC out of the "
                       "uplink. Table 40's last flows send traffic for unknown "
@@ -196,7 +206,7 @@ EGRESS_OUTPUT = Table(41, "EgressOutput",
                       frozenset({"in_port", "eth_type"}))
 HAIRPIN = Table(42, "HairpinOutput",
                 "hairpin packets back out of the port they came in (`IN_PORT`)",
-                frozenset({"eth_type", "ipv4_dst"}))
+                frozenset({"eth_type", "ipv4_dst", "ipv6_dst"}))
 GATEWAY_ROUTING = Table(60, "GatewayRouting",
                         "gateway bridge only: node IPs -> that node (rewrite MACs, out"
                         " of the uplink); LB and external IPs -> a select group, one "
@@ -207,7 +217,7 @@ GATEWAY_ROUTING = Table(60, "GatewayRouting",
                         " (cluster and pod IPs are unreachable)",
                         frozenset({"in_port", "eth_type", "ipv4_dst"}))
 
-TABLES = (CLASSIFIER, ARP_RESPONDER, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
+TABLES = (CLASSIFIER, ARP_RESPONDER, ND_ADVERTISE, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
           CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, UDP_SPREAD, ENDPOINT_DNAT,
           AFFINITY_LEARN,
           SERVICE_MASQUERADE, L3_FORWARDING, EGRESS_OUTPUT, HAIRPIN, GATEWAY_ROUTING)
@@ -239,16 +249,18 @@ def learn_idle_timeout(timeout: int) -> int:
     return timeout if timeout <= LEARN_TIMEOUT_MAX else 0
 
 
-def affinity_learn(ip_proto: int, idle_timeout: int, cookie: int) -> F.Learn:
+def affinity_learn(ip_proto: int, idle_timeout: int, cookie: int,
+                   eth_type: int = F.ETH_IP) -> F.Learn:
     """The learn action of AffinityLearn, the one place its layout is written:
-    the learned SessionAffinity entry matches (IPv4, ``ip_proto``, the
-    client's address, the frontend in reg2 / reg3[0..15]) and loads the
+    the learned SessionAffinity entry matches (``eth_type``, ``ip_proto``,
+    the client's address, the frontend in reg2 / reg3[0..15]) and loads the
     endpoint (reg0, reg1[0..15]) with the hit bit set."""
+    client = F.Bits("ipv6_src", 0, 128) if eth_type == F.ETH_IPV6 else F.Bits("ipv4_src")
     return F.Learn(table=SESSION_AFFINITY.id, idle_timeout=idle_timeout,
                    priority=PRIO_HIGH, cookie=cookie, specs=(
-                       F.LearnMatch(F.Bits("eth_type", 0, 16), F.ETH_IP),
+                       F.LearnMatch(F.Bits("eth_type", 0, 16), eth_type),
                        F.LearnMatch(F.Bits("ip_proto", 0, 8), ip_proto),
-                       F.LearnMatch(F.Bits("ipv4_src")),
+                       F.LearnMatch(client),
                        F.LearnMatch(FRONTEND_IP),
                        F.LearnMatch(FRONTEND_PORT),
                        F.LearnLoad(ENDPOINT_IP, ENDPOINT_IP),

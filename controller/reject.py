@@ -1,4 +1,4 @@
-"""Answers for refused connections: a TCP RST or an ICMP port unreachable.
+"""Answers for refused connections: a TCP RST or an ICMP (ICMPv6) port unreachable.
 
 Pure: packet bytes in, reply bytes out (Ryu's packet library builds them).
 The reply goes back out of the port the packet came in on, from the address
@@ -9,17 +9,20 @@ get here; :class:`TokenBucket` is the controller's own second limit.
 """
 from typing import Optional
 
-from ryu.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
+from ryu.lib.packet import ethernet, icmp, icmpv6, ipv4, ipv6, packet, tcp, udp
 from ryu.lib.packet import ether_types, in_proto
 
 ICMP_PORT_UNREACHABLE = 3
+ICMPV6_PORT_UNREACHABLE = 4          # RFC 4443: type 1 (destination unreachable), code 4
 
 
 def _l2_l3(eth, ip, proto):
     reply = packet.Packet()
-    reply.add_protocol(ethernet.ethernet(dst=eth.src, src=eth.dst,
-                                         ethertype=ether_types.ETH_TYPE_IP))
-    reply.add_protocol(ipv4.ipv4(src=ip.dst, dst=ip.src, proto=proto, ttl=64))
+    v6 = isinstance(ip, ipv6.ipv6)
+    reply.add_protocol(ethernet.ethernet(dst=eth.src, src=eth.dst, ethertype=(
+        ether_types.ETH_TYPE_IPV6 if v6 else ether_types.ETH_TYPE_IP)))
+    reply.add_protocol(ipv6.ipv6(src=ip.dst, dst=ip.src, nxt=proto, hop_limit=64) if v6
+                       else ipv4.ipv4(src=ip.dst, dst=ip.src, proto=proto, ttl=64))
     return reply
 
 
@@ -49,22 +52,36 @@ def _port_unreachable(eth, ip, raw_ip: bytes):
     return bytes(reply.data)
 
 
+def _port_unreachable6(eth, ip, raw_ip: bytes):
+    """ICMPv6 type 1 code 4 quoting as much of the datagram as reached us
+    (the bridge sends the controller its first 128 bytes)."""
+    reply = _l2_l3(eth, ip, in_proto.IPPROTO_ICMPV6)
+    reply.add_protocol(icmpv6.icmpv6(type_=icmpv6.ICMPV6_DST_UNREACH,
+                                     code=ICMPV6_PORT_UNREACHABLE,
+                                     data=bytes(4) + raw_ip))       # 4 unused bytes first
+    reply.serialize()
+    return bytes(reply.data)
+
+
 def reply_for(data: bytes) -> Optional[bytes]:
-    """The reject answer for a refused packet, or None if it is not TCP/UDP over IPv4."""
+    """The reject answer for a refused packet, or None if it is not TCP/UDP
+    over IPv4 or IPv6 (without extension headers, as pods send them)."""
     pkt = packet.Packet(data)
     eth = pkt.get_protocol(ethernet.ethernet)
-    ip = pkt.get_protocol(ipv4.ipv4)
+    ip = pkt.get_protocol(ipv4.ipv4) or pkt.get_protocol(ipv6.ipv6)
     if eth is None or ip is None:
         return None
+    v6 = isinstance(ip, ipv6.ipv6)
     seg = pkt.get_protocol(tcp.tcp)
     if seg is not None:
         if seg.bits & tcp.TCP_RST:
             return None                    # never answer a reset
-        payload_len = ip.total_length - ip.header_length * 4 - seg.offset * 4
+        payload_len = (ip.payload_length if v6 else
+                       ip.total_length - ip.header_length * 4) - seg.offset * 4
         return _tcp_reset(eth, ip, seg, max(payload_len, 0))
     if pkt.get_protocol(udp.udp) is not None:
         raw_ip = data[14:]
-        return _port_unreachable(eth, ip, raw_ip)
+        return (_port_unreachable6 if v6 else _port_unreachable)(eth, ip, raw_ip)
     return None
 
 

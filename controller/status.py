@@ -26,8 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controller import cookies, pipeline
 from controller.names import (
-    external_group_name, gateway_group_name, part_name, pool_parts, service_port_name,
-    spread_per_flow)
+    external_group_name, family_group_name, gateway_group_name, part_name, pool_parts,
+    service_port_name, spread_per_flow)
 
 LOG = logging.getLogger(__name__)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -248,20 +248,21 @@ def state_view(app) -> dict:
         for p in ctx.pods:
             cookie = _hex(cookies.for_name(cookies.KIND_POD, p.full_name))
             owners[cookie] = f"pod {p.full_name}"
-            pods.append({"name": p.full_name, "ip": p.ip, "mac": p.mac, "ofport": p.ofport,
-                         "cookie": cookie})
+            pods.append({"name": p.full_name, "ip": p.ip, "ip6": p.ip6, "mac": p.mac,
+                         "ofport": p.ofport, "cookie": cookie})
         bridges.append({
             "dpid": f"{dpid:016x}", "name": ctx.name, "role": ctx.role, "node": ctx.node,
             "ct_zone": ctx.ct_zone, "snat_zone": ctx.snat_zone,
             "generation": session.generation if session else None,
             "connected": switch is not None, "pods": pods,
-            "uplink": ctx.uplink, "router_mac": ctx.router_mac if ctx.pod_cidr else None})
+            "uplink": ctx.uplink, "router_mac": ctx.router_mac if ctx.pod_cidr else None,
+            "pod_cidr6": ctx.pod_cidr6})
     nodes = []
     for n in app.state.nodes.values():
         cookie = _hex(cookies.for_name(cookies.KIND_NODE, n.name))
         owners[cookie] = f"node {n.name}"
         nodes.append({"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr,
-                      "zone": n.zone, "cookie": cookie})
+                      "pod_cidr6": n.pod_cidr6, "zone": n.zone, "cookie": cookie})
     services = []
     for svc in sorted(app.state.services.values(), key=lambda s: s.key):
         ports, frontends = [], []
@@ -274,9 +275,12 @@ def state_view(app) -> dict:
         for port in svc.ports:
             gid = ids.peek(service_port_name(svc, port))
             ext = ids.peek(external_group_name(svc, port))
+            # a dual-stack (or IPv6) service's IPv6 pool: a group of its own
+            gid6 = next((ids.peek(family_group_name(service_port_name(svc, port), ip))
+                         for ip in svc.cluster_ips if ":" in ip), None)
             parts = pool_parts(svc, port, len(port.endpoints), pipeline.MAX_BUCKETS_PER_GROUP)
             what = f"service {svc.key} {port.protocol}/{port.port}"
-            for group in (gid, ext):
+            for group in (gid, ext, gid6):
                 if group is not None:
                     owners[_cookie(cookies.KIND_SERVICE_PORT, group)] = what
                     owners[_cookie(cookies.KIND_AFFINITY, group)] = "affinity entry of " + what
@@ -288,7 +292,7 @@ def state_view(app) -> dict:
             ports.append({
                 "name": port.name, "protocol": port.protocol, "port": port.port,
                 "node_port": port.node_port, "target_port": port.target_port,
-                "group_id": gid, "external_group_id": ext,
+                "group_id": gid, "external_group_id": ext, "ipv6_group_id": gid6,
                 # a pool too large for one group is split: every part's group
                 "group_ids": _parts(ids, service_port_name(svc, port), gid, parts),
                 "external_group_ids": _parts(ids, external_group_name(svc, port), ext,
@@ -303,7 +307,8 @@ def state_view(app) -> dict:
                               for e in port.endpoints]})
         services.append({
             "namespace": svc.namespace, "name": svc.name, "type": svc.type,
-            "cluster_ip": svc.cluster_ip, "external_ips": list(svc.external_ips),
+            "cluster_ip": svc.cluster_ip, "cluster_ips": list(svc.cluster_ips),
+            "external_ips": list(svc.external_ips),
             "load_balancer_ips": list(svc.load_balancer_ips), "frontends": frontends,
             "external_traffic_policy": svc.external_traffic_policy,
             "internal_traffic_policy": svc.internal_traffic_policy,

@@ -32,11 +32,11 @@ def pick_actions(pool_id: int, endpoints: int) -> tuple:
             F.GotoTable(P.UDP_SPREAD.id))
 
 
-def endpoint_flows(pool_id: int, endpoint_actions, cookie: int) -> list:
+def endpoint_flows(pool_id: int, endpoint_actions, cookie: int, eth_type=F.ETH_IP) -> list:
     """UdpSpread's flows of the pool: pick i -> ``endpoint_actions[i]``.
-    They match UDP as well: OVS refuses a ``ct(nat)`` in a flow that does
-    not match IP."""
-    return [P.UDP_SPREAD.flow(P.PRIO_HIGH, actions, cookie, eth_type=F.ETH_IP,
+    They match UDP of the pool's family as well: OVS refuses a ``ct(nat)``
+    in a flow that does not match IP."""
+    return [P.UDP_SPREAD.flow(P.PRIO_HIGH, actions, cookie, eth_type=eth_type,
                               ip_proto=F.IP_PROTO["UDP"], **P.POOL_ID.match(pool_id),
                               **P.POOL_PICK.match(pick))
             for pick, actions in enumerate(endpoint_actions)]

@@ -23,7 +23,8 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 
 from controller import cookies
 from controller import flows as F
-from controller.ofmsg import NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, NX_NAT_F_DST, NX_NAT_F_SRC
+from controller.ofmsg import (ERICSSON_FIELDS, NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP, NX_NAT_F_DST,
+                             NX_NAT_F_SRC)
 
 _NX_VENDOR = 0x00002320
 _ONF_VENDOR = 0x4F4E4600
@@ -39,7 +40,9 @@ _SAMPLES = {"in_port": 1, "eth_src": "00:00:00:00:00:01", "eth_dst": "00:00:00:0
             "arp_sha": "00:00:00:00:00:01", "arp_tha": "00:00:00:00:00:01",
             "ct_state": 1, "ct_mark": 1, "reg0": 1, "reg1": 1, "reg2": 1, "reg3": 1,
             "reg4": 1, "reg5": 1,
-            "tun_ipv4_dst": "0.0.0.1"}
+            "tun_ipv4_dst": "0.0.0.1", "ipv6_src": "::1", "ipv6_dst": "::1",
+            "icmpv6_type": 1, "icmpv6_code": 1, "ipv6_nd_target": "::1",
+            "ipv6_nd_tll": "00:00:00:00:00:01"}
 
 
 def _oxm_table():
@@ -52,8 +55,8 @@ def _oxm_table():
         masked = bytearray()
         ofp.oxm_serialize(n, value, value, masked, 0)
         width = len(value)
-        kind = "mac" if isinstance(sample, str) and ":" in sample else \
-            "ip" if isinstance(sample, str) else "int"
+        kind = "int" if not isinstance(sample, str) else "ip6" if "::" in sample else \
+            "mac" if ":" in sample else "ip"
         table[name] = (n[0] if isinstance(n, tuple) else n,
                        bytes(plain[:len(plain) - width]),
                        bytes(masked[:len(masked) - 2 * width]), width, kind)
@@ -61,6 +64,14 @@ def _oxm_table():
 
 
 _OXM = _oxm_table()
+# Two fields Ryu does not know, written only (the neighbor advertisement's
+# flags and its option's type), under OVS's own OXM class for them.
+_OXM.update({name: (1 << 40, struct.pack("!I", header), None, width, "int")
+             for name, (header, width) in ERICSSON_FIELDS.items()})
+
+
+def _ip6(value: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, value)
 
 
 def _value(kind, width, value) -> bytes:
@@ -68,6 +79,8 @@ def _value(kind, width, value) -> bytes:
         return value.to_bytes(width, "big")
     if kind == "ip":
         return socket.inet_aton(value)
+    if kind == "ip6":
+        return _ip6(value)
     return bytes.fromhex(value.replace(":", ""))
 
 
@@ -75,10 +88,9 @@ def _oxm(name, value) -> tuple:
     key, plain, masked, width, kind = _OXM[name]
     if isinstance(value, tuple):
         val, mask = value
-        if kind == "ip":                      # Ryu normalises the value under the mask
-            return key, masked + bytes(
-                v & m for v, m in zip(socket.inet_aton(val), socket.inet_aton(mask))) \
-                + socket.inet_aton(mask)
+        if kind in ("ip", "ip6"):             # Ryu normalises the value under the mask
+            val, mask = _value(kind, width, val), _value(kind, width, mask)
+            return key, masked + bytes(v & m for v, m in zip(val, mask)) + mask
         elif kind == "int":
             val &= mask
         return key, masked + _value(kind, width, val) + _value(kind, width, mask)
@@ -120,6 +132,7 @@ def _set_field(name, value) -> bytes:
 
 
 _IPV4_RANGE = (nicira_ext.NX_NAT_RANGE_IPV4_MIN, nicira_ext.NX_NAT_RANGE_IPV4_MAX)
+_IPV6_RANGE = (nicira_ext.NX_NAT_RANGE_IPV6_MIN, nicira_ext.NX_NAT_RANGE_IPV6_MAX)
 _PORT_RANGE = (nicira_ext.NX_NAT_RANGE_PROTO_MIN, nicira_ext.NX_NAT_RANGE_PROTO_MAX)
 # ct(nat(dst=IP:PORT)), every endpoint bucket's action: NX header, flags,
 # present ranges, the address twice (min, max), the port twice, padding to 32
@@ -128,24 +141,28 @@ _NAT_DST_PORT_PRESENT = sum(_IPV4_RANGE) + sum(_PORT_RANGE)
 
 
 def _nat(nat: F.Nat) -> bytes:
-    if nat.src_ip is None and nat.dst_ip is not None and nat.dst_port:
+    if nat.src_ip is None and nat.dst_ip is not None and nat.dst_port and \
+            ":" not in nat.dst_ip:
         ip = socket.inet_aton(nat.dst_ip)
         return _NAT_DST_PORT.pack(ofp.OFPAT_EXPERIMENTER, 32, _NX_VENDOR,
                                   nicira_ext.NXAST_NAT, NX_NAT_F_DST, _NAT_DST_PORT_PRESENT,
                                   ip, ip, nat.dst_port, nat.dst_port)
-    if nat.src_ip is not None:
-        flags, ranges = NX_NAT_F_SRC, [(bit, "!I", nat.src_ip) for bit in _IPV4_RANGE]
-    elif nat.dst_ip is None:
-        flags, ranges = 0, []
+    ip = nat.src_ip if nat.src_ip is not None else nat.dst_ip
+    flags = 0 if ip is None else NX_NAT_F_SRC if nat.src_ip is not None else NX_NAT_F_DST
+    # the ranges present, in the order of their bits: an address (min and
+    # max) of the right family, then the port (min and max) of a DNAT
+    if ip is None:
+        ranges = []
+    elif ":" in ip:
+        ranges = [(bit, _ip6(ip)) for bit in _IPV6_RANGE]
     else:
-        flags, ranges = NX_NAT_F_DST, [(bit, "!I", nat.dst_ip) for bit in _IPV4_RANGE]
-    present = sum(bit for bit, _, _ in ranges)
-    body = struct.pack("!2xHH", flags, present)
-    for _, fmt, value in ranges:
         # inet_aton: the addresses were validated by the translator already,
         # and ipaddress's parser was a third of the encoder's time
-        body += socket.inet_aton(value) if fmt == "!I" else struct.pack(fmt, value)
-    return _nx(nicira_ext.NXAST_NAT, body)
+        ranges = [(bit, socket.inet_aton(ip)) for bit in _IPV4_RANGE]
+    if nat.src_ip is None and nat.dst_port:
+        ranges += [(bit, struct.pack("!H", nat.dst_port)) for bit in _PORT_RANGE]
+    body = struct.pack("!2xHH", flags, sum(bit for bit, _ in ranges))
+    return _nx(nicira_ext.NXAST_NAT, body + b"".join(value for _, value in ranges))
 
 
 _CT = struct.Struct("!HHIHHIHB3xH")

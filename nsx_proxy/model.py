@@ -93,6 +93,16 @@ class Service:
     external_traffic_policy: str = CLUSTER   # NodePort, LB and external IPs
     source_ranges: Tuple[str, ...] = ()      # loadBalancerSourceRanges (CIDRs)
     health_check_node_port: Optional[int] = None   # externalTrafficPolicy Local's
+    # dual-stack: the other family's cluster IP (spec.clusterIPs[1]); each
+    # family's cluster IP is served by that family's endpoints
+    secondary_cluster_ip: Optional[str] = None
+
+    @property
+    def cluster_ips(self) -> Tuple[str, ...]:
+        """Every cluster IP: the primary (either family), then the other."""
+        if self.secondary_cluster_ip is None:
+            return (self.cluster_ip,)
+        return (self.cluster_ip, self.secondary_cluster_ip)
 
     @property
     def outside_ips(self) -> Tuple[str, ...]:
@@ -101,8 +111,8 @@ class Service:
 
     @property
     def frontend_ips(self) -> Tuple[str, ...]:
-        """Every address the service answers on (the cluster IP first)."""
-        return (self.cluster_ip,) + self.outside_ips
+        """Every address the service answers on (the cluster IPs first)."""
+        return self.cluster_ips + self.outside_ips
 
     @property
     def node_ports(self) -> bool:
@@ -124,6 +134,7 @@ class Node:
     # labelled nsx-proxy.io/gateway=true: the gateway host, which has no node
     # bridge, so it serves no Service traffic and no pod routes lead to it
     gateway: bool = False
+    pod_cidr6: Optional[str] = None          # a dual-stack node's IPv6 podCIDR
 
     @property
     def compute(self) -> bool:

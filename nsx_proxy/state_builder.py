@@ -26,7 +26,7 @@ LOG = logging.getLogger("nsx_proxy.kube_source")
 def _frontends(svc):
     if svc is None:
         return None
-    return (svc.cluster_ip, svc.external_ips, svc.load_balancer_ips, svc.type,
+    return (svc.cluster_ips, svc.external_ips, svc.load_balancer_ips, svc.type,
             tuple((p.protocol, p.port, p.node_port) for p in svc.ports))
 
 
@@ -135,7 +135,7 @@ class StateBuilder:
         nodes = {}
         for name, raw in cache.nodes.items():
             try:
-                node = translate.node(raw)
+                node = translate.node(raw, self.rejects.reject)
             except Invalid as exc:
                 self.rejects.reject("node", name, str(exc))
                 continue

@@ -7,26 +7,23 @@ proxy implements, the way kube-proxy reads them:
 
 * a Service with ``clusterIP: None`` (headless) or ``type: ExternalName``
   has no VIP and is ignored, not rejected;
-* endpoints come from every EndpointSlice labelled
-  ``kubernetes.io/service-name``; a service port takes its endpoints from
-  the slice port with the same name, so a named targetPort resolves per
-  slice (pods with different container ports behind one service);
-* conditions follow the API's rules for unset values: ``ready`` unset means
-  ready, ``serving`` unset means the same as ``ready``, ``terminating``
-  unset means not terminating.
+* a dual-stack Service has a cluster IP of each family (``clusterIPs``,
+  the primary first); a single-stack one, of either family, has one;
+* endpoints come from its EndpointSlices (slices.py), IPv4 and IPv6.
 
 Anything the proxy cannot implement raises :class:`validate.Invalid` (the
 whole object) or is reported through ``reject`` (one port or endpoint).
 """
-import sys
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from nsx_proxy import model
 from nsx_proxy import validate
 from nsx_proxy.rawjson import annotations, as_list, as_map, field, key, labels, text
+# SERVICE_NAME_LABEL and slice_service are read from here by the cache and tests
+from nsx_proxy.slices import (SERVICE_NAME_LABEL, merge_slices, object_name,  # noqa: F401
+                              slice_service)
 from nsx_proxy.validate import Invalid
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 # Topology-aware routing is asked for by annotation (Auto) or, since 1.30,
 # by spec.trafficDistribution: PreferClose.
@@ -37,11 +34,6 @@ FLOATING_IP_ANNOTATION = "nsx-proxy.io/floating-ip"
 GATEWAY_NODE_LABEL = "nsx-proxy.io/gateway"    # "true": the gateway host's Node
 
 Reject = Callable[[str, str, str], None]          # (kind, name, reason)
-
-
-def object_name(obj) -> str:
-    ns, name = key(obj)
-    return f"{ns}/{name or '?'}" if ns else (name or "?")
 
 
 # A Service labelled with this belongs to another service proxy (kube-proxy
@@ -66,13 +58,24 @@ def ignored_reason(svc) -> Optional[str]:
     return None
 
 
-def _ipv4_cluster_ip(spec) -> str:
-    """The service's IPv4 VIP; single-stack IPv6 is rejected until dual-stack."""
-    candidates = as_list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
-    for ip in candidates:
-        if isinstance(ip, str) and ":" not in ip:
-            return validate.ipv4(ip, "clusterIP")
-    return validate.ipv4(candidates[0], "clusterIP")   # raises the right reason
+def _cluster_ips(name, spec, reject: Reject) -> Tuple[str, Optional[str]]:
+    """(the primary cluster IP, the other family's or None): spec.clusterIPs,
+    which a dual-stack service (ipFamilyPolicy PreferDualStack or
+    RequireDualStack) fills with one address of each family, primary first;
+    or clusterIP.  A bad second address costs that family only."""
+    ips = as_list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
+    primary = validate.ip(ips[0], "clusterIP")
+    if len(ips) < 2:
+        return primary, None
+    try:
+        secondary = validate.ip(ips[1], "clusterIPs[1]")
+        if (":" in secondary) == (":" in primary) or len(ips) > 2:
+            raise Invalid(f"clusterIPs {ips!r:.80} is not one address of each family")
+    except Invalid as exc:
+        reject("service", name, f"{exc}; serving {primary} only")
+        return primary, None
+    return primary, secondary
+
 
 
 def service_ports(name, raw_ports, reject: Reject) -> List[model.ServicePort]:
@@ -136,7 +139,7 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     if not svc_name or not namespace:
         raise Invalid("has no namespace/name")
     meta, spec = as_map(field(svc, "metadata")), validate.json_object(svc, "spec")
-    cluster_ip = _ipv4_cluster_ip(spec)
+    cluster_ip, secondary_cluster_ip = _cluster_ips(name, spec, reject)
     stype = validate.service_type(spec.get("type"))
     external_ips = []
     for ip in validate.json_list(spec, "externalIPs"):
@@ -154,6 +157,7 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
         health_check_node_port=_health_check_node_port(name, spec, stype, reject),
         topology_aware=_topology_aware(meta, spec),
         namespace=namespace, name=svc_name, cluster_ip=cluster_ip,
+        secondary_cluster_ip=secondary_cluster_ip,
         ports=tuple(model.ServicePort(
             name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
             node_port=p.node_port, endpoints=by_port[p]) for p in ports),
@@ -246,97 +250,10 @@ def _topology_aware(meta, spec) -> bool:
         str(notes.get(a, "")).lower() == "auto" for a in TOPOLOGY_ANNOTATIONS)
 
 
-def _hint_names(raw, key) -> Tuple[str, ...]:
-    """Names in an endpoint's hints.forZones / hints.forNodes (junk ignored)."""
-    hints = raw.get("hints")
-    items = hints.get(key) if isinstance(hints, dict) else None
-    if not isinstance(items, list):
-        return ()
-    return tuple(sorted(i["name"] for i in items
-                        if isinstance(i, dict) and isinstance(i.get("name"), str)))
-
-
-def _condition(conditions, key, default) -> bool:
-    value = conditions.get(key)
-    return default if value is None else bool(value)
-
-
-def _slice_endpoints(slice_name, raw_slice, reject: Reject):
-    """(ip, node, pod, ready, serving, terminating, zone hints, node hints) of a
-    slice's valid endpoints."""
-    out = []
-    for raw in as_list(raw_slice.get("endpoints")):
-        if not isinstance(raw, dict):
-            reject("endpointslice", slice_name, f"endpoints holds an item that is not an object: "
-                   f"{raw!r:.40}; skipped")
-            continue
-        conditions = as_map(raw.get("conditions"))
-        ready = _condition(conditions, "ready", True)
-        ref = as_map(raw.get("targetRef"))
-        zones = _hint_names(raw, "forZones")
-        node_hints = _hint_names(raw, "forNodes")
-        pod = (f"{text(ref.get('namespace'))}/{text(ref.get('name'))}"
-               if ref.get("kind", "Pod") == "Pod" and text(ref.get("name")) else None)
-        # a cluster has few node names and many endpoints: one string each
-        node = sys.intern(text(raw.get("nodeName"))) or None
-        for ip in as_list(raw.get("addresses")):
-            try:
-                ip = validate.ipv4(ip, "endpoint address")
-            except Invalid as exc:
-                reject("endpointslice", slice_name, str(exc))
-                continue
-            out.append((ip, node, pod, ready,
-                        _condition(conditions, "serving", ready),
-                        _condition(conditions, "terminating", False), zones, node_hints))
-    return out
-
-
-def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
-                 reject: Reject) -> Dict[model.ServicePort, Tuple[model.Endpoint, ...]]:
-    """Endpoints of each service port, merged across all of the service's slices.
-
-    An address that appears in two slices (a pod moving between slices
-    during an update) is kept once, preferring its ready entry.
-    """
-    merged: Dict[model.ServicePort, Dict[Tuple[str, int], model.Endpoint]] = {
-        p: {} for p in ports}
-    for raw_slice in sorted(slices, key=object_name):
-        slice_name, raw_slice = object_name(raw_slice), as_map(raw_slice)
-        family = raw_slice.get("addressType", "IPv4")
-        if family != "IPv4":
-            reject("endpointslice", slice_name,
-                   f"addressType {family} is not supported yet; slice ignored")
-            continue
-        endpoints = _slice_endpoints(slice_name, raw_slice, reject)
-        for raw_port in as_list(raw_slice.get("ports")):
-            if not isinstance(raw_port, dict):
-                reject("endpointslice", slice_name, f"ports holds an item that is not an object: "
-                       f"{raw_port!r:.40}; skipped")
-                continue
-            pname = raw_port.get("name") or ""
-            proto = raw_port.get("protocol") or model.TCP
-            proto = proto.upper() if isinstance(proto, str) else proto
-            try:
-                number = validate.port(raw_port.get("port"), "endpoint port")
-            except Invalid as exc:
-                reject("endpointslice", slice_name, f"port {pname!r}: {exc}")
-                continue
-            for sport in ports:
-                if sport.name != pname or sport.protocol != proto:
-                    continue
-                pool = merged[sport]
-                for ip, node, pod, ready, serving, terminating, zones, hints in endpoints:
-                    old = pool.get((ip, number))
-                    if old is not None and old.ready and not ready:
-                        continue
-                    pool[(ip, number)] = model.Endpoint(
-                        ip=ip, port=number, node=node, pod=pod, ready=ready,
-                        serving=serving, terminating=terminating, zones=zones,
-                        node_hints=hints)
-    return {p: tuple(pool[k] for k in sorted(pool)) for p, pool in merged.items()}
-
-
-def node(raw) -> model.Node:
+def node(raw, reject: Optional[Reject] = None) -> model.Node:
+    """A Node: its IPv4 InternalIP and podCIDR (required), and a dual-stack
+    node's IPv6 podCIDR (a bad one is reported and left out: the node keeps
+    its IPv4 routes)."""
     name = key(raw)[1]
     if not name:
         raise Invalid("has no name")
@@ -351,20 +268,19 @@ def node(raw) -> model.Node:
     cidrs4 = [c for c in cidrs if ":" not in str(c)]
     if not cidrs4:
         raise Invalid("has no IPv4 podCIDR yet")
+    cidr6 = next((c for c in cidrs if ":" in str(c)), None)
+    if cidr6 is not None:
+        try:
+            cidr6 = validate.pod_cidr(cidr6, "podCIDRs IPv6", 6)
+        except Invalid as exc:
+            if reject is not None:
+                reject("node", name, f"{exc}; no IPv6 pod routes to it")
+            cidr6 = None
     return model.Node(name=name,
                       internal_ip=validate.ipv4(internal[0], "InternalIP"),
-                      pod_cidr=validate.cidr4(cidrs4[0], "podCIDR"),
+                      pod_cidr=validate.pod_cidr(cidrs4[0], "podCIDR"), pod_cidr6=cidr6,
                       zone=text(labels(raw).get(ZONE_LABEL)) or None,
                       gateway=labels(raw).get(GATEWAY_NODE_LABEL) == "true")
-
-
-def slice_service(raw_slice) -> Optional[model.ServiceKey]:
-    """The service a slice belongs to, from its kubernetes.io/service-name label."""
-    owner, namespace = text(labels(raw_slice).get(SERVICE_NAME_LABEL)), key(raw_slice)[0]
-    if not owner or not namespace:
-        return None
-    return model.ServiceKey(namespace, owner)
-
 
 
 def cluster_state(services, slices, nodes, rejects: validate.RejectLog) -> model.ClusterState:
@@ -386,7 +302,7 @@ def cluster_state(services, slices, nodes, rejects: validate.RejectLog) -> model
     good_nodes = []
     for raw in nodes:
         try:
-            good_nodes.append(node(raw))
+            good_nodes.append(node(raw, reject))
         except Invalid as exc:
             reject("node", object_name(raw), str(exc))
     return model.ClusterState.build(validate.claim_frontends(out, rejects), good_nodes)

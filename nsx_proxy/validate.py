@@ -63,14 +63,32 @@ def ipv4(value, what="IP") -> str:
     return str(addr)
 
 
-def cidr4(value, what="CIDR") -> str:
+def ip(value, what="IP") -> str:
+    """A unicast IPv4 (as :func:`ipv4`) or IPv6 address, written as
+    ipaddress writes it (compressed, lower case)."""
+    if not isinstance(value, str) or ":" not in value:
+        return ipv4(value, what)
+    try:
+        addr = ipaddress.IPv6Address(value)
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not an IP address") from None
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local \
+            or addr.ipv4_mapped:
+        raise Invalid(f"{what} {value} cannot be a unicast service address")
+    return str(addr)
+
+
+def pod_cidr(value, what="CIDR", version=4) -> str:
+    """A node's pod CIDR of the family ``version``, with room for a gateway
+    and pods: 10.1.1.0/24, fd00:10:1:1::/64."""
+    example = "10.1.0.0/24" if version == 4 else "fd00:10:1:1::/64"
     try:
         net = ipaddress.ip_network(str(value), strict=True)
     except ValueError:
-        raise Invalid(f"{what} {value!r} is not a network like 10.1.0.0/24") from None
-    if net.version != 4:
-        raise Invalid(f"{what} {value} is IPv6, which is not supported yet")
-    if net.prefixlen > 30:
+        raise Invalid(f"{what} {value!r} is not a network like {example}") from None
+    if net.version != version:
+        raise Invalid(f"{what} {value} is not IPv{version}")
+    if net.prefixlen > net.max_prefixlen - 2:
         raise Invalid(f"{what} {value} leaves no room for a gateway and pods")
     return str(net)
 
@@ -153,11 +171,13 @@ def claim_frontends(services, rejects: "RejectLog", external_cidrs=()):
     ordered = sorted(services, key=lambda s: (s.namespace, s.name))
     cluster_ips, kept = {}, []
     for svc in ordered:
-        owner = cluster_ips.setdefault(svc.cluster_ip, svc.key)
-        if owner != svc.key:
-            rejects.reject("service", str(svc.key),
-                           f"clusterIP {svc.cluster_ip} is already used by {owner}")
+        owners = {ip: cluster_ips.get(ip, svc.key) for ip in svc.cluster_ips}
+        taken = [(ip, owner) for ip, owner in owners.items() if owner != svc.key]
+        if taken:
+            rejects.reject("service", str(svc.key), "; ".join(
+                f"clusterIP {ip} is already used by {owner}" for ip, owner in taken))
             continue
+        cluster_ips.update(owners)
         kept.append(svc)
     claimed, out = {}, []
     for svc in kept:

@@ -80,7 +80,7 @@ def parse_node(raw, rejects: validate.RejectLog):
     try:
         return model.Node(name=name,
                           internal_ip=validate.ipv4(raw.get("internalIP"), "internalIP"),
-                          pod_cidr=validate.cidr4(raw.get("podCIDR"), "podCIDR"))
+                          pod_cidr=validate.pod_cidr(raw.get("podCIDR"), "podCIDR"))
     except Invalid as exc:
         rejects.reject("node", name, str(exc))
         return None

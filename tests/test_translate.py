@@ -66,15 +66,19 @@ def test_duplicate_address_across_slices_keeps_the_ready_one():
     assert [(e.ip, e.ready) for e in out.ports[0].endpoints] == [("10.1.1.2", True)]
 
 
-def test_ipv6_slice_and_bad_addresses_are_reported_and_skipped():
+def test_ipv6_slices_join_the_pool_and_bad_addresses_are_reported_and_skipped():
     rejects = Rejects()
     out = translate.service(svc(), [
-        eps(ep("fd00::2"), name="web-v6", family="IPv6"),
-        eps(ep("10.1.1.2"), ep("10.1.1.300"), name="web-v4")], rejects)
-    assert [e.ip for e in out.ports[0].endpoints] == ["10.1.1.2"]
-    assert [(k, n) for k, n, _ in rejects] == [("endpointslice", "default/web-v4"),
-                                                ("endpointslice", "default/web-v6")]
-    assert "IPv6 is not supported yet" in rejects[1][2]
+        eps(ep("fd00::2"), ep("10.1.1.9"), ep("fe80::1"), name="web-v6", family="IPv6"),
+        eps(ep("10.1.1.2"), ep("10.1.1.300"), ep("fd00::3"), name="web-v4"),
+        eps(ep("web.example.com"), name="web-fqdn", family="FQDN")], rejects)
+    assert [e.ip for e in out.ports[0].endpoints] == ["10.1.1.2", "fd00::2"]
+    assert sorted((n, r) for _, n, r in rejects) == [
+        ("default/web-fqdn", "addressType 'FQDN' is not IPv4 or IPv6; slice ignored"),
+        ("default/web-v4", "endpoint address '10.1.1.300' is not an IP address"),
+        ("default/web-v4", "endpoint address fd00::3 is not of the slice's addressType IPv4"),
+        ("default/web-v6", "endpoint address 10.1.1.9 is not of the slice's addressType IPv6"),
+        ("default/web-v6", "endpoint address fe80::1 cannot be a unicast service address")]
 
 
 def test_headless_and_external_name_are_ignored_not_rejected():
@@ -85,7 +89,8 @@ def test_headless_and_external_name_are_ignored_not_rejected():
 
 @pytest.mark.parametrize("spec, reason", [
     (dict(clusterIP="10.96.0.300"), "not an IP"),
-    (dict(clusterIP="fd00::10", clusterIPs=["fd00::10"]), "IPv6"),
+    (dict(clusterIP="fd00::zz", clusterIPs=["fd00::zz"]), "not an IP"),
+    (dict(clusterIP="ff02::1", clusterIPs=["ff02::1"]), "cannot be a unicast"),
     (dict(type="Magic"), "type 'Magic'"),
 ])
 def test_unusable_services_raise(spec, reason):
@@ -93,10 +98,26 @@ def test_unusable_services_raise(spec, reason):
         translate.service(svc(**spec), [], Rejects())
 
 
-def test_dual_stack_service_uses_its_ipv4_cluster_ip():
+def test_single_and_dual_stack_services_keep_each_family_and_the_primary_first():
     out = translate.service(svc(clusterIP="fd00::10", clusterIPs=["fd00::10", "10.96.0.10"]),
                             [], Rejects())
-    assert out.cluster_ip == "10.96.0.10"
+    assert out.cluster_ips == ("fd00::10", "10.96.0.10")
+    out = translate.service(svc(clusterIP="FD00:0::a", clusterIPs=["FD00:0::a"]), [], Rejects())
+    assert out.cluster_ips == ("fd00::a",)          # written as ipaddress writes it
+    assert translate.service(svc(), [], Rejects()).secondary_cluster_ip is None
+
+
+@pytest.mark.parametrize("ips, reason", [
+    (["10.96.0.10", "10.96.0.11"], "not one address of each family"),
+    (["10.96.0.10", "fd00::10", "fd00::11"], "not one address of each family"),
+    (["10.96.0.10", "fd00::zz"], "clusterIPs[1] 'fd00::zz' is not an IP address"),
+])
+def test_a_bad_second_cluster_ip_costs_that_family_only(ips, reason):
+    rejects = Rejects()
+    out = translate.service(svc(clusterIP=ips[0], clusterIPs=ips), [], rejects)
+    assert out.cluster_ips == ("10.96.0.10",)
+    assert [(k, n) for k, n, _ in rejects] == [("service", "default/web")]
+    assert reason in rejects[0][2] and "serving 10.96.0.10 only" in rejects[0][2]
 
 
 def test_bad_ports_are_skipped_one_by_one():
@@ -115,7 +136,12 @@ def test_nodes():
     raw = {"metadata": {"name": "node1"}, "spec": {"podCIDRs": ["fd00:1::/64", "10.1.1.0/24"]},
            "status": {"addresses": [{"type": "Hostname", "address": "node1"},
                                     {"type": "InternalIP", "address": "192.168.100.1"}]}}
-    assert translate.node(raw) == model.Node("node1", "192.168.100.1", "10.1.1.0/24")
+    assert translate.node(raw) == model.Node("node1", "192.168.100.1", "10.1.1.0/24",
+                                            pod_cidr6="fd00:1::/64")
+    raw["spec"]["podCIDRs"] = ["10.1.1.0/24", "fd00:1::1/64"]       # host bits set
+    rejects = Rejects()
+    assert translate.node(raw, rejects).pod_cidr6 is None
+    assert [(k, n) for k, n, _ in rejects] == [("node", "node1")]
     with pytest.raises(Invalid, match="podCIDR"):
         translate.node({"metadata": {"name": "n"}, "spec": {},
                         "status": {"addresses": [{"type": "InternalIP", "address": "1.2.3.4"}]}})

@@ -25,6 +25,10 @@ def states():
     yield "affinity", world.NODE1, world.state(dataclasses.replace(
         world.web(), affinity_timeout=600, external_ips=("198.51.100.7",)))
     yield "large", world.NODE1, big_state(big_service(1000))
+    # dual-stack: IPv6 matches, NAT to IPv6, neighbor answers, IPv6 affinity
+    yield "dual-stack", world.NODE1_DS, world.dual_stack_state(world.web_dual_stack())
+    yield "dual-stack affinity", world.NODE1_DS, world.dual_stack_state(
+        world.web_dual_stack(affinity=600))
     from nsx_proxy.kube_cache import KubeCache
     from nsx_proxy.state_builder import StateBuilder
     from nsx_proxy import validate

@@ -86,3 +86,45 @@ def big_service(n, affinity=None, name="big", vip="10.96.5.5"):
     return model.Service(namespace="default", name=name, cluster_ip=vip,
                          ports=(model.ServicePort("http", model.TCP, 80, 8080, eps),),
                          affinity_timeout=affinity)
+
+
+# Dual-stack: the same two nodes with IPv6 pod CIDRs and pods with both
+# families; web_dual_stack() has a cluster IP of each family and endpoints
+# of both (an IPv4 and an IPv6 EndpointSlice).
+VIP6 = "fd00:96::a"
+
+
+def _pod6(p, node_k):
+    return Pod(namespace=p.namespace, name=p.name, ip=p.ip, mac=p.mac, ofport=p.ofport,
+               ip6=f"fd00:10:1:{node_k}::{p.ip.rsplit('.', 1)[1]}")
+
+
+NODE1_DS = BridgeContext(name="br-node1", dpid=0x1001, role="node", ct_zone=100,
+                         node="node1", pod_cidr="10.1.1.0/24", pod_cidr6="fd00:10:1:1::/64",
+                         uplink=UPLINK, pods=tuple(_pod6(p, 1) for p in NODE1.pods))
+NODE2_DS = BridgeContext(name="br-node2", dpid=0x1002, role="node", ct_zone=200,
+                         node="node2", pod_cidr="10.1.2.0/24", pod_cidr6="fd00:10:1:2::/64",
+                         uplink=UPLINK, pods=tuple(_pod6(p, 2) for p in NODE2.pods))
+PODS6 = {p.name: p for ctx in (NODE1_DS, NODE2_DS) for p in ctx.pods}
+NODES_DS = (model.Node("node1", "192.168.100.1", "10.1.1.0/24", pod_cidr6="fd00:10:1:1::/64"),
+            model.Node("node2", "192.168.100.2", "10.1.2.0/24", pod_cidr6="fd00:10:1:2::/64"))
+
+
+def web_dual_stack(endpoints=("pod1", "pod3"), vips=(VIP, VIP6), affinity=None):
+    """web with a cluster IP per family (the first is primary)."""
+    eps = []
+    for name in endpoints:
+        p = PODS6[name]
+        node = "node1" if p.ip.startswith("10.1.1.") else "node2"
+        eps += [model.Endpoint(ip=ip, port=8080, node=node, pod=f"default/{name}")
+                for ip in (p.ip, p.ip6)]
+    udp = tuple(e._replace(port=5353) for e in eps)
+    return model.Service(
+        namespace="default", name="web", cluster_ip=vips[0],
+        secondary_cluster_ip=vips[1] if len(vips) > 1 else None, affinity_timeout=affinity,
+        ports=(model.ServicePort("http", model.TCP, 80, 8080, tuple(eps)),
+               model.ServicePort("dns", model.UDP, 53, 5353, udp)))
+
+
+def dual_stack_state(*services):
+    return model.ClusterState.build(services, NODES_DS)
