@@ -65,11 +65,19 @@ def add_veth(host_if: str, req_ifname: str, netns: str, addr: Address,
         _run(["ip", "link", "del", host_if])       # left by an ADD that failed half-way
         _run(["ip", "-batch", "-"], stdin=batch)
     try:
+        v6 = [] if addr.interface6 is None else [
+            # nodad: the bridge answers for the pods' addresses itself, and
+            # the address is usable at once (a runtime waits for none)
+            f"addr add {addr.interface6} dev {req_ifname} nodad",
+            f"route add default via {addr.gateway6} dev {req_ifname}"]
+        if v6:
+            _run(_in_netns(netns, ["sysctl", "-q", "-w",
+                                   f"net.ipv6.conf.{req_ifname}.disable_ipv6=0"]), check=False)
         _run(_in_netns(netns, ["ip", "-batch", "-"]), stdin="\n".join([
             f"link set {req_ifname} address {addr.mac}",
             f"addr add {addr.interface} dev {req_ifname}",
             f"link set {req_ifname} up",
-            f"route add default via {addr.gateway} dev {req_ifname}", ""]))
+            f"route add default via {addr.gateway} dev {req_ifname}"] + v6 + [""]))
         if tx_offload_off:
             # The userspace datapath's conntrack drops packets whose checksum
             # a veth left to offload (+inv): both ends compute it.
@@ -104,11 +112,15 @@ def check_veth(host_if: str, req_ifname: str, netns: str, addr: Address) -> None
         raise CniError(NOT_AS_ATTACHED, f"{req_ifname} has MAC {link.get('address')}, "
                        f"not {addr.mac}")
     have = {f"{a.get('local')}/{a.get('prefixlen')}" for a in link.get("addr_info", [])}
-    if str(addr.interface) not in have:
-        raise CniError(NOT_AS_ATTACHED, f"{req_ifname} does not hold {addr.interface}")
-    routes = json.loads(_run(_in_netns(netns, ["ip", "-j", "route", "show", "default"]))
-                        or "[]")
-    if not any(r.get("gateway") == addr.gateway and r.get("dev") == req_ifname
-               for r in routes):
-        raise CniError(NOT_AS_ATTACHED, f"no default route via {addr.gateway} "
-                       f"on {req_ifname}")
+    for iface in (addr.interface, addr.interface6):
+        if iface is not None and str(iface) not in have:
+            raise CniError(NOT_AS_ATTACHED, f"{req_ifname} does not hold {iface}")
+    for family, gateway in (("-4", addr.gateway), ("-6", addr.gateway6)):
+        if gateway is None:
+            continue
+        routes = json.loads(_run(_in_netns(netns, ["ip", "-j", family, "route", "show",
+                                                   "default"])) or "[]")
+        if not any(r.get("gateway") == gateway and r.get("dev") == req_ifname
+                   for r in routes):
+            raise CniError(NOT_AS_ATTACHED, f"no default route via {gateway} "
+                           f"on {req_ifname}")

@@ -1,9 +1,9 @@
 """``nsx-proxy-cni``: ADD, DEL, CHECK and VERSION, as a runtime calls them.
 
 ADD: the node bridge from OVSDB -> an address from the IPAM plugin over the
-node's podCIDR -> a veth pair, the container end named CNI_IFNAME with the
-address, the MAC ``0a:58:`` + IP and the default route via the podCIDR's
-first address -> the host end a port of the bridge with every key of the
+node's podCIDR (an address of each family on a dual-stack node) -> a veth
+pair, the container end named CNI_IFNAME with the address(es), the MAC
+``0a:58:`` + IPv4 and the default route(s) via each podCIDR's first address -> the host end a port of the bridge with every key of the
 docs/ovsdb.md , in one transaction.  Anything failing half-way
 undoes what was done, address included.
 
@@ -34,7 +34,7 @@ def cmd_add(req: S.Request, env) -> dict:
                                   req.config.get("mtu"), bridge.userspace)
         namespace, name = req.pod
         ovsdb.add_port(bridge.name, host_if, ovsdb.port_ids(
-            namespace, name, req.container_id, req.ifname, addr.ip, addr.mac))
+            namespace, name, req.container_id, req.ifname, addr.ovsdb_ip, addr.mac))
     except BaseException:
         _undo(req, env, config, host_if)
         raise
@@ -66,7 +66,8 @@ def _del_ipam_config(req: S.Request) -> dict:
     has to parse."""
     prev = S.prev_address(req)
     if prev is not None:
-        return S.ipam_config(req.config, str(prev.interface.network))
+        return S.ipam_config(req.config, ",".join(
+            str(i.network) for i in (prev.interface, prev.interface6) if i is not None))
     try:
         pod_cidr = ovsdb.find_bridge(req.config).pod_cidr
     except CniError:
@@ -85,7 +86,7 @@ def cmd_check(req: S.Request, env) -> None:
     links.check_veth(host_if, req.ifname, req.netns, addr)
     namespace, name = req.pod
     ovsdb.check_port(bridge.name, host_if, ovsdb.port_ids(
-        namespace, name, req.container_id, req.ifname, addr.ip, addr.mac))
+        namespace, name, req.container_id, req.ifname, addr.ovsdb_ip, addr.mac))
 
 
 def run(env, stdin: bytes):

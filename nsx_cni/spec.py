@@ -147,24 +147,35 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 
 
 def ipam_config(config: dict, pod_cidr: Optional[str]) -> dict:
-    """The config the IPAM plugin is delegated: ours, with the node's podCIDR
-    as the range when the conflist names none (the agent's node setup knows
-    the podCIDR from the Node object; the conflist on disk need not)."""
+    """The config the IPAM plugin is delegated: ours, with the node's
+    podCIDR(s) as the ranges when the conflist names none (the agent's node
+    setup knows them from the Node object; the conflist on disk need not).
+    A dual-stack bridge's "IPv4,IPv6" gives one range set per family, so
+    host-local hands out an address of each."""
     ipam = dict(config["ipam"])
     if pod_cidr and not ipam.get("ranges") and not ipam.get("subnet"):
-        ipam["ranges"] = [[{"subnet": pod_cidr, "gateway": gateway_ip(pod_cidr)}]]
+        ipam["ranges"] = [[{"subnet": c.strip(), "gateway": gateway_ip(c.strip())}]
+                          for c in pod_cidr.split(",") if c.strip()]
     return dict(config, ipam=ipam)
 
 
 @dataclass(frozen=True)
 class Address:
-    """The pod's address as the IPAM plugin gave it."""
+    """The pod's addresses as the IPAM plugin gave them: IPv4, and a
+    dual-stack pod's IPv6 too."""
     interface: ipaddress.IPv4Interface
     gateway: str
+    interface6: Optional[ipaddress.IPv6Interface] = None
+    gateway6: Optional[str] = None
 
     @property
     def ip(self) -> str:
         return str(self.interface.ip)
+
+    @property
+    def ovsdb_ip(self) -> str:
+        """The pod's ``ip-address`` key (docs/ovsdb.md): "IPv4[,IPv6]"."""
+        return self.ip + (f",{self.interface6.ip}" if self.interface6 else "")
 
     @property
     def mac(self) -> str:
@@ -173,33 +184,49 @@ class Address:
 
 
 def ipam_address(result: dict, pod_cidr: Optional[str]) -> Address:
-    """The IPv4 address an IPAM result holds, with its gateway."""
+    """The IPv4 address an IPAM result holds, and its IPv6 one if any, each
+    with its gateway (the result's, else the podCIDR's first address)."""
     ips = result.get("ips") if isinstance(result, dict) else None
+    found = {}                                # version -> (interface, gateway)
+    cidrs = {ipaddress.ip_network(c.strip()).version: c.strip()
+             for c in (pod_cidr or "").split(",") if c.strip()}
     for item in ips if isinstance(ips, list) else []:
         try:
-            iface = ipaddress.IPv4Interface(item["address"])
+            iface = ipaddress.ip_interface(item["address"])
         except (TypeError, KeyError, ValueError):
             continue
-        gw = item.get("gateway") or (gateway_ip(pod_cidr) if pod_cidr else None)
+        if iface.version in found:
+            continue
+        gw = item.get("gateway") or (gateway_ip(cidrs[iface.version])
+                                     if iface.version in cidrs else None)
         if gw is None:
-            raise CniError(INVALID_CONFIG, "the IPAM result has no gateway and the "
-                           "bridge no podCIDR")
-        return Address(iface, str(ipaddress.IPv4Address(gw)))
-    raise CniError(INTERNAL, "the IPAM plugin returned no IPv4 address",
-                   json.dumps(result)[:500])
+            raise CniError(INVALID_CONFIG, f"the IPAM result has no gateway for {iface} "
+                           "and the bridge no podCIDR of its family")
+        found[iface.version] = (iface, str(ipaddress.ip_address(gw)))
+    if 4 not in found:
+        raise CniError(INTERNAL, "the IPAM plugin returned no IPv4 address",
+                       json.dumps(result)[:500])
+    iface6, gw6 = found.get(6, (None, None))
+    return Address(*found[4], interface6=iface6, gateway6=gw6)
 
 
 def add_result(req: Request, addr: Address, host_if: str, host_mac: str) -> dict:
     """The spec's ADD result for the request's cniVersion."""
-    ip = {"address": str(addr.interface), "gateway": addr.gateway, "interface": 1}
+    ips = [{"address": str(addr.interface), "gateway": addr.gateway, "interface": 1}]
+    routes = [{"dst": "0.0.0.0/0", "gw": addr.gateway}]
+    if addr.interface6 is not None:
+        ips.append({"address": str(addr.interface6), "gateway": addr.gateway6,
+                    "interface": 1})
+        routes.append({"dst": "::/0", "gw": addr.gateway6})
     if req.version != "1.0.0":
-        ip["version"] = "4"                # dropped in 1.0.0
+        for ip in ips:                     # dropped in 1.0.0
+            ip["version"] = "6" if ":" in ip["address"] else "4"
     return {
         "cniVersion": req.version,
         "interfaces": [{"name": host_if, "mac": host_mac},
                        {"name": req.ifname, "mac": addr.mac, "sandbox": req.netns}],
-        "ips": [ip],
-        "routes": [{"dst": "0.0.0.0/0", "gw": addr.gateway}],
+        "ips": ips,
+        "routes": routes,
         "dns": req.config.get("dns") if isinstance(req.config.get("dns"), dict) else {},
     }
 

@@ -317,3 +317,37 @@ def test_install_writes_one_file_plugin_the_nodes_python_runs_and_uninstall_remo
     I.uninstall(str(bin_dir), str(conf_dir))
     assert sorted(os.listdir(bin_dir)) == ["host-local", "loopback"]
     assert os.listdir(conf_dir) == []
+
+
+@pytest.mark.ovs
+def test_a_dual_stack_bridge_gives_the_pod_an_address_and_a_route_of_each_family(
+        bridge, netns, tmp_path):
+    run(["ovs-vsctl", "set", "bridge", bridge,
+         f"external_ids:nsx-proxy-pod-cidr={POD_CIDR},fd00:10:9:1::/64"])
+    try:
+        ns = netns.new("nsxc-p6")
+        conf = config(tmp_path)
+        status, result, err = invoke("ADD", conf, netns=ns)
+        assert status == 0, err
+        assert result["ips"] == [
+            {"address": "10.9.1.2/24", "gateway": "10.9.1.1", "interface": 1},
+            {"address": "fd00:10:9:1::2/64", "gateway": "fd00:10:9:1::1", "interface": 1}]
+        assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.9.1.1"},
+                                    {"dst": "::/0", "gw": "fd00:10:9:1::1"}]
+        link = json.loads(in_ns(ns, "ip", "-j", "addr", "show", "eth0"))[0]
+        assert any(a["local"] == "fd00:10:9:1::2" and a["prefixlen"] == 64
+                   for a in link["addr_info"])
+        assert "default via fd00:10:9:1::1 dev eth0" in in_ns(ns, "ip", "-6", "route")
+        host_if = S.host_veth_name("c1", "eth0")
+        assert port_ids(host_if)[0]["ip-address"] == "10.9.1.2,fd00:10:9:1::2"
+        folder = tmp_path / "ipam" / "nsx-test"
+        assert {"10.9.1.2", "fd00:10:9:1::2"} <= {p.name for p in folder.iterdir()}
+        check = dict(conf, prevResult=result)
+        assert invoke("CHECK", check, netns=ns)[0] == 0
+        in_ns(ns, "ip", "-6", "route", "del", "default")
+        status, answer, _ = invoke("CHECK", check, netns=ns)
+        assert status == 1 and "no default route via fd00:10:9:1::1" in answer["msg"]
+        assert invoke("DEL", check, netns=ns)[0] == 0
+        assert not {"10.9.1.2", "fd00:10:9:1::2"} & {p.name for p in folder.iterdir()}
+    finally:
+        run(["ovs-vsctl", "set", "bridge", bridge, f"external_ids:nsx-proxy-pod-cidr={POD_CIDR}"])

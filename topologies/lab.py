@@ -43,7 +43,6 @@ from topologies.waiting import wait_for
 LOG = logging.getLogger("lab")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SERVICE_CIDR = "10.96.0.0/16"
 DEMO_VIP = "10.96.0.10"
 # Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
 # "default" for every namespace, "blue" for namespaces or services that ask.

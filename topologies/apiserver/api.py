@@ -54,7 +54,9 @@ def json_patch(target, ops):
 
 
 class Api:
-    def __init__(self, service_cidr="10.96.0.0/12", history=20000):
+    # kube-apiserver's --service-cluster-ip-range of a dual-stack cluster:
+    # IPv4 primary, so a Service that asks for nothing stays IPv4 only
+    def __init__(self, service_cidr="10.96.0.0/12,fd00:96::/112", history=20000):
         self.store = Store(history=history)
         self.allocator = kinds.Allocator(service_cidr)
         self.store.after_write.append(endpointslices.after_write)

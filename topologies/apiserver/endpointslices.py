@@ -52,11 +52,20 @@ def _resolve(port, pod):
     return None
 
 
-def _endpoint(pod, publish_not_ready):
+def pod_ip(pod, family="IPv4"):
+    """The pod's address of ``family`` (status.podIPs; podIP alone is IPv4
+    or a single-stack pod's only one), or None."""
+    status = pod.get("status") or {}
+    ips = [i.get("ip") for i in status.get("podIPs") or () if isinstance(i, dict)] or \
+        [status.get("podIP")]
+    return next((ip for ip in ips if ip and (":" in ip) == (family == "IPv6")), None)
+
+
+def _endpoint(pod, publish_not_ready, ip):
     meta = pod["metadata"]
     deleting = bool(meta.get("deletionTimestamp"))
     serving = _condition(pod, "Ready")
-    ep = {"addresses": [pod["status"]["podIP"]],
+    ep = {"addresses": [ip],
           "conditions": {"ready": publish_not_ready or (serving and not deleting),
                          "serving": publish_not_ready or serving,
                          "terminating": deleting},
@@ -87,23 +96,32 @@ def wants_hints(svc) -> bool:
 
 
 def desired_slices(svc, pods, node_zones=None):
-    """The slices a selector service should have, keyed by slice name.
+    """The slices a selector service should have, keyed by slice name: as the
+    real controller, one set per family in ``spec.ipFamilies`` (a
+    dual-stack Service gets IPv4 and IPv6 slices), of the pods' addresses
+    of that family.
 
     Endpoints carry their node's zone; with topology-aware routing asked for
     and every endpoint's node in a zone, each is hinted for its own zone (the
     real controller balances hints by zone capacity; with the lab's equal
     nodes that is the same)."""
+    slices = {}
+    for family in (svc.get("spec") or {}).get("ipFamilies") or ["IPv4"]:
+        slices.update(_family_slices(svc, pods, node_zones or {}, family))
+    return slices
+
+
+def _family_slices(svc, pods, node_zones, family):
     meta, spec = svc["metadata"], svc.get("spec") or {}
-    node_zones = node_zones or {}
     groups = {}                                    # resolved ports -> endpoints
-    chosen = selected_pods(svc, pods)
+    chosen = [p for p in selected_pods(svc, pods) if pod_ip(p, family)]
     hint = wants_hints(svc) and chosen and all(
         node_zones.get((p.get("spec") or {}).get("nodeName")) for p in chosen)
     for pod in chosen:
         resolved = tuple((p.get("name", ""), p.get("protocol", "TCP"), _resolve(p, pod))
                          for p in spec.get("ports") or ())
         resolved = tuple(r for r in resolved if r[2] is not None)
-        ep = _endpoint(pod, bool(spec.get("publishNotReadyAddresses")))
+        ep = _endpoint(pod, bool(spec.get("publishNotReadyAddresses")), pod_ip(pod, family))
         zone = node_zones.get(ep.get("nodeName"))
         if zone:
             ep["zone"] = zone
@@ -122,7 +140,8 @@ def desired_slices(svc, pods, node_zones=None):
         labels[HEADLESS] = ""
     slices = {}
     for ports, endpoints in sorted(groups.items()):
-        tag = zlib.crc32(repr(ports).encode()) & 0xFFFFFFFF
+        # IPv4 slices keep the names they had before dual-stack
+        tag = zlib.crc32(repr(ports if family == "IPv4" else (family, ports)).encode())
         for n, start in enumerate(range(0, len(endpoints), MAX_ENDPOINTS)):
             name = f"{meta['name'][:45]}-{tag:08x}-{n}"
             slices[name] = {
@@ -133,7 +152,7 @@ def desired_slices(svc, pods, node_zones=None):
                     "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
                                          "name": meta["name"], "uid": meta.get("uid"),
                                          "controller": True}]},
-                "addressType": "IPv4",
+                "addressType": family,
                 "endpoints": endpoints[start:start + MAX_ENDPOINTS],
                 "ports": [{"name": pname, "protocol": proto, "port": number}
                           for pname, proto, number in ports]}

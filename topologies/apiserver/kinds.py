@@ -1,17 +1,18 @@
 """The resources the lab's API server serves, and what each does on write.
 
-Services get the real API server's defaults and allocations: a ClusterIP
-from the service CIDR, nodePorts from 30000-32767 for NodePort and
+Services get the real API server's defaults and allocations: cluster IPs
+from the service ranges (of one family or, dual-stack, of both:
+cluster_ips.py), nodePorts from 30000-32767 for NodePort and
 LoadBalancer services, the same 422 messages for a port out of range, an
 unknown protocol, an IP outside the range or already allocated.  Pods
 bound to a node are deleted gracefully (deletionTimestamp first; the
 node's kubelet finishes the deletion), as the real API does.
 """
 import dataclasses
-import ipaddress
 from typing import Tuple
 
 from topologies.apiserver import errors
+from topologies.apiserver.cluster_ips import ClusterIPs
 
 PROTOCOLS = ("SCTP", "TCP", "UDP")
 NODE_PORT_RANGE = (30000, 32767)
@@ -51,17 +52,12 @@ class Allocator:
     """ClusterIPs and nodePorts in use; rebuilt from the store, never persisted."""
 
     def __init__(self, service_cidr="10.96.0.0/12"):
-        self.net = ipaddress.ip_network(service_cidr)
-        self.ips = {}             # ip -> "ns/name"
+        self.cluster_ips = ClusterIPs(service_cidr)   # one range, or one per family
         self.ports = {}           # (protocol, port) -> "ns/name"
 
-    def _free_ip(self):
-        # .1 is the kubernetes service in a real cluster; keep it out of the pool.
-        for host in self.net.hosts():
-            ip = str(host)
-            if host != self.net.network_address + 1 and ip not in self.ips:
-                return ip
-        return None
+    @property
+    def ips(self):
+        return self.cluster_ips.ips
 
     def _free_port(self, proto, taken=()):
         for port in range(NODE_PORT_RANGE[0], NODE_PORT_RANGE[1] + 1):
@@ -76,42 +72,8 @@ class Allocator:
 
     def claim(self, kind_name, owner, spec, old_spec):
         """Default, validate and allocate; raises 422 without changing anything."""
-        causes = []
         old_spec = old_spec or {}
-        if old_spec.get("clusterIP") and not spec.get("clusterIP"):
-            spec["clusterIP"] = old_spec["clusterIP"]      # kept across updates
-        elif old_spec.get("clusterIP") and spec["clusterIP"] != old_spec["clusterIP"]:
-            causes.append(("spec.clusterIPs[0]", f'Invalid value: ["{spec["clusterIP"]}"]: '
-                           "may not change once set"))
-        ip = spec.get("clusterIP")
-        new_ips = {}
-        if spec.get("type") == "ExternalName" or ip == "None":
-            pass
-        elif ip:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                addr = None
-                causes.append(("spec.clusterIPs[0]",
-                               f'Invalid value: "{ip}": must be a valid IP address'))
-            if addr is not None and addr not in self.net:
-                causes.append(("spec.clusterIPs", f'Invalid value: ["{ip}"]: failed to '
-                               f"allocate IP {ip}: the provided IP ({ip}) is not in the "
-                               f"valid range. The range of valid IPs is {self.net}"))
-            elif addr is not None and self.ips.get(ip, owner) != owner:
-                causes.append(("spec.clusterIPs", f'Invalid value: ["{ip}"]: failed to '
-                               f"allocate IP {ip}: provided IP is already allocated"))
-            new_ips[ip] = owner
-        else:
-            ip = self._free_ip()
-            if ip is None:
-                raise errors.ApiError(500, "InternalError", "range is full")
-            spec["clusterIP"] = ip
-            new_ips[ip] = owner
-        if ip and ip != "None":
-            spec["clusterIPs"] = [spec["clusterIP"]]
-            spec.setdefault("ipFamilies", ["IPv4"])
-            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        new_ips, causes = self.cluster_ips.claim(spec, old_spec, owner)
         wants_node_ports = spec.get("type") in ("NodePort", "LoadBalancer")
         old_ports = {(p.get("protocol"), p.get("port")): p.get("nodePort")
                      for p in old_spec.get("ports") or ()}
