@@ -36,3 +36,10 @@ def net(cidr: str, side: str = "src") -> dict:
     ip = str(network.network_address)
     return {"eth_type": eth_type_of(ip),
             ip_field(ip, side): (ip, str(network.netmask))}
+
+
+def same_family(endpoints, ip) -> tuple:
+    """The endpoints of ``ip``'s address family (a dual-stack service's
+    slices hold both; each cluster IP is served by its own family's)."""
+    v6 = ":" in ip
+    return tuple(e for e in endpoints if (":" in e.ip) == v6)

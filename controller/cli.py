@@ -22,13 +22,14 @@ from the lab's CLI (the CLI says so when nothing answers).
 import argparse
 import configparser
 import glob
-import ipaddress
 import os
 import json
 import re
 import subprocess
 import sys
 import urllib.request
+
+from controller.ovs_text import conntrack_entries, group_buckets, group_stats, spread_picks
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 
@@ -110,88 +111,6 @@ def _node_bridges(state):
     return [b for b in state["bridges"] if b["role"] == "node" and b["connected"]]
 
 
-# --- OVS output parsers -------------------------------------------------------
-
-_NAT = re.compile(r"nat\(dst=([\d.]+):(\d+)\)")
-_REG_EP = re.compile(r"load:(0x[0-9a-f]+)->NXM_NX_REG0\[\],load:(0x[0-9a-f]+)->NXM_NX_REG1\[\]")
-
-
-def group_buckets(dump_groups_text):
-    """{group id: [(endpoint ip, port), ...] in bucket order} from dump-groups."""
-    out = {}
-    for line in dump_groups_text.splitlines():
-        m = re.search(r"group_id=(\d+)", line)
-        if not m:
-            continue
-        buckets = []
-        for part in line.split("bucket=")[1:]:
-            nat, reg = _NAT.search(part), _REG_EP.search(part)
-            if nat:
-                buckets.append((nat.group(1), int(nat.group(2))))
-            elif reg:
-                buckets.append((str(ipaddress.IPv4Address(int(reg.group(1), 16))),
-                                int(reg.group(2), 16) & 0xFFFF))
-            else:
-                buckets.append((None, None))
-        out[int(m.group(1))] = buckets
-    return out
-
-
-_PICK = re.compile(r"n_packets=(\d+), n_bytes=(\d+),.*\breg4=(0x[0-9a-f]+|\d+),"
-                   r"reg5=(0x[0-9a-f]+|\d+)\b")
-
-
-def spread_picks(dump_flows_text):
-    """A UDP pool's members and counters from UdpSpread's flows, in pick
-    order, as group_buckets and group_stats give a group's."""
-    picks = {}
-    for line in dump_flows_text.splitlines():
-        m, nat = _PICK.search(line), _NAT.search(line)
-        if m and nat:
-            pk, by, pool, pick = m.groups()
-            picks.setdefault(int(pool, 0), {})[int(pick, 0)] = (
-                (nat.group(1), int(nat.group(2))), (int(pk), int(by)))
-    layout = {pool: [p[i][0] for i in sorted(p)] for pool, p in picks.items()}
-    stats = {pool: [p[i][1] for i in sorted(p)] for pool, p in picks.items()}
-    return layout, stats
-
-
-def group_stats(dump_group_stats_text):
-    """{group id: [(packets, bytes) per bucket]} from dump-group-stats."""
-    out = {}
-    for line in dump_group_stats_text.splitlines():
-        m = re.search(r"group_id=(\d+)", line)
-        if m:
-            out[int(m.group(1))] = [(int(p), int(b)) for p, b in re.findall(
-                r"bucket\d+:packet_count=(\d+),byte_count=(\d+)", line)]
-    return out
-
-
-_CT = re.compile(r"^(\w+),orig=\(src=([\d.]+),dst=([\d.]+)(?:,sport=(\d+),dport=(\d+))?[^)]*\),"
-                 r"reply=\(src=([\d.]+),dst=([\d.]+)(?:,sport=(\d+),dport=(\d+))?[^)]*\)"
-                 r"(?:,zone=(\d+))?(?:,mark=(\d+))?(?:,protoinfo=\(state=(\w+)\))?")
-
-
-def conntrack_entries(text):
-    out = []
-    for line in text.splitlines():
-        m = _CT.match(line.strip())
-        if not m:
-            continue
-        g = m.groups()
-        out.append({"proto": g[0],
-                    "original": {"src": g[1], "dst": g[2], "sport": _int(g[3]),
-                                 "dport": _int(g[4])},
-                    "reply": {"src": g[5], "dst": g[6], "sport": _int(g[7]),
-                              "dport": _int(g[8])},
-                    "zone": _int(g[9]) or 0, "mark": _int(g[10]) or 0, "state": g[11]})
-    return out
-
-
-def _int(value):
-    return int(value) if value else None
-
-
 # --- cookies -> objects ----------------------------------------------------------
 
 def cookie_owner(state, cookie):
@@ -226,8 +145,15 @@ def cmd_services(args, state):
         listeners = []
         for p in s["ports"]:
             pools = []
-            for label, gids in (("cluster IP", p["group_ids"]),
-                                ("external", p["external_group_ids"])):
+            # a pool per cluster IP (each of its family's members), then the
+            # external one (IPv4)
+            vips = s.get("cluster_ips") or [s["cluster_ip"]]
+            has_v4 = any(":" not in ip for ip in vips)
+            for label, gids, v6 in (
+                    ("cluster IP", p["group_ids"] if has_v4 else [], False),
+                    ("cluster IP (IPv6)", [p["ipv6_group_id"]] if p.get("ipv6_group_id")
+                     else [], True),
+                    ("external", p["external_group_ids"], False)):
                 if not gids:
                     continue
                 counted = {}                 # every part of a split pool counts
@@ -239,7 +165,7 @@ def cmd_services(args, state):
                             c[0] += pk
                             c[1] += by
                 members = []
-                for e in p["endpoints"]:
+                for e in (e for e in p["endpoints"] if (":" in e["ip"]) == v6):
                     pk, by = counted.get((e["ip"], e["port"]), (0, 0))
                     members.append(dict(e, packets=pk, bytes=by))
                 pools.append({"pool": label, "group_id": gids[0], "group_ids": gids,
@@ -249,7 +175,8 @@ def cmd_services(args, state):
                               "node_port": p["node_port"], "cookie": p["cookie"],
                               "pools": pools})
         out.append({"service": f"{s['namespace']}/{s['name']}", "type": s["type"],
-                    "vips": [s["cluster_ip"]] + s["external_ips"] + s["load_balancer_ips"],
+                    "vips": (s.get("cluster_ips") or [s["cluster_ip"]]) + s["external_ips"]
+                    + s["load_balancer_ips"],
                     "listeners": listeners})
     if args.json:
         return out
@@ -296,9 +223,12 @@ def cmd_trace(args, state):
     if pod is None:
         raise SystemExit(f"nsx-proxy: no pod {args.from_pod!r} on a bridge the proxy knows")
     bridge = next(b for b in state["bridges"] if pod in b["pods"])
-    flow = (f"in_port={pod['ofport']},{args.proto},dl_src={pod['mac']},"
-            f"dl_dst={bridge['router_mac']},nw_src={pod['ip']},nw_dst={args.dst},"
-            f"tp_dst={args.dport}" + (",tcp_flags=syn" if args.proto == "tcp" else ""))
+    if ":" in args.dst and not pod.get("ip6"):
+        raise SystemExit(f"nsx-proxy: pod {args.from_pod} has no IPv6 address")
+    addrs = (f"{args.proto}6,ipv6_src={pod['ip6']},ipv6_dst={args.dst}" if ":" in args.dst
+             else f"{args.proto},nw_src={pod['ip']},nw_dst={args.dst}")
+    flow = (f"in_port={pod['ofport']},dl_src={pod['mac']},dl_dst={bridge['router_mac']},"
+            f"{addrs},tp_dst={args.dport}" + (",tcp_flags=syn" if args.proto == "tcp" else ""))
     text = _run(["ovs-appctl", "ofproto/trace", bridge["name"], flow])
     steps, out_lines = [], []
     for line in text.splitlines():
@@ -367,7 +297,8 @@ def build_parser():
     p = add("trace", cmd_trace, "trace a packet from a pod with ofproto/trace, each step "
             "annotated with its table's name and the object its flow belongs to")
     p.add_argument("--from-pod", required=True, metavar="NS/POD")
-    p.add_argument("--dst", required=True, help="destination IP")
+    p.add_argument("--dst", required=True, help="destination IP (IPv4, or IPv6 from a "
+                   "dual-stack pod)")
     p.add_argument("--dport", required=True, type=int)
     p.add_argument("--proto", default="tcp", choices=("tcp", "udp"))
     p = add("flows", cmd_flows, "the flows of one service, one node or one floating IP")

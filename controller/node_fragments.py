@@ -44,10 +44,12 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
         P.CONNTRACK_STATE.flow(P.PRIO_HIGH, (), c,
                ct_state=(F.CT_INV | F.CT_TRK, F.CT_INV | F.CT_TRK)),
     ]
-    # IPv6 only where pods have it: an IPv4-only bridge stays as it was
-    gateways = [ctx.gateway_ip] + ([ctx.gateway_ip6] if ctx.gateway_ip6 and
-                                   ctx.role == ROLE_NODE else [])
-    for eth_type in (A.eth_type_of(ip) for ip in gateways):
+    # IPv6 only where pods have it: an IPv4-only bridge (and the gateway
+    # router's) stays as it was
+    node = ctx.role == ROLE_NODE
+    gateways = ([ctx.gateway_ip] if node else []) + ([ctx.gateway_ip6] if node and
+                                                     ctx.gateway_ip6 else [])
+    for eth_type in [F.ETH_IP] + ([F.ETH_IPV6] if len(gateways) > 1 else []):
         out += [
             P.CONNTRACK_ZONE.flow(P.PRIO_HIGH,
                    (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
@@ -61,7 +63,7 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
                    (F.Ct(zone=zone, table=P.L3_FORWARDING.id, commit=True),), c,
                    eth_type=eth_type),
         ]
-    if ctx.role != ROLE_NODE:
+    if not node:
         return Fragment(flows=out)
     if ctx.gateway_ip6:
         out += nd_pipeline_flows(c)
@@ -249,13 +251,6 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
     return flows, groups
 
 
-def _family(endpoints, ip):
-    """The endpoints of ``ip``'s address family (a dual-stack service's
-    slices hold both)."""
-    v6 = ":" in ip
-    return tuple(e for e in endpoints if (":" in e.ip) == v6)
-
-
 def _external_frontends(ctx, svc, port, node):
     """(ip, port, source ranges) that reach the external pool: externalIPs,
     load-balancer IPs (with loadBalancerSourceRanges) and the nodePort on
@@ -286,7 +281,7 @@ def _frontend_flows(port, frontends, actions, cookie):
                 flows.append(P.SERVICE_LB.flow(P.PRIO_HIGH, action, cookie, **match, **extra))
             for cidr in ranges:
                 flows.append(P.SERVICE_LB.flow(
-                    P.PRIO_SOURCE_RANGE, action, cookie, **A.net(cidr), **match, **extra))
+                    P.PRIO_SOURCE_RANGE, action, cookie, **{**match, **A.net(cidr)}, **extra))
     return flows
 
 
@@ -317,12 +312,12 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
         proto = F.IP_PROTO[port.protocol]
         chosen = endpoint_selection.select(svc, port, ctx.node, node)
         # one pool per cluster IP, of the endpoints of its family
-        pools = [([(ip, port.port, ())], _family(chosen.internal, ip),
+        pools = [([(ip, port.port, ())], A.same_family(chosen.internal, ip),
                   family_group_name(name, ip), None, REJECT) for ip in svc.cluster_ips]
         external = _external_frontends(ctx, svc, port, node)
         if external:
             # externalIPs, LB IPs and node IPs are IPv4 (translate.py says so)
-            pools.append((external, _family(chosen.external, external[0][0]),
+            pools.append((external, A.same_family(chosen.external, external[0][0]),
                           external_group_name(svc, port),
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))

@@ -285,7 +285,10 @@ def _tuple_props(src=None, dst=None) -> bytes:
         if endpoint is None:
             continue
         ip, port = endpoint
-        out += _prop(addr_type, bytes(10) + b"\xff\xff" + socket.inet_aton(ip))
+        # 16 bytes: an IPv6 address, or an IPv4 one mapped into IPv6 (::ffff:a.b.c.d)
+        packed = socket.inet_pton(socket.AF_INET6, ip) if ":" in ip else \
+            bytes(10) + b"\xff\xff" + socket.inet_aton(ip)
+        out += _prop(addr_type, packed)
         if port:
             out += _prop(port_type, struct.pack("!H", port) + bytes(2))
     return out

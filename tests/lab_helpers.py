@@ -28,9 +28,11 @@ def set_ready(lab, ready):
             lab.start_pod_server(pod.name)
         elif pod.name not in ready and running:
             lab.stop_pod_server(pod.name)
+    # web is dual-stack: a pod is an IPv4 and an IPv6 endpoint, both follow it
     L.wait_for(lambda: sum(
         1 for p in lab.cluster.desired_state().services[WEB].ports[0].endpoints
-        if p.ready) == len(ready), 10, what="Ready conditions to follow the servers")
+        if p.ready) == len(ready) * (2 if lab.dual_stack else 1), 10,
+        what="Ready conditions to follow the servers")
     converge(lab)
 
 

@@ -55,3 +55,20 @@ def test_without_flags_a_running_labs_config_then_the_default(tmp_path, monkeypa
     assert cli.find_controller(args) == ("http://127.0.0.1:19999", f"the config {lab_conf}")
     monkeypatch.setattr(cli, "KNOWN_CONFIGS", ())
     assert cli.find_controller(args) == ("http://127.0.0.1:9910", "the default")
+
+
+def test_ovs_output_of_both_families_parses():
+    from controller import ovs_text
+    groups = ovs_text.group_buckets(
+        " group_id=7,type=select,bucket=bucket_id:0,actions=ct(commit,table=38,zone=100,"
+        "nat(dst=10.1.1.2:8080)),bucket=bucket_id:1,actions=ct(commit,table=38,zone=100,"
+        "nat(dst=[fd00:10:1:2::2]:8080))")
+    assert groups == {7: [("10.1.1.2", 8080), ("fd00:10:1:2::2", 8080)]}
+    (entry,) = ovs_text.conntrack_entries(
+        "tcp,orig=(src=fd00:10:1:1::2,dst=fd00:96::a,sport=40000,dport=80),"
+        "reply=(src=fd00:10:1:2::2,dst=fd00:10:1:1::2,sport=8080,dport=40000),zone=100,"
+        "protoinfo=(state=ESTABLISHED)")
+    assert entry["original"] == {"src": "fd00:10:1:1::2", "dst": "fd00:96::a",
+                                 "sport": 40000, "dport": 80}
+    assert (entry["reply"]["src"], entry["zone"], entry["state"]) == \
+        ("fd00:10:1:2::2", 100, "ESTABLISHED")

@@ -23,10 +23,12 @@ def cli(*args):
 def test_services_lists_load_balancer_listeners_pools_members_with_bucket_stats(lab):
     def tcp_pool():
         (web,) = cli("services", "default/web")
-        assert web["vips"] == [L.DEMO_VIP]
+        assert web["vips"] == [L.DEMO_VIP, L.DEMO_VIP6]        # the lab's web: dual-stack
         listeners = {(li["protocol"], li["port"]): li for li in web["listeners"]}
         assert set(listeners) == {("TCP", 80), ("UDP", 53)}
-        (pool,) = listeners[("TCP", 80)]["pools"]
+        pool, pool6 = listeners[("TCP", 80)]["pools"]
+        assert pool6["pool"] == "cluster IP (IPv6)" and pool6["group_id"] != pool["group_id"]
+        assert {m["ip"] for m in pool6["members"]} == {p.ip6 for p in lab.pods}
         return pool
 
     def counted():
@@ -48,7 +50,7 @@ def test_services_counts_a_udp_pools_members_from_its_flows(lab):
     def udp_pool():
         (web,) = cli("services", "default/web")
         (listener,) = [li for li in web["listeners"] if li["protocol"] == "UDP"]
-        (pool,) = listener["pools"]
+        pool, _ = listener["pools"]                  # IPv4's, then IPv6's
         return pool
     before = {m["ip"]: m["packets"] for m in udp_pool()["members"]}
     out = lab.net.get("pod2").cmd(f"python3 {HERE}/spread.py --udp {L.DEMO_VIP} 53 200")
@@ -96,16 +98,38 @@ def test_trace_annotates_each_step_with_table_and_object(lab):
     assert trace["steps"][0]["object"] == "pod default/pod1"
 
 
+def test_trace_and_conntrack_of_an_ipv6_cluster_ip(lab):
+    trace = cli("trace", "--from-pod", "default/pod1", "--dst", L.DEMO_VIP6, "--dport", "80")
+    assert "ipv6_dst=fd00:96::a" in trace["flow"]
+    lb = next(s for s in trace["steps"] if s["table_name"] == "ServiceLB")
+    assert lb["object"] == "service default/web TCP/80"
+    held = HeldConnection(lab, "pod1", vip=L.DEMO_VIP6)
+    try:
+        held.ping()
+        mine = [e for e in cli("conntrack", "default/web")
+                if e["original"]["src"] == lab.pods[0].ip6 and e["state"] == "ESTABLISHED"]
+        assert mine and mine[0]["original"]["dst"] == L.DEMO_VIP6
+        assert mine[0]["reply"]["src"] in {p.ip6 for p in lab.pods}
+    finally:
+        held.close()
+
+
 def test_flows_of_one_service_node_and_floating_ip(lab):
     flows = cli("flows", "--service", "default/web")
     # the frontends' flows, and UDP/53's flow per endpoint (UdpSpread)
     spread = [f for f in flows if "table=33," in f["flow"]]
-    assert len(spread) == 2 * len(lab.pods)            # on each node bridge
-    assert all(L.DEMO_VIP in f["flow"] for f in flows if f not in spread)
+    # on each node bridge, for each family of the dual-stack web
+    assert len(spread) == 2 * len(lab.pods) * 2
+    assert sum("udp6" in f["flow"] for f in spread) == 2 * len(lab.pods)
+    assert all(L.DEMO_VIP in f["flow"] or L.DEMO_VIP6 in f["flow"]
+               for f in flows if f not in spread)
+    assert any(L.DEMO_VIP6 in f["flow"] for f in flows)
     assert {f["bridge"] for f in flows} == {"br-node1", "br-node2"}
     node2 = cli("flows", "--node", "node2", "--bridge", "br-node1")
-    assert node2 and all("10.1.2.0/24" in f["flow"] or "192.168.100.2" in f["flow"]
-                         for f in node2)
+    # node2's routes: its pod CIDRs (both families) and its node IP, nothing else
+    nets = ("10.1.2.0/24", "192.168.100.2", "fd00:10:1:2::/64")
+    assert node2 and all(any(n in f["flow"] for n in nets) for f in node2)
+    assert {n for f in node2 for n in nets if n in f["flow"]} == set(nets)
     unknown = subprocess.run([CLI, "--controller", STATUS, "flows", "--floating-ip",
                               "198.51.100.99"], capture_output=True, text=True, timeout=30)
     assert unknown.returncode == 1

@@ -248,3 +248,17 @@ def test_overlay_mode_names_the_host_behind_every_frame_that_leaves_by_the_tunne
         assert {f["tun_ipv4_dst"] for f in (
             {a.field: a.value for a in actions if isinstance(a, F.SetField)}
             for actions, _ in overlay)} >= {node_ips["node2"]}
+
+
+def test_load_balancer_source_ranges_let_their_sources_through_and_drop_the_rest(caplog):
+    svc = dataclasses.replace(world.web(), type="LoadBalancer",
+                              load_balancer_ips=("198.51.100.7",),
+                              source_ranges=("203.0.113.0/28", "10.0.0.0/8"))
+    flows, _ = fragments.flatten(world.compile_for(world.NODE1, world.state(svc)))
+    assert "cannot compile" not in caplog.text
+    lb = [f for f in flows.values() if f.table == 30 and
+          dict(f.match).get("ipv4_dst") == "198.51.100.7" and dict(f.match).get("tcp_dst") == 80]
+    allowed = sorted(dict(f.match)["ipv4_src"] for f in lb if "ipv4_src" in dict(f.match))
+    assert allowed == [("10.0.0.0", "255.0.0.0"), ("203.0.113.0", "255.255.255.240")]
+    (drop,) = [f for f in lb if "ipv4_src" not in dict(f.match)]
+    assert drop.actions == () and drop.priority < pipeline.PRIO_SOURCE_RANGE

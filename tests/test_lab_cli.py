@@ -37,22 +37,27 @@ def test_the_readme_lab_session_prints_what_the_readme_says(clean, tmp_path):
                      "waiting for every bridge to be programmed"):
             assert re.search(re.escape(step) + r".* \d+\.\d s", term.banner), step
         assert re.fullmatch(PODS, term.type("pod1 curl -s 10.96.0.10").strip())
+        # web is dual-stack in the lab: its IPv6 cluster IP answers too
+        assert re.fullmatch(PODS, term.type("pod1 curl -s -6 http://[fd00:96::a]/").strip())
         assert term.type("pod1 echo hi").strip() == "hi"
         services = term.type("services")
         assert "default/web  10.96.0.10:80" in services and "10.1.2.2:8080" in services
         # the nsx-proxy CLI finds the lab's controller from the lab's own config
         view = term.type(f"sh {sys.executable.rsplit('/', 1)[0]}/nsx-proxy services default/web")
-        assert "loadbalancer default/web (ClusterIP)  VIPs 10.96.0.10" in view
+        assert "loadbalancer default/web (ClusterIP)  VIPs 10.96.0.10, fd00:96::a" in view
         assert re.search(r"member 10\.1\.1\.2:8080 +node1 +ready", view), view
         # UDP/53 is spread per flow: no group, a flow per member in table 33
         assert re.search(r"pool cluster IP  flows reg4=0x[0-9a-f]+ \(table 33\)", view), view
         assert re.search(r"member 10\.1\.1\.2:5353 +node1 +ready", view), view
+        # the IPv6 cluster IP's own pool, of the pods' IPv6 addresses
+        assert re.search(r"pool cluster IP \(IPv6\)  group \d+\r?\n +member fd00:10:1:1::2:8080 "
+                         r"+node1 +ready", view), view
         table = term.type("kubectl get svc,pods,endpointslices -o wide")
         assert "service/web" in table and "pod/pod4" in table and "10.96.0.10" in table
         assert term.type("sh ovs-ofctl -O OpenFlow13 dump-groups br-node1").count(
-            "group_id=") == 1                  # TCP/80's; UDP/53 is flows
+            "group_id=") == 2                  # TCP/80's, a group per family; UDP/53 is flows
         assert term.type("sh ovs-ofctl -O OpenFlow13 dump-flows br-node1 table=33").count(
-            "nat(dst=") == 4
+            "nat(dst=") == 8
         # the README's LoadBalancer walk-through (its tour of the lab)
         assert "service/lb exposed" in term.type(
             "kubectl expose pod pod1 --type=LoadBalancer --port=80 --target-port=8080 "

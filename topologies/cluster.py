@@ -25,15 +25,19 @@ LOG = logging.getLogger("lab.cluster")
 NAMESPACE = "default"
 
 
-def demo_service(vip, tcp_port, udp_port, name="web", selector=None):
-    """ClusterIP ``web``: TCP 80 -> the pods' named port http, UDP 53 -> dns."""
+def demo_service(vip, tcp_port, udp_port, name="web", selector=None, vip6=None):
+    """ClusterIP ``web``: TCP 80 -> the pods' named port http, UDP 53 -> dns;
+    with ``vip6``, dual-stack (RequireDualStack, IPv4 primary)."""
+    spec = {"clusterIP": vip, "selector": selector or {"app": "web"},
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                       "targetPort": "http"},
+                      {"name": "dns", "protocol": "UDP", "port": 53,
+                       "targetPort": "dns"}]}
+    if vip6:
+        spec.update(clusterIPs=[vip, vip6], ipFamilyPolicy="RequireDualStack",
+                    ipFamilies=["IPv4", "IPv6"])
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"clusterIP": vip, "selector": selector or {"app": "web"},
-                     "ports": [{"name": "http", "protocol": "TCP", "port": 80,
-                                "targetPort": "http"},
-                               {"name": "dns", "protocol": "UDP", "port": 53,
-                                "targetPort": "dns"}]}}
+            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
 
 
 def load_manifests(paths):

@@ -126,6 +126,9 @@ class HostsLab(Lab):
     """The lab with one Open vSwitch and one agent per host (see the module)."""
 
     api_host = MGMT_PREFIX + "1"
+    # the agents' node setup labels a bridge with the Node's IPv4 podCIDR
+    # only, so the pods there get IPv4 only (docs/known-limits.md)
+    DUAL_STACK = False
 
     def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts",
                  overlay=True, lease=None, **kw):

@@ -93,7 +93,8 @@ class Kubelet:
                 labels["topology.kubernetes.io/zone"] = node.zone
             labels.update(getattr(node, "labels", None) or {})
             body = {"metadata": {"name": node.name, "labels": labels},
-                    "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}}
+                    "spec": {"podCIDR": node.pod_cidr,
+                             "podCIDRs": getattr(node, "pod_cidrs", [node.pod_cidr])}}
             status = {"addresses": [{"type": "InternalIP", "address": node.internal_ip},
                                     {"type": "Hostname", "address": node.name}],
                       "conditions": [{"type": "Ready", "status": "True",
@@ -208,7 +209,8 @@ class Kubelet:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = "True" if ready else "False"
         self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
-            "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+            "phase": "Running", "podIP": pod.ip,
+            "podIPs": [{"ip": ip} for ip in getattr(pod, "ips", [pod.ip])],
             "startTime": now,
             "conditions": [{"type": "Ready", "status": status, "lastTransitionTime": now},
                            {"type": "ContainersReady", "status": status,

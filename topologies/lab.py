@@ -26,6 +26,7 @@ import subprocess
 import time
 from typing import List
 
+from controller.addresses import same_family
 from controller.bridges import ip_mac
 from controller.gateway_fragments import serving_nodes
 from controller.names import pool_parts, spread_per_flow
@@ -44,6 +45,7 @@ LOG = logging.getLogger("lab")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DEMO_VIP = "10.96.0.10"
+DEMO_VIP6 = "fd00:96::a"                # web's IPv6 cluster IP in the dual-stack lab
 # Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
 # "default" for every namespace, "blue" for namespaces or services that ask.
 FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25;seed=101.101.101.0/24"
@@ -71,8 +73,11 @@ class Lab:
 
     def __init__(self, nodes=2, pods_per_node=2, controller=None,
                  run_dir="/tmp/nsx-proxy-lab", of_port=6653, kubeconfig=None,
-                 manifests=(), status_port=9910, progress=QUIET, audit_period=AUDIT_PERIOD):
-        self.nodes = plan_nodes(nodes, pods_per_node)
+                 manifests=(), status_port=9910, progress=QUIET, audit_period=AUDIT_PERIOD,
+                 dual_stack=None):
+        # pods with an IPv4 and an IPv6 address (DUAL_STACK: the lab's default)
+        self.dual_stack = self.DUAL_STACK if dual_stack is None else dual_stack
+        self.nodes = plan_nodes(nodes, pods_per_node, self.dual_stack)
         self.external_controller = controller        # "host:port" or None
         self.run_dir = run_dir
         self.of_port = of_port
@@ -130,12 +135,15 @@ class Lab:
         with step("nodes, pods and services in the API server"):
             kubelet = self.cluster.kubelet
             kubelet.start(self.pods, lambda name: self.net.get(name).pid)
-            for body in services or [demo_service(DEMO_VIP, TCP_TARGET, UDP_TARGET)]:
+            for body in services or [demo_service(
+                    DEMO_VIP, TCP_TARGET, UDP_TARGET,
+                    vip6=DEMO_VIP6 if self.dual_stack else None)]:
                 self.cluster.apply_service(body)
             for pod in self.pods:
                 kubelet.schedule(pod.name, labels.get(pod.name))
 
     api_host = "127.0.0.1"           # where the embedded API server listens
+    DUAL_STACK = True                # pods, nodes and the API server: both families
 
     def _controller_options(self):
         return {"source": "kubernetes", "kubeconfig": self.cluster.kubeconfig,
@@ -332,8 +340,9 @@ class Lab:
     def programmed(self) -> bool:
         """Every node bridge has the groups and buckets the API server's state
         asks of it: per service port, one group per distinct pool (cluster IP,
-        external IPs), one bucket per endpoint that node may use - or, for a
-        UDP pool, one UdpSpread flow per endpoint."""
+        external IPs) and family (a dual-stack service's cluster IPs), one
+        bucket per endpoint that node may use - or, for a UDP pool, one
+        UdpSpread flow per endpoint."""
         state = self.cluster.desired_state()
         for node in self.nodes:
             groups, buckets, picks = 0, 0, 0
@@ -342,9 +351,9 @@ class Lab:
                     if port.protocol == "SCTP":
                         continue                 # skipped on the userspace datapath
                     chosen = select(svc, port, node.name, state.nodes.get(node.name))
-                    pools = [chosen.internal]
-                    if svc.outside_ips or svc.node_ports:
-                        pools.append(chosen.external)
+                    pools = [same_family(chosen.internal, ip) for ip in svc.cluster_ips]
+                    if svc.outside_ips or svc.node_ports:        # IPv4 only
+                        pools.append(same_family(chosen.external, "0.0.0.0"))
                     if spread_per_flow(svc, port):
                         picks += sum(len(p) for p in pools)
                         continue

@@ -8,7 +8,7 @@ topology of your own labels them the same way (docs/ovsdb.md
 is loaded by Mininet's ``mn``, which runs Debian's python3 without the venv.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from controller import bridges as B
 from controller.bridges import ip_mac
@@ -27,6 +27,11 @@ class PodSpec:
     ip: str
     labels: Dict[str, str] = field(default_factory=lambda: {"app": "web"})
     namespace: str = "default"
+    ip6: Optional[str] = None            # a dual-stack lab's pods have both
+
+    @property
+    def ips(self) -> List[str]:
+        return [self.ip] + ([self.ip6] if self.ip6 else [])
 
     @property
     def mac(self) -> str:
@@ -41,6 +46,12 @@ class NodeSpec:
     internal_ip: str
     pod_cidr: str
     pods: List[PodSpec] = field(default_factory=list)
+    pod_cidr6: Optional[str] = None      # a dual-stack lab's nodes have both
+
+    @property
+    def pod_cidrs(self) -> List[str]:
+        """Node.spec.podCIDRs: IPv4 first."""
+        return [self.pod_cidr] + ([self.pod_cidr6] if self.pod_cidr6 else [])
 
     @property
     def zone(self) -> str:
@@ -52,24 +63,30 @@ class NodeSpec:
         return B.gateway_ip(self.pod_cidr)
 
 
-def node_spec(k: int) -> NodeSpec:
-    """Node k: bridge br-nodeK, InternalIP 192.168.100.K, podCIDR 10.1.K.0/24."""
+def node_spec(k: int, dual_stack=False) -> NodeSpec:
+    """Node k: bridge br-nodeK, InternalIP 192.168.100.K, podCIDR 10.1.K.0/24
+    (dual-stack: and fd00:10:1:K::/64)."""
     return NodeSpec(name=f"node{k}", index=k, bridge=f"br-node{k}",
-                    internal_ip=f"192.168.100.{k}", pod_cidr=f"10.1.{k}.0/24")
+                    internal_ip=f"192.168.100.{k}", pod_cidr=f"10.1.{k}.0/24",
+                    pod_cidr6=f"fd00:10:1:{k}::/64" if dual_stack else None)
 
 
 def pod_spec(node: NodeSpec, name: str) -> PodSpec:
-    """The node's next pod: the first free address after the gateway (.1)."""
-    pod = PodSpec(name=name, node=node.name, ip=f"10.1.{node.index}.{len(node.pods) + 2}")
+    """The node's next pod: the first free address after the gateway (.1),
+    in each family (host-local hands them out in this order)."""
+    n = len(node.pods) + 2
+    pod = PodSpec(name=name, node=node.name, ip=f"10.1.{node.index}.{n}",
+                  ip6=f"fd00:10:1:{node.index}::{n:x}" if node.pod_cidr6 else None)
     node.pods.append(pod)
     return pod
 
 
-def plan_nodes(node_count: int, pods_per_node: int) -> List[NodeSpec]:
-    """Names and addresses: node k has 10.1.k.0/24, pods are numbered globally."""
+def plan_nodes(node_count: int, pods_per_node: int, dual_stack=False) -> List[NodeSpec]:
+    """Names and addresses: node k has 10.1.k.0/24 (and fd00:10:1:k::/64),
+    pods are numbered globally."""
     nodes, n = [], 0
     for k in range(1, node_count + 1):
-        node = node_spec(k)
+        node = node_spec(k, dual_stack)
         for _ in range(pods_per_node):
             n += 1
             pod_spec(node, f"pod{n}")
@@ -83,7 +100,7 @@ def pod_labels(ifname: str, pod: PodSpec) -> List[str]:
             f"external_ids:{B.ROLE}={B.ROLE_POD}",
             f"external_ids:{B.POD_NAMESPACE}={pod.namespace}",
             f"external_ids:{B.POD_NAME}={pod.name}",
-            f"external_ids:{B.POD_IP}={pod.ip}",
+            f"external_ids:{B.POD_IP}={','.join(pod.ips)}",
             f"external_ids:{B.POD_MAC}={pod.mac}"]
 
 
@@ -94,7 +111,7 @@ def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
     cmds = ["--", "set", "bridge", node.bridge,
             f"external_ids:{B.ROLE}={B.ROLE_NODE}",
             f"external_ids:{B.NODE}={node.name}",
-            f"external_ids:{B.POD_CIDR}={node.pod_cidr}",
+            f"external_ids:{B.POD_CIDR}={','.join(node.pod_cidrs)}",
             f"external_ids:{B.FABRIC_GATEWAY}={GATEWAY_FABRIC_IP}",
             "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
     for ifname, pod in pods:

@@ -1,6 +1,6 @@
 """The lab's pod workload: say who you are, over TCP and UDP.
 
-TCP: an HTTP GET gets ``<pod name>`` as the body (so ``curl`` shows which
+IPv4 and, where the pod has it, IPv6.  TCP: an HTTP GET gets ``<pod name>`` as the body (so ``curl`` shows which
 backend answered), ``GET /ip`` the client address the server sees, ``GET
 /local`` the server address the client reached; any other line gets
 ``<pod name> <line>`` back, line by
@@ -49,10 +49,45 @@ class ThreadingTCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-def serve_udp(name: str, port: int):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", port))
+class ThreadingTCPServer6(ThreadingTCPServer):
+    """The same on IPv6 only (an IPv4 client keeps its plain address on the
+    IPv4 socket, where /ip shows it as it always did)."""
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
+def listeners(ports, handler):
+    """A TCP server per port and family; IPv6 only where the pod has it."""
+    servers = [ThreadingTCPServer(("0.0.0.0", p), handler) for p in ports]
+    for p in ports:
+        try:
+            servers.append(ThreadingTCPServer6(("::", p), handler))
+        except OSError:
+            pass                          # no IPv6 in this namespace
+    return servers
+
+
+def udp_sockets(port):
+    out = []
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+        except OSError:
+            if family == socket.AF_INET:
+                raise
+            continue                      # no IPv6 in this namespace
+        out.append(sock)
+    return out
+
+
+def serve_udp(name: str, sock):
     while True:
         _, peer = sock.recvfrom(2048)
         sock.sendto(name.encode(), peer)
@@ -64,12 +99,11 @@ def main(argv=None):
     parser.add_argument("--tcp", type=int, action="append", default=[])
     parser.add_argument("--udp", type=int, action="append", default=[])
     args = parser.parse_args(argv)
-    servers = [ThreadingTCPServer(("0.0.0.0", p), make_tcp_handler(args.name))
-               for p in args.tcp]
-    for server in servers:
+    for server in listeners(args.tcp, make_tcp_handler(args.name)):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     for port in args.udp:
-        threading.Thread(target=serve_udp, args=(args.name, port), daemon=True).start()
+        for sock in udp_sockets(port):
+            threading.Thread(target=serve_udp, args=(args.name, sock), daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()
 

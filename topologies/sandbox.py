@@ -67,9 +67,11 @@ class Runtime:
 
     def add(self, node, pod, pod_pid) -> dict:
         result = self.call("ADD", node, pod, pod_pid)
-        got = result["ips"][0]["address"].split("/")[0]
-        if got != pod.ip:
-            raise CniFailed(f"CNI ADD {pod.name}: got {got}, planned {pod.ip}")
+        # host-local takes one requested IP (the IPv4 one); the IPv6 one is
+        # the range's next free address, which the plan predicts
+        got = [ip["address"].split("/")[0] for ip in result["ips"]]
+        if got != pod.ips:
+            raise CniFailed(f"CNI ADD {pod.name}: got {got}, planned {pod.ips}")
         return result
 
     def delete(self, node, pod, pod_pid=None) -> None:

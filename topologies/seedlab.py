@@ -116,7 +116,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     L.console(args.run_dir)
     print(f"starting seed lab {args.seed}")
-    lab = L.Lab(2, 2, run_dir=args.run_dir, manifests=[manifest(args.seed)],
+    lab = L.Lab(2, 2, run_dir=args.run_dir, dual_stack=False, manifests=[manifest(args.seed)],
                 progress=Progress())
     try:
         lab.start()

@@ -28,7 +28,8 @@ def ask(ip, port, path):
 
 
 def ask_udp(ip, port):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                       socket.SOCK_DGRAM) as sock:
         sock.settimeout(2)
         sock.connect((ip, port))
         sock.send(b"who")

@@ -1,4 +1,4 @@
-"""Ask a UDP server once from inside a pod: IP PORT [TIMEOUT [SPORT]] -> its
+"""Ask a UDP server once from inside a pod: IP (IPv4 or IPv6) PORT [TIMEOUT [SPORT]] -> its
 answer, or refused/timeout.  A fixed SPORT reuses one conntrack entry.
 
 A connected UDP socket turns an ICMP port unreachable into
@@ -12,11 +12,12 @@ import sys
 def main():
     ip, port = sys.argv[1], int(sys.argv[2])
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = ":" in ip
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     if len(sys.argv) > 4:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", int(sys.argv[4])))
+        sock.bind(("::" if v6 else "0.0.0.0", int(sys.argv[4])))
     sock.connect((ip, port))
     try:
         sock.send(b"hi")
