@@ -98,11 +98,13 @@ def ofctl_floor(workdir):
     return elapsed, count
 
 
-def node_context(name=BR):
-    """node1's bridge, as the in-process benchmarks compile it."""
+def node_context(name=BR, dual_stack=False):
+    """node1's bridge, as the in-process benchmarks compile it (dual-stack:
+    with an IPv6 pod CIDR too)."""
     from controller.bridges import BridgeContext
     return BridgeContext(name=name, dpid=1, role="node", ct_zone=100, node="node1",
-                         pod_cidr="10.1.0.0/16", uplink=1)
+                         pod_cidr="10.1.0.0/16", uplink=1,
+                         pod_cidr6="fd00:10:1::/48" if dual_stack else None)
 
 
 def cold_sync_messages(want):

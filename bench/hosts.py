@@ -127,7 +127,7 @@ def phases(lab, host, n):
     return marks
 
 
-def run(n, changes, latency_changes, rounds, breakdown=False):
+def run(n, changes, latency_changes, rounds, breakdown=False, dual_stack=False):
     # The agents' default drift-audit period and Lease timings, as deployed
     # (the lab's own check drift every 2 s and renew the Lease every 1 s, so
     # its tests see repairs and takeovers fast, at a cost the idle figure
@@ -141,7 +141,8 @@ def run(n, changes, latency_changes, rounds, breakdown=False):
         progress(f"multi-host lab, {n} services x {ENDPOINTS} endpoints")
         lab.start()
         # VIPs from 10.97.0.1: the lab's demo service holds 10.96.0.10
-        kube.populate(lab.cluster.server.api, n, _slice, first_octet=97)
+        kube.populate(lab.cluster.server.api, n, _slice, first_octet=97,
+                      dual_stack=dual_stack)
         for host, _, _ in lab.hosts:
             wait_for(lambda: metrics(lab, host).get("nsx_proxy_services") == n + 1, 600,
                      what=f"{host}'s agent to take the services")
@@ -225,11 +226,16 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="agent restarts per host")
     parser.add_argument("--phases", action="store_true",
                         help="then one more restart of node1, broken down")
+    parser.add_argument("--dual-stack", action="store_true",
+                        help="every Service RequireDualStack, with an IPv6 slice too (the "
+                             "changes rewrite the IPv4 slices)")
     args = parser.parse_args(argv)
     starts, rss, idle, cpu, per_host, every, marks = run(
-        args.services, args.changes, args.latency_changes, args.rounds, args.phases)
+        args.services, args.changes, args.latency_changes, args.rounds, args.phases,
+        args.dual_stack)
     per_1000 = 1000 / args.changes
-    print(f"\n{args.services} services x {ENDPOINTS} endpoints, {args.changes} endpoint "
+    family = " dual-stack" if args.dual_stack else ""
+    print(f"\n{args.services}{family} services x {ENDPOINTS} endpoints, {args.changes} endpoint "
           f"changes; start -> ready: median (min-max) of {args.rounds} restarts")
     print("CPU: seconds per 1,000 changes (the same time idle: background work such as "
           "drift audits, lease renewals, bookmarks)")

@@ -41,13 +41,38 @@ def two_on_node2(i):
                           for ip in (2, 3)]}
 
 
-def populate(api, n, slice_of=two_on_node2, first_octet=96):
+def populate(api, n, slice_of=two_on_node2, first_octet=96, dual_stack=False):
     """Namespace ``bench`` with ``n`` ClusterIP services ``svc{i}`` (VIPs from
-    10.<first_octet>.0.1 on, 62,500 per /16) and ``slice_of(i)`` for each."""
+    10.<first_octet>.0.1 on, 62,500 per /16) and ``slice_of(i)`` for each;
+    ``dual_stack``: each RequireDualStack, with the IPv6 twin of its slice."""
     api.create(RESOURCES["namespaces"], None, {"metadata": {"name": "bench"}})
     for i in range(n):
-        api.create(RESOURCES["services"], "bench", service(i, first_octet))
+        svc = service(i, first_octet)
+        if dual_stack:
+            dual_stack_service(svc, i)
+        api.create(RESOURCES["services"], "bench", svc)
         api.create(RESOURCES["endpointslices"], "bench", slice_of(i))
+        if dual_stack:
+            api.create(RESOURCES["endpointslices"], "bench", slice6(slice_of(i)))
+
+
+def dual_stack_service(svc, i):
+    """Make ``svc{i}`` RequireDualStack, its IPv6 cluster IP given (the
+    allocator would walk the range for each of 10,000)."""
+    svc["spec"].update(ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv4", "IPv6"],
+                       clusterIPs=[svc["spec"]["clusterIP"], "fd00:96::%x" % (i + 16)])
+    return svc
+
+
+def slice6(sl):
+    """The IPv6 twin of a benchmark slice: the same pods' IPv6 addresses
+    (10.1.K.X -> fd00:10:1:K::X in hex, as the dual-stack lab plans them)."""
+    eps = []
+    for ep in sl["endpoints"]:
+        _, _, node, last = ep["addresses"][0].split(".")
+        eps.append(dict(ep, addresses=["fd00:10:1:%s::%x" % (node, int(last))]))
+    meta = dict(sl["metadata"], name=sl["metadata"]["name"] + "-v6")
+    return dict(sl, metadata=meta, addressType="IPv6", endpoints=eps)
 
 
 def service(i, first_octet=96):

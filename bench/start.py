@@ -11,9 +11,13 @@ model, the compiled fragments.  The collector is paused around the steps
 as the agent pauses it (nsx_proxy/gc_pause)::
 
     .venv/bin/python -m bench.start [--services 10000] [--rounds 3] [--protocol UDP]
+                                    [--dual-stack]
 
 ``--protocol UDP`` makes every Service's port UDP: what a pool spread per
 flow (a flow per endpoint, controller/udp_pool.py) costs against a group.
+``--dual-stack`` makes every Service RequireDualStack, with an IPv6 cluster
+IP and an IPv6 slice of the same 5 pods, on a dual-stack bridge: what the
+second family costs against IPv4 alone.
 """
 import argparse
 import gc
@@ -30,7 +34,7 @@ from controller.compiler import Compiler
 from nsx_proxy import gc_pause, kube_cache, state_builder, validate
 
 
-def lists(n, protocol="TCP"):
+def lists(n, protocol="TCP", dual_stack=False):
     """The two lists' bodies as the lab's API server writes them (bench.hosts'
     objects, with what the server fills in)."""
     services, slices = [], []
@@ -48,10 +52,13 @@ def lists(n, protocol="TCP"):
             port["protocol"] = protocol
         sl["metadata"].update(meta, resourceVersion=str(2 * i + 2))
         slices.append(sl)
+        if dual_stack:
+            kube.dual_stack_service(svc, i)
+            slices.append(kube.slice6(sl))
     return json.dumps({"items": services}).encode(), json.dumps({"items": slices}).encode()
 
 
-def one_start(bodies, weigh):
+def one_start(bodies, weigh, dual_stack=False):
     """{step: seconds} and, when ``weigh``, {what is kept: bytes}."""
     times, kept = {}, {}
     if weigh:
@@ -79,7 +86,8 @@ def one_start(bodies, weigh):
             kept["the model"] = tracemalloc.get_traced_memory()[0] - mark
             mark = tracemalloc.get_traced_memory()[0]
         began = time.perf_counter()
-        want, _ = Compiler(node_context(), cookies.GroupIds()).desired(state)
+        want, _ = Compiler(node_context(dual_stack=dual_stack),
+                           cookies.GroupIds()).desired(state)
         times["compile node1's bridge"] = time.perf_counter() - began
         if weigh:
             kept["the fragments (and the compiler's memo)"] = \
@@ -97,11 +105,14 @@ def main(argv=None):
     parser.add_argument("--services", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocol", choices=("TCP", "UDP"), default="TCP")
+    parser.add_argument("--dual-stack", action="store_true",
+                        help="every Service RequireDualStack, with an IPv6 slice too")
     args = parser.parse_args(argv)
-    bodies = lists(args.services, args.protocol)
-    runs = [one_start(bodies, weigh=False) for _ in range(args.rounds)]
-    _, kept = one_start(bodies, weigh=True)
-    print(f"{args.services} {args.protocol} services x {ENDPOINTS} endpoints, an agent's "
+    bodies = lists(args.services, args.protocol, args.dual_stack)
+    runs = [one_start(bodies, False, args.dual_stack) for _ in range(args.rounds)]
+    _, kept = one_start(bodies, True, args.dual_stack)
+    family = " dual-stack" if args.dual_stack else ""
+    print(f"{args.services}{family} {args.protocol} services x {ENDPOINTS} endpoints, an agent's "
           f"first sync in "
           f"process: median (min-max) of {args.rounds} rounds")
     for step in runs[0][0]:

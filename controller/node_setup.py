@@ -60,8 +60,11 @@ def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_t
     ``set_controller`` False keeps a target that is right already (setting
     it again would make OVS reconnect)."""
     mac = B.ip_mac(node.internal_ip)
+    # a dual-stack Node's two podCIDRs, IPv4 first (docs/ovsdb.md): the CNI
+    # plugin then gives pods an address of each family
+    cidrs = node.pod_cidr + (f",{node.pod_cidr6}" if node.pod_cidr6 else "")
     labels = [f"external_ids:{B.ROLE}={B.ROLE_NODE}", f"external_ids:{B.NODE}={node.name}",
-              f"external_ids:{B.POD_CIDR}={node.pod_cidr}"]
+              f"external_ids:{B.POD_CIDR}={cidrs}"]
     args = ["--", "--may-exist", "add-br", bridge,
             "--", "set", "bridge", bridge, f"datapath_type={datapath_type}",
             "fail_mode=secure", "protocols=OpenFlow13",

@@ -19,3 +19,12 @@ def test_udp_services_cost_a_flow_per_endpoint_instead_of_a_group(capsys):
     out = capsys.readouterr().out
     # 40 x (4 flows of the VIP and port + 5 UdpSpread flows) + the pipeline's 25: no group
     assert "40 UDP services" in out and "(385 messages" in out, out
+
+
+def test_dual_stack_services_cost_a_second_pool_and_vip_each(capsys):
+    start.main(["--services", "40", "--rounds", "1", "--dual-stack"])
+    out = capsys.readouterr().out
+    # IPv4: 40 x (group, frontend, ARP, 2 rejects) + the pipeline's 25 = 225;
+    # the IPv6 family adds as much per service and the bridge's 10 IPv6
+    # pipeline flows (conntrack, ND, the gateway's)
+    assert "40 dual-stack TCP services" in out and "(435 messages" in out, out

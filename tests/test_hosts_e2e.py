@@ -117,6 +117,21 @@ def test_cluster_ip_from_pods_on_every_host_reaches_endpoints_on_every_host(host
         assert got["failed"] <= 2 and set(got["answers"]) == EVERYONE, got
 
 
+def test_ipv6_from_pods_on_every_host_reaches_endpoints_on_every_host(hosts_lab):
+    """Dual-stack hosts: each agent's node setup labels its bridge with the
+    Node's two podCIDRs, the CNI gives pods an IPv6 address too, and IPv6
+    crosses the Geneve overlay (IPv4 underlay) like IPv4."""
+    lab = hosts_lab
+    pod3 = next(p for p in lab.pods if p.name == "pod3")
+    assert pod3.ip6 and lab.curl("pod1", f"http://[{pod3.ip6}]:8080/") == "pod3"
+    for client in ("pod1", "pod3"):
+        assert who_until(lab, client, f"http://[{L.DEMO_VIP6}]/", EVERYONE) == EVERYONE
+        out = lab.net.get(client).cmd(f"python3 {HERE}/spread.py --udp {L.DEMO_VIP6} 53 200")
+        got = json.loads(out.strip().splitlines()[-1])
+        assert got["failed"] <= 2 and set(got["answers"]) == EVERYONE, got
+    assert udp(lab, "pod3", L.DEMO_VIP6, 54) == "refused"
+
+
 def test_a_port_the_vip_does_not_have_is_refused_at_once_from_every_node(hosts_lab):
     """Refusals are packet-ins, and the agents reach their bridges through the
     management socket, an OVS service connection, which gets packet-ins only

@@ -1,6 +1,7 @@
 """Node setup by the agent (controller/node_setup.py): the plan from the Node
 objects, and when it is applied.  The multi-host lab runs it for real: every
 node bridge there is made by its agent (test_hosts_e2e.py)."""
+import dataclasses
 import logging
 import subprocess
 
@@ -38,6 +39,11 @@ def test_the_bridge_its_tunnel_and_host_port_as_the_readme_labels_them():
                  "external_ids:attached-mac=0a:58:c0:a8:64:01"):
         assert part in text, part
     assert text.count("external_ids:nsx-proxy-role=uplink") == 1
+
+
+def test_a_dual_stack_nodes_bridge_is_labelled_with_both_pod_cidrs():
+    dual = dataclasses.replace(NODE1, pod_cidr6="fd00:10:1:1::/64")
+    assert "external_ids:nsx-proxy-pod-cidr=10.1.1.0/24,fd00:10:1:1::/64" in args_of(node=dual)
 
 
 def test_without_gateway_tunnel_or_a_new_controller_those_parts_are_left_out():

@@ -51,7 +51,8 @@ LEASE_NAMESPACE = "nsx-proxy"
 # DaemonSet selects it by label), with a podCIDR from node IPAM but no node
 # bridge: the agents must leave it out of every ECMP group and route.
 GATEWAY_NODE = types.SimpleNamespace(
-    name=GATEWAY_HOST, zone=None, pod_cidr="10.1.250.0/24", internal_ip=GATEWAY_FABRIC_IP,
+    name=GATEWAY_HOST, zone=None, pod_cidr="10.1.250.0/24", pod_cidrs=["10.1.250.0/24"],
+    internal_ip=GATEWAY_FABRIC_IP,
     labels={"nsx-proxy.io/gateway": "true"})
 # Short lease timings, so a test sees a takeover in seconds (defaults 15/10/2).
 LEASE = {"leader_election_lease_duration": 4, "leader_election_renew_deadline": 3,
@@ -126,9 +127,6 @@ class HostsLab(Lab):
     """The lab with one Open vSwitch and one agent per host (see the module)."""
 
     api_host = MGMT_PREFIX + "1"
-    # the agents' node setup labels a bridge with the Node's IPv4 podCIDR
-    # only, so the pods there get IPv4 only (docs/known-limits.md)
-    DUAL_STACK = False
 
     def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts",
                  overlay=True, lease=None, **kw):

@@ -94,7 +94,7 @@ class Kubelet:
             labels.update(getattr(node, "labels", None) or {})
             body = {"metadata": {"name": node.name, "labels": labels},
                     "spec": {"podCIDR": node.pod_cidr,
-                             "podCIDRs": getattr(node, "pod_cidrs", [node.pod_cidr])}}
+                             "podCIDRs": node.pod_cidrs}}
             status = {"addresses": [{"type": "InternalIP", "address": node.internal_ip},
                                     {"type": "Hostname", "address": node.name}],
                       "conditions": [{"type": "Ready", "status": "True",
@@ -210,7 +210,7 @@ class Kubelet:
         status = "True" if ready else "False"
         self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
             "phase": "Running", "podIP": pod.ip,
-            "podIPs": [{"ip": ip} for ip in getattr(pod, "ips", [pod.ip])],
+            "podIPs": [{"ip": ip} for ip in pod.ips],
             "startTime": now,
             "conditions": [{"type": "Ready", "status": status, "lastTransitionTime": now},
                            {"type": "ContainersReady", "status": status,
