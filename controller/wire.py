@@ -138,11 +138,19 @@ _PORT_RANGE = (nicira_ext.NX_NAT_RANGE_PROTO_MIN, nicira_ext.NX_NAT_RANGE_PROTO_
 # present ranges, the address twice (min, max), the port twice, padding to 32
 _NAT_DST_PORT = struct.Struct("!HHIH2xHH4s4sHH4x")
 _NAT_DST_PORT_PRESENT = sum(_IPV4_RANGE) + sum(_PORT_RANGE)
+# ... and an IPv6 endpoint's: 16-byte addresses, padded to 56
+_NAT_DST_PORT6 = struct.Struct("!HHIH2xHH16s16sHH4x")
+_NAT_DST_PORT6_PRESENT = sum(_IPV6_RANGE) + sum(_PORT_RANGE)
 
 
 def _nat(nat: F.Nat) -> bytes:
-    if nat.src_ip is None and nat.dst_ip is not None and nat.dst_port and \
-            ":" not in nat.dst_ip:
+    if nat.src_ip is None and nat.dst_ip is not None and nat.dst_port:
+        if ":" in nat.dst_ip:
+            ip = _ip6(nat.dst_ip)
+            return _NAT_DST_PORT6.pack(ofp.OFPAT_EXPERIMENTER, 56, _NX_VENDOR,
+                                       nicira_ext.NXAST_NAT, NX_NAT_F_DST,
+                                       _NAT_DST_PORT6_PRESENT, ip, ip, nat.dst_port,
+                                       nat.dst_port)
         ip = socket.inet_aton(nat.dst_ip)
         return _NAT_DST_PORT.pack(ofp.OFPAT_EXPERIMENTER, 32, _NX_VENDOR,
                                   nicira_ext.NXAST_NAT, NX_NAT_F_DST, _NAT_DST_PORT_PRESENT,

@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import logging
 import re
+import socket
 
 from nsx_proxy import model
 
@@ -68,14 +69,23 @@ def ip(value, what="IP") -> str:
     ipaddress writes it (compressed, lower case)."""
     if not isinstance(value, str) or ":" not in value:
         return ipv4(value, what)
+    # inet_pton / inet_ntop, not ipaddress: the same checks and the same
+    # RFC 5952 text in a tenth of the time (50,000 IPv6 endpoints of a
+    # dual-stack cluster made ipaddress most of a first build's time)
     try:
-        addr = ipaddress.IPv6Address(value)
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6, value)      # refuses a %zone too
+    except OSError:
         raise Invalid(f"{what} {value!r} is not an IP address") from None
-    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local \
-            or addr.ipv4_mapped:
+    if packed[0] == 0xFF or packed == _V6_UNSPECIFIED or packed == _V6_LOOPBACK or \
+            (packed[0] == 0xFE and packed[1] & 0xC0 == 0x80) or packed[:12] == _V4_MAPPED:
         raise Invalid(f"{what} {value} cannot be a unicast service address")
-    return str(addr)
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    # inet_ntop writes ::a.b.c.d forms with a dotted tail; ipaddress does not
+    return text if "." not in text else str(ipaddress.IPv6Address(packed))
+
+
+_V6_UNSPECIFIED, _V6_LOOPBACK = bytes(16), bytes(15) + b"\x01"
+_V4_MAPPED = bytes(10) + b"\xff\xff"       # ::ffff:a.b.c.d (multicast ff..: first byte)
 
 
 def pod_cidr(value, what="CIDR", version=4) -> str:

@@ -219,3 +219,16 @@ def test_the_fast_ipv4_check_agrees_with_ipaddress():
         except validate.Invalid:
             got = None
         assert got == slow(value), value
+
+
+@pytest.mark.parametrize("value, want", [
+    ("FD00:0::A", "fd00::a"), ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+    ("64:ff9b::1.2.3.4", "64:ff9b::102:304"), ("fd00::1%eth0", None), ("fd00::zz", None),
+    ("fe80::1", None), ("ff02::1", None), ("::", None), ("::1", None),
+    ("::ffff:10.1.1.2", None)])
+def test_ipv6_addresses_are_checked_and_written_as_ipaddress_writes_them(value, want):
+    if want is None:
+        with pytest.raises(Invalid):
+            validate.ip(value)
+    else:
+        assert validate.ip(value) == want
