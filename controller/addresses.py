@@ -15,9 +15,15 @@ def eth_type_of(ip: str) -> int:
     return ETH_IPV6 if ":" in ip else ETH_IP
 
 
+# The field names as constants: a name built per flow (an f-string) would be
+# a string object of its own in every match (about 2 MB at 10,000 services)
+_FIELDS = {(side, v6): f"ipv{6 if v6 else 4}_{side}" for side in ("src", "dst")
+           for v6 in (False, True)}
+
+
 def ip_field(ip: str, side: str) -> str:
     """``ipv4_dst`` / ``ipv6_src`` ...: the match field of ``ip``'s family."""
-    return f"ipv6_{side}" if ":" in ip else f"ipv4_{side}"
+    return _FIELDS[side, ":" in ip]
 
 
 def addr(ip: str, side: str = "dst") -> dict:

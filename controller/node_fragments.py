@@ -47,9 +47,9 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
     # IPv6 only where pods have it: an IPv4-only bridge (and the gateway
     # router's) stays as it was
     node = ctx.role == ROLE_NODE
-    gateways = ([ctx.gateway_ip] if node else []) + ([ctx.gateway_ip6] if node and
-                                                     ctx.gateway_ip6 else [])
-    for eth_type in [F.ETH_IP] + ([F.ETH_IPV6] if len(gateways) > 1 else []):
+    dual = node and ctx.gateway_ip6 is not None
+    gateways = [ctx.gateway_ip, ctx.gateway_ip6] if dual else [ctx.gateway_ip] if node else []
+    for eth_type in (F.ETH_IP, F.ETH_IPV6) if dual else (F.ETH_IP,):
         out += [
             P.CONNTRACK_ZONE.flow(P.PRIO_HIGH,
                    (F.Ct(zone=zone, table=P.CONNTRACK_STATE.id, nat=F.Nat()),), c,
@@ -65,7 +65,7 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
         ]
     if not node:
         return Fragment(flows=out)
-    if ctx.gateway_ip6:
+    if dual:
         out += nd_pipeline_flows(c)
     for gateway in gateways:
         out.append(answer_flow(gateway, ctx.router_mac, P.PRIO_HIGH, c))

@@ -42,6 +42,8 @@ def test_the_readme_lab_session_prints_what_the_readme_says(clean, tmp_path):
         assert term.type("pod1 echo hi").strip() == "hi"
         services = term.type("services")
         assert "default/web  10.96.0.10:80" in services and "10.1.2.2:8080" in services
+        assert "default/web  [fd00:96::a]:80/TCP" in services and \
+            "[fd00:10:1:2::2]:8080" in services
         # the nsx-proxy CLI finds the lab's controller from the lab's own config
         view = term.type(f"sh {sys.executable.rsplit('/', 1)[0]}/nsx-proxy services default/web")
         assert "loadbalancer default/web (ClusterIP)  VIPs 10.96.0.10, fd00:96::a" in view

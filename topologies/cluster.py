@@ -118,14 +118,18 @@ class Cluster:
                                        validate.RejectLog(logging.getLogger("lab.check")))
 
     def endpoints_table(self):
-        """[(service, VIP, port/proto, [(endpoint, node, ready/serving/terminating)])]."""
+        """[(service, VIP, port/proto, [(endpoint, node, ready/serving/terminating)])]:
+        a row per cluster IP (a dual-stack service has one of each family,
+        with that family's endpoints)."""
         rows = []
         for svc in sorted(self.desired_state().services.values(), key=lambda s: s.key):
-            for port in svc.ports:
-                rows.append((str(svc.key), svc.cluster_ip, f"{port.port}/{port.protocol}",
-                             [(f"{e.ip}:{e.port}", e.node or "-",
+            for ip, port in ((ip, p) for ip in svc.cluster_ips for p in svc.ports):
+                v6 = ":" in ip
+                rows.append((str(svc.key), f"[{ip}]" if v6 else ip,
+                             f"{port.port}/{port.protocol}",
+                             [(f"[{e.ip}]:{e.port}" if v6 else f"{e.ip}:{e.port}", e.node or "-",
                                "ready" if e.ready else
                                "terminating" if e.terminating and e.serving else
                                "terminating, not serving" if e.terminating else "not ready")
-                              for e in port.endpoints]))
+                              for e in port.endpoints if (":" in e.ip) == v6]))
         return rows
