@@ -124,6 +124,15 @@ class _AppCollector:
         yield GaugeMetricFamily("nsx_proxy_endpoints", "endpoints of all service ports",
                                 value=sum(len(p.endpoints) for s in state.services.values()
                                           for p in s.ports))
+        ips = GaugeMetricFamily("nsx_proxy_cluster_ips", "cluster IPs programmed, per "
+                                "address family", labels=["family"])
+        per_family = {"IPv4": 0, "IPv6": 0}
+        for svc in state.services.values():
+            for ip in svc.cluster_ips:
+                per_family["IPv6" if ":" in ip else "IPv4"] += 1
+        for family, count in per_family.items():
+            ips.add_metric([family], count)
+        yield ips
         for metric, help_text, attr in (
                 ("nsx_proxy_switch_connects", "OpenFlow connections from switches",
                  "switch_connects"),

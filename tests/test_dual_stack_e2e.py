@@ -9,7 +9,7 @@ import re
 import pytest
 
 from kube_helpers import service as raw_service
-from lab_helpers import HERE, services
+from lab_helpers import HERE, metric, services
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -105,6 +105,16 @@ def test_a_single_stack_ipv6_service_and_its_hairpin(lab):
         # to its IPv6 gateway so the pod does not drop its own address
         assert curl(lab, "pod1", url(hairpin))[1] == "pod1"
         assert curl(lab, "pod1", url(hairpin, path="/ip"))[1] == "fd00:10:1:1::1"
+
+
+def test_metrics_count_cluster_ips_per_family(lab):
+    body = service("six-more", ports=[("http", "TCP", 80, 8080)], ipFamilies=["IPv6"])
+    before = metric("nsx_proxy_cluster_ips", '{family="IPv6"}')
+    v4 = metric("nsx_proxy_cluster_ips", '{family="IPv4"}')
+    assert before >= 1 and v4 >= 1                      # web has one of each
+    with services(lab, body):
+        assert metric("nsx_proxy_cluster_ips", '{family="IPv6"}') == before + 1
+        assert metric("nsx_proxy_cluster_ips", '{family="IPv4"}') == v4
 
 
 def test_client_ip_affinity_holds_per_family(lab):

@@ -100,8 +100,10 @@ def test_the_multi_host_lab_session_prints_what_the_readme_says(clean):
         assert re.search(r"hosts: node1, node2, gw, each with its own OVS and agent.* "
                          r"\d+\.\d s", term.banner), term.banner
         assert re.fullmatch(PODS, term.type("pod3 curl -s 10.96.0.10").strip())
+        assert re.fullmatch(PODS, term.type("pod3 curl -s -6 http://[fd00:96::a]/").strip())
+        # TCP/80's, a group per family; UDP/53 is flows (table 33)
         assert term.type("node1 ovs-ofctl -O OpenFlow13 dump-groups br-node1").count(
-            "group_id=") == 1                  # TCP/80's; UDP/53 is flows (table 33)
+            "group_id=") == 2
         show = term.type("node1 ovs-vsctl show")
         # no controller target: the agent dials br-node1.mgmt itself
         assert "Bridge br-node1" in show and "br-node2" not in show \
