@@ -77,7 +77,6 @@ def _cluster_ips(name, spec, reject: Reject) -> Tuple[str, Optional[str]]:
     return primary, secondary
 
 
-
 def service_ports(name, raw_ports, reject: Reject) -> List[model.ServicePort]:
     """A service's listeners (without endpoints); bad or repeated ports are
     reported one by one and skipped.  Shared by every state source."""
