@@ -29,7 +29,8 @@ import subprocess
 import sys
 import urllib.request
 
-from controller.ovs_text import conntrack_entries, group_buckets, group_stats, spread_picks
+from controller.ovs_text import (affinity_alias, conntrack_entries, group_buckets, group_stats,
+                                 spread_picks)
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 
@@ -157,11 +158,13 @@ def cmd_services(args, state):
                 if not gids:
                     continue
                 counted = {}                 # every part of a split pool counts
+                # an IPv6 affinity bucket names its endpoint by a hash of it
+                alias = {affinity_alias(e["ip"]): e["ip"] for e in p["endpoints"]}
                 for b in bridges:
                     for gid in gids:
                         for (ip, port), (pk, by) in zip(layout[b["name"]].get(gid, ()),
                                                         stats[b["name"]].get(gid, ())):
-                            c = counted.setdefault((ip, port), [0, 0])
+                            c = counted.setdefault((alias.get(ip, ip), port), [0, 0])
                             c[0] += pk
                             c[1] += by
                 members = []

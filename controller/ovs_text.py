@@ -3,6 +3,7 @@ dump-group-stats; ovs-appctl dpctl/dump-conntrack), for the nsx-proxy CLI:
 text in, plain values out, IPv4 and IPv6 alike."""
 import ipaddress
 import re
+import zlib
 
 
 # nat(dst=10.1.1.2:8080) or nat(dst=[fd00:10:1:1::2]:8080)
@@ -23,8 +24,8 @@ def group_buckets(dump_groups_text):
             if nat:
                 buckets.append((nat.group(1), int(nat.group(2))))
             elif reg:
-                # reg0 holds an IPv4 endpoint itself (an IPv6 one only a
-                # hash of it: the endpoint is then matched by port and family)
+                # reg0 holds an IPv4 endpoint itself, an IPv6 one its
+                # CRC-32 (read here as an IPv4 address: see affinity_alias)
                 buckets.append((str(ipaddress.IPv4Address(int(reg.group(1), 16))),
                                 int(reg.group(2), 16) & 0xFFFF))
             else:
@@ -88,3 +89,13 @@ def conntrack_entries(text):
 
 def _int(value):
     return int(value) if value else None
+
+
+def affinity_alias(ip: str) -> str:
+    """What group_buckets reads for an affinity bucket of endpoint ``ip``:
+    the address itself for IPv4; for IPv6, the CRC-32 of its 16 bytes (what
+    the bridge keeps in the 32-bit reg0, controller/node_fragments.py), as
+    an IPv4 address."""
+    if ":" not in ip:
+        return ip
+    return str(ipaddress.IPv4Address(zlib.crc32(ipaddress.IPv6Address(ip).packed)))

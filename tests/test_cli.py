@@ -72,3 +72,18 @@ def test_ovs_output_of_both_families_parses():
                                  "sport": 40000, "dport": 80}
     assert (entry["reply"]["src"], entry["zone"], entry["state"]) == \
         ("fd00:10:1:2::2", 100, "ESTABLISHED")
+
+
+def test_an_ipv6_affinity_buckets_endpoint_is_read_back_from_its_register():
+    """Affinity buckets load the endpoint into reg0 (32 bits): an IPv6 one as
+    its CRC-32.  What the CLI reads from the group's text maps back to it."""
+    import world
+    from controller import flows as F
+    from controller import fragments, ovs_text
+    _, groups = fragments.flatten(world.compile_for(
+        world.NODE1_DS, world.dual_stack_state(world.web_dual_stack(affinity=600))))
+    seen = {ip for g in groups.values()
+            for ip, _ in ovs_text.group_buckets(F.group_text(g))[g.group_id]}
+    pods = [world.PODS6["pod1"], world.PODS6["pod3"]]
+    assert seen == {p.ip for p in pods} | {ovs_text.affinity_alias(p.ip6) for p in pods}
+    assert ovs_text.affinity_alias("10.1.1.2") == "10.1.1.2"

@@ -4,12 +4,15 @@ allocates cluster IPs of both families, and the bridges serve each family's
 cluster IP with that family's endpoints."""
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from kube_helpers import service as raw_service
-from lab_helpers import HERE, metric, services
+from lab_helpers import HERE, STATUS, metric, services
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -127,3 +130,13 @@ def test_client_ip_affinity_holds_per_family(lab):
             assert len(answers) == 1 and answers <= EVERYONE, (vip, answers)
         # another client is remembered on its own
         assert len({curl(lab, "pod3", url(v6))[1] for _ in range(8)}) == 1
+        # nsx-proxy maps the IPv6 pool's buckets (reg0 holds a hash of the
+        # endpoint) back to its members, with their packets
+        out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nsx-proxy"),
+                              "--controller", STATUS, "services", "default/sticky6",
+                              "--json"], check=True, capture_output=True, text=True,
+                             timeout=30).stdout
+        (listener,) = json.loads(out)[0]["listeners"]
+        pool6 = next(p for p in listener["pools"] if p["pool"] == "cluster IP (IPv6)")
+        assert {m["ip"] for m in pool6["members"]} == set(POD_IP6.values())
+        assert sum(m["packets"] for m in pool6["members"]) > 0, pool6
