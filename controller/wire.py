@@ -155,10 +155,11 @@ def _nat(nat: F.Nat) -> bytes:
         return _NAT_DST_PORT.pack(ofp.OFPAT_EXPERIMENTER, 32, _NX_VENDOR,
                                   nicira_ext.NXAST_NAT, NX_NAT_F_DST, _NAT_DST_PORT_PRESENT,
                                   ip, ip, nat.dst_port, nat.dst_port)
+    # the rest has no port: an SNAT, a DNAT to an address alone, or (no
+    # address) undoing a connection's NAT; the address range present is
+    # min and max of the address's family
     ip = nat.src_ip if nat.src_ip is not None else nat.dst_ip
     flags = 0 if ip is None else NX_NAT_F_SRC if nat.src_ip is not None else NX_NAT_F_DST
-    # the ranges present, in the order of their bits: an address (min and
-    # max) of the right family, then the port (min and max) of a DNAT
     if ip is None:
         ranges = []
     elif ":" in ip:
@@ -167,8 +168,6 @@ def _nat(nat: F.Nat) -> bytes:
         # inet_aton: the addresses were validated by the translator already,
         # and ipaddress's parser was a third of the encoder's time
         ranges = [(bit, socket.inet_aton(ip)) for bit in _IPV4_RANGE]
-    if nat.src_ip is None and nat.dst_port:
-        ranges += [(bit, struct.pack("!H", nat.dst_port)) for bit in _PORT_RANGE]
     body = struct.pack("!2xHH", flags, sum(bit for bit, _ in ranges))
     return _nx(nicira_ext.NXAST_NAT, body + b"".join(value for _, value in ranges))
 

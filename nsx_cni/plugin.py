@@ -3,9 +3,10 @@
 ADD: the node bridge from OVSDB -> an address from the IPAM plugin over the
 node's podCIDR (an address of each family on a dual-stack node) -> a veth
 pair, the container end named CNI_IFNAME with the address(es), the MAC
-``0a:58:`` + IPv4 and the default route(s) via each podCIDR's first address -> the host end a port of the bridge with every key of the
-docs/ovsdb.md , in one transaction.  Anything failing half-way
-undoes what was done, address included.
+``0a:58:`` + IPv4 and the default route(s) via each podCIDR's first
+address -> the host end a port of the bridge with every key of the
+docs/ovsdb.md , in one transaction.  Anything failing half-way undoes what
+was done, address included.
 
 DEL removes the port, the pair and the address; each step tolerates what is
 already gone, so DEL may run any number of times, before or after the
