@@ -101,11 +101,13 @@ class Pod:
 
 @dataclass(frozen=True)
 class ExternalPort:
-    """The gateway's Internet-facing port: its address there and the next hop."""
+    """The gateway's Internet-facing port: its address there (and its IPv6
+    address, if the outside world has IPv6) and the next hop."""
     ofport: int
     ip: str
     prefix: int
     next_hop_mac: str
+    ip6: Optional[str] = None
 
     @property
     def mac(self) -> str:
@@ -136,6 +138,13 @@ class BridgeContext:
     def host_pod(self) -> Optional[Pod]:
         """The node's own stack on this bridge (the ``host`` port), if any."""
         return next((p for p in self.pods if p.namespace == HOST_NAMESPACE), None)
+
+    @property
+    def routes_ipv6(self) -> bool:
+        """Whether this bridge carries IPv6 at all: a node bridge with an
+        IPv6 pod CIDR, a gateway with an IPv6 address outside."""
+        return self.pod_cidr6 is not None or \
+            (self.external is not None and self.external.ip6 is not None)
 
     def serves_node_ports(self, ip: str) -> bool:
         return not self.node_port_cidrs or _in_cidrs(ip, self.node_port_cidrs)
@@ -270,24 +279,28 @@ def _dual_stack(text: str, parse, show=str) -> Tuple[str, Optional[str]]:
 
 @functools.lru_cache(maxsize=4096)      # asked for every nodePort service compiled
 def _in_cidrs(ip: str, cidrs: Tuple[str, ...]) -> bool:
-    return any(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(c) for c in cidrs)
+    addr = ipaddress.ip_address(ip)
+    return any(addr in net for net in map(ipaddress.ip_network, cidrs)
+               if net.version == addr.version)
 
 
 def parse_nodeport_addresses(text: str) -> Tuple[str, ...]:
-    """kube-proxy's --nodeport-addresses: comma-separated CIDRs, and
-    ``primary`` for the node's primary IP.  The only node address nodePorts
-    are served on here is the InternalIP - the primary one - so ``primary``
-    (alone or with CIDRs) and an empty value both mean no restriction: ().
-    Raises ValueError naming a bad entry."""
+    """kube-proxy's --nodeport-addresses: comma-separated CIDRs of either
+    family, and ``primary`` for the node's primary IPs.  The only node
+    addresses nodePorts are served on here are the InternalIPs - the primary
+    ones - so ``primary`` (alone or with CIDRs) and an empty value both mean
+    no restriction: ().  As with kube-proxy, CIDRs of one family only leave
+    the other family's InternalIP without nodePorts.  Raises ValueError
+    naming a bad entry."""
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
     out = []
     for item in items:
         if item == "primary":
             continue
         try:
-            out.append(str(ipaddress.IPv4Network(item)))
+            out.append(str(ipaddress.ip_network(item)))
         except ValueError:
-            raise ValueError(f"nodeport_addresses: {item!r} is not an IPv4 CIDR or "
+            raise ValueError(f"nodeport_addresses: {item!r} is not a CIDR or "
                              "'primary'") from None
     return () if "primary" in items else tuple(out)
 
@@ -302,10 +315,13 @@ def _optional_ip(ids, key) -> Optional[str]:
 
 
 def parse_external(ifname, ofport, ids) -> Optional[ExternalPort]:
+    """The external port from ``ip-address`` "IPv4/len[,IPv6/len]" and
+    ``nsx-proxy-next-hop-mac`` (the upstream router, for both families)."""
     try:
-        iface = ipaddress.IPv4Interface(ids[POD_IP])
+        iface, iface6 = _dual_stack(ids[POD_IP], ipaddress.ip_interface, lambda i: i)
         return ExternalPort(ofport=ofport, ip=str(iface.ip), prefix=iface.network.prefixlen,
-                            next_hop_mac=_mac(ids[NEXT_HOP_MAC]))
+                            next_hop_mac=_mac(ids[NEXT_HOP_MAC]),
+                            ip6=str(iface6.ip) if iface6 is not None else None)
     except KeyError as exc:
         LOG.warning("interface %s: external port without external_ids:%s; ignored",
                     ifname, exc.args[0])

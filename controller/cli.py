@@ -147,14 +147,16 @@ def cmd_services(args, state):
         for p in s["ports"]:
             pools = []
             # a pool per cluster IP (each of its family's members), then the
-            # external one (IPv4)
+            # external ones, per family
             vips = s.get("cluster_ips") or [s["cluster_ip"]]
             has_v4 = any(":" not in ip for ip in vips)
             for label, gids, v6 in (
                     ("cluster IP", p["group_ids"] if has_v4 else [], False),
                     ("cluster IP (IPv6)", [p["ipv6_group_id"]] if p.get("ipv6_group_id")
                      else [], True),
-                    ("external", p["external_group_ids"], False)):
+                    ("external", p["external_group_ids"], False),
+                    ("external (IPv6)", [p["external_ipv6_group_id"]]
+                     if p.get("external_ipv6_group_id") else [], True)):
                 if not gids:
                     continue
                 counted = {}                 # every part of a split pool counts

@@ -192,8 +192,8 @@ class Compiler:
                 continue
             key = f"gw-node/{node.name}"
             self._put(out, key, node, lambda: gateway_node_fragment(ctx, node))
-        ips = {ip for s in state.services.values()
-               for ip in s.outside_ips}
+        ips = {ip for s in state.services.values()   # IPv6 only where it is routed
+               for ip in s.outside_ips if ctx.routes_ipv6 or ":" not in ip}
         for ip in sorted(ips):
             nodes = tuple(serving_nodes(state, ip))
             key = f"gw-vip/{ip}"

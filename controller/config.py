@@ -46,7 +46,8 @@ OPTIONS = [
                  help="seconds to wait for a bundle's commit before giving up"),
     cfg.StrOpt("fip_pools", default="",
                help="floating-IP pools for LoadBalancer services without an ingress IP: "
-                    "NAME=CIDR[,CIDR];NAME2=CIDR (empty: no allocation)"),
+                    "NAME=CIDR[,CIDR];NAME2=CIDR, CIDRs of either family (a service gets "
+                    "one address per family it has; empty: no allocation)"),
     cfg.StrOpt("load_balancer_class", default="",
                help="spec.loadBalancerClass whose LoadBalancer Services get IPs from "
                     "fip_pools, besides those without a class (empty: only those)"),
@@ -74,9 +75,9 @@ OPTIONS = [
                     "CVE-2020-8554: a user who can create Services could otherwise "
                     "intercept traffic to any IP); empty: any, as kube-proxy"),
     cfg.StrOpt("nodeport_addresses", default="",
-               help="kube-proxy's --nodeport-addresses: comma-separated CIDRs a node "
-                    "address must be in to serve nodePorts, or primary (the node's "
-                    "InternalIP); empty: every node address"),
+               help="kube-proxy's --nodeport-addresses: comma-separated CIDRs (either "
+                    "family) a node address must be in to serve nodePorts, or primary "
+                    "(the node's InternalIPs); empty: every node address"),
     cfg.StrOpt("healthz_bind_address", default="0.0.0.0:10256",
                help="agent mode: HOST:PORT of kube-proxy's /healthz and /livez for "
                     "this node (empty: off); services' healthCheckNodePorts are "

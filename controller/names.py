@@ -73,7 +73,8 @@ def group_names(svc: model.Service, max_buckets: int):
         names = [service_port_name(svc, port)]
         names += [family_group_name(names[0], ip) for ip in svc.cluster_ips if ":" in ip]
         if svc.outside_ips or svc.node_ports:
-            names.append(external_group_name(svc, port))
+            external = external_group_name(svc, port)
+            names += [family_group_name(external, ip) for ip in svc.cluster_ips]
         for name in names:
             yield name
             for part in range(1, parts):

@@ -36,7 +36,7 @@ def pipeline_fragment(ctx: BridgeContext) -> Fragment:
     # miss = drop, never flood; NdAdvertise only where pods have IPv6, so an
     # IPv4-only bridge's flows stay exactly as they were
     out = [t.flow(P.PRIO_MISS, (), c) for t in P.TABLES
-           if t is not P.HAIRPIN_UNSNAT and (t is not P.ND_ADVERTISE or ctx.gateway_ip6)]
+           if t is not P.HAIRPIN_UNSNAT and (t is not P.ND_ADVERTISE or ctx.routes_ipv6)]
     out += [
         P.HAIRPIN_UNSNAT.flow(P.PRIO_MISS, (F.GotoTable(P.CONNTRACK_ZONE.id),), c),
         P.AFFINITY_LEARN.flow(P.PRIO_FALLBACK, (F.GotoTable(P.SERVICE_MASQUERADE.id),), c),
@@ -163,8 +163,10 @@ def node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
     if node.pod_cidr6 and ctx.pod_cidr6:          # both ends dual-stack
         flows += out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c,
                              **A.net(node.pod_cidr6, "dst"))
-    return Fragment(flows=flows + out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c,
-                                              **A.addr(node.internal_ip)))
+    for ip in (node.internal_ip, node.internal_ip6 if ctx.pod_cidr6 else None):
+        if ip:
+            flows += out_uplink(ctx, P.L3_FORWARDING, P.PRIO_MID, to_node, c, **A.addr(ip))
+    return Fragment(flows=flows)
 
 
 def vip_fragment(ctx: BridgeContext, ip: str) -> Fragment:
@@ -252,17 +254,30 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
 
 
 def _external_frontends(ctx, svc, port, node):
-    """(ip, port, source ranges) that reach the external pool: externalIPs,
-    load-balancer IPs (with loadBalancerSourceRanges) and the nodePort on
-    this node's IP (if nodeport_addresses lets it serve there)."""
+    """[(frontends, family address)] that reach the external pools, one entry
+    per family: (ip, port, source ranges) of externalIPs, load-balancer IPs
+    (with the loadBalancerSourceRanges of their family) and the nodePort on
+    this node's InternalIPs (if nodeport_addresses lets it serve there).
+
+    IPv6 ones only where the bridge routes IPv6 and its node has an IPv6
+    InternalIP: their masquerade (externalTrafficPolicy Cluster) is to it,
+    and the gateway routes IPv6 to such nodes only (gateway_fragments).
+    """
+    ipv6 = ctx.pod_cidr6 is not None and node is not None and node.internal_ip6 is not None
     out = [(ip, port.port, ()) for ip in svc.external_ips]
-    out += [(ip, port.port, svc.source_ranges) for ip in svc.load_balancer_ips]
-    if port.node_port and svc.node_ports and node is not None and \
-            ctx.serves_node_ports(node.internal_ip):
-        out.append((node.internal_ip, port.node_port, ()))
-        if ctx.host_pod is not None:       # steered in by the node (node_setup)
+    out += [(ip, port.port, tuple(r for r in svc.source_ranges if (":" in r) == (":" in ip)))
+            for ip in svc.load_balancer_ips]
+    if port.node_port and svc.node_ports and node is not None:
+        families = {":" in ip for ip in svc.cluster_ips}
+        for ip in (node.internal_ip, node.internal_ip6 if ipv6 else None):
+            if ip and (":" in ip) in families and ctx.serves_node_ports(ip):
+                out.append((ip, port.node_port, ()))
+        if ctx.host_pod is not None and False in families and \
+                ctx.serves_node_ports(node.internal_ip):   # steered in by the node
             out.append((NODE_PORT_STEER_IP, port.node_port, ()))
-    return out
+    v4 = [f for f in out if ":" not in f[0]]
+    v6 = [f for f in out if ":" in f[0]] if ipv6 else []
+    return [(f, f[0][0]) for f in (v4, v6) if f]
 
 
 def _frontend_flows(port, frontends, actions, cookie):
@@ -314,11 +329,9 @@ def service_fragment(ctx: BridgeContext, svc: model.Service, group_ids,
         # one pool per cluster IP, of the endpoints of its family
         pools = [([(ip, port.port, ())], A.same_family(chosen.internal, ip),
                   family_group_name(name, ip), None, REJECT) for ip in svc.cluster_ips]
-        external = _external_frontends(ctx, svc, port, node)
-        if external:
-            # externalIPs, LB IPs and node IPs are IPv4 (translate.py says so)
-            pools.append((external, A.same_family(chosen.external, external[0][0]),
-                          external_group_name(svc, port),
+        for external, ip in _external_frontends(ctx, svc, port, node):
+            pools.append((external, A.same_family(chosen.external, ip),
+                          family_group_name(external_group_name(svc, port), ip),
                           P.MASQUERADE_MARK if cluster_policy else None,
                           REJECT if cluster_policy else ()))
         for frontends, endpoints, group_name, mark, refuse in pools:

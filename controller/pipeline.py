@@ -214,8 +214,9 @@ GATEWAY_ROUTING = Table(60, "GatewayRouting",
                         "nodes with a usable local endpoint for Local); floating IPs "
                         "-> the pod's node; from the uplink, anything else -> out of "
                         "the external port to the next hop; from outside, nothing else"
-                        " (cluster and pod IPs are unreachable)",
-                        frozenset({"in_port", "eth_type", "ipv4_dst"}))
+                        " (cluster and pod IPs are unreachable); IPv6 alike, to nodes "
+                        "with an IPv6 InternalIP, where the external port has IPv6",
+                        frozenset({"in_port", "eth_type", "ipv4_dst", "ipv6_dst"}))
 
 TABLES = (CLASSIFIER, ARP_RESPONDER, ND_ADVERTISE, HAIRPIN_UNSNAT, CONNTRACK_ZONE,
           CONNTRACK_STATE, SERVICE_LB, SESSION_AFFINITY, UDP_SPREAD, ENDPOINT_DNAT,

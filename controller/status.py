@@ -271,7 +271,8 @@ def state_view(app) -> dict:
         cookie = _hex(cookies.for_name(cookies.KIND_NODE, n.name))
         owners[cookie] = f"node {n.name}"
         nodes.append({"name": n.name, "internal_ip": n.internal_ip, "pod_cidr": n.pod_cidr,
-                      "pod_cidr6": n.pod_cidr6, "zone": n.zone, "cookie": cookie})
+                      "internal_ip6": n.internal_ip6, "pod_cidr6": n.pod_cidr6,
+                      "zone": n.zone, "cookie": cookie})
     services = []
     for svc in sorted(app.state.services.values(), key=lambda s: s.key):
         ports, frontends = [], []
@@ -285,23 +286,26 @@ def state_view(app) -> dict:
             gid = ids.peek(service_port_name(svc, port))
             ext = ids.peek(external_group_name(svc, port))
             # a dual-stack (or IPv6) service's IPv6 pool: a group of its own
-            gid6 = next((ids.peek(family_group_name(service_port_name(svc, port), ip))
-                         for ip in svc.cluster_ips if ":" in ip), None)
+            gid6 = ids.peek(family_group_name(service_port_name(svc, port), "::"))
+            ext6 = ids.peek(family_group_name(external_group_name(svc, port), "::"))
             parts = pool_parts(svc, port, len(port.endpoints), pipeline.MAX_BUCKETS_PER_GROUP)
             what = f"service {svc.key} {port.protocol}/{port.port}"
-            for group in (gid, ext, gid6):
+            for group in (gid, ext, gid6, ext6):
                 if group is not None:
                     owners[_cookie(cookies.KIND_SERVICE_PORT, group)] = what
                     owners[_cookie(cookies.KIND_AFFINITY, group)] = "affinity entry of " + what
             frontends += [{"ip": ip, "protocol": port.protocol, "port": port.port}
                           for ip in svc.frontend_ips]
-            if port.node_port and svc.node_ports:
-                frontends += [{"ip": n["internal_ip"], "protocol": port.protocol,
-                               "port": port.node_port} for n in nodes]
+            if port.node_port and svc.node_ports:      # on InternalIPs of its families
+                families = {":" in ip for ip in svc.cluster_ips}
+                frontends += [{"ip": ip, "protocol": port.protocol, "port": port.node_port}
+                              for n in nodes for ip in (n["internal_ip"], n["internal_ip6"])
+                              if ip and (":" in ip) in families]
             ports.append({
                 "name": port.name, "protocol": port.protocol, "port": port.port,
                 "node_port": port.node_port, "target_port": port.target_port,
                 "group_id": gid, "external_group_id": ext, "ipv6_group_id": gid6,
+                "external_ipv6_group_id": ext6,
                 # a pool too large for one group is split: every part's group
                 "group_ids": _parts(ids, service_port_name(svc, port), gid, parts),
                 "external_group_ids": _parts(ids, external_group_name(svc, port), ext,

@@ -10,6 +10,12 @@ cloud controller would have set.  Which pool:
    per-namespace pool),
 3. else the configured default pool.
 
+A pool may hold ranges of both families: a service gets one address of
+each family it has (``spec.ipFamilies``, primary first), as MetalLB and
+cloud load balancers hand dual-stack services one of each; a family the
+pool has no range of is reported and left out.  A service that gains or
+loses a family (``ipFamilyPolicy`` changed) gains or loses that address.
+
 ``spec.loadBalancerIP`` is honoured when it lies in a pool and is free.  An
 IP from our pools is released (status cleared) when the service is deleted
 or stops being a LoadBalancer; IPs outside our pools (someone else's load
@@ -18,21 +24,23 @@ status each service should have; the source writes the differences.
 """
 import ipaddress
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from nsx_proxy import model
 from nsx_proxy import rawjson
 
 LOG = logging.getLogger(__name__)
 POOL_ANNOTATION = "nsx-proxy.io/fip-pool"
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class PoolConfigError(ValueError):
     pass
 
 
-def parse_pools(text: str) -> Dict[str, List[ipaddress.IPv4Network]]:
-    """``name=CIDR[,CIDR...];name2=CIDR`` -> {name: [networks]}."""
+def parse_pools(text: str) -> Dict[str, List[Network]]:
+    """``name=CIDR[,CIDR...];name2=CIDR`` -> {name: [networks]}; the CIDRs of
+    either family (``default=198.51.100.0/25,2001:db8:51::/120``)."""
     pools = {}
     for item in (text or "").replace("\n", ";").split(";"):
         item = item.strip()
@@ -42,7 +50,7 @@ def parse_pools(text: str) -> Dict[str, List[ipaddress.IPv4Network]]:
         if not sep or not name.strip():
             raise PoolConfigError(f"pool {item!r} is not NAME=CIDR[,CIDR]")
         try:
-            nets = [ipaddress.IPv4Network(c.strip()) for c in cidrs.split(",") if c.strip()]
+            nets = [ipaddress.ip_network(c.strip()) for c in cidrs.split(",") if c.strip()]
         except ValueError as exc:
             raise PoolConfigError(f"pool {name.strip()}: {exc}") from None
         if not nets:
@@ -53,10 +61,25 @@ def parse_pools(text: str) -> Dict[str, List[ipaddress.IPv4Network]]:
 
 def _hosts(nets):
     for net in nets:
-        if net.prefixlen >= 31:
+        if net.prefixlen >= net.max_prefixlen - 1:      # /31, /32, /127, /128: all
             yield from (str(ip) for ip in net)
         else:
             yield from (str(ip) for ip in net.hosts())
+
+
+def families(svc) -> Tuple[str, ...]:
+    """The families of a raw Service, primary first: ``spec.ipFamilies``
+    (the API server fills it in), else those of its cluster IPs, else IPv4."""
+    spec = rawjson.spec(svc)
+    listed = [f for f in rawjson.as_list(spec.get("ipFamilies")) if f in ("IPv4", "IPv6")]
+    if not listed:
+        ips = rawjson.as_list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
+        listed = [_family(ip) for ip in ips if rawjson.text(ip) and ip != "None"]
+    return tuple(dict.fromkeys(listed)) or ("IPv4",)
+
+
+def _family(ip: str) -> str:
+    return "IPv6" if ":" in ip else "IPv4"
 
 
 def ingress_ips(svc) -> Tuple[str, ...]:
@@ -76,7 +99,7 @@ class Ipam:
     other class belong to another controller and get no IP from our pools
     (they are still proxied once that controller writes their IP)."""
 
-    def __init__(self, pools: Dict[str, List[ipaddress.IPv4Network]], default_pool=None,
+    def __init__(self, pools: Dict[str, List[Network]], default_pool=None,
                  lb_class=None):
         self.pools = pools
         self.default_pool = default_pool
@@ -86,10 +109,11 @@ class Ipam:
 
     def owns(self, ip: str) -> bool:
         try:
-            addr = ipaddress.IPv4Address(ip)
+            addr = ipaddress.ip_address(ip)
         except (ValueError, TypeError):
             return False
-        return any(addr in net for nets in self.pools.values() for net in nets)
+        return any(net.version == addr.version and addr in net
+                   for nets in self.pools.values() for net in nets)
 
     def _pool_for(self, svc, namespaces) -> Optional[str]:
         ns = namespaces.get(rawjson.key(svc)[0])
@@ -98,9 +122,9 @@ class Ipam:
                 or self.default_pool)
 
     def plan(self, services: Dict[model.ServiceKey, dict], namespaces: Dict[str, dict],
-             reject, reserved=frozenset()) -> Dict[model.ServiceKey, Optional[str]]:
-        """{service: IP to write, or None to clear} for services whose status must
-        change; ``reserved`` are IPs written but not seen back yet."""
+             reject, reserved=frozenset()) -> Dict[model.ServiceKey, Tuple[str, ...]]:
+        """{service: the IPs to write, () to clear} for services whose status
+        must change; ``reserved`` are IPs written but not seen back yet."""
         used = {ip for svc in services.values() for ip in ingress_ips(svc)} | set(reserved)
         changes = {}
         for skey in sorted(services):
@@ -111,28 +135,37 @@ class Ipam:
                        f"IP: {type(exc).__name__}: {exc}")
                 continue
             if want is not _KEEP:
-                if want is not None:
-                    used.add(want)
+                used.update(want)
                 changes[skey] = want
         return changes
 
     def _plan_one(self, skey, svc, namespaces, used, reject):
-        """The IP to write for one service, None to clear it, or _KEEP."""
-        spec = rawjson.spec(svc)
+        """The IPs to write for one service, () to clear them, or _KEEP."""
+        spec, current = rawjson.spec(svc), ingress_ips(svc)
         if spec.get("type") != "LoadBalancer":
-            if any(self.owns(ip) for ip in ingress_ips(svc)):
-                return None                      # no longer a LoadBalancer: release
+            if any(self.owns(ip) for ip in current):
+                return ()                        # no longer a LoadBalancer: release
             return _KEEP
         if spec.get("loadBalancerClass") not in (None, self.lb_class):
             return _KEEP                         # another controller's
-        if ingress_ips(svc) or not self.pools:
-            return _KEEP                         # has an address (ours or not)
-        ip = self._choose(skey, svc, namespaces, used, reject)
-        return _KEEP if ip is None else ip
+        if not self.pools or not all(self.owns(ip) for ip in current):
+            return _KEEP                         # none to give, or another's address
+        wanted = families(svc)
+        keep = {}                                # family -> our address, kept
+        for ip in current:
+            if _family(ip) in wanted:
+                keep.setdefault(_family(ip), ip)
+        for family in wanted:
+            if family not in keep:
+                ip = self._choose(skey, svc, namespaces, used, reject, family)
+                if ip is not None:
+                    keep[family] = ip
+        want = tuple(keep[f] for f in wanted if f in keep)
+        return _KEEP if want == current else want
 
-    def _choose(self, key, svc, namespaces, used, reject) -> Optional[str]:
+    def _choose(self, key, svc, namespaces, used, reject, family) -> Optional[str]:
         asked = rawjson.text(rawjson.spec(svc).get("loadBalancerIP"))
-        if asked:
+        if asked and _family(asked) == family:
             if self.owns(asked) and asked not in used:
                 return asked
             reject("service", str(key), f"loadBalancerIP {asked} is not a free address "
@@ -143,8 +176,14 @@ class Ipam:
         if pool not in self.pools:
             reject("service", str(key), f"floating-IP pool {pool!r} does not exist")
             return None
-        for ip in _hosts(self.pools[pool]):
+        version = 6 if family == "IPv6" else 4
+        nets = [n for n in self.pools[pool] if n.version == version]
+        if not nets:
+            reject("service", str(key), f"floating-IP pool {pool!r} has no {family} "
+                   f"range; no {family} load-balancer IP")
+            return None
+        for ip in _hosts(nets):
             if ip not in used:
                 return ip
-        reject("service", str(key), f"floating-IP pool {pool!r} is exhausted")
+        reject("service", str(key), f"floating-IP pool {pool!r} is exhausted ({family})")
         return None

@@ -29,7 +29,7 @@ class LbStatusWriter:
         self._spawn = spawn
         self._reject = reject
         self._on_written = on_written        # called after every write (ask for a sync)
-        self.pending = {}                    # ServiceKey -> IP being written (None: release)
+        self.pending = {}                    # ServiceKey -> IPs being written (): release
         # Services the plan depends on (LoadBalancers, holders of an ingress
         # IP), and whether one still waits for an IP: with neither touched,
         # planning again would give the same (empty) answer - and walk every
@@ -48,27 +48,26 @@ class LbStatusWriter:
                 and not self._waiting and not any(
                     k in self._relevant or _matters(services.get(k)) for k in changed):
             return
-        for key, ip in list(self.pending.items()):    # written and seen back?
+        for key, ips in list(self.pending.items()):   # written and seen back?
             svc = services.get(key)
-            seen = lb_ipam.ingress_ips(svc) if svc else ()
-            if svc is None or (ip in seen if ip else not seen):
+            if svc is None or lb_ipam.ingress_ips(svc) == ips:
                 del self.pending[key]
         plan = self.ipam.plan(services, namespaces, self._reject,
-                              reserved={ip for ip in self.pending.values() if ip})
+                              reserved={ip for ips in self.pending.values() for ip in ips})
         self._relevant = {k for k, svc in services.items() if _matters(svc)}
         self._waiting = any(
             rawjson.spec(services[k]).get("type") == "LoadBalancer"
             and not lb_ipam.ingress_ips(services[k]) and k not in plan
             for k in self._relevant)
-        for key, ip in plan.items():
+        for key, ips in plan.items():
             if key in self.pending:
                 continue                     # being written; wait to see it back
-            self.pending[key] = ip
+            self.pending[key] = ips
             version = rawjson.resource_version(services[key])
-            self._spawn(self._write, key, ip, version)
+            self._spawn(self._write, key, ips, version)
 
-    def _write(self, key, ip, version):
-        ingress = [{"ip": ip}] if ip else None
+    def _write(self, key, ips, version):
+        ingress = [{"ip": ip} for ip in ips] or None
         body = {"status": {"loadBalancer": {"ingress": ingress}}}
         if version:
             # A precondition: the write lands only on the Service as this agent
@@ -77,8 +76,8 @@ class LbStatusWriter:
             body["metadata"] = {"resourceVersion": version}
         try:
             self._core.patch_namespaced_service_status(key.name, key.namespace, body)
-            LOG.info("service %s: load-balancer IP %s", key,
-                     f"{ip} allocated" if ip else "released")
+            LOG.info("service %s: load-balancer IPs %s", key,
+                     f"{', '.join(ips)} written" if ips else "released")
         except ApiException as exc:
             if exc.status == 409:
                 LOG.info("service %s: changed before its load-balancer IP was written; "

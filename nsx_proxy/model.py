@@ -135,6 +135,8 @@ class Node:
     # bridge, so it serves no Service traffic and no pod routes lead to it
     gateway: bool = False
     pod_cidr6: Optional[str] = None          # a dual-stack node's IPv6 podCIDR
+    internal_ip6: Optional[str] = None       # ...and its IPv6 InternalIP (NodePorts,
+    #                                          IPv6 masquerade), if it has one
 
     @property
     def compute(self) -> bool:

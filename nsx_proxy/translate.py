@@ -125,10 +125,39 @@ def _ingress_ips(name, svc, reject: Reject) -> Tuple[str, ...]:
         if ingress.get("ipMode") == "Proxy":
             continue
         try:
-            ips.append(validate.ipv4(ip, "load-balancer ingress IP"))
+            ips.append(validate.ip(ip, "load-balancer ingress IP"))
         except Invalid as exc:
             reject("service", name, str(exc))
     return tuple(dict.fromkeys(ips))
+
+
+def _of_families(name, what, ips, cluster_ips, reject: Reject) -> Tuple[str, ...]:
+    """The outside IPs of a family the service has a cluster IP of: those
+    are what its endpoints of that family serve (kube-proxy's proxier of the
+    other family never sees the service either)."""
+    families = {":" in ip for ip in cluster_ips}
+    out = []
+    for ip in dict.fromkeys(ips):
+        if (":" in ip) in families:
+            out.append(ip)
+        else:
+            family = "IPv6" if ":" in ip else "IPv4"
+            reject("service", name, f"{what} {ip} is {family} and the service has no "
+                   f"{family} cluster IP (spec.ipFamilies); ignoring it")
+    return tuple(out)
+
+
+def _open_families(name, outside_ips, source_ranges, reject: Reject) -> None:
+    """Source ranges filter each family by that family's ranges, as
+    kube-proxy does; say so when a family of LB IPs has none, so that
+    "restricted" is never silently "open to all" for the other family."""
+    if not source_ranges:
+        return
+    for v6, family in ((False, "IPv4"), (True, "IPv6")):
+        if any((":" in ip) == v6 for ip in outside_ips) and \
+                not any((":" in r) == v6 for r in source_ranges):
+            reject("service", name, f"loadBalancerSourceRanges has no {family} range: its "
+                   f"{family} load-balancer IPs accept every source (as with kube-proxy)")
 
 
 def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
@@ -140,19 +169,25 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     meta, spec = as_map(field(svc, "metadata")), validate.json_object(svc, "spec")
     cluster_ip, secondary_cluster_ip = _cluster_ips(name, spec, reject)
     stype = validate.service_type(spec.get("type"))
+    cluster_ips = (cluster_ip, secondary_cluster_ip) if secondary_cluster_ip else (cluster_ip,)
     external_ips = []
     for ip in validate.json_list(spec, "externalIPs"):
         try:
-            external_ips.append(validate.ipv4(ip, "externalIP"))
+            external_ips.append(validate.ip(ip, "externalIP"))
         except Invalid as exc:
             reject("service", name, str(exc))
+    external_ips = _of_families(name, "externalIP", external_ips, cluster_ips, reject)
+    lb_ips = _of_families(name, "load-balancer IP", _ingress_ips(name, svc, reject),
+                          cluster_ips, reject) if stype == model.LOAD_BALANCER else ()
+    source_ranges = _source_ranges(name, spec, reject)
+    _open_families(name, lb_ips, source_ranges, reject)
     ports = service_ports(name, spec.get("ports"), reject)
     by_port = merge_slices(name, ports, slices, reject)
     return model.Service(
         affinity_timeout=_affinity(name, spec, reject),
         internal_traffic_policy=_policy(name, spec, "internalTrafficPolicy", reject),
         external_traffic_policy=_policy(name, spec, "externalTrafficPolicy", reject),
-        source_ranges=_source_ranges(name, spec, reject),
+        source_ranges=source_ranges,
         health_check_node_port=_health_check_node_port(name, spec, stype, reject),
         topology_aware=_topology_aware(meta, spec),
         namespace=namespace, name=svc_name, cluster_ip=cluster_ip,
@@ -160,9 +195,7 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
         ports=tuple(model.ServicePort(
             name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
             node_port=p.node_port, endpoints=by_port[p]) for p in ports),
-        type=stype, external_ips=tuple(dict.fromkeys(external_ips)),
-        load_balancer_ips=(_ingress_ips(name, svc, reject)
-                           if stype == model.LOAD_BALANCER else ()))
+        type=stype, external_ips=external_ips, load_balancer_ips=lb_ips)
 
 
 def _affinity(name, spec, reject: Reject) -> Optional[int]:
@@ -251,8 +284,8 @@ def _topology_aware(meta, spec) -> bool:
 
 def node(raw, reject: Optional[Reject] = None) -> model.Node:
     """A Node: its IPv4 InternalIP and podCIDR (required), and a dual-stack
-    node's IPv6 podCIDR (a bad one is reported and left out: the node keeps
-    its IPv4 routes)."""
+    node's IPv6 podCIDR and IPv6 InternalIP (a bad one is reported and left
+    out: the node keeps its IPv4 side)."""
     name = key(raw)[1]
     if not name:
         raise Invalid("has no name")
@@ -260,9 +293,17 @@ def node(raw, reject: Optional[Reject] = None) -> model.Node:
     addresses = as_list(field(raw, "status", "addresses"))
     internal = [a.get("address") for a in addresses
                 if isinstance(a, dict) and a.get("type") == "InternalIP"]
+    internal6 = next((ip for ip in internal if isinstance(ip, str) and ":" in ip), None)
     internal = [ip for ip in internal if isinstance(ip, str) and ":" not in ip] or internal
     if not internal:
         raise Invalid("has no InternalIP address yet")
+    if internal6 is not None:
+        try:
+            internal6 = validate.ip(internal6, "IPv6 InternalIP")
+        except Invalid as exc:
+            if reject is not None:
+                reject("node", name, f"{exc}; no IPv6 NodePorts on it")
+            internal6 = None
     cidrs = as_list(spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     cidrs4 = [c for c in cidrs if ":" not in str(c)]
     if not cidrs4:
@@ -278,6 +319,7 @@ def node(raw, reject: Optional[Reject] = None) -> model.Node:
     return model.Node(name=name,
                       internal_ip=validate.ipv4(internal[0], "InternalIP"),
                       pod_cidr=validate.pod_cidr(cidrs4[0], "podCIDR"), pod_cidr6=cidr6,
+                      internal_ip6=internal6,
                       zone=text(labels(raw).get(ZONE_LABEL)) or None,
                       gateway=labels(raw).get(GATEWAY_NODE_LABEL) == "true")
 

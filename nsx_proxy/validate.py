@@ -104,13 +104,13 @@ def pod_cidr(value, what="CIDR", version=4) -> str:
 
 
 def source_range(value, what="loadBalancerSourceRange") -> str:
-    """A client CIDR such as 203.0.113.0/24 (host bits must be zero)."""
+    """A client CIDR of either family, such as 203.0.113.0/24 or
+    2001:db8::/48 (host bits must be zero)."""
     try:
         net = ipaddress.ip_network(str(value).strip(), strict=True)
     except ValueError:
-        raise Invalid(f"{what} {value!r} is not a network like 203.0.113.0/24") from None
-    if net.version != 4:
-        raise Invalid(f"{what} {value} is IPv6, which is not supported yet")
+        raise Invalid(f"{what} {value!r} is not a network like 203.0.113.0/24 "
+                      "or 2001:db8::/48") from None
     return str(net)
 
 

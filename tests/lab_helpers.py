@@ -93,6 +93,20 @@ def services(lab, *bodies):
         converge(lab)
 
 
+@contextlib.contextmanager
+def node2_only(lab):
+    """pod3 and pod4 (on node2) get label side=two."""
+    kubelet = lab.cluster.kubelet
+    try:
+        for pod in ("pod3", "pod4"):
+            kubelet.relabel(pod, {"app": "web", "side": "two"})
+        yield {"app": "web", "side": "two"}
+    finally:
+        for pod in ("pod3", "pod4"):
+            kubelet.relabel(pod, {"app": "web"})
+        converge(lab)
+
+
 STATUS = "http://127.0.0.1:19910"       # the shared lab controller's status endpoint
 
 

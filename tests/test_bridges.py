@@ -32,12 +32,18 @@ def test_nodeport_addresses_as_kube_proxy_reads_them():
     assert B.parse_nodeport_addresses("192.168.0.0/16, 10.0.0.0/8") == \
         ("192.168.0.0/16", "10.0.0.0/8")
     assert B.parse_nodeport_addresses("10.0.0.0/8,primary") == ()
-    with pytest.raises(ValueError, match="'banana' is not an IPv4 CIDR or 'primary'"):
+    assert B.parse_nodeport_addresses("fd00:100::/64,10.0.0.0/8") == \
+        ("fd00:100::/64", "10.0.0.0/8")
+    with pytest.raises(ValueError, match="'banana' is not a CIDR or 'primary'"):
         B.parse_nodeport_addresses("10.0.0.0/8,banana")
     ctx = node_bridge()
     limited = dataclasses.replace(ctx, node_port_cidrs=("10.0.0.0/8",))
     assert not limited.serves_node_ports("192.168.100.1")
     assert limited.serves_node_ports("10.9.9.9") and ctx.serves_node_ports("192.168.100.1")
+    # CIDRs of one family only: the other family's InternalIP serves none (kube-proxy)
+    assert not limited.serves_node_ports("fd00:100::1")
+    both = dataclasses.replace(ctx, node_port_cidrs=("10.0.0.0/8", "fd00:100::/64"))
+    assert both.serves_node_ports("fd00:100::1") and not both.serves_node_ports("fd00:101::1")
 
 
 def test_an_incomplete_or_malformed_port_is_ignored_with_one_line_and_the_rest_kept(caplog):

@@ -126,8 +126,8 @@ def test_flows_of_one_service_node_and_floating_ip(lab):
     assert any(L.DEMO_VIP6 in f["flow"] for f in flows)
     assert {f["bridge"] for f in flows} == {"br-node1", "br-node2"}
     node2 = cli("flows", "--node", "node2", "--bridge", "br-node1")
-    # node2's routes: its pod CIDRs (both families) and its node IP, nothing else
-    nets = ("10.1.2.0/24", "192.168.100.2", "fd00:10:1:2::/64")
+    # node2's routes: its pod CIDRs and node IPs (both families), nothing else
+    nets = ("10.1.2.0/24", "192.168.100.2", "fd00:10:1:2::/64", "fd00:100::2")
     assert node2 and all(any(n in f["flow"] for n in nets) for f in node2)
     assert {n for f in node2 for n in nets if n in f["flow"]} == set(nets)
     unknown = subprocess.run([CLI, "--controller", STATUS, "flows", "--floating-ip",

@@ -62,7 +62,7 @@ def allocations(lab, name):
         with open(lab.agent_log(host)) as fh:
             out += [f"{host}: {line.strip()}" for line in fh
                     if f"service default/{name}: load-balancer IP" in line
-                    and "allocated" in line]
+                    and "written" in line]
     return out
 
 
@@ -188,6 +188,35 @@ def test_node_port_load_balancer_and_floating_ip_from_the_internet(hosts_lab):
         core.patch_namespaced_pod("pod2", "default", {"metadata": {"annotations": {
             "nsx-proxy.io/floating-ip": None}}})
         lab.cluster.delete_service("edge")
+        converged(lab)
+
+
+def test_ipv6_node_port_and_load_balancer_from_the_internet_across_hosts(hosts_lab):
+    """North-south in IPv6: the gateway host routes the nodes' IPv6
+    InternalIPs, an IPv6 load-balancer IP (from the pool's IPv6 range) and
+    an IPv6 externalIP over the Geneve overlay; each node bridge masquerades to its own IPv6
+    address, so replies cross back the same way."""
+    lab = hosts_lab
+    body = web_service("edge6", type_="LoadBalancer", ipFamilyPolicy="RequireDualStack",
+                       ipFamilies=["IPv4", "IPv6"], externalIPs=["2001:db8:51::210"], ports=[
+                           {"name": "http", "port": 80, "targetPort": "http",
+                            "nodePort": 30182}])
+    try:
+        lab.cluster.apply_service(body)
+        v4, v6 = L.wait_for(lambda: len(lb_ips(lab, "edge6")) == 2 and lb_ips(lab, "edge6"),
+                            20, what="an LB IP of each family")
+        assert ":" in v6 and ":" not in v4
+        converged(lab)
+        for ip in (v6, "2001:db8:51::210"):
+            assert who_until(lab, "inet", f"http://[{ip}]/", EVERYONE) == EVERYONE
+        for node in lab.nodes:
+            url = f"http://[{node.internal_ip6}]:30182/"
+            assert who_until(lab, "inet", url, EVERYONE) == EVERYONE
+            assert lab.curl("inet", url + "ip") in {n.internal_ip6 for n in lab.nodes}
+        assert lab.curl("pod3", f"http://[{L.INET_IP6}]:8080/ip") == lab.nodes[1].internal_ip6
+        assert len(allocations(lab, "edge6")) == 1           # one agent wrote both, once
+    finally:
+        lab.cluster.delete_service("edge6")
         converged(lab)
 
 

@@ -5,14 +5,13 @@ Node IPs are 192.168.100.1-2 (reached through br-gw), the Internet host is
 203.0.113.10, floating-IP pools are 198.51.100.0/25 (default) and
 198.51.100.128/25 (blue).  Every test removes what it made.
 """
-import contextlib
 import functools
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from kube_helpers import service as raw_service
-from lab_helpers import HERE, converge, services, who
+from lab_helpers import HERE, converge, node2_only, services, who
 from nsx_proxy import model
 from topologies import lab as L
 
@@ -23,20 +22,6 @@ EVERYONE = {"pod1", "pod2", "pod3", "pod4"}
 
 service = functools.partial(raw_service, type_="ClusterIP", selector={"app": "web"},
                             ports=[{"name": "http", "port": 80, "targetPort": "http"}])
-
-
-@contextlib.contextmanager
-def node2_only(lab):
-    """pod3 and pod4 (on node2) get label side=two."""
-    kubelet = lab.cluster.kubelet
-    try:
-        for pod in ("pod3", "pod4"):
-            kubelet.relabel(pod, {"app": "web", "side": "two"})
-        yield {"app": "web", "side": "two"}
-    finally:
-        for pod in ("pod3", "pod4"):
-            kubelet.relabel(pod, {"app": "web"})
-        converge(lab)
 
 
 def lb_ip(lab, name, timeout=10):

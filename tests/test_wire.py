@@ -29,6 +29,9 @@ def states():
     yield "dual-stack", world.NODE1_DS, world.dual_stack_state(world.web_dual_stack())
     yield "dual-stack affinity", world.NODE1_DS, world.dual_stack_state(
         world.web_dual_stack(affinity=600))
+    edge = world.north_south_state(world.edge_dual_stack())
+    yield "north-south IPv6 node", world.NODE1_DS, edge
+    yield "north-south IPv6 gateway", world.GATEWAY_DS, edge
     from nsx_proxy.kube_cache import KubeCache
     from nsx_proxy.state_builder import StateBuilder
     from nsx_proxy import validate

@@ -1,5 +1,6 @@
 """A two-node cluster as plain data, shared by the unit and fake-switch tests,
 and a fake datapath for driving a Switch without Ryu's loop."""
+import dataclasses
 import itertools
 
 from ryu.ofproto import ofproto_v1_3 as ofp
@@ -128,3 +129,27 @@ def web_dual_stack(endpoints=("pod1", "pod3"), vips=(VIP, VIP6), affinity=None):
 
 def dual_stack_state(*services):
     return model.ClusterState.build(services, NODES_DS)
+
+
+# North-south in IPv6: the dual-stack nodes with an IPv6 InternalIP each, a
+# gateway whose external port has an IPv6 address, and edge_dual_stack(): a
+# dual-stack LoadBalancer with a nodePort, LB and external IPs of both
+# families and source ranges of both.
+NODES_NS6 = tuple(dataclasses.replace(n, internal_ip6=f"fd00:100::{k}")
+                  for k, n in enumerate(NODES_DS, 1))
+GATEWAY_DS = dataclasses.replace(GATEWAY, external=dataclasses.replace(
+    GATEWAY.external, ip6="2001:db8:113::1"))
+LB_IPS = ("198.51.100.7", "2001:db8:51::7")
+EXTERNAL_IPS = ("198.51.100.200", "2001:db8:51::200")
+
+
+def edge_dual_stack(source_ranges=("203.0.113.0/28", "2001:db8:113::/64"), **kw):
+    web6 = web_dual_stack()
+    ports = tuple(dataclasses.replace(p, node_port=30000 + p.port) for p in web6.ports)
+    return dataclasses.replace(web6, type=model.LOAD_BALANCER, ports=ports,
+                               load_balancer_ips=LB_IPS, external_ips=EXTERNAL_IPS,
+                               source_ranges=source_ranges, **kw)
+
+
+def north_south_state(*services):
+    return model.ClusterState.build(services, NODES_NS6)

@@ -333,7 +333,8 @@ class HostsLab(Lab):
         uplink = TUNNEL_PORT if self.overlay else self._uplink(name)
         if name == GATEWAY_HOST:
             return gateway_labels(bridge, uplink,
-                                  host.connectionsTo(self.net.get("inet"))[0][0].name)
+                                  host.connectionsTo(self.net.get("inet"))[0][0].name,
+                                  ipv6=self.dual_stack)
         return node_labels(self._node(name), uplink, [])   # pods: the CNI's
 
     def _tune_interfaces(self):

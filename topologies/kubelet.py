@@ -95,8 +95,9 @@ class Kubelet:
             body = {"metadata": {"name": node.name, "labels": labels},
                     "spec": {"podCIDR": node.pod_cidr,
                              "podCIDRs": node.pod_cidrs}}
-            status = {"addresses": [{"type": "InternalIP", "address": node.internal_ip},
-                                    {"type": "Hostname", "address": node.name}],
+            internal = getattr(node, "internal_ips", None) or [node.internal_ip]
+            status = {"addresses": [{"type": "InternalIP", "address": ip} for ip in internal]
+                      + [{"type": "Hostname", "address": node.name}],
                       "conditions": [{"type": "Ready", "status": "True",
                                       "reason": "KubeletReady",
                                       "message": "nsx-proxy lab kubelet"}]}

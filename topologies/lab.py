@@ -35,7 +35,8 @@ from nsx_proxy.endpoint_selection import select
 from topologies.cluster import Cluster, demo_service, load_manifests
 from topologies.controller_proc import RyuProcess
 from topologies.plan import (  # noqa: F401 - the lab's names, kept where tests look
-    GATEWAY_FABRIC_IP, INET_GW, INET_IP, TCP_TARGET, UDP_TARGET, NodeSpec, PodSpec,
+    GATEWAY_FABRIC_IP, INET_GW, INET_GW6, INET_IP, INET_IP6, TCP_TARGET, UDP_TARGET,
+    NodeSpec, PodSpec,
     gateway_labels, node_labels, plan_nodes)
 from topologies.progress import QUIET
 from topologies.sandbox import CniFailed, Runtime
@@ -48,7 +49,9 @@ DEMO_VIP = "10.96.0.10"
 DEMO_VIP6 = "fd00:96::a"                # web's IPv6 cluster IP in the dual-stack lab
 # Floating-IP pools for LoadBalancer services (and room for pods' FIPs):
 # "default" for every namespace, "blue" for namespaces or services that ask.
-FIP_POOLS = "default=198.51.100.0/25;blue=198.51.100.128/25;seed=101.101.101.0/24"
+# default has an IPv6 range too: a dual-stack LoadBalancer gets one of each
+FIP_POOLS = ("default=198.51.100.0/25,2001:db8:51::/120;blue=198.51.100.128/25;"
+             "seed=101.101.101.0/24")
 AUDIT_PERIOD = 2      # the lab checks its bridges for drift often (default 10 s)
 
 
@@ -126,6 +129,10 @@ class Lab:
             self.net = net
             self._set_up_bridges(step)
             self._tune_interfaces()
+            if self.dual_stack:                  # the Internet has IPv6 too
+                self.net.get("inet").cmd(
+                    f"ip -6 addr add {INET_IP6}/64 dev inet-eth0 nodad && "
+                    f"ip -6 route add default via {INET_GW6}")
         with step(f"{len(self.pods)} pods attached by nsx-proxy-cni"):
             self._attach_pods()
         with step("pod servers"):
@@ -261,7 +268,8 @@ class Lab:
             cmds += node_labels(node, uplink, [])     # pods: the CNI plugin's keys
         gw = self.net.get("br-gw")
         cmds += gateway_labels("br-gw", gw.connectionsTo(self.net.get("fabric"))[0][0].name,
-                               gw.connectionsTo(self.net.get("inet"))[0][0].name)
+                               gw.connectionsTo(self.net.get("inet"))[0][0].name,
+                               ipv6=self.dual_stack)
         run(["ovs-vsctl"] + cmds)
         # Reconnect fast after a controller restart (the default backs off to 8 s).
         for uuid in run(["ovs-vsctl", "--bare", "--columns=_uuid", "find",
@@ -352,8 +360,9 @@ class Lab:
                         continue                 # skipped on the userspace datapath
                     chosen = select(svc, port, node.name, state.nodes.get(node.name))
                     pools = [same_family(chosen.internal, ip) for ip in svc.cluster_ips]
-                    if svc.outside_ips or svc.node_ports:        # IPv4 only
-                        pools.append(same_family(chosen.external, "0.0.0.0"))
+                    # an external pool per family with a frontend on this node
+                    pools += [same_family(chosen.external, ip)
+                              for ip in _external_families(svc, port, node)]
                     if spread_per_flow(svc, port):
                         picks += sum(len(p) for p in pools)
                         continue
@@ -374,6 +383,18 @@ class Lab:
         want = sum(len(serving_nodes(state, ip)) for ip in ips)
         have = self.dump_groups("br-gw")
         return len(have) == len(ips) and sum(g.count("bucket=") for g in have) == want
+
+
+def _external_families(svc, port, node: NodeSpec):
+    """One address per family ``svc`` has an outside frontend of on ``node``
+    (its externalIPs and LB IPs, its nodePort on the node's InternalIP of a
+    family the service has), as controller/node_fragments.py picks them."""
+    ips = list(svc.outside_ips)
+    if port.node_port and svc.node_ports:
+        ips += [ip for ip in node.internal_ips
+                if any((":" in ip) == (":" in c) for c in svc.cluster_ips)]
+    return [ip for ip in {":" in ip: ip for ip in ips}.values()
+            if ":" not in ip or node.internal_ip6]
 
 
 def scripted_check(lab: Lab) -> bool:

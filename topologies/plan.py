@@ -17,6 +17,8 @@ TCP_TARGET = 8080                        # every pod serves HTTP here (podserver
 UDP_TARGET = 5353                        # and UDP here
 INET_IP = "203.0.113.10"                 # the Internet host
 INET_GW = "203.0.113.1"                  # br-gw's address on the Internet side
+INET_IP6 = "2001:db8:113::10"            # the same in a dual-stack lab (documentation
+INET_GW6 = "2001:db8:113::1"             # prefix, RFC 3849)
 GATEWAY_FABRIC_IP = "192.168.100.254"    # br-gw's address on the fabric
 
 
@@ -47,6 +49,12 @@ class NodeSpec:
     pod_cidr: str
     pods: List[PodSpec] = field(default_factory=list)
     pod_cidr6: Optional[str] = None      # a dual-stack lab's nodes have both
+    internal_ip6: Optional[str] = None   # ...and an IPv6 InternalIP (the fabric's)
+
+    @property
+    def internal_ips(self) -> List[str]:
+        """Node.status.addresses' InternalIPs: IPv4 first."""
+        return [self.internal_ip] + ([self.internal_ip6] if self.internal_ip6 else [])
 
     @property
     def pod_cidrs(self) -> List[str]:
@@ -65,10 +73,11 @@ class NodeSpec:
 
 def node_spec(k: int, dual_stack=False) -> NodeSpec:
     """Node k: bridge br-nodeK, InternalIP 192.168.100.K, podCIDR 10.1.K.0/24
-    (dual-stack: and fd00:10:1:K::/64)."""
+    (dual-stack: and fd00:100::K, fd00:10:1:K::/64)."""
     return NodeSpec(name=f"node{k}", index=k, bridge=f"br-node{k}",
                     internal_ip=f"192.168.100.{k}", pod_cidr=f"10.1.{k}.0/24",
-                    pod_cidr6=f"fd00:10:1:{k}::/64" if dual_stack else None)
+                    pod_cidr6=f"fd00:10:1:{k}::/64" if dual_stack else None,
+                    internal_ip6=f"fd00:100::{k:x}" if dual_stack else None)
 
 
 def pod_spec(node: NodeSpec, name: str) -> PodSpec:
@@ -119,14 +128,16 @@ def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
     return cmds
 
 
-def gateway_labels(bridge: str, uplink: str, external: str) -> List[str]:
-    """ovs-vsctl arguments labelling the gateway router bridge and its ports."""
+def gateway_labels(bridge: str, uplink: str, external: str, ipv6=False) -> List[str]:
+    """ovs-vsctl arguments labelling the gateway router bridge and its ports
+    (``ipv6``: the external port has an IPv6 address too)."""
+    address = f"{INET_GW}/24" + (f",{INET_GW6}/64" if ipv6 else "")
     return ["--", "set", "bridge", bridge, f"external_ids:{B.ROLE}={B.ROLE_GATEWAY}",
             f"external_ids:{B.FABRIC_IP}={GATEWAY_FABRIC_IP}",
             "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}",
             "--", "set", "interface", external,
             f"external_ids:{B.ROLE}={B.ROLE_EXTERNAL}",
-            f"external_ids:{B.POD_IP}={INET_GW}/24",
+            f"external_ids:{B.POD_IP}={address}",
             f"external_ids:{B.NEXT_HOP_MAC}={ip_mac(INET_IP)}"]
 
 
