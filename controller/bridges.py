@@ -45,6 +45,7 @@ HOST_NAMESPACE = "host"            # such a port is addressed like a pod: host/I
 # address of the node's nodePorts, and sends the replies back the same way
 # (Antrea's "virtual NodePort DNAT IP" is 169.254.0.252 too).
 NODE_PORT_STEER_IP = "169.254.0.252"
+NODE_PORT_STEER_IP6 = "fc01::aabb:ccdd:eeff"   # the same for IPv6 (Antrea's too)
 
 
 class BadBridge(ValueError):

@@ -122,7 +122,8 @@ OPTIONS = [
                help="node_setup: the overlay's tunnel port; empty: no tunnel port (a "
                     "fabric: label the uplink yourself)"),
     cfg.StrOpt("service_cidr", default="10.96.0.0/12",
-               help="node_setup: the Service CIDR, routed from the node into its bridge"),
+               help="node_setup: the Service CIDR, IPv4[,IPv6] (the API server's "
+                    "--service-cluster-ip-range), routed from the node into its bridge"),
     cfg.IntOpt("underlay_mtu", default=1500, min=1280,
                help="node_setup: the node's NIC MTU; the host port gets 50 bytes less "
                     "(the CNI conflist's mtu must say the same for pods)"),

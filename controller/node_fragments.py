@@ -15,8 +15,8 @@ from controller import addresses as A
 from controller import cookies, udp_pool
 from controller import flows as F
 from controller import pipeline as P
-from controller.bridges import (HOST_NAMESPACE, NODE_PORT_STEER_IP, ROLE_NODE, BridgeContext,
-                                Pod, router_mac)
+from controller.bridges import (HOST_NAMESPACE, NODE_PORT_STEER_IP, NODE_PORT_STEER_IP6,
+                                ROLE_NODE, BridgeContext, Pod, router_mac)
 from controller.fragments import Fragment
 from controller.neighbor import answer_flow, nd_pipeline_flows
 from controller.names import (external_group_name, family_group_name, pool_parts,
@@ -88,16 +88,20 @@ def pod_fragment(ctx: BridgeContext, pod: Pod) -> Fragment:
     to_pod = (F.SetField("eth_src", ctx.router_mac), F.SetField("eth_dst", pod.mac))
     new = (F.CT_TRK | F.CT_NEW, F.CT_TRK | F.CT_NEW)
     old = (F.CT_TRK, F.CT_TRK | F.CT_NEW)
-    steering = [
+    steering = []
+    if pod.namespace == HOST_NAMESPACE:
         # The host port: NodePorts the node steered in from off the node
         # keep their client's source; their replies (the source is the
         # steering address again once un-NATed) go back to the node.
-        P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
-               in_port=pod.ofport, eth_type=F.ETH_IP, eth_src=pod.mac,
-               ipv4_dst=NODE_PORT_STEER_IP),
-        P.L3_FORWARDING.flow(P.PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
-               eth_type=F.ETH_IP, ipv4_src=NODE_PORT_STEER_IP),
-    ] if pod.namespace == HOST_NAMESPACE else []
+        for steer in (NODE_PORT_STEER_IP, NODE_PORT_STEER_IP6 if pod.ip6 and ctx.gateway_ip6
+                      else None):
+            if steer:
+                steering += [
+                    P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.HAIRPIN_UNSNAT.id),), c,
+                           in_port=pod.ofport, eth_src=pod.mac, **A.addr(steer)),
+                    P.L3_FORWARDING.flow(P.PRIO_HIGH, to_pod + (F.Output(pod.ofport),), c,
+                           **A.addr(steer, "src")),
+                ]
     flows = steering + [
         P.CLASSIFIER.flow(P.PRIO_HIGH, (F.GotoTable(P.ARP_RESPONDER.id),), c,
                in_port=pod.ofport, eth_type=F.ETH_ARP, eth_src=pod.mac, arp_spa=pod.ip)]
@@ -269,12 +273,13 @@ def _external_frontends(ctx, svc, port, node):
             for ip in svc.load_balancer_ips]
     if port.node_port and svc.node_ports and node is not None:
         families = {":" in ip for ip in svc.cluster_ips}
-        for ip in (node.internal_ip, node.internal_ip6 if ipv6 else None):
+        host = ctx.host_pod
+        for ip, steer in ((node.internal_ip, NODE_PORT_STEER_IP),
+                          (node.internal_ip6 if ipv6 else None, NODE_PORT_STEER_IP6)):
             if ip and (":" in ip) in families and ctx.serves_node_ports(ip):
                 out.append((ip, port.node_port, ()))
-        if ctx.host_pod is not None and False in families and \
-                ctx.serves_node_ports(node.internal_ip):   # steered in by the node
-            out.append((NODE_PORT_STEER_IP, port.node_port, ()))
+                if host is not None and (":" not in ip or host.ip6):
+                    out.append((steer, port.node_port, ()))   # steered in by the node
     v4 = [f for f in out if ":" not in f[0]]
     v6 = [f for f in out if ":" in f[0]] if ipv6 else []
     return [(f, f[0][0]) for f in (v4, v6) if f]

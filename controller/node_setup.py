@@ -16,14 +16,18 @@ part idempotent, so a restart or a repeat changes nothing that is right:
 - ``nsx-host0``, the node's own stack on the bridge (role ``host``): MAC
   ``0a:58:`` + the InternalIP, which it also holds as a /32; routes for
   every compute node's podCIDR and for ``service_cidr`` lead into it, via
-  this node's pod gateway.  The node's address stays on its NIC;
+  this node's pod gateway.  The node's address stays on its NIC.  A
+  dual-stack node (an IPv6 podCIDR and an IPv6 InternalIP) gets the same
+  in IPv6: its IPv6 InternalIP as a /128, routes for the IPv6 podCIDRs and
+  the IPv6 ``service_cidr`` via its IPv6 pod gateway;
 - NodePorts that reach the node's own address from off the node are
   steered into the bridge (as Antrea does): the nftables table
   ``ip nsx-proxy`` DNATs them, port kept, to ``NODE_PORT_STEER_IP``, routed
   into ``nsx-host0``; the bridge serves that address like the node IP and
   sends the replies back by the host port, where the kernel un-DNATs them.
-  Forwarding is turned on for it.  Health-check node ports stay the
-  kernel's (the agent answers them on every node address).
+  Forwarding is turned on for it.  On a dual-stack node the table ``ip6
+  nsx-proxy`` does the same to ``NODE_PORT_STEER_IP6``.  Health-check node
+  ports stay the kernel's (the agent answers them on every node address).
 
 The plan is pure (``ovsdb_args``, ``kernel_batch``); ``NodeSetup`` applies
 it when it changes.
@@ -48,6 +52,12 @@ def gateway_ip(nodes) -> Optional[str]:
     cluster (its Node is labelled nsx-proxy.io/gateway=true)."""
     gateways = sorted(n.internal_ip for n in nodes if n.gateway)
     return gateways[0] if gateways else None
+
+
+def dual_stack(node: model.Node) -> bool:
+    """Whether the node's own stack gets IPv6 too: an IPv6 podCIDR (its
+    bridge routes IPv6) and an IPv6 InternalIP (the address it holds)."""
+    return bool(node.pod_cidr6 and node.internal_ip6)
 
 
 def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_type: str,
@@ -85,67 +95,92 @@ def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_t
     args += ["--", "--may-exist", "add-port", bridge, HOST_PORT,
              "--", "set", "interface", HOST_PORT, "type=internal", f'mac="{mac}"',
              f"mtu_request={mtu}", f"external_ids:{B.ROLE}={B.ROLE_HOST}",
-             f"external_ids:{B.POD_IP}={node.internal_ip}",
+             f"external_ids:{B.POD_IP}={node.internal_ip}"
+             + (f",{node.internal_ip6}" if dual_stack(node) else ""),
              f"external_ids:{B.POD_MAC}={mac}"]
     return args
 
 
-def routed_cidrs(nodes, service_cidr: str) -> Tuple[str, ...]:
+def routed_cidrs(nodes, service_cidr: str, ipv6: bool = False) -> Tuple[str, ...]:
     """What the node reaches through its bridge: every compute node's
-    podCIDR (its own included), and the Service CIDR."""
+    podCIDR (its own included), and the Service CIDRs (``service_cidr``:
+    "IPv4[,IPv6]"); with ``ipv6``, the IPv6 ones too."""
     cidrs = sorted({n.pod_cidr for n in nodes if n.compute and n.pod_cidr})
-    return tuple(cidrs + ([service_cidr] if service_cidr else []))
+    services = [c.strip() for c in (service_cidr or "").split(",") if c.strip()]
+    out = cidrs + [c for c in services if ":" not in c]
+    if ipv6:
+        out += sorted({n.pod_cidr6 for n in nodes if n.compute and n.pod_cidr6})
+        out += [c for c in services if ":" in c]
+    return tuple(out)
 
 
 def kernel_batch(node: model.Node, cidrs, mtu: int, stale=()) -> str:
-    """``ip -batch`` lines for the host port: up, the InternalIP as a /32,
-    a route per CIDR via this node's pod gateway (``stale``: routes of CIDRs
-    that went away), and the steering address behind it (the bridge's
-    router MAC, so no ARP is needed)."""
-    gw = B.gateway_ip(node.pod_cidr)
-    lines = [f"link set {HOST_PORT} mtu {mtu} up",
-             f"addr replace {node.internal_ip}/32 dev {HOST_PORT}",
-             f"route replace {B.NODE_PORT_STEER_IP}/32 dev {HOST_PORT}",
-             f"neigh replace {B.NODE_PORT_STEER_IP} lladdr {B.router_mac(node.pod_cidr)} "
-             f"dev {HOST_PORT} nud permanent"]
-    lines += [f"route replace {c} via {gw} dev {HOST_PORT} onlink src {node.internal_ip}"
-              for c in cidrs]
+    """``ip -batch`` lines for the host port: up, the InternalIPs as a /32
+    (and a /128), a route per CIDR via this node's pod gateway of its family
+    (``stale``: routes of CIDRs that went away), and the steering addresses
+    behind it (the bridge's router MAC, so no ARP or ND is needed)."""
+    mac = B.router_mac(node.pod_cidr)
+    # per family: (the node's address, its pod gateway, the steering address)
+    families = {False: (node.internal_ip, B.gateway_ip(node.pod_cidr), B.NODE_PORT_STEER_IP)}
+    if dual_stack(node):
+        families[True] = (node.internal_ip6, B.gateway_ip(node.pod_cidr6),
+                          B.NODE_PORT_STEER_IP6)
+    lines = [f"link set {HOST_PORT} mtu {mtu} up"]
+    for v6, (ip, _, steer) in families.items():
+        host = "/128" if v6 else "/32"
+        # nodad: the address is the node's own (the bridge never answers DAD)
+        lines += [f"addr replace {ip}{host} dev {HOST_PORT}" + (" nodad" if v6 else ""),
+                  f"route replace {steer}{host} dev {HOST_PORT}",
+                  f"neigh replace {steer} lladdr {mac} dev {HOST_PORT} nud permanent"]
+    for c in cidrs:
+        ip, gw, _ = families[":" in c]
+        lines.append(f"route replace {c} via {gw} dev {HOST_PORT} onlink src {ip}")
     lines += [f"route del {c} dev {HOST_PORT}" for c in stale]
     return "\n".join(lines) + "\n"
 
 
-def node_ports(svc) -> Tuple[Tuple[str, int], ...]:
-    """(protocol, nodePort) of a Service (none unless it has nodePorts): what
-    the node steers into its bridge for it."""
+def node_ports(svc) -> Tuple[Tuple[str, str, int], ...]:
+    """(nftables family, protocol, nodePort) of a Service (none unless it has
+    nodePorts): what the node steers into its bridge for it, on its address
+    of each family the Service has (kube-proxy's proxier of the other family
+    never sees the Service)."""
     if svc is None or not svc.node_ports:
         return ()
-    return tuple(sorted({(p.protocol.lower(), p.node_port) for p in svc.ports
-                         if p.node_port}))
+    families = sorted({"ip6" if ":" in ip else "ip" for ip in svc.cluster_ips})
+    return tuple(sorted({(f, p.protocol.lower(), p.node_port) for p in svc.ports
+                         if p.node_port for f in families}))
 
 
-def nft_ruleset(ports) -> str:
-    """The ``ip nsx-proxy`` table, replaced whole in one transaction (``nft
-    -f``: the add-then-delete makes the delete safe when it is missing)."""
-    elements = ", ".join(f"{proto} . {port}" for proto, port in ports)
-    steer = f"fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport " \
-            f"@node-ports dnat ip to {B.NODE_PORT_STEER_IP}"
-    return "\n".join([
-        f"add table ip {NFT_TABLE}",
-        f"delete table ip {NFT_TABLE}",
-        f"table ip {NFT_TABLE} {{",
-        "  set node-ports {",
-        "    type inet_proto . inet_service",
-        f"    elements = {{ {elements} }}" if ports else "",
-        "  }",
-        "  chain prerouting {",
-        "    type nat hook prerouting priority dstnat; policy accept;",
-        f'    iifname != "{HOST_PORT}" {steer}',
-        "  }",
-        "  chain output {",            # the node's own connections to its nodePorts
-        "    type nat hook output priority -100; policy accept;",   # dstnat's number
-        f"    {steer}",
-        "  }",
-        "}", ""])
+def nft_ruleset(ports, ipv6: bool = False) -> str:
+    """The ``ip nsx-proxy`` table (and with ``ipv6`` the ``ip6`` one), each
+    replaced whole in one transaction (``nft -f``: the add-then-delete makes
+    the delete safe when it is missing; an ``ip6`` table left from a node
+    that had IPv6 goes too)."""
+    out = []
+    for family, steer_ip, loopback in (("ip", B.NODE_PORT_STEER_IP, "127.0.0.0/8"),
+                                       ("ip6", B.NODE_PORT_STEER_IP6, "::1")):
+        out += [f"add table {family} {NFT_TABLE}", f"delete table {family} {NFT_TABLE}"]
+        if family == "ip6" and not ipv6:
+            continue
+        elements = ", ".join(f"{proto} . {port}" for f, proto, port in ports if f == family)
+        steer = f"fib daddr type local {family} daddr != {loopback} meta l4proto . th " \
+                f"dport @node-ports dnat {family} to {steer_ip}"
+        out += [
+            f"table {family} {NFT_TABLE} {{",
+            "  set node-ports {",
+            "    type inet_proto . inet_service",
+            f"    elements = {{ {elements} }}" if elements else "",
+            "  }",
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            f'    iifname != "{HOST_PORT}" {steer}',
+            "  }",
+            "  chain output {",            # the node's own connections to its nodePorts
+            "    type nat hook output priority -100; policy accept;",   # dstnat's number
+            f"    {steer}",
+            "  }",
+            "}"]
+    return "\n".join(out + [""])
 
 
 class NodeSetup:
@@ -165,7 +200,7 @@ class NodeSetup:
         self.run = run
         self.sysctl = sysctl or _write_sysctl
         self.applied = None              # (the plan's inputs, routed CIDRs) last applied
-        self.steered = None              # the nodePorts the nftables table holds
+        self.steered = None              # (the nodePorts the nftables tables hold, IPv6?)
         self._ports = {}                 # service key -> its nodePorts (node_ports)
         self._due = {"node": True, "ports": True}   # to (re)compute at the next update
         self.waiting_logged = False
@@ -194,26 +229,30 @@ class NodeSetup:
         try:
             changed = self._due["node"] and self._update_node(nodes)
             if self.applied is not None and self._due["ports"]:
+                ipv6 = dual_stack(self.applied[0][0])
                 changed = self._steer(tuple(sorted(
-                    {p for ports in self._ports.values() for p in ports}))) or changed
+                    {p for ports in self._ports.values() for p in ports
+                     if ipv6 or p[0] == "ip"})), ipv6) or changed
         except Exception:      # noqa: BLE001 - never the programming's cost
             LOG.exception("node setup of %s failed (next change retries)", self.bridge)
             return False
         return bool(changed)
 
-    def _steer(self, ports) -> bool:
-        if ports == self.steered:
+    def _steer(self, ports, ipv6) -> bool:
+        if (ports, ipv6) == self.steered:
             self._due["ports"] = False
             return False
         try:
             if self.steered is None:      # steered NodePorts are forwarded into the bridge
                 self.sysctl("net/ipv4/ip_forward", "1")
-            self._call(["nft", "-f", "-"], nft_ruleset(ports))
+            if ipv6 and (self.steered is None or not self.steered[1]):
+                self.sysctl("net/ipv6/conf/all/forwarding", "1")
+            self._call(["nft", "-f", "-"], nft_ruleset(ports, ipv6))
         except (OSError, subprocess.SubprocessError) as exc:
             LOG.error("node setup: NodePort steering not applied (next change retries): %s",
                       exc)
             return False
-        self.steered = ports
+        self.steered = (ports, ipv6)
         self._due["ports"] = False
         LOG.info("node setup: %d nodePorts steered into %s", len(ports), self.bridge)
         return True
@@ -227,7 +266,7 @@ class NodeSetup:
                 self.waiting_logged = True
             return False
         gateway = gateway_ip(nodes)
-        cidrs = routed_cidrs(nodes, self.service_cidr)
+        cidrs = routed_cidrs(nodes, self.service_cidr, dual_stack(node))
         if self.applied == ((node, gateway), cidrs):
             self._due["node"] = False
             return False
@@ -258,6 +297,7 @@ class NodeSetup:
             LOG.info("node setup: %s now routes %s", HOST_PORT, ", ".join(cidrs))
         self.applied = ((node, gateway), cidrs)
         self._due["node"] = False
+        self._due["ports"] = True         # the steering follows the node's families
         return True
 
     def _call(self, cmd, stdin=None):

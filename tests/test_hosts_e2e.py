@@ -15,6 +15,7 @@ from controller.cookies import GEN_SHIFT
 from lab_helpers import (EVERYONE, HERE, NODE1, NODE2, converged, normal, serving_again,
                          web_service, who_until)
 from topologies import lab as L
+from topologies.plan import GATEWAY_FABRIC_IP6
 
 pytestmark = [pytest.mark.mininet, pytest.mark.hosts]
 HOSTS = ("node1", "node2", "gw")
@@ -387,6 +388,46 @@ def test_a_node_port_on_a_nodes_own_address_from_off_the_node_is_served_by_the_b
             lab.cluster.delete_service(name)
     L.wait_for(lambda: "30185" not in lab.net.get("node1").cmd(
         "nft list set ip nsx-proxy node-ports"), 10, what="30185 no longer steered")
+
+
+def test_a_nodes_own_stack_over_ipv6_and_its_ipv6_node_ports_steered_from_off_the_node(
+        hosts_lab):
+    """The host port in IPv6: node setup gives nsx-host0 the node's IPv6
+    InternalIP and routes the IPv6 pod CIDRs and Service CIDR into it, so
+    node1 reaches the IPv6 cluster IP and pods; node2's and the gateway
+    host's stacks reach node1's IPv6 address on the underlay, steered in by
+    the ``ip6 nsx-proxy`` table (DNAT to fc01::aabb:ccdd:eeff)."""
+    lab = hosts_lab
+    node1_ip6 = lab.nodes[0].internal_ip6
+    assert who_until(lab, "node1", f"http://[{L.DEMO_VIP6}]/", EVERYONE) == EVERYONE
+    pod3 = next(p for p in lab.pods if p.name == "pod3")
+    assert lab.curl("node1", f"http://[{pod3.ip6}]:8080/ip") == node1_ip6
+    cluster = web_service("steer6", type_="NodePort", ipFamilyPolicy="RequireDualStack",
+                          ipFamilies=["IPv4", "IPv6"], ports=[
+                              {"name": "http", "port": 80, "targetPort": "http",
+                               "nodePort": 30187}])
+    local = web_service("steer6-local", type_="NodePort", externalTrafficPolicy="Local",
+                        ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv4", "IPv6"],
+                        ports=[{"name": "http", "port": 80, "targetPort": "http",
+                                "nodePort": 30188}])
+    url = f"http://[{node1_ip6}]"
+    try:
+        lab.cluster.apply_service(cluster)
+        lab.cluster.apply_service(local)
+        converged(lab)
+        L.wait_for(lambda: "tcp . 30188" in lab.net.get("node1").cmd(
+            "nft list set ip6 nsx-proxy node-ports"), 10, what="node1 to steer 30188 (IPv6)")
+        for client in ("node2", "gw"):                   # off node1, on the underlay
+            assert who_until(lab, client, f"{url}:30187/", EVERYONE) == EVERYONE
+            assert lab.curl(client, f"{url}:30187/ip") == node1_ip6      # masquerade
+        assert who_until(lab, "gw", f"{url}:30188/", {"pod1", "pod2"}) == {"pod1", "pod2"}
+        assert lab.curl("gw", f"{url}:30188/ip") == GATEWAY_FABRIC_IP6   # Local: kept
+        assert lab.curl("node1", f"{url}:30187/") in EVERYONE            # node1 itself
+    finally:
+        for name in ("steer6", "steer6-local"):
+            lab.cluster.delete_service(name)
+    L.wait_for(lambda: "30187" not in lab.net.get("node1").cmd(
+        "nft list set ip6 nsx-proxy node-ports"), 10, what="30187 no longer steered")
 
 
 def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hosts_lab):

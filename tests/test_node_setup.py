@@ -183,3 +183,49 @@ def test_a_sync_that_touches_neither_nodes_nor_node_ports_costs_nothing():
     run.calls.clear()
     assert ns.update([NODE1, NODE2], {}, changes.ChangeSet()) is True
     assert "route replace 10.1.2.0/24" in run.writes()[1][1]
+
+
+DUAL1 = dataclasses.replace(NODE1, pod_cidr6="fd00:10:1:1::/64", internal_ip6="fd00:100::1")
+DUAL2 = dataclasses.replace(NODE2, pod_cidr6="fd00:10:1:2::/64", internal_ip6="fd00:100::2")
+
+
+def test_a_dual_stack_nodes_own_stack_gets_ipv6_routes_and_its_steering_address():
+    assert "external_ids:ip-address=192.168.100.1,fd00:100::1" in args_of(node=DUAL1)
+    cidrs = NS.routed_cidrs([DUAL2, GW, DUAL1], "10.96.0.0/12,fd00:96::/112", ipv6=True)
+    assert cidrs == ("10.1.1.0/24", "10.1.2.0/24", "10.96.0.0/12",
+                     "fd00:10:1:1::/64", "fd00:10:1:2::/64", "fd00:96::/112")
+    # an IPv4-only node leaves the IPv6 ones out
+    assert NS.routed_cidrs([DUAL2, GW, NODE1], "10.96.0.0/12,fd00:96::/112") == cidrs[:3]
+    batch = NS.kernel_batch(DUAL1, cidrs, 1450).splitlines()
+    assert batch[4:7] == [
+        "addr replace fd00:100::1/128 dev nsx-host0 nodad",
+        "route replace fc01::aabb:ccdd:eeff/128 dev nsx-host0",
+        "neigh replace fc01::aabb:ccdd:eeff lladdr 0a:58:0a:01:01:01 dev nsx-host0 nud permanent"]
+    assert batch[-1] == ("route replace fd00:96::/112 via fd00:10:1:1::1 dev nsx-host0 onlink "
+                         "src fd00:100::1")
+    assert batch[7] == ("route replace 10.1.1.0/24 via 10.1.1.1 dev nsx-host0 onlink "
+                        "src 192.168.100.1")
+
+
+def test_node_ports_are_steered_per_family_the_service_has():
+    dual = dataclasses.replace(NODE_PORT_SVC, secondary_cluster_ip="fd00:96::20")
+    v6 = dataclasses.replace(NODE_PORT_SVC, cluster_ip="fd00:96::21", name="np6")
+    assert NS.node_ports(dual) == (("ip", "tcp", 30080), ("ip", "udp", 30053),
+                                   ("ip6", "tcp", 30080), ("ip6", "udp", 30053))
+    ruleset = NS.nft_ruleset(NS.node_ports(dual) + (("ip6", "tcp", 30090),), ipv6=True)
+    ip, ip6 = ruleset.split("table ip6 nsx-proxy {")
+    assert "elements = { tcp . 30080, udp . 30053 }" in ip and "30090" not in ip
+    assert "elements = { tcp . 30080, udp . 30053, tcp . 30090 }" in ip6
+    assert "ip6 daddr != ::1 meta l4proto . th dport @node-ports dnat ip6 to " \
+           "fc01::aabb:ccdd:eeff" in ip6
+    # a node without IPv6: the ip6 table is only removed (if a former run left one)
+    plain = NS.nft_ruleset(NS.node_ports(v6))
+    assert "table ip6 nsx-proxy {" not in plain and "delete table ip6 nsx-proxy" in plain
+    run = FakeRun()
+    ns = setup(run)
+    ns.service_cidr = "10.96.0.0/12,fd00:96::/112"
+    assert ns.update([DUAL1, DUAL2, GW], {dual.key: dual, v6.key: v6}) is True
+    (_, (ip, batch), (nft, ruleset)) = run.writes()
+    assert "route replace fd00:96::/112" in batch
+    assert "tcp . 30080, udp . 30053 }" in ruleset.split("table ip6 nsx-proxy {")[1]
+    assert run.sysctls == [("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/forwarding", "1")]

@@ -33,7 +33,7 @@ from controller import node_setup
 from controller.bridges import ip_mac
 from topologies.controller_proc import RyuProcess
 from topologies.lab import Lab, run
-from topologies.plan import GATEWAY_FABRIC_IP, gateway_labels, node_labels
+from topologies.plan import GATEWAY_FABRIC_IP, GATEWAY_FABRIC_IP6, gateway_labels, node_labels
 from topologies.sandbox import Runtime
 from topologies.waiting import wait_for
 
@@ -46,6 +46,7 @@ TUNNEL_PORT = node_setup.TUNNEL_PORT     # overlay: the bridge's uplink, Geneve 
 UNDERLAY_BRIDGE = "br-phy"               # overlay: the NIC and the host's underlay address
 GENEVE_OVERHEAD = node_setup.TUNNEL_OVERHEAD   # outer Ethernet, IPv4, UDP, Geneve
 SERVICE_CIDR = "10.96.0.0/12"            # the lab's API server allocates cluster IPs here
+SERVICE_CIDR6 = "fd00:96::/112"          # ...and its IPv6 ones (topologies/apiserver)
 LEASE_NAMESPACE = "nsx-proxy"
 # The gateway host is a Node too (as on a cluster, where the gateway agent's
 # DaemonSet selects it by label), with a podCIDR from node IPAM but no node
@@ -227,7 +228,8 @@ class HostsLab(Lab):
             if self.overlay:          # the uplink is the underlay NIC, the bridge's a tunnel
                 uplink = self._uplink(name)
                 ports.remove(uplink)
-                self._underlay(host, ovs, uplink, self._underlay_ip(name))
+                self._underlay(host, ovs, uplink, self._underlay_ip(name),
+                               self._underlay_ip6(name))
                 ports.append(TUNNEL_PORT)
             if self._agent_sets_up(name):
                 continue              # its agent makes the bridge (node_setup)
@@ -256,6 +258,10 @@ class HostsLab(Lab):
                 node = self._node(name)
                 self.net.get(name).cmd(f"ip route replace default via {node.gateway_ip} "
                                        f"dev {node_setup.HOST_PORT} onlink")
+                if node.pod_cidr6:
+                    self.net.get(name).cmd(
+                        f"ip -6 route replace default via {B.gateway_ip(node.pod_cidr6)} "
+                        f"dev {node_setup.HOST_PORT} onlink")
 
     def _agent_sets_up(self, name):
         """Overlay mode: each node's agent makes its bridge, Geneve port and
@@ -266,8 +272,15 @@ class HostsLab(Lab):
     def _underlay_ip(self, name):
         return GATEWAY_FABRIC_IP if name == GATEWAY_HOST else self._node(name).internal_ip
 
+    def _underlay_ip6(self, name):
+        """A dual-stack lab's hosts have an IPv6 address on the underlay too
+        (a node's: its IPv6 InternalIP), so they reach each other's over it."""
+        if not self.dual_stack:
+            return None
+        return GATEWAY_FABRIC_IP6 if name == GATEWAY_HOST else self._node(name).internal_ip6
+
     @staticmethod
-    def _underlay(host, ovs, nic, ip):
+    def _underlay(host, ovs, nic, ip, ip6=None):
         """The host's underlay on the userspace datapath: the NIC is a port of
         a plain bridge ``br-phy`` whose internal port holds the host's
         address, so OVS's own route and neighbour tables (``ovs/route``,
@@ -276,7 +289,8 @@ class HostsLab(Lab):
         ovs.vsctl("add-br", UNDERLAY_BRIDGE, "--", "set", "bridge", UNDERLAY_BRIDGE,
                   "datapath_type=netdev", "--", "add-port", UNDERLAY_BRIDGE, nic)
         host.cmd(f"ip addr add {ip}/24 dev {UNDERLAY_BRIDGE} && "
-                 f"ip link set {UNDERLAY_BRIDGE} up && "
+                 + (f"ip addr add {ip6}/64 dev {UNDERLAY_BRIDGE} nodad && " if ip6 else "")
+                 + f"ip link set {UNDERLAY_BRIDGE} up && "
                  f"ethtool -K {UNDERLAY_BRIDGE} tx off >/dev/null 2>&1")
 
     def cni_runtime(self) -> Runtime:
@@ -308,13 +322,16 @@ class HostsLab(Lab):
         ovs.vsctl("add-port", node.bridge, HOST_PORT, "--", "set", "interface", HOST_PORT,
                   "type=internal", f'mac="{mac}"',
                   f"external_ids:{B.ROLE}={B.ROLE_HOST}",
-                  f"external_ids:{B.POD_IP}={node.internal_ip}",
+                  f"external_ids:{B.POD_IP}={','.join(node.internal_ips)}",
                   f"external_ids:{B.POD_MAC}={mac}")
         mtu = f"ip link set {HOST_PORT} mtu {self.pod_mtu} && " if self.pod_mtu else ""
+        ipv6 = (f"ip addr add {node.internal_ip6}/128 dev {HOST_PORT} nodad && "
+                f"ip -6 route add default via {B.gateway_ip(node.pod_cidr6)} "
+                f"dev {HOST_PORT} onlink && ") if node.internal_ip6 else ""
         host.cmd(f"{mtu}ip link set {HOST_PORT} up && "
                  f"ip addr add {node.internal_ip}/32 dev {HOST_PORT} && "
                  f"ip route add default via {node.gateway_ip} dev {HOST_PORT} onlink && "
-                 f"ethtool -K {HOST_PORT} tx off >/dev/null 2>&1")
+                 f"{ipv6}ethtool -K {HOST_PORT} tx off >/dev/null 2>&1")
 
     def _mgmt_link(self, host, name, index):
         run(["ip", "link", "add", f"mg-{name}", "type", "veth", "peer", "name", "mgmt0",
@@ -350,7 +367,8 @@ class HostsLab(Lab):
         ovs = self.ovs[name]
         setup = dict(node_setup="true", node_bridge=self._node(name).bridge,
                      datapath_type="netdev", tunnel_type="geneve",
-                     service_cidr=SERVICE_CIDR) if self._agent_sets_up(name) else {}
+                     service_cidr=SERVICE_CIDR + (f",{SERVICE_CIDR6}" if self.dual_stack
+                                                  else "")) if self._agent_sets_up(name) else {}
         return dict(self._controller_options(), node_name=name, bridge_connection="mgmt",
                     gateway=str(name == GATEWAY_HOST).lower(), ovsdb=ovs.db,
                     status_port=self.status_port,

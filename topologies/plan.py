@@ -20,6 +20,7 @@ INET_GW = "203.0.113.1"                  # br-gw's address on the Internet side
 INET_IP6 = "2001:db8:113::10"            # the same in a dual-stack lab (documentation
 INET_GW6 = "2001:db8:113::1"             # prefix, RFC 3849)
 GATEWAY_FABRIC_IP = "192.168.100.254"    # br-gw's address on the fabric
+GATEWAY_FABRIC_IP6 = "fd00:100::fe"      # the multi-host lab's gateway host's, in IPv6
 
 
 @dataclass
