@@ -17,6 +17,7 @@ The metrics are collected at scrape time from the app's own bookkeeping
 (sessions, the source's reflectors and reject counts) plus two histograms the
 app observes (sync duration, event to programmed).
 """
+import collections
 import json
 import logging
 import time
@@ -121,18 +122,27 @@ class _AppCollector:
         state = app.state
         yield GaugeMetricFamily("nsx_proxy_services", "services programmed",
                                 value=len(state.services))
-        endpoints, per_family = 0, {"IPv4": 0, "IPv6": 0}
+        endpoints, per_family = 0, collections.Counter()
         for svc in state.services.values():        # one walk of 10,000 per scrape
             endpoints += sum(len(p.endpoints) for p in svc.ports)
-            for ip in svc.cluster_ips:
-                per_family["IPv6" if ":" in ip else "IPv4"] += 1
+            for kind, addresses in (("cluster", svc.cluster_ips),
+                                    ("external", svc.external_ips),
+                                    ("load_balancer", svc.load_balancer_ips)):
+                for ip in addresses:
+                    per_family[kind, "IPv6" if ":" in ip else "IPv4"] += 1
         yield GaugeMetricFamily("nsx_proxy_endpoints", "endpoints of all service ports",
                                 value=endpoints)
         ips = GaugeMetricFamily("nsx_proxy_cluster_ips", "cluster IPs programmed, per "
                                 "address family", labels=["family"])
-        for family, count in per_family.items():
-            ips.add_metric([family], count)
+        outside = GaugeMetricFamily("nsx_proxy_outside_ips", "externalIPs and load-balancer "
+                                    "IPs programmed, per kind and address family",
+                                    labels=["kind", "family"])
+        for family in ("IPv4", "IPv6"):
+            ips.add_metric([family], per_family["cluster", family])
+            for kind in ("external", "load_balancer"):
+                outside.add_metric([kind, family], per_family[kind, family])
         yield ips
+        yield outside
         for metric, help_text, attr in (
                 ("nsx_proxy_switch_connects", "OpenFlow connections from switches",
                  "switch_connects"),

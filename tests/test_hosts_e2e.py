@@ -199,7 +199,8 @@ def test_ipv6_node_port_and_load_balancer_from_the_internet_across_hosts(hosts_l
     address, so replies cross back the same way."""
     lab = hosts_lab
     body = web_service("edge6", type_="LoadBalancer", ipFamilyPolicy="RequireDualStack",
-                       ipFamilies=["IPv4", "IPv6"], externalIPs=["2001:db8:51::210"], ports=[
+                       ipFamilies=["IPv4", "IPv6"], externalIPs=["2001:db8:51::210"],
+                       loadBalancerSourceRanges=["2001:db8:113::/64", "203.0.113.0/24"], ports=[
                            {"name": "http", "port": 80, "targetPort": "http",
                             "nodePort": 30182}])
     try:
@@ -216,6 +217,12 @@ def test_ipv6_node_port_and_load_balancer_from_the_internet_across_hosts(hosts_l
             assert lab.curl("inet", url + "ip") in {n.internal_ip6 for n in lab.nodes}
         assert lab.curl("pod3", f"http://[{L.INET_IP6}]:8080/ip") == lab.nodes[1].internal_ip6
         assert len(allocations(lab, "edge6")) == 1           # one agent wrote both, once
+        # the IPv6 range no longer holds the Internet host: dropped on every node
+        lab.cluster.apply_service(dict(body, spec=dict(
+            body["spec"], loadBalancerSourceRanges=["2001:db8:999::/48", "203.0.113.0/24"])))
+        L.wait_for(lambda: all(lab.curl("inet", f"http://[{v6}]/", 1) == ""
+                               for _ in range(4)), 20, what="inet dropped over IPv6")
+        assert lab.curl("inet", f"http://{v4}/") in EVERYONE
     finally:
         lab.cluster.delete_service("edge6")
         converged(lab)

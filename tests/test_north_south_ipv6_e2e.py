@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from kube_helpers import service as raw_service
-from lab_helpers import STATUS, converge, node2_only, services
+from lab_helpers import STATUS, converge, metric, node2_only, services
 from topologies import lab as L
 
 pytestmark = pytest.mark.mininet
@@ -124,8 +124,24 @@ def test_a_dual_stack_load_balancer_gets_an_address_of_each_family_with_ecmp(lab
         members = pools["external (IPv6)"]["members"]
         assert {m["ip"] for m in members} == {p.ip6 for p in lab.pods}
         assert sum(m["packets"] for m in members) > 0
+        assert metric("nsx_proxy_outside_ips", '{family="IPv6",kind="load_balancer"}') >= 1
     L.wait_for(lambda: not any(f"ipv6_dst={v6}" in f for f in lab.dump_flows("br-gw")),
                10, what="the IPv6 LB route to go")
+
+
+def test_another_controllers_ipv6_load_balancer_ip_is_proxied(lab):
+    """loadBalancerClass not ours: no address from our pools; the IPv6 one
+    the other controller writes is served like ours, from outside and from
+    a pod (short-circuited to the endpoints, as kube-proxy does)."""
+    body = service("lbc6", type_="LoadBalancer", loadBalancerClass="example.com/other")
+    with services(lab, body):
+        lab.cluster.core.patch_namespaced_service_status("lbc6", "default", {"status": {
+            "loadBalancer": {"ingress": [{"ip": "2001:db8:77::60"}]}}})
+        converge(lab)
+        L.wait_for(lambda: who(lab, "inet", url("2001:db8:77::60")) == EVERYONE, 20,
+                   what="the other controller's IPv6 address proxied")
+        assert curl(lab, "pod1", url("2001:db8:77::60")) in EVERYONE
+        assert lb_ips(lab, "lbc6", 1) == ["2001:db8:77::60"]      # none of ours added
 
 
 def test_ipv6_source_ranges_let_their_sources_through_and_drop_the_rest(lab):
