@@ -80,8 +80,9 @@ OPTIONS = [
                     "(the node's InternalIPs); empty: every node address"),
     cfg.StrOpt("healthz_bind_address", default="0.0.0.0:10256",
                help="agent mode: HOST:PORT of kube-proxy's /healthz and /livez for "
-                    "this node (empty: off); services' healthCheckNodePorts are "
-                    "served on every address of the node"),
+                    "this node ([::]:PORT for IPv6; empty: off); services' "
+                    "healthCheckNodePorts are served on every address of the node, "
+                    "both families"),
     cfg.IntOpt("status_port", default=9910,
                help="localhost port of the read-only /state and /metrics endpoint; 0: off"),
     # 30 s: kube-proxy's syncPeriod.  OVS's flow monitor reports changes to

@@ -1,6 +1,9 @@
 """kube-proxy's health servers on the node: one HTTP listener per Service
-``healthCheckNodePort`` and the proxy's ``/healthz`` (``healthz_bind_address``,
-0.0.0.0:10256 by default).  Answers come from nsx_proxy.healthcheck.
+``healthCheckNodePort`` (on every node address of both families, as
+kube-proxy's two proxiers of a dual-stack node serve it) and the proxy's
+``/healthz`` (``healthz_bind_address``, 0.0.0.0:10256 by default, IPv4 as
+kube-proxy's; ``[::]:10256`` for IPv6).  Answers come from
+nsx_proxy.healthcheck.
 
 Only a node agent serves them (it runs in the node's network namespace, as
 kube-proxy does with the host network); the central mode of the lab has no
@@ -9,6 +12,7 @@ opened, one that goes is closed, a port that cannot be bound (in use by
 something else on the node) is one log line and skipped.
 """
 import logging
+import socket
 
 from nsx_proxy import healthcheck
 
@@ -16,7 +20,7 @@ LOG = logging.getLogger(__name__)
 
 
 class HealthServer:
-    def __init__(self, spawn, kill, proxy_status, bind_host="0.0.0.0"):
+    def __init__(self, spawn, kill, proxy_status, bind_host="::"):
         """``proxy_status()`` -> (healthy, last_updated wall time, now wall time)."""
         self._spawn, self._kill = spawn, kill
         self._proxy_status = proxy_status
@@ -33,7 +37,8 @@ class HealthServer:
             return
         host, _, port = address.rpartition(":")
         try:
-            self._proxy = self._listen(host or "0.0.0.0", int(port), self._proxy_app)
+            self._proxy = self._listen(host.strip("[]") or "0.0.0.0", int(port),
+                                       self._proxy_app)
         except (OSError, ValueError) as exc:
             LOG.error("proxy health endpoint %s unavailable: %s", address, exc)
             return
@@ -88,8 +93,28 @@ class HealthServer:
     def _listen(self, host, port, app):
         import eventlet
         import eventlet.wsgi
-        sock = eventlet.listen((host, port))
+        sock = self._socket(eventlet, host, port)
         thread = self._spawn(eventlet.wsgi.server, sock, app,
                              log=logging.getLogger("nsx_proxy.health.access"),
                              log_output=False)
         return sock, thread
+
+    @staticmethod
+    def _socket(eventlet, host, port):
+        """A listening socket on ``host``: "::" takes both families (IPv4 as
+        mapped addresses), or IPv4 alone where the node has no IPv6."""
+        if ":" not in host:
+            return eventlet.listen((host, port))
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if host == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.listen(50)
+        except OSError:
+            sock.close()
+            if host != "::":
+                raise
+            return eventlet.listen(("0.0.0.0", port))   # no IPv6 on this node
+        return eventlet.greenio.GreenSocket(sock)

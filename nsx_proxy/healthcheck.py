@@ -73,8 +73,11 @@ def _checks(services, node, reject):
                 reject("service", str(svc.key), f"healthCheckNodePort {port} is already "
                        f"{out[port][0]}'s; no health check served for this one")
             continue
+        # of the primary family: kube-proxy's proxier of each family counts
+        # its own, and a dual-stack Service's pods are the same in both
+        v6 = ":" in svc.cluster_ip
         local = {e.ip for p in svc.ports for e in p.endpoints
-                 if e.node == node and e.ready}
+                 if e.node == node and e.ready and (":" in e.ip) == v6}
         out[port] = (svc.key, len(local))
     return out
 

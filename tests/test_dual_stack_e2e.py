@@ -79,6 +79,22 @@ def test_the_demo_service_answers_on_both_families_from_every_endpoint(lab):
         == set(POD_IP6.values())
 
 
+def test_a_pod_sending_from_an_address_not_its_own_is_dropped_in_both_families(lab):
+    """Anti-spoofing with real packets: pod1 takes a second address of each
+    family and sends from it; the bridge admits only its own."""
+    pod1 = lab.net.get("pod1")
+    fake4, fake6 = "10.1.1.99", "fd00:10:1:1::99"
+    pod1.cmd(f"ip addr add {fake4}/24 dev eth0 && ip addr add {fake6}/64 dev eth0 nodad")
+    try:
+        for vip, fake, own in ((L.DEMO_VIP, fake4, "10.1.1.2"),
+                               (L.DEMO_VIP6, fake6, POD_IP6["pod1"])):
+            rc, body = curl(lab, "pod1", f"--interface {fake} {url(vip)}", timeout=2)
+            assert (rc, body) == (28, ""), (vip, rc, body)        # nothing comes back
+            assert curl(lab, "pod1", f"--interface {own} {url(vip)}")[1] in EVERYONE
+    finally:
+        pod1.cmd(f"ip addr del {fake4}/24 dev eth0; ip addr del {fake6}/64 dev eth0")
+
+
 def test_udp_over_ipv6_spreads_new_flows_over_every_endpoint(lab):
     out = json.loads(lab.net.get("pod1").cmd(
         f"python3 {HERE}/spread.py --udp {L.DEMO_VIP6} 53 200").strip())

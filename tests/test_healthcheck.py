@@ -40,6 +40,16 @@ def test_a_node_serves_each_local_services_port_with_its_ready_local_endpoints()
     assert healthcheck.service_checks(state, "node3") == {31000: (key, 0)}
 
 
+def test_a_dual_stack_service_counts_its_local_pods_once_not_once_per_family():
+    slices = [eps(ep("10.1.1.2"), ep("10.1.1.3"), service="lb"),
+              eps(ep("fd00:10:1:1::2"), ep("fd00:10:1:1::3"), service="lb",
+                  name="lb-v6", family="IPv6")]
+    dual = local_lb(clusterIPs=["10.96.0.20", "fd00:96::20"])
+    state, _ = state_of((dual, slices))
+    key = model.ServiceKey("default", "lb")
+    assert healthcheck.service_checks(state, "node1") == {31000: (key, 2)}
+
+
 def test_two_services_claiming_one_port_the_first_keeps_it_and_the_other_is_logged():
     state, _ = state_of((local_lb("a"), []), (local_lb("b"), []))
     rejects = Rejects()
@@ -170,6 +180,39 @@ def test_a_port_in_use_costs_only_its_listener_with_one_line(caplog):
         busy.close()
         for sock, _ in server._listeners.values():
             sock.close()
+
+
+def test_a_health_check_port_answers_on_both_families_and_healthz_takes_brackets():
+    """kube-proxy serves healthCheckNodePort from both proxiers of a
+    dual-stack node: the listener takes IPv4 and IPv6 connections alike."""
+    import socket
+    import eventlet
+    server = HealthServer(spawn=eventlet.spawn, kill=eventlet.kill,
+                          proxy_status=lambda: (True, 1e9, 1e9))
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    key = model.ServiceKey("default", "lb")
+    server.update({port: (key, 2)})
+    server.serve_proxy(f"[::1]:{port + 1}" if port < 65535 else "")
+    try:
+        for host in ("127.0.0.1", "::1"):
+            with eventlet.Timeout(5):
+                conn = eventlet.connect((host, port), socket.AF_INET6 if ":" in host
+                                        else socket.AF_INET)
+                conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                reply = b""
+                while chunk := conn.recv(4096):
+                    reply += chunk
+                conn.close()
+            assert reply.startswith(b"HTTP/1.1 200") and b'"localEndpoints": 2' in reply, host
+        if server._proxy is not None:
+            assert server._proxy[0].getsockname()[0] == "::1"
+    finally:
+        server.update({})
+        if server._proxy is not None:
+            server._proxy[0].close()
 
 
 def test_the_checks_follow_change_sets_and_agree_with_a_full_walk():

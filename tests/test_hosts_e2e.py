@@ -133,6 +133,34 @@ def test_ipv6_from_pods_on_every_host_reaches_endpoints_on_every_host(hosts_lab)
     assert udp(lab, "pod3", L.DEMO_VIP6, 54) == "refused"
 
 
+def test_ipv6_hairpin_and_anti_spoofing_on_a_node_bridge_of_its_own_host(hosts_lab):
+    """pod3 reaching itself through an IPv6-only Service is source-NATed to
+    its IPv6 gateway; pod3 sending from an IPv6 address not its own is
+    dropped by node2's bridge (node2's agent programs it alone)."""
+    lab = hosts_lab
+    pod3 = lab.net.get("pod3")
+    only3 = web_service("six-pod3", ipFamilies=["IPv6"], selector={
+        "nsx-proxy.lab/host": "pod3"}, ports=[{"name": "http", "port": 80,
+                                              "targetPort": "http"}])
+    fake = "fd00:10:1:2::99"
+    try:
+        lab.cluster.apply_service(only3)
+        converged(lab)
+        (vip,) = lab.cluster.core.read_namespaced_service(
+            "six-pod3", "default").spec.cluster_i_ps
+        assert L.wait_for(lambda: lab.curl("pod3", f"http://[{vip}]/") == "pod3", 10,
+                          what="pod3 through its own IPv6 Service")
+        assert lab.curl("pod3", f"http://[{vip}]/ip") == "fd00:10:1:2::1"
+        pod3.cmd(f"ip addr add {fake}/64 dev eth0 nodad")
+        assert lab.curl("pod3", f"--interface {fake} http://[{L.DEMO_VIP6}]/") == ""
+        own = next(p.ip6 for p in lab.pods if p.name == "pod3")
+        assert lab.curl("pod3", f"--interface {own} http://[{L.DEMO_VIP6}]/") in EVERYONE
+    finally:
+        pod3.cmd(f"ip addr del {fake}/64 dev eth0")
+        lab.cluster.delete_service("six-pod3")
+        converged(lab)
+
+
 def test_a_port_the_vip_does_not_have_is_refused_at_once_from_every_node(hosts_lab):
     """Refusals are packet-ins, and the agents reach their bridges through the
     management socket, an OVS service connection, which gets packet-ins only
@@ -440,13 +468,15 @@ def test_a_nodes_own_stack_over_ipv6_and_its_ipv6_node_ports_steered_from_off_th
 def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hosts_lab):
     """kube-proxy's health checks, from the Internet host to each node's own
     network stack: 200 with the local endpoint count where the service has
-    ready local endpoints, 503 where it has none; the node's /healthz."""
+    ready local endpoints, 503 where it has none, on the node's addresses of
+    both families; the node's /healthz."""
     import json
     lab = hosts_lab
     kubelet = lab.cluster.kubelet
     body = web_service("hc", type_="LoadBalancer", externalTrafficPolicy="Local",
-                   selector={"app": "web", "side": "two"},
-                   ports=[{"name": "http", "port": 80, "targetPort": "http"}])
+                       selector={"app": "web", "side": "two"},
+                       ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv4", "IPv6"],
+                       ports=[{"name": "http", "port": 80, "targetPort": "http"}])
     try:
         for pod in ("pod3", "pod4"):                    # both on node2
             kubelet.relabel(pod, {"app": "web", "side": "two"})
@@ -461,6 +491,9 @@ def test_health_check_node_port_and_the_node_healthz_answer_on_every_node_ip(hos
                                     "localEndpoints": 2, "serviceProxyHealthy": True}
         code, text = http(lab, "inet", f"http://{NODE1}:{port}/")
         assert code == 503 and json.loads(text)["localEndpoints"] == 0
+        # the same listener on the node's IPv6 address (kube-proxy's IPv6 proxier's)
+        code, text = http(lab, "inet", f"http://[{lab.nodes[1].internal_ip6}]:{port}/")
+        assert code == 200 and json.loads(text)["localEndpoints"] == 2
         lab.stop_pod_server("pod4")                     # not ready: one local endpoint
         L.wait_for(lambda: json.loads(http(lab, "inet", f"http://{NODE2}:{port}/")[1])
                    ["localEndpoints"] == 1, 20, what="node2's count to drop")
