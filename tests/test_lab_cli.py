@@ -40,6 +40,9 @@ def test_the_readme_lab_session_prints_what_the_readme_says(clean, tmp_path):
         # web is dual-stack in the lab: its IPv6 cluster IP answers too
         assert re.fullmatch(PODS, term.type("pod1 curl -s -6 http://[fd00:96::a]/").strip())
         assert term.type("pod1 echo hi").strip() == "hi"
+        # pods leave the cluster over IPv6 as their node (docs/labs.md)
+        assert term.type("pod1 curl -s http://[2001:db8:113::10]:8080/ip").strip() == \
+            "fd00:100::1"
         services = term.type("services")
         assert "default/web  10.96.0.10:80" in services and "10.1.2.2:8080" in services
         assert "default/web  [fd00:96::a]:80/TCP" in services and \
