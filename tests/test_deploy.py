@@ -100,6 +100,9 @@ def test_the_manifests_hang_together():
         conf.read_string(configmap["data"][name])
         assert conf.has_section("nsx_proxy")
         assert set(conf["nsx_proxy"]) <= known, set(conf["nsx_proxy"]) - known
+        # only the gateway agents have the pools, so only they campaign for
+        # the writer Lease (node agents would add its traffic per node)
+        assert ("fip_pools" in conf["nsx_proxy"]) == (name == "gateway.conf"), name
     for name in ("daemonset.yaml", "daemonset-gateway.yaml"):
         (ds,) = documents(name)
         pod = ds["spec"]["template"]["spec"]

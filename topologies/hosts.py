@@ -130,10 +130,14 @@ class HostsLab(Lab):
     api_host = MGMT_PREFIX + "1"
 
     def __init__(self, nodes=2, pods_per_node=2, run_dir="/tmp/nsx-proxy-hosts",
-                 overlay=True, lease=None, **kw):
+                 overlay=True, lease=None, writers=None, **kw):
         super().__init__(nodes, pods_per_node, run_dir=run_dir, **kw)
         self.overlay = overlay               # Geneve between hosts; False: the L2 fabric
         self.lease = LEASE if lease is None else lease   # the agents' Lease timings
+        # the hosts whose agents have the floating-IP pools, so campaign for
+        # the writer Lease (None: every one, so the tests see a takeover;
+        # deploy/ gives them to the gateway agents only)
+        self.writers = writers
         self.ovs = {}                        # host name -> OvsInstance
         self.agents = {}                     # host name -> RyuProcess
 
@@ -369,7 +373,10 @@ class HostsLab(Lab):
                      datapath_type="netdev", tunnel_type="geneve",
                      service_cidr=SERVICE_CIDR + (f",{SERVICE_CIDR6}" if self.dual_stack
                                                   else "")) if self._agent_sets_up(name) else {}
-        return dict(self._controller_options(), node_name=name, bridge_connection="mgmt",
+        options = self._controller_options()
+        if self.writers is not None and name not in self.writers:
+            options.pop("fip_pools")
+        return dict(options, node_name=name, bridge_connection="mgmt",
                     gateway=str(name == GATEWAY_HOST).lower(), ovsdb=ovs.db,
                     status_port=self.status_port,
                     leader_election_namespace=LEASE_NAMESPACE, **self.lease, **setup)
