@@ -58,22 +58,22 @@ def ignored_reason(svc) -> Optional[str]:
     return None
 
 
-def _cluster_ips(name, spec, reject: Reject) -> Tuple[str, Optional[str]]:
-    """(the primary cluster IP, the other family's or None): spec.clusterIPs,
+def _cluster_ips(name, spec, reject: Reject) -> Tuple[str, ...]:
+    """(the primary cluster IP[, the other family's]): spec.clusterIPs,
     which a dual-stack service (ipFamilyPolicy PreferDualStack or
     RequireDualStack) fills with one address of each family, primary first;
     or clusterIP.  A bad second address costs that family only."""
     ips = as_list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
     primary = validate.ip(ips[0], "clusterIP")
     if len(ips) < 2:
-        return primary, None
+        return (primary,)
     try:
         secondary = validate.ip(ips[1], "clusterIPs[1]")
         if (":" in secondary) == (":" in primary) or len(ips) > 2:
             raise Invalid(f"clusterIPs {ips!r:.80} is not one address of each family")
     except Invalid as exc:
         reject("service", name, f"{exc}; serving {primary} only")
-        return primary, None
+        return (primary,)
     return primary, secondary
 
 
@@ -167,9 +167,8 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     if not svc_name or not namespace:
         raise Invalid("has no namespace/name")
     meta, spec = as_map(field(svc, "metadata")), validate.json_object(svc, "spec")
-    cluster_ip, secondary_cluster_ip = _cluster_ips(name, spec, reject)
+    cluster_ips = _cluster_ips(name, spec, reject)
     stype = validate.service_type(spec.get("type"))
-    cluster_ips = (cluster_ip, secondary_cluster_ip) if secondary_cluster_ip else (cluster_ip,)
     external_ips = []
     for ip in validate.json_list(spec, "externalIPs"):
         try:
@@ -190,8 +189,8 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
         source_ranges=source_ranges,
         health_check_node_port=_health_check_node_port(name, spec, stype, reject),
         topology_aware=_topology_aware(meta, spec),
-        namespace=namespace, name=svc_name, cluster_ip=cluster_ip,
-        secondary_cluster_ip=secondary_cluster_ip,
+        namespace=namespace, name=svc_name, cluster_ip=cluster_ips[0],
+        secondary_cluster_ip=cluster_ips[1] if len(cluster_ips) > 1 else None,
         ports=tuple(model.ServicePort(
             name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
             node_port=p.node_port, endpoints=by_port[p]) for p in ports),

@@ -1,8 +1,9 @@
 """The lab's pod workload: say who you are, over TCP and UDP.
 
-IPv4 and, where the pod has it, IPv6.  TCP: an HTTP GET gets ``<pod name>`` as the body (so ``curl`` shows which
-backend answered), ``GET /ip`` the client address the server sees, ``GET
-/local`` the server address the client reached; any other line gets
+IPv4 and, where the pod has it, IPv6.  TCP: an HTTP GET gets ``<pod
+name>`` as the body (so ``curl`` shows which backend answered), ``GET /ip``
+the client address the server sees, ``GET /local`` the server address the
+client reached; any other line gets
 ``<pod name> <line>`` back, line by
 line, for as long as the client keeps the connection (tests use this to
 hold an established connection across changes).  UDP: every datagram is
