@@ -10,7 +10,7 @@ import logging
 import zlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 LOG = logging.getLogger(__name__)
 
@@ -265,6 +265,18 @@ def parse_bridge(name: str, dpid: int, ids, interfaces, datapath_type="") -> Bri
                          pods=tuple(pods), datapath_type=datapath_type or "",
                          fabric_gateway=_optional_ip(ids, FABRIC_GATEWAY),
                          fabric_ip=_optional_ip(ids, FABRIC_IP), external=external)
+
+
+def dual_stack_text(ipv4: str, ipv6: Optional[str] = None) -> str:
+    """The value of a dual-stack key (``ip-address``, ``nsx-proxy-pod-cidr``):
+    "IPv4" or "IPv4,IPv6", as node setup, the CNI plugin and the labs write it."""
+    return ipv4 if ipv6 is None else f"{ipv4},{ipv6}"
+
+
+def dual_stack_items(text: Optional[str]) -> List[str]:
+    """The items of such a value, as a writer's tools read it back (blanks
+    dropped); :func:`parse_bridge` reads it strictly instead."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def _dual_stack(text: str, parse, show=str) -> Tuple[str, Optional[str]]:

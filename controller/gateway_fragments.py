@@ -67,17 +67,10 @@ def gateway_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
     """Node IPs are reachable from outside (NodePorts): route to the node."""
     c = cookies.for_name(cookies.KIND_NODE, node.name)
     ips = [node.internal_ip] + ([node.internal_ip6] if ctx.routes_ipv6 and
-                                _serves_ipv6(node) else [])
+                                node.dual_stack else [])
     return Fragment(flows=[
         P.GATEWAY_ROUTING.flow(P.PRIO_HIGH, _to_node(ctx, node, ctx.uplink), c, **A.addr(ip))
         for ip in ips])
-
-
-def _serves_ipv6(node: model.Node) -> bool:
-    """Whether a node's bridge serves IPv6 from outside: an IPv6 InternalIP
-    (to masquerade to) and an IPv6 pod CIDR (node_fragments)."""
-    return node.internal_ip6 is not None and node.pod_cidr6 is not None
-
 
 def gateway_vip_fragment(ctx: BridgeContext, ip: str, nodes, group_ids) -> Fragment:
     """A load-balancer or external IP: ECMP over the nodes that serve it."""
@@ -109,7 +102,7 @@ def serving_nodes(state: model.ClusterState, ip: str):
     externalTrafficPolicy Local only those with a usable local endpoint; an
     IPv6 address only to nodes that serve IPv6."""
     nodes = [n for n in state.nodes.values()
-             if n.compute and (not A.is_ipv6(ip) or _serves_ipv6(n))]
+             if n.compute and (not A.is_ipv6(ip) or n.dual_stack)]
     users = [s for s in state.services.values()
              if ip in s.outside_ips]
     if not users or any(s.external_traffic_policy == model.CLUSTER for s in users):

@@ -12,7 +12,7 @@ from controller import flows as F
 from controller import pipeline as P
 from controller.bridges import BridgeContext, ip_mac
 from controller.fragments import Fragment
-from controller.node_fragments import out_uplink, tunnel_to
+from controller.node_fragments import out_uplink, serves_ipv6_outside, tunnel_to
 from nsx_proxy import model
 
 
@@ -23,7 +23,7 @@ def local_node_fragment(ctx: BridgeContext, node: model.Node) -> Fragment:
     c = cookies.for_name(cookies.KIND_NODE, node.name)
     snat = ctx.snat_zone
     families = [(node.internal_ip, ctx.pod_cidr)]
-    if ctx.pod_cidr6 and node.internal_ip6:
+    if serves_ipv6_outside(ctx, node):
         families.append((node.internal_ip6, ctx.pod_cidr6))
     flows = []
     for ip, pod_cidr in families:

@@ -257,6 +257,12 @@ def _affinity_pool(ctx, svc, port, frontends, endpoints, gids, cookie, mark=None
     return flows, groups
 
 
+def serves_ipv6_outside(ctx: BridgeContext, node) -> bool:
+    """IPv6 from outside on this bridge: it routes IPv6 (an IPv6 pod CIDR)
+    and its node has an IPv6 InternalIP, to masquerade to and to egress as."""
+    return ctx.pod_cidr6 is not None and node is not None and node.internal_ip6 is not None
+
+
 def _external_frontends(ctx, svc, port, node):
     """[(frontends, family address)] that reach the external pools, one entry
     per family: (ip, port, source ranges) of externalIPs, load-balancer IPs
@@ -267,7 +273,7 @@ def _external_frontends(ctx, svc, port, node):
     InternalIP: their masquerade (externalTrafficPolicy Cluster) is to it,
     and the gateway routes IPv6 to such nodes only (gateway_fragments).
     """
-    ipv6 = ctx.pod_cidr6 is not None and node is not None and node.internal_ip6 is not None
+    ipv6 = serves_ipv6_outside(ctx, node)
     out = [(ip, port.port, ()) for ip in svc.external_ips]
     out += [(ip, port.port, tuple(r for r in svc.source_ranges if (":" in r) == (":" in ip)))
             for ip in svc.load_balancer_ips]

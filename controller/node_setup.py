@@ -54,12 +54,6 @@ def gateway_ip(nodes) -> Optional[str]:
     return gateways[0] if gateways else None
 
 
-def dual_stack(node: model.Node) -> bool:
-    """Whether the node's own stack gets IPv6 too: an IPv6 podCIDR (its
-    bridge routes IPv6) and an IPv6 InternalIP (the address it holds)."""
-    return bool(node.pod_cidr6 and node.internal_ip6)
-
-
 def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_type: str,
                tunnel_type: str, of_port: Optional[int], mtu: int,
                set_controller: bool = True) -> List[str]:
@@ -70,9 +64,11 @@ def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_t
     ``set_controller`` False keeps a target that is right already (setting
     it again would make OVS reconnect)."""
     mac = B.ip_mac(node.internal_ip)
+    host_ips = B.dual_stack_text(node.internal_ip,
+                                 node.internal_ip6 if node.dual_stack else None)
     # a dual-stack Node's two podCIDRs, IPv4 first (docs/ovsdb.md): the CNI
     # plugin then gives pods an address of each family
-    cidrs = node.pod_cidr + (f",{node.pod_cidr6}" if node.pod_cidr6 else "")
+    cidrs = B.dual_stack_text(node.pod_cidr, node.pod_cidr6)
     labels = [f"external_ids:{B.ROLE}={B.ROLE_NODE}", f"external_ids:{B.NODE}={node.name}",
               f"external_ids:{B.POD_CIDR}={cidrs}"]
     args = ["--", "--may-exist", "add-br", bridge,
@@ -95,8 +91,7 @@ def ovsdb_args(node: model.Node, gateway: Optional[str], bridge: str, datapath_t
     args += ["--", "--may-exist", "add-port", bridge, HOST_PORT,
              "--", "set", "interface", HOST_PORT, "type=internal", f'mac="{mac}"',
              f"mtu_request={mtu}", f"external_ids:{B.ROLE}={B.ROLE_HOST}",
-             f"external_ids:{B.POD_IP}={node.internal_ip}"
-             + (f",{node.internal_ip6}" if dual_stack(node) else ""),
+             f"external_ids:{B.POD_IP}={host_ips}",
              f"external_ids:{B.POD_MAC}={mac}"]
     return args
 
@@ -122,7 +117,7 @@ def kernel_batch(node: model.Node, cidrs, mtu: int, stale=()) -> str:
     mac = B.router_mac(node.pod_cidr)
     # per family: (the node's address, its pod gateway, the steering address)
     families = {False: (node.internal_ip, B.gateway_ip(node.pod_cidr), B.NODE_PORT_STEER_IP)}
-    if dual_stack(node):
+    if node.dual_stack:
         families[True] = (node.internal_ip6, B.gateway_ip(node.pod_cidr6),
                           B.NODE_PORT_STEER_IP6)
     lines = [f"link set {HOST_PORT} mtu {mtu} up"]
@@ -229,7 +224,7 @@ class NodeSetup:
         try:
             changed = self._due["node"] and self._update_node(nodes)
             if self.applied is not None and self._due["ports"]:
-                ipv6 = dual_stack(self.applied[0][0])
+                ipv6 = self.applied[0][0].dual_stack
                 changed = self._steer(tuple(sorted(
                     {p for ports in self._ports.values() for p in ports
                      if ipv6 or p[0] == "ip"})), ipv6) or changed
@@ -266,7 +261,7 @@ class NodeSetup:
                 self.waiting_logged = True
             return False
         gateway = gateway_ip(nodes)
-        cidrs = routed_cidrs(nodes, self.service_cidr, dual_stack(node))
+        cidrs = routed_cidrs(nodes, self.service_cidr, node.dual_stack)
         if self.applied == ((node, gateway), cidrs):
             self._due["node"] = False
             return False

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from controller.bridges import dual_stack_text
 from nsx_cni import ipam, links, ovsdb
 from nsx_cni import spec as S
 from nsx_cni.spec import CniError
@@ -67,8 +68,9 @@ def _del_ipam_config(req: S.Request) -> dict:
     has to parse."""
     prev = S.prev_address(req)
     if prev is not None:
-        return S.ipam_config(req.config, ",".join(
-            str(i.network) for i in (prev.interface, prev.interface6) if i is not None))
+        return S.ipam_config(req.config, dual_stack_text(
+            str(prev.interface.network),
+            str(prev.interface6.network) if prev.interface6 is not None else None))
     try:
         pod_cidr = ovsdb.find_bridge(req.config).pod_cidr
     except CniError:

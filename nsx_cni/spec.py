@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from controller.bridges import gateway_ip, ip_mac
+from controller.bridges import dual_stack_items, dual_stack_text, gateway_ip, ip_mac
 
 PLUGIN_TYPE = "nsx-proxy-cni"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -154,8 +154,8 @@ def ipam_config(config: dict, pod_cidr: Optional[str]) -> dict:
     host-local hands out an address of each."""
     ipam = dict(config["ipam"])
     if pod_cidr and not ipam.get("ranges") and not ipam.get("subnet"):
-        ipam["ranges"] = [[{"subnet": c.strip(), "gateway": gateway_ip(c.strip())}]
-                          for c in pod_cidr.split(",") if c.strip()]
+        ipam["ranges"] = [[{"subnet": c, "gateway": gateway_ip(c)}]
+                          for c in dual_stack_items(pod_cidr)]
     return dict(config, ipam=ipam)
 
 
@@ -175,7 +175,7 @@ class Address:
     @property
     def ovsdb_ip(self) -> str:
         """The pod's ``ip-address`` key (docs/ovsdb.md): "IPv4[,IPv6]"."""
-        return self.ip + (f",{self.interface6.ip}" if self.interface6 else "")
+        return dual_stack_text(self.ip, str(self.interface6.ip) if self.interface6 else None)
 
     @property
     def mac(self) -> str:
@@ -188,8 +188,7 @@ def ipam_address(result: dict, pod_cidr: Optional[str]) -> Address:
     with its gateway (the result's, else the podCIDR's first address)."""
     ips = result.get("ips") if isinstance(result, dict) else None
     found = {}                                # version -> (interface, gateway)
-    cidrs = {ipaddress.ip_network(c.strip()).version: c.strip()
-             for c in (pod_cidr or "").split(",") if c.strip()}
+    cidrs = {ipaddress.ip_network(c).version: c for c in dual_stack_items(pod_cidr)}
     for item in ips if isinstance(ips, list) else []:
         try:
             iface = ipaddress.ip_interface(item["address"])

@@ -139,6 +139,12 @@ class Node:
     #                                          IPv6 masquerade), if it has one
 
     @property
+    def dual_stack(self) -> bool:
+        """An IPv6 podCIDR and an IPv6 InternalIP: the node serves IPv6 from
+        outside (masqueraded to that address) and its own stack has IPv6."""
+        return self.pod_cidr6 is not None and self.internal_ip6 is not None
+
+    @property
     def compute(self) -> bool:
         """Whether this node has a node bridge (pods, Service endpoints)."""
         return not self.gateway

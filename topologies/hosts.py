@@ -326,7 +326,8 @@ class HostsLab(Lab):
         ovs.vsctl("add-port", node.bridge, HOST_PORT, "--", "set", "interface", HOST_PORT,
                   "type=internal", f'mac="{mac}"',
                   f"external_ids:{B.ROLE}={B.ROLE_HOST}",
-                  f"external_ids:{B.POD_IP}={','.join(node.internal_ips)}",
+                  f"external_ids:{B.POD_IP}="
+                  f"{B.dual_stack_text(node.internal_ip, node.internal_ip6)}",
                   f"external_ids:{B.POD_MAC}={mac}")
         mtu = f"ip link set {HOST_PORT} mtu {self.pod_mtu} && " if self.pod_mtu else ""
         ipv6 = (f"ip addr add {node.internal_ip6}/128 dev {HOST_PORT} nodad && "

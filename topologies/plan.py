@@ -110,7 +110,7 @@ def pod_labels(ifname: str, pod: PodSpec) -> List[str]:
             f"external_ids:{B.ROLE}={B.ROLE_POD}",
             f"external_ids:{B.POD_NAMESPACE}={pod.namespace}",
             f"external_ids:{B.POD_NAME}={pod.name}",
-            f"external_ids:{B.POD_IP}={','.join(pod.ips)}",
+            f"external_ids:{B.POD_IP}={B.dual_stack_text(pod.ip, pod.ip6)}",
             f"external_ids:{B.POD_MAC}={pod.mac}"]
 
 
@@ -121,7 +121,7 @@ def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
     cmds = ["--", "set", "bridge", node.bridge,
             f"external_ids:{B.ROLE}={B.ROLE_NODE}",
             f"external_ids:{B.NODE}={node.name}",
-            f"external_ids:{B.POD_CIDR}={','.join(node.pod_cidrs)}",
+            f"external_ids:{B.POD_CIDR}={B.dual_stack_text(node.pod_cidr, node.pod_cidr6)}",
             f"external_ids:{B.FABRIC_GATEWAY}={GATEWAY_FABRIC_IP}",
             "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}"]
     for ifname, pod in pods:
@@ -132,7 +132,7 @@ def node_labels(node: NodeSpec, uplink: str, pods) -> List[str]:
 def gateway_labels(bridge: str, uplink: str, external: str, ipv6=False) -> List[str]:
     """ovs-vsctl arguments labelling the gateway router bridge and its ports
     (``ipv6``: the external port has an IPv6 address too)."""
-    address = f"{INET_GW}/24" + (f",{INET_GW6}/64" if ipv6 else "")
+    address = B.dual_stack_text(f"{INET_GW}/24", f"{INET_GW6}/64" if ipv6 else None)
     return ["--", "set", "bridge", bridge, f"external_ids:{B.ROLE}={B.ROLE_GATEWAY}",
             f"external_ids:{B.FABRIC_IP}={GATEWAY_FABRIC_IP}",
             "--", "set", "interface", uplink, f"external_ids:{B.ROLE}={B.ROLE_UPLINK}",
