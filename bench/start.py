@@ -1,8 +1,9 @@
 """Where an agent's start goes, in this process: each step of a node agent's
 first sync at N Services x 5 endpoints, timed and (once) weighed.
 
-The steps are the agent's own functions, in its order: parse the two lists'
-JSON (the objects the lab's API server sends), pack them into the cache,
+The steps are the agent's own functions, in its order: decode the two
+lists' JSON (the objects the lab's API server sends) an item at a time,
+packing each into the cache (nsx_proxy/list_items, as the reflector does),
 translate every Service (the first build), compile node1's bridge, encode
 every message of the bundle.  No OVS, no API server, no Ryu event loop:
 what is left of bench.hosts' start -> ready is theirs (see its --phases).
@@ -31,7 +32,7 @@ from bench.core import cold_sync_messages, node_context
 from bench.hosts import ENDPOINTS, _slice
 from controller import cookies
 from controller.compiler import Compiler
-from nsx_proxy import gc_pause, kube_cache, state_builder, validate
+from nsx_proxy import gc_pause, kube_cache, list_items, state_builder, validate
 
 
 def lists(n, protocol="TCP", dual_stack=False):
@@ -66,18 +67,17 @@ def one_start(bodies, weigh, dual_stack=False):
     with gc_pause.paused():
         mark = tracemalloc.get_traced_memory()[0] if weigh else 0
         began = time.perf_counter()
-        services, slices = (json.loads(b)["items"] for b in bodies)
-        times["parse the lists' JSON"] = time.perf_counter() - began
-        began = time.perf_counter()
         cache = kube_cache.KubeCache(started=0)
-        cache.replace_services(iter(services))
-        cache.replace_slices(iter(slices))
-        times["pack them into the cache"] = time.perf_counter() - began
-        del services, slices
+        # as the reflector reads a list: one item decoded and packed at a time
+        cache.replace_services(list_items.walk(bodies[0], {}))
+        cache.replace_slices(list_items.walk(bodies[1], {}))
+        times["decode the lists and pack them into the cache"] = time.perf_counter() - began
         if weigh:
             gc.collect()
-            kept["the cache"] = tracemalloc.get_traced_memory()[0] - mark
-            mark = tracemalloc.get_traced_memory()[0]
+            used, peak = tracemalloc.get_traced_memory()
+            kept["the cache"] = used - mark
+            kept["(the lists' peak on top of it)"] = peak - used
+            mark = used
         began = time.perf_counter()
         builder = state_builder.StateBuilder(validate.RejectLog())
         state, _ = builder.build(cache)

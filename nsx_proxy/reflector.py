@@ -23,7 +23,7 @@ import logging
 import random
 import time
 
-from nsx_proxy import gc_pause, rawjson
+from nsx_proxy import gc_pause, list_items, rawjson
 from nsx_proxy.kube_client import ApiException, iter_resp_lines
 
 LOG = logging.getLogger(__name__)
@@ -64,9 +64,10 @@ class Reflector:
 
     # --- one list ------------------------------------------------------------------
     def list_once(self):
-        """List every object, a page at a time, and replace the cache's.  The
-        pages are handed over as they arrive (the cache packs each object), so
-        the dicts of a 10,000-object list never live all at once; the cache
+        """List every object, a page at a time, and replace the cache's.  Each
+        page's items are decoded one at a time and handed over as they come
+        (the cache packs each), so the dicts of a 10,000-object list never
+        live all at once, even when the server answers in one page; the cache
         swaps its contents in only after the last page, so a list that fails
         half-way leaves them as they were."""
         seen = {"count": 0, "meta": {}}
@@ -81,14 +82,18 @@ class Reflector:
                     kwargs["_continue"] = cont      # a continued page names no version
                 elif version is not None:
                     kwargs["resource_version"] = version
-                body = json.loads(self._list_fn(**kwargs).data)
-                if not isinstance(body, dict):
-                    raise ValueError(f"a list that is not an object: {body!r:.80}")
-                page = self._objects(body.get("items"))
-                seen["count"] += len(page)
-                seen["meta"] = rawjson.as_map(body.get("metadata"))
-                del body
-                yield from page
+                top, skipped = {}, 0
+                # one item's dicts at a time (list_items): not the whole page's
+                for obj in list_items.walk(self._list_fn(**kwargs).data, top):
+                    if isinstance(obj, dict):
+                        seen["count"] += 1
+                        yield obj
+                    else:
+                        skipped += 1
+                if skipped:
+                    LOG.warning("%s: %d listed items are not objects; skipped",
+                                self.name, skipped)
+                seen["meta"] = rawjson.as_map(top.get("metadata"))
                 cont = seen["meta"].get("continue")
                 if not cont:
                     return
@@ -102,15 +107,6 @@ class Reflector:
             self._listed()
         LOG.info("%s: listed %d objects at resourceVersion %s",
                  self.name, seen["count"], self.resource_version)
-
-    def _objects(self, items):
-        """The list's items that are objects; anything else is logged and skipped."""
-        items = rawjson.as_list(items)
-        good = [o for o in items if isinstance(o, dict)]
-        if len(good) != len(items):
-            LOG.warning("%s: %d listed items are not objects; skipped", self.name,
-                        len(items) - len(good))
-        return good
 
     # --- one watch -----------------------------------------------------------------
     def watch_once(self, until):

@@ -6,12 +6,14 @@ from bench import start
 def test_the_start_breakdown_runs_every_step_and_weighs_what_is_kept(capsys):
     start.main(["--services", "40", "--rounds", "1"])
     out = capsys.readouterr().out
-    for step in ("parse the lists' JSON", "pack them into the cache", "translate",
+    for step in ("decode the lists and pack them into the cache", "translate",
                  "compile node1's bridge", "encode the bundle", "the cache", "the model",
                  "the fragments"):
         assert step in out
     times, kept = start.one_start(start.lists(40), weigh=True)
     assert all(size > 0 for size in kept.values())
+    # the list step's peak above what it keeps: about one item, not the list
+    assert kept["(the lists' peak on top of it)"] < kept["the cache"]
 
 
 def test_udp_services_cost_a_flow_per_endpoint_instead_of_a_group(capsys):

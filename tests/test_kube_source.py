@@ -461,6 +461,38 @@ def test_a_list_is_packed_page_by_page_and_a_list_failing_half_way_changes_nothi
     assert {cache.services.version(k) for k in cache.services} == {"1"}
 
 
+def test_a_list_body_broken_after_some_items_changes_nothing_and_junk_items_are_one_line(
+        caplog):
+    """Items are decoded and packed one at a time (nsx_proxy/list_items), so a
+    body that breaks after some of them has already handed those over: the
+    cache must still keep its old contents.  Items that are not objects are
+    skipped with one line for the page."""
+    from types import SimpleNamespace
+    from nsx_proxy.kube_cache import KubeCache
+    from nsx_proxy.reflector import Reflector
+
+    body = {"now": b'{"metadata": {"resourceVersion": "5"}, "items": ['
+                   b'{"metadata": {"namespace": "d", "name": "a", "resourceVersion": "1"}},'
+                   b' 7, "x", null,'
+                   b'{"metadata": {"namespace": "d", "name": "b", "resourceVersion": "1"}}]}'}
+    cache = KubeCache()
+    reflector = Reflector("services", lambda **_: SimpleNamespace(data=body["now"]),
+                          cache.replace_services, None, None)
+    with caplog.at_level("WARNING"):
+        reflector.list_once()
+    assert sorted(k.name for k in cache.services) == ["a", "b"]
+    assert reflector.resource_version == "5"
+    lines = [r.getMessage() for r in caplog.records if "not objects" in r.getMessage()]
+    assert lines == ["services: 3 listed items are not objects; skipped"]
+    body["now"] = (b'{"metadata": {"resourceVersion": "6"}, "items": ['
+                   b'{"metadata": {"namespace": "d", "name": "c", "resourceVersion": "1"}},'
+                   b'{"metadata": {"namespace": "d", "name": "b", "resourceVersion": "2"}} ]')
+    with pytest.raises(ValueError):
+        reflector.list_once()
+    assert sorted(k.name for k in cache.services) == ["a", "b"]
+    assert reflector.resource_version == "5"
+
+
 def test_the_cache_keeps_what_the_proxy_reads_and_drops_what_it_never_does():
     """client-go's transform: managedFields, kubectl's last-applied
     annotation, uids and owner references are most of a real object's bytes
