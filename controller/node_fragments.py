@@ -196,7 +196,9 @@ def _dnat(ctx, ep, mark=None):
 
 
 def _buckets(ctx, endpoints, mark=None):
-    return tuple(P.SERVICE_LB.bucket(_dnat(ctx, ep, mark)) for ep in endpoints)
+    """The pool's buckets: each one ``_dnat``'s action, as a flat DnatBucket."""
+    bucket, zone, table = P.SERVICE_LB.dnat_bucket, ctx.ct_zone, P.SERVICE_MASQUERADE.id
+    return tuple(bucket(zone, table, ep.ip, ep.port, mark) for ep in endpoints)
 
 
 def _ip_int(ip: str) -> int:

@@ -51,6 +51,14 @@ class Table:
         self._check_next(actions)
         return F.Bucket(tuple(actions), weight)
 
+    def dnat_bucket(self, zone, table, ip, port, mark=None) -> F.DnatBucket:
+        """A pool member's bucket: commit in ``zone`` with DNAT to ip:port,
+        recirculating into ``table`` (checked as :meth:`bucket` checks)."""
+        if table not in self.next:
+            raise PipelineError(f"table {self.name} may not send packets to table {table} "
+                                f"(a DNAT bucket)")
+        return F.DnatBucket(zone, table, ip, port, mark)
+
     def _check_next(self, actions) -> None:
         for action in actions:
             target = _target(action)

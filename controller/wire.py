@@ -176,16 +176,22 @@ _CT = struct.Struct("!HHIHHIHB3xH")
 
 
 def _ct(ct: F.Ct) -> bytes:
-    nested = b""
-    if ct.nat is not None:
-        nested += _nat(ct.nat)
-    if ct.mark is not None:
-        nested += _set_field("ct_mark", ct.mark)
-    table = ct.table if ct.table is not None else nicira_ext.NX_CT_RECIRC_NONE
+    return _ct_bytes(ct.zone, ct.table, ct.commit,
+                     b"" if ct.nat is None else _nat(ct.nat), ct.mark)
+
+
+def _ct_bytes(zone, table, commit, nat: bytes, mark) -> bytes:
+    nested = nat if mark is None else nat + _set_field("ct_mark", mark)
+    table = table if table is not None else nicira_ext.NX_CT_RECIRC_NONE
     # the ct header is 24 bytes and the nested actions are padded already
     return _CT.pack(ofp.OFPAT_EXPERIMENTER, 24 + len(nested), _NX_VENDOR, nicira_ext.NXAST_CT,
-                    nicira_ext.NX_CT_F_COMMIT if ct.commit else 0, 0, ct.zone, table,
+                    nicira_ext.NX_CT_F_COMMIT if commit else 0, 0, zone, table,
                     0) + nested
+
+
+def _dnat_bucket_action(b: F.DnatBucket) -> bytes:
+    """A DnatBucket's one action, without building its Ct and Nat."""
+    return _ct_bytes(b.zone, b.table, True, _nat(F.Nat(b.ip, b.port)), b.mark)
 
 
 def _output(a: F.Output) -> bytes:
@@ -273,10 +279,13 @@ def group_buckets(g: F.SelectGroup) -> Optional[bytes]:
     shape this proxy builds) - or None for an action this module lacks."""
     buckets = []
     for b in g.buckets:
-        acts = [action(a) for a in b.actions]
-        if None in acts:
-            return None
-        body = b"".join(acts)
+        if type(b) is F.DnatBucket:
+            body = _dnat_bucket_action(b)
+        else:
+            acts = [action(a) for a in b.actions]
+            if None in acts:
+                return None
+            body = b"".join(acts)
         buckets.append(struct.pack("!HHII4x", 16 + len(body), b.weight, ofp.OFPP_ANY,
                                    ofp.OFPG_ANY) + body)
     return b"".join(buckets)

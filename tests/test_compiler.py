@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from controller import compiler, cookies, fragments, names, pipeline
+from controller import compiler, cookies, fragments, names, pipeline, wire
 from controller import bridges as B
 from controller import flows as F
 import world
@@ -152,6 +152,24 @@ def test_a_flow_that_breaks_its_tables_declaration_fails_when_built():
         pipeline.SERVICE_LB.bucket((F.Ct(zone=1, table=20, commit=True),))
     ok = pipeline.SERVICE_LB.flow(pipeline.PRIO_HIGH, (F.Group(7),), 0, ipv4_dst="10.0.0.1")
     assert ok.table == 30 and ok.match == (("ipv4_dst", "10.0.0.1"),)
+    with pytest.raises(pipeline.PipelineError, match="table 20"):
+        pipeline.SERVICE_LB.dnat_bucket(1, 20, "10.0.0.5", 80)
+
+
+def test_a_flat_dnat_bucket_reads_as_the_bucket_it_stands_for():
+    """A pool member is kept as one DnatBucket; its text, the actions every
+    reader sees and its bytes are those of the four-object spelling."""
+    flat = pipeline.SERVICE_LB.dnat_bucket(3, pipeline.SERVICE_MASQUERADE.id,
+                                           "10.244.1.5", 8080, mark=0x20)
+    spelled = F.Bucket((F.Ct(zone=3, table=pipeline.SERVICE_MASQUERADE.id, commit=True,
+                             nat=F.Nat("10.244.1.5", 8080), mark=0x20),))
+    assert flat.actions == spelled.actions and flat.weight == spelled.weight
+    assert F.group_text(F.SelectGroup(9, (flat,))) == F.group_text(F.SelectGroup(9, (spelled,)))
+    assert wire.group_buckets(F.SelectGroup(9, (flat,))) == \
+        wire.group_buckets(F.SelectGroup(9, (spelled,)))
+    six = pipeline.SERVICE_LB.dnat_bucket(3, pipeline.SERVICE_MASQUERADE.id, "fd00::5", 80)
+    assert wire.group_buckets(F.SelectGroup(9, (six,))) == wire.group_buckets(
+        F.SelectGroup(9, (F.Bucket(six.actions),)))
 
 
 def test_the_affinity_learn_layout_is_written_once_and_reads_like_ovs_ofctl():
