@@ -13,6 +13,7 @@ managedFields with a transform.
 """
 import datetime
 import marshal
+import sys
 import time
 from collections.abc import Mapping
 
@@ -38,7 +39,11 @@ def trigger_time(obj):
         when = when.replace(tzinfo=datetime.timezone.utc)
     return when.timestamp()
 
-_key = rawjson.key
+def _key(obj):
+    """(namespace, name), the namespace one string per namespace: a cluster has
+    few, and 10,000 Services and slices each kept their own (1 MB)."""
+    namespace, name = rawjson.key(obj)
+    return sys.intern(namespace), name
 
 
 def _apply(table, key, etype, obj):
@@ -143,7 +148,9 @@ class KubeCache:
         self.trigger_times = []              # of slices changed since the last build
         self.services = Packed()             # ServiceKey -> raw Service
         self.slices = Packed()               # (ns, name) -> raw EndpointSlice
-        self._slice_keys = {}                # ServiceKey -> {(ns, name): None}, in order
+        # ServiceKey -> its slices' keys, in order: a tuple (most services have
+        # one slice; a dict each was 2 MB at 10,000)
+        self._slice_keys = {}
         self._slice_owner = {}               # (ns, name) -> its ServiceKey
         self.nodes = {}                      # name -> raw Node
         self.pods = {}                       # (ns, name) -> raw Pod with a floating IP
@@ -196,7 +203,9 @@ class KubeCache:
         if key in self.slices:
             del self.slices[key]
             owner = self._slice_owner.pop(key)
-            self._slice_keys.get(owner, {}).pop(key, None)
+            rest = tuple(k for k in self._slice_keys.pop(owner, ()) if k != key)
+            if rest:
+                self._slice_keys[owner] = rest
             self._dirty.add(owner)
         if obj is not None:
             if packed is not None:
@@ -205,7 +214,7 @@ class KubeCache:
                 self.slices[key] = obj
             owner = self._slice_owner[key] = translate.slice_service(obj)
             if owner is not None:
-                self._slice_keys.setdefault(owner, {})[key] = None
+                self._slice_keys[owner] = self._slice_keys.get(owner, ()) + (key,)
                 self._dirty.add(owner)
                 when = trigger_time(obj)     # like kube-proxy: not for deletions
                 if when is not None and when > self.started:

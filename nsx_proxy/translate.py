@@ -14,6 +14,7 @@ proxy implements, the way kube-proxy reads them:
 Anything the proxy cannot implement raises :class:`validate.Invalid` (the
 whole object) or is reported through ``reject`` (one port or endpoint).
 """
+import sys
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from nsx_proxy import model
@@ -90,7 +91,7 @@ def service_ports(name, raw_ports, reject: Reject) -> List[model.ServicePort]:
         label = f"{name} port {raw.get('name') or raw.get('port')}"
         try:
             sport = model.ServicePort(
-                name=str(raw.get("name") or ""),
+                name=sys.intern(str(raw.get("name") or "")),    # few: http, dns, ...
                 protocol=validate.protocol(raw.get("protocol")),
                 port=validate.port(raw.get("port")),
                 target_port=validate.target_port(raw.get("targetPort", raw.get("port"))),
@@ -166,6 +167,7 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     namespace, svc_name = key(svc)
     if not svc_name or not namespace:
         raise Invalid("has no namespace/name")
+    namespace = sys.intern(namespace)        # one string per namespace, not per Service
     meta, spec = as_map(field(svc, "metadata")), validate.json_object(svc, "spec")
     cluster_ips = _cluster_ips(name, spec, reject)
     stype = validate.service_type(spec.get("type"))

@@ -140,14 +140,18 @@ def protocol(value) -> str:
     proto = (value or model.TCP)
     if not isinstance(proto, str) or proto.upper() not in model.PROTOCOLS:
         raise Invalid(f"protocol {value!r} is not one of TCP, UDP, SCTP")
-    return proto.upper()
+    return _CONSTANT[proto.upper()]     # the model's string: not one per port
 
 
 def service_type(value) -> str:
     stype = value or model.CLUSTER_IP
     if stype not in model.SERVICE_TYPES:
         raise Invalid(f"type {value!r} is not one of {', '.join(model.SERVICE_TYPES)}")
-    return stype
+    return _CONSTANT[stype]
+
+
+# the model's own strings, returned for equal ones read from the API
+_CONSTANT = {name: name for name in (*model.PROTOCOLS, *model.SERVICE_TYPES)}
 
 
 def external_ip_cidrs(text) -> tuple:

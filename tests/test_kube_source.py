@@ -582,3 +582,46 @@ def test_the_reflector_lists_as_client_go_does_from_the_cache_then_consistently_
                      ("11", None),         # a relist: not older than what was seen
                      (None, None),         # after a 410: consistent, paged
                      (None, "page2")]      # ... a continued page names no version
+
+
+def test_the_cache_indexes_a_services_slices_in_order_and_shares_namespace_strings():
+    """A service's slices come back in the order they arrived, after one of
+    them goes and another comes; every object of a namespace shares one
+    namespace string, and the model's constants are the model's own strings
+    (10,000 Services each kept their own copies: 3 MB)."""
+    import json as _json
+    from nsx_proxy import model
+    from nsx_proxy.kube_cache import KubeCache
+    from nsx_proxy.state_builder import StateBuilder
+    from nsx_proxy.validate import RejectLog
+
+    def sl(name):
+        return _json.loads(_json.dumps({            # a fresh decode, as a watch gives
+            "metadata": {"namespace": "team-a", "name": name, "resourceVersion": "1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080,
+                                              "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"10.0.0.{len(name)}"]}]}))
+
+    cache = KubeCache()
+    for name in ("web-a", "web-bb", "web-ccc"):
+        cache.slice_event("ADDED", sl(name))
+    cache.slice_event("DELETED", sl("web-bb"))
+    cache.slice_event("ADDED", sl("web-dddd"))
+    web = model.ServiceKey("team-a", "web")
+    assert [s["metadata"]["name"] for s in cache.slices_of(web)] == \
+        ["web-a", "web-ccc", "web-dddd"]
+    for name in ("web", "api"):
+        cache.service_event("ADDED", _json.loads(_json.dumps({
+            "metadata": {"namespace": "team-a", "name": name, "resourceVersion": "1"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.9" if name == "web"
+                     else "10.96.0.8", "ports": [{"name": "http", "port": 80,
+                                                  "protocol": "TCP"}]}})))
+    spaces = {id(k.namespace) for k in cache.services} | {id(k[0]) for k in cache.slices}
+    assert len(spaces) == 1
+    state, _ = StateBuilder(RejectLog()).build(cache)
+    web_svc, api_svc = state.services[web], state.services[model.ServiceKey("team-a", "api")]
+    assert web_svc.type is model.CLUSTER_IP and web_svc.ports[0].protocol is model.TCP
+    assert web_svc.namespace is api_svc.namespace
+    assert web_svc.ports[0].name is api_svc.ports[0].name
+    assert len(web_svc.ports[0].endpoints) == 3
