@@ -24,8 +24,15 @@ class Fragment:
     groups: Tuple[F.SelectGroup, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "flows", tuple(dict.fromkeys(self.flows)))
-        object.__setattr__(self, "groups", tuple(dict.fromkeys(self.groups)))
+        object.__setattr__(self, "flows", _unique(self.flows))
+        object.__setattr__(self, "groups", _unique(self.groups))
+
+
+def _unique(items) -> tuple:
+    """``items`` as a tuple without repeats; one item is not hashed (hashing
+    a flow hashes its match and actions: a tenth of a compile)."""
+    items = tuple(items)
+    return items if len(items) < 2 else tuple(dict.fromkeys(items))
 
 
 EMPTY = Fragment()

@@ -38,9 +38,9 @@ class Table:
 
     def flow(self, priority, actions=(), cookie=0, **match) -> F.Flow:
         """A flow in this table, checked against the declaration."""
-        extra = match.keys() - self.matches
-        if extra:
-            raise PipelineError(f"table {self.name} does not match on {sorted(extra)}")
+        if not self.matches.issuperset(match):      # no set built on the way
+            raise PipelineError(f"table {self.name} does not match on "
+                                f"{sorted(match.keys() - self.matches)}")
         self._check_next(actions)
         return F.Flow(table=self.id, priority=priority,
                       match=tuple(_shared(pair) for pair in sorted(match.items())),
@@ -61,7 +61,9 @@ class Table:
 
     def _check_next(self, actions) -> None:
         for action in actions:
-            target = _target(action)
+            if type(action) not in _TABLE_ACTIONS:   # most actions name no table
+                continue
+            target = action.table
             if target is not None and target not in self.next:
                 raise PipelineError(f"table {self.name} may not send packets to "
                                     f"table {target} ({F.action_text(action)})")
@@ -69,22 +71,31 @@ class Table:
 
 # (field, value) pairs of fields with few values, shared by every flow that
 # matches them: most flows match eth_type and ip_proto, and one pair is 56
-# bytes (about 4 MB at 10,000 services).  Bounded by those fields' values.
-_FEW_VALUES = frozenset({"eth_type", "ip_proto", "arp_op", "ct_state", "ct_mark"})
+# bytes (about 4 MB at 10,000 services).  Bounded by those fields' values
+# (a cluster's services listen on few distinct ports).
+_FEW_VALUES = frozenset({"eth_type", "ip_proto", "arp_op", "ct_state", "ct_mark",
+                         "tcp_dst", "udp_dst", "sctp_dst"})
 _PAIRS = {}
+# The other pairs built last: a service IP's flows (its frontends, the
+# rejects beside them) are built together and share one pair (1 MB at
+# 10,000 services); cleared when full, so it holds little.
+_RECENT = {}
+_RECENT_MAX = 64
 
 
 def _shared(pair):
-    if pair[0] not in _FEW_VALUES:
-        return pair
-    return _PAIRS.setdefault(pair, pair)
+    if pair[0] in _FEW_VALUES:
+        return _PAIRS.setdefault(pair, pair)
+    hit = _RECENT.get(pair)
+    if hit is None:
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        hit = _RECENT[pair] = pair
+    return hit
 
 
-def _target(action):
-    """The table an action hands packets to (or learns into), if any."""
-    if isinstance(action, (F.GotoTable, F.Resubmit, F.Learn, F.Ct)):
-        return action.table
-    return None
+# the actions that hand packets to a table (or learn into one): ``.table``
+_TABLE_ACTIONS = frozenset((F.GotoTable, F.Resubmit, F.Learn, F.Ct))
 
 
 # --- registers (session affinity) --------------------------------------------

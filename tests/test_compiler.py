@@ -280,3 +280,20 @@ def test_load_balancer_source_ranges_let_their_sources_through_and_drop_the_rest
     assert allowed == [("10.0.0.0", "255.0.0.0"), ("203.0.113.0", "255.255.255.240")]
     (drop,) = [f for f in lb if "ipv4_src" not in dict(f.match)]
     assert drop.actions == () and drop.priority < pipeline.PRIO_SOURCE_RANGE
+
+
+def test_a_service_ips_flows_share_their_match_pairs():
+    """Flows are many and their (field, value) pairs repeat: the flows built
+    for one service IP share its address pair, and every service's flows
+    share a port's pair (at 10,000 services: 1.7 MB)."""
+    st = world.state(world.web(), world.web(name="api", vip="10.96.0.77"))
+    flows, _ = fragments.flatten(world.compile_for(world.NODE1, st))
+    pairs = {}
+    for f in flows.values():
+        for pair in f.match:
+            if pair[0] in ("ipv4_dst", "tcp_dst"):
+                pairs.setdefault(pair, set()).add(id(pair))
+    vip_pairs = [ids for pair, ids in pairs.items() if pair[0] == "ipv4_dst"
+                 and pair[1] in (world.VIP, "10.96.0.77")]
+    assert len(vip_pairs) == 2 and all(len(ids) == 1 for ids in vip_pairs)
+    assert len(pairs[("tcp_dst", 80)]) == 1
