@@ -92,6 +92,8 @@ class Compiler:
         return MappingProxyType(out), touched
 
     def _cached(self, key, source, build) -> Fragment:
+        """The fragment for ``key`` built from ``source``: remembered, as
+        (source, fragment, key), until the source changes."""
         hit = self._memo.get(key)
         if hit is not None and (hit[0] is source or hit[0] == source):
             return hit[1]
@@ -101,14 +103,18 @@ class Compiler:
             LOG.error("bridge %s: cannot compile %s (%s: %s); %s", self.ctx.name, key,
                       type(exc).__name__, exc, "keeping its last flows" if hit
                       else "skipped until it changes")
-            frag = hit[1] if hit is not None else None   # None: skip it (remembered,
-        self._memo[key] = (source, frag)                # so it is not retried and
-        return frag                                     # logged until it changes)
+            frag = hit[1] if hit is not None else None   # None: skip it
+        # remembered, a skip too (not retried and logged until it changes),
+        # with the key object first seen (see _put)
+        self._memo[key] = (source, frag, key if hit is None else hit[2])
+        return frag
 
     def _put(self, out, key, source, build) -> None:
         frag = self._cached(key, source, build)
         if frag is not None:
-            out[key] = frag
+            # the memo's key string, not the equal one built for this call:
+            # a second full compile would hold 20,000 keys twice (1.3 MB)
+            out[self._memo[key][2]] = frag
         else:
             out.pop(key, None)
 

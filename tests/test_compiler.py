@@ -297,3 +297,19 @@ def test_a_service_ips_flows_share_their_match_pairs():
                  and pair[1] in (world.VIP, "10.96.0.77")]
     assert len(vip_pairs) == 2 and all(len(ids) == 1 for ids in vip_pairs)
     assert len(pairs[("tcp_dst", 80)]) == 1
+
+
+def test_a_second_full_compile_keys_its_fragments_with_the_memos_strings():
+    """A full compile again (a node change, a reconnect) builds every key
+    string anew; the output must use the ones the memo holds, or 20,000
+    keys live twice (1.3 MB at 10,000 services)."""
+    from nsx_proxy import changes
+    st = world.state(world.web(), world.web(name="api", vip="10.96.0.77"))
+    comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
+    first, _ = comp.desired(st)
+    first_keys = {id(k) for k in first}
+    comp.note(changes.EVERYTHING)
+    again, touched = comp.desired(st)
+    assert touched is changes.ALL
+    assert {id(k) for k in again} == first_keys
+    assert {id(k) for k in comp._memo} == first_keys
