@@ -39,6 +39,7 @@ def trigger_time(obj):
         when = when.replace(tzinfo=datetime.timezone.utc)
     return when.timestamp()
 
+
 def _key(obj):
     """(namespace, name), the namespace one string per namespace: a cluster has
     few, and 10,000 Services and slices each kept their own (1 MB)."""
