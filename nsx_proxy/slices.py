@@ -55,8 +55,11 @@ def _slice_endpoints(slice_name, raw_slice, reject: Reject, v6: bool):
         conditions = as_map(raw.get("conditions"))
         ready = _condition(conditions, "ready", True)
         ref = as_map(raw.get("targetRef"))
-        zones = _hint_names(raw, "forZones")
-        node_hints = _hint_names(raw, "forNodes")
+        if raw.get("hints") is None:       # most endpoints: no hints to read
+            zones = node_hints = ()
+        else:
+            zones = _hint_names(raw, "forZones")
+            node_hints = _hint_names(raw, "forNodes")
         pod = (f"{text(ref.get('namespace'))}/{text(ref.get('name'))}"
                if ref.get("kind", "Pod") == "Pod" and text(ref.get("name")) else None)
         # a cluster has few node names and many endpoints: one string each
@@ -85,7 +88,10 @@ def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
     """
     merged: Dict[model.ServicePort, Dict[Tuple[str, int], model.Endpoint]] = {
         p: {} for p in ports}
-    for raw_slice in sorted(slices, key=object_name):
+    slices = list(slices)
+    if len(slices) > 1:                    # most services have one slice
+        slices.sort(key=object_name)
+    for raw_slice in slices:
         slice_name, raw_slice = object_name(raw_slice), as_map(raw_slice)
         family = raw_slice.get("addressType", "IPv4")
         if family not in ("IPv4", "IPv6"):        # FQDN: kube-proxy ignores those too
@@ -114,10 +120,10 @@ def merge_slices(name, ports: List[model.ServicePort], slices: Iterable[dict],
                     old = pool.get((ip, number))
                     if old is not None and old.ready and not ready:
                         continue
+                    # positional, in model.Endpoint's field order: keywords
+                    # took twice as long (50,000 of these at 10,000 Services)
                     pool[(ip, number)] = model.Endpoint(
-                        ip=ip, port=number, node=node, pod=pod, ready=ready,
-                        serving=serving, terminating=terminating, zones=zones,
-                        node_hints=hints)
+                        ip, number, node, pod, ready, serving, terminating, zones, hints)
     return {p: tuple(pool[k] for k in sorted(pool)) for p, pool in merged.items()}
 
 
