@@ -376,7 +376,10 @@ def test_should_have_session_affinity_work_and_switch_for_service_with_type_clus
     victim = None
     with services(lab, sticky):
         for client in ("pod1", "pod3"):
-            assert len(who(lab, client, "10.96.1.20", 80, n=10)) == 1
+            # as everywhere else here: once the first connection is learned
+            # (10 connections at once after a new Service spread twice, in
+            # ci7 and ci19: OVS's revalidation delay, see Known limits)
+            assert len(sticks(lab, client, "10.96.1.20")) == 1
         udp = {lab.net.get("pod1").cmd(f"python3 {HERE}/udpask.py 10.96.1.20 53 2 {p}")
                .strip() for p in (41001, 41002, 41003)}
         assert len(udp) == 1 and udp <= {p.name for p in lab.pods}
