@@ -13,7 +13,6 @@ managedFields with a transform.
 """
 import datetime
 import marshal
-import sys
 import time
 from collections.abc import Mapping
 
@@ -40,11 +39,7 @@ def trigger_time(obj):
     return when.timestamp()
 
 
-def _key(obj):
-    """(namespace, name), the namespace one string per namespace: a cluster has
-    few, and 10,000 Services and slices each kept their own (1 MB)."""
-    namespace, name = rawjson.key(obj)
-    return sys.intern(namespace), name
+_key = rawjson.key
 
 
 def _apply(table, key, etype, obj):

@@ -167,7 +167,6 @@ def service(svc, slices: Iterable[dict], reject: Reject) -> model.Service:
     namespace, svc_name = key(svc)
     if not svc_name or not namespace:
         raise Invalid("has no namespace/name")
-    namespace = sys.intern(namespace)        # one string per namespace, not per Service
     meta, spec = as_map(field(svc, "metadata")), validate.json_object(svc, "spec")
     cluster_ips = _cluster_ips(name, spec, reject)
     stype = validate.service_type(spec.get("type"))
