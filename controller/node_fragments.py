@@ -190,15 +190,19 @@ def skipped_ports(ctx: BridgeContext, svc: model.Service):
     return tuple(p for p in svc.ports if p.protocol == model.SCTP)
 
 
+def _member(ctx, ep, mark=None) -> F.DnatBucket:
+    """An endpoint as a pool member: commit, DNAT to it, on to masquerade."""
+    return P.SERVICE_LB.dnat_bucket(ctx.ct_zone, P.SERVICE_MASQUERADE.id, ep.ip, ep.port,
+                                    mark)
+
+
 def _dnat(ctx, ep, mark=None):
-    return (F.Ct(zone=ctx.ct_zone, table=P.SERVICE_MASQUERADE.id, commit=True,
-                 nat=F.Nat(ep.ip, ep.port), mark=mark),)
+    """A member's one action, for pools spread by flows (udp_pool)."""
+    return _member(ctx, ep, mark).actions
 
 
 def _buckets(ctx, endpoints, mark=None):
-    """The pool's buckets: each one ``_dnat``'s action, as a flat DnatBucket."""
-    bucket, zone, table = P.SERVICE_LB.dnat_bucket, ctx.ct_zone, P.SERVICE_MASQUERADE.id
-    return tuple(bucket(zone, table, ep.ip, ep.port, mark) for ep in endpoints)
+    return tuple(_member(ctx, ep, mark) for ep in endpoints)
 
 
 def _ip_int(ip: str) -> int:
