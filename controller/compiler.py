@@ -9,7 +9,7 @@ diff can work object by object.
 """
 import logging
 from types import MappingProxyType
-from typing import Dict, FrozenSet, Hashable, Mapping, Set, Tuple, Union
+from typing import Dict, FrozenSet, Hashable, Mapping, Optional, Set, Tuple, Union
 
 from controller import cookies
 from controller.bridges import BridgeContext, ROLE_NODE
@@ -91,12 +91,13 @@ class Compiler:
         self._last = (state, out)
         return MappingProxyType(out), touched
 
-    def _cached(self, key, source, build) -> Fragment:
-        """The fragment for ``key`` built from ``source``: remembered, as
-        (source, fragment, key), until the source changes."""
+    def _cached(self, key, source, build) -> Tuple[Optional[Fragment], Hashable]:
+        """(the fragment for ``key`` built from ``source``, the key object the
+        memo holds): remembered, as (source, fragment, key), until the
+        source changes."""
         hit = self._memo.get(key)
         if hit is not None and (hit[0] is source or hit[0] == source):
-            return hit[1]
+            return hit[1], hit[2]
         try:
             frag = build()
         except Exception as exc:   # noqa: BLE001 - a bug costs this object only
@@ -106,15 +107,16 @@ class Compiler:
             frag = hit[1] if hit is not None else None   # None: skip it
         # remembered, a skip too (not retried and logged until it changes),
         # with the key object first seen (see _put)
-        self._memo[key] = (source, frag, key if hit is None else hit[2])
-        return frag
+        kept = key if hit is None else hit[2]
+        self._memo[key] = (source, frag, kept)
+        return frag, kept
 
     def _put(self, out, key, source, build) -> None:
-        frag = self._cached(key, source, build)
+        frag, kept = self._cached(key, source, build)
         if frag is not None:
             # the memo's key string, not the equal one built for this call:
             # a second full compile would hold 20,000 keys twice (1.3 MB)
-            out[self._memo[key][2]] = frag
+            out[kept] = frag
         else:
             out.pop(key, None)
 
