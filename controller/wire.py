@@ -106,11 +106,30 @@ def _pad8(data: bytes) -> bytes:
     return data + bytes(-len(data) % 8)
 
 
+# Bytes that repeat from flow to flow, in small caches emptied when full:
+# most flows share their eth_type, ip_proto and port pairs (the same pair
+# objects, from the compiler), and 20,000 of 40,000 flows at 10,000 services
+# one action list (a VIP's reject).  A cold sync's encoding: 0.49 -> 0.44 s
+# (bench.start).  A value seen once (a VIP's address) costs an insert.
+_CACHE_MAX = 4096
+_OXM_BYTES = {}          # (field, value) -> _oxm's result
+_INSTRUCTION_BYTES = {}  # id(actions) -> (actions, their instructions' bytes)
+
+
+def _oxm_pair(pair) -> tuple:
+    hit = _OXM_BYTES.get(pair)
+    if hit is None:
+        if len(_OXM_BYTES) >= _CACHE_MAX:
+            _OXM_BYTES.clear()
+        hit = _OXM_BYTES[pair] = _oxm(*pair)
+    return hit
+
+
 def match(fields) -> bytes:
     """An ofp_match with OXM fields, in Ryu's order, padded to 8 bytes."""
     # (Ryu's sort key, bytes) pairs: the keys are unique, so plain sorting
     # orders by key
-    body = b"".join(tlv for _, tlv in sorted([_oxm(k, v) for k, v in fields]))
+    body = b"".join(tlv for _, tlv in sorted(map(_oxm_pair, fields)))
     return _pad8(struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(body)) + body)
 
 
@@ -240,6 +259,17 @@ def action(a) -> Optional[bytes]:
 
 
 def _instructions(actions) -> Optional[bytes]:
+    """An action list's instructions (None: an action not known here); the
+    cache keeps the list itself, so its id cannot name another meanwhile."""
+    hit = _INSTRUCTION_BYTES.get(id(actions))
+    if hit is None or hit[0] is not actions:
+        if len(_INSTRUCTION_BYTES) >= _CACHE_MAX:
+            _INSTRUCTION_BYTES.clear()
+        hit = _INSTRUCTION_BYTES[id(actions)] = (actions, _instructions_of(actions))
+    return hit[1]
+
+
+def _instructions_of(actions) -> Optional[bytes]:
     meter, actions, goto = F.instruction_parts(actions)
     apply = [action(a) for a in actions]
     if None in apply:

@@ -106,3 +106,29 @@ def test_the_neighbor_advertisement_flows_read_back_as_ovs_writes_them():
             ) in answer
     assert any("icmp_type=136,icmp_code=0" in t and
                "move:NXM_OF_ETH_SRC[]->NXM_NX_ND_TLL[],IN_PORT" in t for t in texts)
+
+
+def test_repeated_bytes_are_cached_within_a_bound_and_by_identity_only():
+    """A cold sync's pairs and action lists repeat (encoded once each); a
+    value seen once (10,000 VIPs' addresses) does not grow the caches past
+    their bound; an action list whose id names a cached entry of another
+    list gets its own bytes, not that list's."""
+    dp = FakeDatapath()
+    shared = (F.Output(3),)
+    for i in range(wire._CACHE_MAX + 100):
+        ip = f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}"
+        actions = shared if i % 2 else (F.Group(i),)
+        f = F.Flow(table=30, priority=200, match=(("eth_type", 0x800), ("ip_proto", 6),
+                                                  ("ipv4_dst", ip), ("tcp_dst", 80)),
+                   actions=actions, cookie=i)
+        mine = wire.flow_mod(f, ofp.OFPFC_ADD, 1, 5)
+        if i % 997 == 0 or i > wire._CACHE_MAX:
+            assert mine == ryu_bytes(ofmsg.flow_mod(dp, f, ofp.OFPFC_ADD, 1), 5)
+    assert 0 < len(wire._OXM_BYTES) <= wire._CACHE_MAX
+    assert 0 < len(wire._INSTRUCTION_BYTES) <= wire._CACHE_MAX
+    assert wire._INSTRUCTION_BYTES[id(shared)][0] is shared
+    # another list under the same id (as if the first had been freed)
+    other = (F.Group(77),)
+    wire._INSTRUCTION_BYTES[id(other)] = (shared, wire._instructions_of(shared))
+    assert wire._instructions(other) == wire._instructions_of(other) != \
+        wire._instructions_of(shared)
