@@ -588,7 +588,8 @@ def test_the_cache_indexes_a_services_slices_in_order_and_shares_namespace_strin
     """A service's slices come back in the order they arrived, after one of
     them goes and another comes; every object of a namespace shares one
     namespace string, and the model's constants are the model's own strings
-    (10,000 Services each kept their own copies: 3 MB)."""
+    (10,000 Services each kept their own copies: 3 MB); the state's keys
+    are the cache's."""
     import json as _json
     from nsx_proxy import model
     from nsx_proxy.kube_cache import KubeCache
@@ -625,3 +626,6 @@ def test_the_cache_indexes_a_services_slices_in_order_and_shares_namespace_strin
     assert web_svc.namespace is api_svc.namespace
     assert web_svc.ports[0].name is api_svc.ports[0].name
     assert len(web_svc.ports[0].endpoints) == 3
+    # the state's keys are key objects the cache holds, not one more per service
+    held = {id(k) for k in cache.services} | {id(k) for k in cache._slice_owner.values()}
+    assert len(state.services) == 2 and {id(k) for k in state.services} <= held
