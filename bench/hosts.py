@@ -6,7 +6,8 @@ embedded API server.  For every agent:
 
 * start -> ready: a restart of the agent (SIGTERM, start) until its /readyz
   says ok: lists, translation, compile and the bundle on its own bridge;
-* RSS after convergence (VmRSS of the agent process);
+* RSS after convergence (VmRSS of the agent process), and in brackets
+  again at the end, after the changes: what a running agent settles at;
 * CPU seconds (user + system) the agent spends on --changes endpoint
   changes (each one EndpointSlice write that replaces one endpoint, spaced
   beyond the sync period, nothing scraping the agents meanwhile);
@@ -207,6 +208,7 @@ def run(n, changes, latency_changes, rounds, breakdown=False, dual_stack=False):
                 per_host[host].append(seconds * 1000)
             every.append(max(done.values()) * 1000)
             time.sleep(GAP)
+        rss = {host: (rss[host], rss_mb(pid)) for host, pid in pids.items()}
         marks = phases(lab, nodes[0], n) if breakdown else {}
         return starts, rss, idle, cpu, per_host, every, marks
     finally:
@@ -240,15 +242,16 @@ def main(argv=None):
           f"changes; start -> ready: median (min-max) of {args.rounds} restarts")
     print("CPU: seconds per 1,000 changes (the same time idle: background work such as "
           "drift audits, lease renewals, bookmarks)")
-    print(f"{'agent':8} {'start->ready s':>20} {'RSS MB':>8} {'CPU s/1k (idle)':>17} "
+    print(f"{'agent':8} {'start->ready s':>20} {'RSS MB (end)':>13} {'CPU s/1k (idle)':>17} "
           f"{'write->live p50 ms':>19} {'p99 ms':>8}")
     for host in starts:
         lat = per_host.get(host)
         cpu_text = f"{cpu[host] * per_1000:.2f} ({idle[host] * per_1000:.2f})"
-        print(f"{host:8} {spread(starts[host]):>20} {rss[host]:8.0f} {cpu_text:>17} "
+        rss_text = f"{rss[host][0]:.0f} ({rss[host][1]:.0f})"
+        print(f"{host:8} {spread(starts[host]):>20} {rss_text:>13} {cpu_text:>17} "
               f"{(f'{pct(lat, 0.5):.1f}' if lat else '-'):>19} "
               f"{(f'{pct(lat, 0.99):.1f}' if lat else '-'):>8}")
-    print(f"{'every node':8} {'':>20} {'':>8} {'':>17} {pct(every, 0.5):19.1f} "
+    print(f"{'every node':8} {'':>20} {'':>13} {'':>17} {pct(every, 0.5):19.1f} "
           f"{pct(every, 0.99):8.1f}")
     if marks:
         print("\nnode1 restarted once more, its status endpoint polled every 50 ms:")
