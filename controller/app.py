@@ -29,7 +29,7 @@ from controller.events import EventContexts, EventState, EventTick
 from controller.health_server import HealthServer
 from controller.ovsdb_monitor import OvsdbMonitor
 from controller.switch import Periods, Switch
-from nsx_proxy import changes, healthcheck, kube_source, model, validate
+from nsx_proxy import changes, healthcheck, heap_snapshot, kube_source, model, validate
 from nsx_proxy.kube_source import KubeSource
 from nsx_proxy.runner import Hub
 from nsx_proxy.yaml_source import YamlFileSource
@@ -59,6 +59,7 @@ class ServiceProxy(app_manager.RyuApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.conf = CONF.nsx_proxy
+        heap_snapshot.install()              # only under PYTHONTRACEMALLOC: SIGUSR2 dumps
         self.state = model.ClusterState()
         self.state_received = None           # when a source last delivered (None: never)
         self.contexts = {}                   # dpid -> BridgeContext (OVSDB)

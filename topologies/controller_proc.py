@@ -31,8 +31,9 @@ class RyuProcess:
     lab host), listening for OpenFlow on that namespace's 127.0.0.1 only,
     as a node agent does."""
 
-    def __init__(self, workdir, of_port, log_path, options, netns_pid=None):
+    def __init__(self, workdir, of_port, log_path, options, netns_pid=None, env=None):
         self.workdir = workdir
+        self.env = dict(env or {})          # more environment (bench.memory: tracing)
         self.options = dict(options)        # the [nsx_proxy] section of the config
         self.of_port = of_port
         self.log_path = log_path
@@ -51,7 +52,7 @@ class RyuProcess:
             cmd = self._in_netns(cmd + ["--ofp-listen-host", "127.0.0.1"])
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                cmd + ["controller.app"], env=dict(os.environ, **AGENT_ENV),
+                cmd + ["controller.app"], env=dict(os.environ, **AGENT_ENV, **self.env),
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._listening, 20, what="ryu-manager to listen")
 

@@ -140,6 +140,7 @@ class HostsLab(Lab):
         self.writers = writers
         self.ovs = {}                        # host name -> OvsInstance
         self.agents = {}                     # host name -> RyuProcess
+        self.agent_env = {}                  # more environment for agents started next
 
     # --- names ---------------------------------------------------------------
     @property
@@ -388,6 +389,7 @@ class HostsLab(Lab):
             agent = self.agents[name] = RyuProcess(
                 os.path.join(self.run_dir, name), self.of_port, self.agent_log(name),
                 self.agent_options(name), netns_pid=self.net.get(name).pid)
+        agent.env = dict(self.agent_env)
         agent.start()
         with open(os.path.join(self.run_dir, name, "agent.pid"), "w") as fh:
             fh.write(str(agent.proc.pid))
