@@ -111,7 +111,8 @@ class Compiler:
         self._memo[key] = (source, frag, kept)
         return frag, kept
 
-    def _put(self, out, key, source, build) -> None:
+    def _put(self, out, key, source, build) -> Hashable:
+        """Put ``key``'s fragment in ``out``; returns the key object kept."""
         frag, kept = self._cached(key, source, build)
         if frag is not None:
             # the memo's key string, not the equal one built for this call:
@@ -119,6 +120,7 @@ class Compiler:
             out[kept] = frag
         else:
             out.pop(key, None)
+        return kept
 
     def _build_service(self, svc, node, previous) -> Fragment:
         for port in skipped_ports(self.ctx, svc):
@@ -127,16 +129,17 @@ class Compiler:
                         self.ctx.datapath_type or "system")
         return service_fragment(self.ctx, svc, self._group_ids, node, previous)
 
-    def _service(self, out, key, svc, node) -> None:
+    def _service(self, out, key, svc, node) -> list:
         ctx = self.ctx
         skey = service_key(key)
         # the service's last fragment: a split pool keeps its layout (only
         # the parts an endpoint change touches are rewritten)
         last = self._memo.get(skey)
-        self._put(out, skey, (svc, node), lambda: self._build_service(
-            svc, node, last[1] if last is not None else None))
+        kept = [self._put(out, skey, (svc, node), lambda: self._build_service(
+            svc, node, last[1] if last is not None else None))]
         for ip in svc.cluster_ips:
-            self._put(out, vip_key(ip), ip, lambda: vip_fragment(ctx, ip))
+            kept.append(self._put(out, vip_key(ip), ip, lambda: vip_fragment(ctx, ip)))
+        return kept
 
     def _patch(self, out, before, after, state) -> tuple:
         """A node's fragments with only these services compiled again."""
@@ -150,9 +153,9 @@ class Compiler:
                     self._memo.pop(key, None)
         node = state.nodes.get(self.ctx.node)
         for svc in after:
-            self._service(out, svc.key, svc, node)
-            touched.add(service_key(svc.key))
-            touched.update(vip_key(ip) for ip in svc.cluster_ips)
+            # the key objects ``out`` holds: the session keeps its installed
+            # state under these (a new service's keys otherwise live twice)
+            touched.update(self._service(out, svc.key, svc, node))
         return out, frozenset(touched)
 
     def _full(self, state):

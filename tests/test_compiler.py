@@ -313,3 +313,20 @@ def test_a_second_full_compile_keys_its_fragments_with_the_memos_strings():
     assert touched is changes.ALL
     assert {id(k) for k in again} == first_keys
     assert {id(k) for k in comp._memo} == first_keys
+
+
+def test_a_patch_names_the_keys_it_touched_with_the_outputs_own_objects():
+    """The session keeps its installed state under the keys a patch
+    touched: a new service's must be the output's own strings, or each
+    lives twice (20,000 strings, 1.4 MB, when 10,000 services arrive one by
+    one: bench.memory)."""
+    from nsx_proxy import changes
+    web = world.web()
+    st1 = world.state(web)
+    comp = compiler.Compiler(world.NODE1, cookies.GroupIds())
+    comp.desired(st1)
+    st2 = world.state(web, world.web(name="api", vip="10.96.0.77"))
+    comp.note(changes.between(st1, st2))
+    out, touched = comp.desired(st2)
+    assert touched is not changes.ALL and len(touched) == 2
+    assert {id(k) for k in touched} <= {id(k) for k in out}
