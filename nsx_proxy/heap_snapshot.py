@@ -40,8 +40,8 @@ def install(directory=None) -> bool:
         path = path_for(directory, os.getpid())
         try:
             tracemalloc.take_snapshot().dump(path)
-        except OSError as exc:
-            LOG.error("heap snapshot: cannot write %s: %s", path, exc)
+        except Exception as exc:   # noqa: BLE001 - never into the code the signal interrupted
+            LOG.error("heap snapshot: cannot write %s: %s: %s", path, type(exc).__name__, exc)
             return
         LOG.warning("heap snapshot (%d frames per allocation) written to %s",
                     tracemalloc.get_traceback_limit(), path)

@@ -49,3 +49,13 @@ def test_without_tracing_sigusr2_is_left_alone(tmp_path):
     before = signal.getsignal(signal.SIGUSR2)
     assert heap_snapshot.install(str(tmp_path)) is False
     assert signal.getsignal(signal.SIGUSR2) is before and not os.listdir(tmp_path)
+
+
+def test_a_snapshot_that_cannot_be_written_is_one_log_line_and_the_process_goes_on(tmp_path):
+    """A signal handler's exception would surface in whatever code it
+    interrupted (a sync, a watch): a directory that is not there costs one
+    line, and the process carries on."""
+    done = run_probe(tmp_path / "gone", PYTHONTRACEMALLOC="1")
+    installed, path = done.stdout.split()
+    assert installed == "True" and not os.path.exists(path)
+    assert f"heap snapshot: cannot write {path}: FileNotFoundError" in done.stderr
