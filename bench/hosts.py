@@ -6,8 +6,10 @@ embedded API server.  For every agent:
 
 * start -> ready: a restart of the agent (SIGTERM, start) until its /readyz
   says ok: lists, translation, compile and the bundle on its own bridge;
-* RSS after convergence (VmRSS of the agent process), and in brackets
-  again at the end, after the changes: what a running agent settles at;
+* RSS before the services (the lab's one demo Service only: the
+  interpreter, its libraries and the agent's skeleton), after convergence
+  (VmRSS of the agent process), and in brackets again at the end, after
+  the changes: what a running agent settles at;
 * CPU seconds (user + system) the agent spends on --changes endpoint
   changes (each one EndpointSlice write that replaces one endpoint, spaced
   beyond the sync period, nothing scraping the agents meanwhile);
@@ -142,6 +144,9 @@ def run(n, changes, latency_changes, rounds, breakdown=False, dual_stack=False):
     try:
         progress(f"multi-host lab, {n} services x {ENDPOINTS} endpoints")
         lab.start()
+        for host, _, _ in lab.hosts:
+            lab.wait_ready(host, 60)
+        base = {host: rss_mb(lab.agents[host].proc.pid) for host, _, _ in lab.hosts}
         # VIPs from 10.97.0.1: the lab's demo service holds 10.96.0.10
         kube.populate(lab.cluster.server.api, n, _slice, first_octet=97,
                       dual_stack=dual_stack)
@@ -208,7 +213,7 @@ def run(n, changes, latency_changes, rounds, breakdown=False, dual_stack=False):
                 per_host[host].append(seconds * 1000)
             every.append(max(done.values()) * 1000)
             time.sleep(GAP)
-        rss = {host: (rss[host], rss_mb(pid)) for host, pid in pids.items()}
+        rss = {host: (base[host], rss[host], rss_mb(pid)) for host, pid in pids.items()}
         marks = phases(lab, nodes[0], n) if breakdown else {}
         return starts, rss, idle, cpu, per_host, every, marks
     finally:
@@ -242,16 +247,17 @@ def main(argv=None):
           f"changes; start -> ready: median (min-max) of {args.rounds} restarts")
     print("CPU: seconds per 1,000 changes (the same time idle: background work such as "
           "drift audits, lease renewals, bookmarks)")
-    print(f"{'agent':8} {'start->ready s':>20} {'RSS MB (end)':>13} {'CPU s/1k (idle)':>17} "
+    print(f"{'agent':8} {'start->ready s':>20} {'RSS MB: base, N (end)':>22} "
+          f"{'CPU s/1k (idle)':>17} "
           f"{'write->live p50 ms':>19} {'p99 ms':>8}")
     for host in starts:
         lat = per_host.get(host)
         cpu_text = f"{cpu[host] * per_1000:.2f} ({idle[host] * per_1000:.2f})"
-        rss_text = f"{rss[host][0]:.0f} ({rss[host][1]:.0f})"
-        print(f"{host:8} {spread(starts[host]):>20} {rss_text:>13} {cpu_text:>17} "
+        rss_text = f"{rss[host][0]:.0f}, {rss[host][1]:.0f} ({rss[host][2]:.0f})"
+        print(f"{host:8} {spread(starts[host]):>20} {rss_text:>22} {cpu_text:>17} "
               f"{(f'{pct(lat, 0.5):.1f}' if lat else '-'):>19} "
               f"{(f'{pct(lat, 0.99):.1f}' if lat else '-'):>8}")
-    print(f"{'every node':8} {'':>20} {'':>13} {'':>17} {pct(every, 0.5):19.1f} "
+    print(f"{'every node':8} {'':>20} {'':>22} {'':>17} {pct(every, 0.5):19.1f} "
           f"{pct(every, 0.99):8.1f}")
     if marks:
         print("\nnode1 restarted once more, its status endpoint polled every 50 ms:")
