@@ -130,16 +130,20 @@ def phases(lab, host, n):
     return marks
 
 
-def run(n, changes, latency_changes, rounds, breakdown=False, dual_stack=False):
-    # The agents' default drift-audit period and Lease timings, as deployed
-    # (the lab's own check drift every 2 s and renew the Lease every 1 s, so
-    # its tests see repairs and takeovers fast, at a cost the idle figure
-    # would count).
-    # The pools, hence the Lease, on the gateway agent only, as deploy/ has it.
+def deployed_lab(run_dir) -> HostsLab:
+    """The multi-host lab (two nodes, a pod each) with its agents as deployed:
+    the default drift-audit period and Lease timings (the lab's own check
+    drift every 2 s and renew the Lease every 1 s, so its tests see repairs
+    and takeovers fast, at a cost the idle figure would count), and the
+    pools, hence the Lease, on the gateway agent only, as deploy/ has it."""
     defaults = config.CONF.nsx_proxy
-    lab = HostsLab(nodes=2, pods_per_node=1, run_dir="/tmp/nsx-proxy-bench-hosts",
-                   audit_period=defaults.audit_period, writers=(GATEWAY_HOST,), lease={
-                       name: getattr(defaults, name) for name in LEASE})
+    return HostsLab(nodes=2, pods_per_node=1, run_dir=run_dir,
+                    audit_period=defaults.audit_period, writers=(GATEWAY_HOST,), lease={
+                        name: getattr(defaults, name) for name in LEASE})
+
+
+def run(n, changes, latency_changes, rounds, breakdown=False, dual_stack=False):
+    lab = deployed_lab("/tmp/nsx-proxy-bench-hosts")
     nodes = [node.name for node in lab.nodes]
     try:
         progress(f"multi-host lab, {n} services x {ENDPOINTS} endpoints")

@@ -24,19 +24,14 @@ import tracemalloc
 
 from bench import kube
 from bench.core import progress
-from bench.hosts import _slice, metrics, rss_mb
-from controller import config
+from bench.hosts import _slice, deployed_lab, metrics, rss_mb
 from nsx_proxy import heap_snapshot
-from topologies.hosts import GATEWAY_HOST, LEASE, HostsLab
 from topologies.waiting import wait_for
 
 
 def snapshot_of_node_agent(n, frames, settle):
     """(the snapshot file of node1's agent, its RSS in MB when sent SIGUSR2)."""
-    defaults = config.CONF.nsx_proxy
-    lab = HostsLab(nodes=2, pods_per_node=1, run_dir="/tmp/nsx-proxy-bench-memory",
-                   audit_period=defaults.audit_period, writers=(GATEWAY_HOST,), lease={
-                       name: getattr(defaults, name) for name in LEASE})
+    lab = deployed_lab("/tmp/nsx-proxy-bench-memory")
     lab.agent_env = {"PYTHONTRACEMALLOC": str(frames)}
     try:
         progress(f"multi-host lab, agents traced ({frames} frames), {n} services")

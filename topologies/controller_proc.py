@@ -31,9 +31,9 @@ class RyuProcess:
     lab host), listening for OpenFlow on that namespace's 127.0.0.1 only,
     as a node agent does."""
 
-    def __init__(self, workdir, of_port, log_path, options, netns_pid=None, env=None):
+    def __init__(self, workdir, of_port, log_path, options, netns_pid=None):
         self.workdir = workdir
-        self.env = dict(env or {})          # more environment (bench.memory: tracing)
+        self.env = {}                       # more environment (bench.memory: tracing)
         self.options = dict(options)        # the [nsx_proxy] section of the config
         self.of_port = of_port
         self.log_path = log_path
