@@ -5,7 +5,11 @@
 set -euo pipefail
 venv=${1:-.venv}
 target=${2:--e .[test]}
-/usr/bin/python3 -m venv --system-site-packages "$venv"
+# No system site packages: the venv holds exactly this package's pinned
+# dependencies, as the image's does (Debian's python3-openssl, for one, would
+# otherwise be imported by eventlet: about 5 MB more per agent).  The lab adds
+# Debian's Mininet module alone (scripts/setup.sh).
+/usr/bin/python3 -m venv "$venv"
 # Ryu 4.34's setup uses setuptools APIs removed in 67, so build without
 # isolation against an older setuptools.
 "$venv/bin/pip" install -q --disable-pip-version-check 'setuptools<67' wheel

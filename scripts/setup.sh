@@ -3,8 +3,8 @@
 #   - Debian packages (Open vSwitch, Mininet, kubectl, tools; the CNI plugins,
 #     containerd and runc, busybox for the containerd test), only when missing
 #   - Open vSwitch started (userspace datapath: no kernel module needed)
-#   - .venv on Debian's python3 with system site packages (Mininet's module)
-#     and this package installed editable with pinned dependencies
+#   - .venv on Debian's python3 with this package installed editable with
+#     pinned dependencies, and of Debian's Python packages Mininet's alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,12 +39,21 @@ fi
 
 # The venv: rebuilt only when the packaging files change.
 stamp=.venv/.nsx-proxy-stamp
-want=$(cat setup.cfg setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat setup.cfg setup.py scripts/install-venv.sh | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup.sh: building .venv"
+  rm -rf .venv
   bash scripts/install-venv.sh .venv '-e .[test]'
   echo "$want" > "$stamp"
 fi
+# Mininet's module is Debian's, for /usr/bin/python3 (not on PyPI in this
+# version).  The venv sees it through a folder that holds only a link to it,
+# so none of Debian's other Python packages leak into the lab's agents.
+mininet_dir=$PWD/.venv/debian-mininet
+mkdir -p "$mininet_dir"
+ln -sfn /usr/lib/python3/dist-packages/mininet "$mininet_dir/mininet"
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$mininet_dir" > "$site/debian-mininet.pth"
 
 # Debian's kubectl (1.20) next to whichever kubectl is on PATH: the lab's API
 # server is tested against both (an old client validates against OpenAPI v2).
