@@ -147,3 +147,21 @@ def test_the_agent_environment_keeps_dns_and_setuptools_out_and_the_image_sets_i
         env_lines = [line for line in fh if line.startswith("ENV ")]
     for key, value in AGENT_ENV.items():
         assert any(f"{key}={value}" in line for line in env_lines), key
+
+
+def test_an_agent_with_a_kubeconfig_loads_neither_pyopenssl_nor_cryptography():
+    """The venv (scripts/install-venv.sh, as the image's) sees none of
+    Debian's Python packages but Mininet's, and google-auth is pinned below
+    the releases that require cryptography: an agent that loads a kubeconfig
+    (the lab's, a central controller) imports neither (5-8 MB each)."""
+    import subprocess
+    import sys
+    from topologies.controller_proc import AGENT_ENV, REPO
+    probe = ("import sys, controller.app, kubernetes.config.kube_config; "
+             "print(sorted(m for m in ('OpenSSL', 'cryptography', 'google.auth') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True,
+                         env=dict(os.environ, **AGENT_ENV), capture_output=True, text=True)
+    assert out.stdout.strip() == "['google.auth']"     # the loader's, without its extras
+    import mininet.net                                 # the lab's one Debian package
+    assert os.path.realpath(mininet.net.__file__).startswith("/usr/lib/python3/dist-packages/")
