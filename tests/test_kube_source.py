@@ -546,6 +546,56 @@ def test_the_cache_keeps_what_the_proxy_reads_and_drops_what_it_never_does():
     assert len(marshal.dumps(kept_svc)) < len(marshal.dumps(svc))
 
 
+def test_a_packed_object_keeps_its_version_in_its_own_bytes_and_a_relist_compares_it():
+    """Packed keeps one bytes object per object (the resourceVersion
+    marshalled first), not a tuple and a string beside it: 2,000 slices
+    cost little more than their marshalled bytes.  Versions compare as
+    before, exactly, odd ones too (a number, a long string): equal ones are
+    not translated again, changed ones are."""
+    import marshal
+    import sys
+    from nsx_proxy.kube_cache import KubeCache, Packed, slim
+
+    def sl(i, rv):
+        return {"metadata": {"name": f"web-{i}", "namespace": "shop", "resourceVersion": rv,
+                             "labels": {"kubernetes.io/service-name": f"web{i}"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [{"addresses": [f"10.1.{i % 250}.{k}"], "nodeName": "node1",
+                               "conditions": {"ready": True}} for k in range(5)]}
+    objs = [sl(i, str(1000000 + i)) for i in range(2000)]
+    packed = Packed(((o["metadata"]["name"], o) for o in objs))
+
+    def held(value):      # what an entry keeps alive (a list's dicts are dropped)
+        return sys.getsizeof(value) + (sum(map(sys.getsizeof, value))
+                                       if isinstance(value, tuple) else 0)
+    kept = sum(map(held, packed._blobs.values()))
+    marshalled = sum(len(marshal.dumps(slim(o))) for o in objs)
+    assert kept < marshalled + 64 * len(objs), (kept, marshalled)   # was + 147 each
+    assert packed["web-7"] == objs[7] and packed.version("web-7") == "1000007"
+    assert packed.version("nope") is None
+
+    odd = {"n": sl(1, 5), "long": sl(2, "9" * 300), "none": sl(3, None)}
+    packed = Packed(odd.items())
+    assert [packed[k] for k in odd] == list(odd.values())
+    assert (packed.version("n"), packed.version("long"), packed.version("none")) == \
+        (5, "9" * 300, None)
+
+    cache = KubeCache(started=0)
+    svc = {"metadata": {"name": "web1", "namespace": "shop", "resourceVersion": "7"},
+           "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}}
+    slices = [sl(1, "8"), sl(2, "9" * 300)]
+    slices[1]["metadata"]["labels"]["kubernetes.io/service-name"] = "web2"
+    cache.replace_services([svc])
+    cache.replace_slices(slices)
+    cache.take_dirty()
+    cache.replace_services([svc])                  # the same versions: nothing to do
+    cache.replace_slices(slices)
+    assert cache.take_dirty()[0] == set()
+    slices[1]["metadata"]["resourceVersion"] = "9" * 299 + "8"
+    cache.replace_slices(slices)
+    assert cache.take_dirty()[0] == {model.ServiceKey("shop", "web2")}
+
+
 def test_the_reflector_lists_as_client_go_does_from_the_cache_then_consistently_after_410():
     """First list at resourceVersion 0 (kube-apiserver's watch cache, no etcd
     read for an agent's start), a relist at the version last seen, and
