@@ -46,9 +46,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   bash scripts/install-venv.sh .venv '-e .[test]'
   echo "$want" > "$stamp"
 fi
-# Mininet's module is Debian's, for /usr/bin/python3 (not on PyPI in this
-# version).  The venv sees it through a folder that holds only a link to it,
-# so none of Debian's other Python packages leak into the lab's agents.
+# Mininet's Python module is the one Debian's mininet package installs for
+# /usr/bin/python3 (the same as its `mn` and mnexec).  The venv sees it through
+# a folder that holds only a link to it, so none of Debian's other Python
+# packages leak into the lab's agents.
 mininet_dir=$PWD/.venv/debian-mininet
 mkdir -p "$mininet_dir"
 ln -sfn /usr/lib/python3/dist-packages/mininet "$mininet_dir/mininet"
