@@ -104,13 +104,12 @@ def _length(version: bytes) -> bytes:
     return _LENGTHS[n] if n < 255 else b"\xff" + n.to_bytes(4, "big")
 
 
-def _version_at(blob: bytes) -> int:
-    return 1 if blob[0] < 255 else 5
-
-
-def _body_at(blob: bytes) -> int:
-    """Where the object's bytes start, after the version."""
-    return 1 + blob[0] if blob[0] < 255 else 5 + int.from_bytes(blob[1:5], "big")
+def _offsets(blob: bytes) -> tuple:
+    """(where the version's bytes start, where the object's start), as
+    :func:`_length` wrote the length before them."""
+    if blob[0] < 255:
+        return 1, 1 + blob[0]
+    return 5, 5 + int.from_bytes(blob[1:5], "big")
 
 
 class Packed(Mapping):
@@ -139,7 +138,7 @@ class Packed(Mapping):
 
     def __getitem__(self, key):
         blob = self._blobs[key]
-        return marshal.loads(memoryview(blob)[_body_at(blob):])
+        return marshal.loads(memoryview(blob)[_offsets(blob)[1]:])
 
     def __iter__(self):
         return iter(self._blobs)
@@ -160,7 +159,7 @@ class Packed(Mapping):
     def version(self, key):
         """The resourceVersion of ``key``'s object (None: no such object)."""
         blob = self._blobs.get(key)
-        return None if blob is None else marshal.loads(memoryview(blob)[_version_at(blob):])
+        return None if blob is None else marshal.loads(memoryview(blob)[_offsets(blob)[0]:])
 
 
 class KubeCache:
